@@ -1,0 +1,489 @@
+//! [`DetectLayer`]: reads a connection's first bytes and tells the inner
+//! service which protocol it speaks.
+//!
+//! # Behaviour on the wire
+//!
+//! - **Client speaks first** (HTTP, TLS, databases...): the layer reads the
+//!   client's first segment, runs [`detect`](crate::detect) and calls the
+//!   inner service at once. It reads more only while the bytes are a
+//!   consistent but incomplete prefix (a request line split over segments, a
+//!   ClientHello over several records), for at most
+//!   [`DetectConfig::detect_timeout`] after the first byte and at most
+//!   [`DetectConfig::max_prefix`] bytes. Nothing is forwarded while it reads.
+//! - **Server speaks first** (SSH, SMTP, MySQL, FTP, NATS): the caller dials
+//!   the server while detection runs and reports, through
+//!   [`DetectMeta::poll_server_first`], when the server has something to say.
+//!   Detection then ends at once with [`Outcome::ServerFirst`], so the
+//!   banner is not held back by any timeout.
+//! - **Nobody speaks**: the layer waits, with no timeout of its own: a silent
+//!   connection (a pre-opened pool connection, say) is still detected when
+//!   its client finally writes. Bound it with an idle timeout around the
+//!   whole connection if needed.
+//! - **Client EOF** before a decision: whatever was read is judged as is and
+//!   handed on; the inner service sees the EOF after the replayed bytes.
+//! - **Opaque ports** (see [`DetectConfig::opaque_ports`]) skip reading
+//!   entirely: [`Outcome::Opaque`].
+//!
+//! The inner service always receives every byte the client sent, in order:
+//! the bytes read here are replayed by [`PrefixedIo`].
+
+use crate::{
+    ClientHello, Detection, ParsedHello, PrefixedIo, Protocol, detect, parse_client_hello,
+};
+use bytes::BytesMut;
+use std::{
+    future::{Future, poll_fn},
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tower::{BoxError, Layer, Service};
+
+/// Settings of [`Detect`].
+#[derive(Clone, Debug)]
+pub struct DetectConfig {
+    /// The most bytes read before giving up (answering [`Outcome::Unknown`]).
+    /// Default 8 KiB: enough for a long request line or a post-quantum
+    /// ClientHello.
+    pub max_prefix: usize,
+    /// How long to wait for the rest of a protocol's first message once the
+    /// client has started sending. Default 1 s.
+    pub detect_timeout: Duration,
+    /// Destination ports whose connections skip detection
+    /// ([`Outcome::Opaque`]).
+    pub opaque_ports: Vec<u16>,
+}
+
+/// What the detector may ask of a connection's metadata.
+///
+/// Both methods have defaults, so `impl DetectMeta for MyMeta {}` is enough for
+/// metadata that knows neither its target port nor its server.
+pub trait DetectMeta {
+    /// The destination port, checked against [`DetectConfig::opaque_ports`].
+    fn target_port(&self) -> Option<u16> {
+        None
+    }
+
+    /// Ready when the server has sent bytes (or closed) before the client
+    /// sent any. Called only while the client has sent nothing. Pending
+    /// forever when there is no server to watch.
+    fn poll_server_first(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = cx;
+        Poll::Pending
+    }
+}
+
+impl DetectMeta for () {}
+
+/// An accepted connection: its metadata and its byte stream.
+#[derive(Debug)]
+pub struct Conn<M, I> {
+    /// What is known about the connection (addresses, direction...).
+    pub meta: M,
+    /// The client's byte stream.
+    pub io: I,
+}
+
+/// How detection ended: the label a connection is counted under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The client's first bytes are this protocol.
+    Protocol(Protocol),
+    /// The server spoke before the client sent anything.
+    ServerFirst,
+    /// The destination port is configured opaque: nothing was read.
+    Opaque,
+    /// No recognised protocol (or the client closed or stalled mid-prefix).
+    Unknown,
+}
+
+/// A connection after detection: what the inner service of [`Detect`] receives.
+#[derive(Debug)]
+pub struct Detected<M, I> {
+    /// How detection ended.
+    pub outcome: Outcome,
+    /// The parsed ClientHello when the outcome is TLS and it was complete
+    /// within [`DetectConfig::max_prefix`].
+    pub client_hello: Option<ClientHello>,
+    /// The connection's metadata, as given to [`Detect`].
+    pub meta: M,
+    /// The client's stream, replaying the bytes detection read.
+    pub io: PrefixedIo<I>,
+}
+
+/// A [`Layer`] that wraps a service in [`Detect`].
+#[derive(Clone, Debug, Default)]
+pub struct DetectLayer {
+    config: Arc<DetectConfig>,
+}
+
+/// Detects the protocol of each [`Conn`] and calls the inner service with a
+/// [`Detected`].
+#[derive(Clone, Debug)]
+pub struct Detect<S> {
+    inner: S,
+    config: Arc<DetectConfig>,
+}
+
+/// The future returned by [`Detect`]: one box per connection, none per byte.
+pub type ResponseFuture<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
+
+/// The first bytes of a connection could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's first bytes failed: {0}")]
+pub struct DetectIoError(#[source] pub io::Error);
+
+/// Initial buffer; grown by doubling up to `max_prefix`. Most first segments
+/// (request lines, ClientHellos, database startups) fit, and a silent
+/// connection holds no more than this.
+const INITIAL_BUFFER: usize = 1024;
+
+// === impl DetectConfig ===
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            max_prefix: 8 * 1024,
+            detect_timeout: Duration::from_secs(1),
+            opaque_ports: Vec::new(),
+        }
+    }
+}
+
+// === impl Outcome ===
+
+impl Outcome {
+    /// The metrics label: a [`Protocol::as_str`], `server_first`, `opaque` or `unknown`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Protocol(p) => p.as_str(),
+            Outcome::ServerFirst => "server_first",
+            Outcome::Opaque => "opaque",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl DetectLayer ===
+
+impl DetectLayer {
+    /// A layer with these settings.
+    pub fn new(config: DetectConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+        }
+    }
+}
+
+impl<S> Layer<S> for DetectLayer {
+    type Service = Detect<S>;
+
+    fn layer(&self, inner: S) -> Detect<S> {
+        Detect {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+// === impl Detect ===
+
+impl<S> Detect<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, config: DetectConfig) -> Self {
+        DetectLayer::new(config).layer(inner)
+    }
+
+    /// A layer with these settings.
+    pub fn layer(config: DetectConfig) -> DetectLayer {
+        DetectLayer::new(config)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, M, I> Service<Conn<M, I>> for Detect<S>
+where
+    S: Service<Detected<M, I>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    M: DetectMeta + Send + 'static,
+    I: AsyncRead + Unpin + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, conn: Conn<M, I>) -> Self::Future {
+        // Take the service that was made ready; leave a clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        Box::pin(async move {
+            let Conn { mut meta, mut io } = conn;
+            let opaque = meta
+                .target_port()
+                .is_some_and(|p| config.opaque_ports.contains(&p));
+            let (outcome, client_hello, prefix) = if opaque {
+                (Outcome::Opaque, None, BytesMut::new())
+            } else {
+                sniff(&config, &mut meta, &mut io).await?
+            };
+            let detected = Detected {
+                outcome,
+                client_hello,
+                meta,
+                io: PrefixedIo::new(prefix.freeze(), io),
+            };
+            inner.call(detected).await.map_err(Into::into)
+        })
+    }
+}
+
+/// Reads the client's first bytes until they decide the outcome.
+async fn sniff<M, I>(
+    config: &DetectConfig,
+    meta: &mut M,
+    io: &mut I,
+) -> Result<(Outcome, Option<ClientHello>, BytesMut), DetectIoError>
+where
+    M: DetectMeta,
+    I: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(INITIAL_BUFFER.min(config.max_prefix.max(1)));
+
+    // Phase 1: the first bytes, racing the server. No timeout (see module docs).
+    tokio::select! {
+        biased;
+        read = io.read_buf(&mut buf) => {
+            if read.map_err(DetectIoError)? == 0 {
+                return Ok((Outcome::Unknown, None, buf));
+            }
+        }
+        () = poll_fn(|cx| meta.poll_server_first(cx)) => {
+            return Ok((Outcome::ServerFirst, None, buf));
+        }
+    }
+
+    // Phase 2: complete the first message, bounded by time and size. The
+    // server may answer a partial message; then the client is waiting for it
+    // and detection must stop, so keep watching it.
+    let deadline = tokio::time::Instant::now() + config.detect_timeout;
+    let mut hello_pending = false;
+    loop {
+        let verdict = if hello_pending {
+            match parse_client_hello(&buf) {
+                ParsedHello::Complete(hello) => {
+                    return Ok((Outcome::Protocol(Protocol::Tls), Some(hello), buf));
+                }
+                ParsedHello::Invalid => {
+                    return Ok((Outcome::Protocol(Protocol::Tls), None, buf));
+                }
+                ParsedHello::NeedMore => None,
+            }
+        } else {
+            match detect(&buf) {
+                Detection::Found(Protocol::Tls) => {
+                    hello_pending = true;
+                    continue;
+                }
+                Detection::Found(p) => Some(Outcome::Protocol(p)),
+                Detection::Unknown => Some(Outcome::Unknown),
+                Detection::NeedMore => None,
+            }
+        };
+        if let Some(outcome) = verdict {
+            return Ok((outcome, None, buf));
+        }
+        // Still incomplete: what we can say if no more bytes come.
+        let fallback = if hello_pending {
+            Outcome::Protocol(Protocol::Tls)
+        } else {
+            Outcome::Unknown
+        };
+        if buf.len() >= config.max_prefix {
+            return Ok((fallback, None, buf));
+        }
+        if buf.len() == buf.capacity() {
+            let grow = buf.capacity().min(config.max_prefix - buf.len());
+            buf.reserve(grow);
+        }
+        tokio::select! {
+            biased;
+            read = io.read_buf(&mut buf) => {
+                if read.map_err(DetectIoError)? == 0 {
+                    return Ok((fallback, None, buf));
+                }
+            }
+            () = poll_fn(|cx| meta.poll_server_first(cx)) => return Ok((fallback, None, buf)),
+            () = tokio::time::sleep_until(deadline) => return Ok((fallback, None, buf)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tower::{ServiceExt, service_fn};
+
+    /// An inner service that returns what detection decided and every byte
+    /// of the stream it was handed.
+    fn recorder() -> impl Service<
+        Detected<(), tokio_test::io::Mock>,
+        Response = (Outcome, Option<ClientHello>, Vec<u8>),
+        Error = BoxError,
+        Future = impl Send,
+    > + Clone {
+        service_fn(|mut d: Detected<(), tokio_test::io::Mock>| async move {
+            let mut all = Vec::new();
+            d.io.read_to_end(&mut all).await?;
+            Ok::<_, BoxError>((d.outcome, d.client_hello, all))
+        })
+    }
+
+    async fn run(io: tokio_test::io::Mock) -> (Outcome, Option<ClientHello>, Vec<u8>) {
+        Detect::new(recorder(), DetectConfig::default())
+            .oneshot(Conn { meta: (), io })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn whole_request_in_one_read() {
+        let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let io = tokio_test::io::Builder::new().read(req).build();
+        let (outcome, _, bytes) = run(io).await;
+        assert_eq!(outcome, Outcome::Protocol(Protocol::Http1));
+        assert_eq!(bytes, req);
+    }
+
+    #[tokio::test]
+    async fn one_byte_at_a_time_gives_the_same_answer() {
+        let req = b"POST /x HTTP/1.1\r\n";
+        let mut b = tokio_test::io::Builder::new();
+        for byte in req.chunks(1) {
+            b.read(byte);
+        }
+        let (outcome, _, bytes) = run(b.build()).await;
+        assert_eq!(outcome, Outcome::Protocol(Protocol::Http1));
+        assert_eq!(bytes, req);
+    }
+
+    #[tokio::test]
+    async fn client_eof_mid_prefix_is_unknown_and_replayed() {
+        let io = tokio_test::io::Builder::new().read(b"GET /pa").build();
+        let (outcome, _, bytes) = run(io).await;
+        assert_eq!(outcome, Outcome::Unknown);
+        assert_eq!(bytes, b"GET /pa");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_prefix_times_out_as_unknown() {
+        let io = tokio_test::io::Builder::new()
+            .read(b"GET /slow")
+            .wait(Duration::from_secs(5))
+            .read(b" HTTP/1.1\r\n")
+            .build();
+        let (outcome, _, bytes) = run(io).await;
+        assert_eq!(outcome, Outcome::Unknown);
+        assert_eq!(bytes, b"GET /slow HTTP/1.1\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_client_is_not_timed_out() {
+        let io = tokio_test::io::Builder::new()
+            .wait(Duration::from_secs(60))
+            .read(b"GET / HTTP/1.1\r\n")
+            .build();
+        let (outcome, _, _) = run(io).await;
+        assert_eq!(outcome, Outcome::Protocol(Protocol::Http1));
+    }
+
+    #[tokio::test]
+    async fn over_max_prefix_is_unknown() {
+        let long = [b'a'; 300];
+        let io = tokio_test::io::Builder::new().read(&long).build();
+        let config = DetectConfig {
+            max_prefix: 100,
+            ..Default::default()
+        };
+        let (outcome, _, bytes) = Detect::new(recorder(), config)
+            .oneshot(Conn { meta: (), io })
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Unknown);
+        assert_eq!(bytes.len(), 300);
+    }
+
+    /// Metadata whose server speaks first immediately.
+    struct Banner;
+    impl DetectMeta for Banner {
+        fn poll_server_first(&mut self, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Ready(())
+        }
+        fn target_port(&self) -> Option<u16> {
+            Some(22)
+        }
+    }
+
+    #[tokio::test]
+    async fn server_first_ends_detection_without_reading() {
+        let (client, _peer) = tokio::io::duplex(64);
+        let inner = service_fn(|d: Detected<Banner, tokio::io::DuplexStream>| async move {
+            Ok::<_, BoxError>((d.outcome, d.io.prefix().len()))
+        });
+        let out = Detect::new(inner, DetectConfig::default())
+            .oneshot(Conn {
+                meta: Banner,
+                io: client,
+            })
+            .await
+            .unwrap();
+        assert_eq!(out, (Outcome::ServerFirst, 0));
+    }
+
+    #[tokio::test]
+    async fn opaque_port_skips_detection() {
+        // The mock fails the test if it is read from.
+        let io = tokio_test::io::Builder::new().build();
+        let inner = service_fn(|d: Detected<Banner, tokio_test::io::Mock>| async move {
+            Ok::<_, BoxError>(d.outcome)
+        });
+        let config = DetectConfig {
+            opaque_ports: vec![22],
+            ..Default::default()
+        };
+        let out = Detect::new(inner, config)
+            .oneshot(Conn { meta: Banner, io })
+            .await
+            .unwrap();
+        assert_eq!(out, Outcome::Opaque);
+    }
+}
