@@ -250,19 +250,36 @@ where
             let opaque = meta
                 .target_port()
                 .is_some_and(|p| config.opaque_ports.contains(&p));
-            let (outcome, client_hello, prefix) = if opaque {
-                (Outcome::Opaque, None, BytesMut::new())
+            let sniffed = if opaque {
+                Sniffed::new(Outcome::Opaque, BytesMut::new())
             } else {
                 sniff(&config, &mut meta, &mut io).await?
             };
             let detected = Detected {
-                outcome,
-                client_hello,
+                outcome: sniffed.outcome,
+                client_hello: sniffed.client_hello,
                 meta,
-                io: PrefixedIo::new(prefix.freeze(), io),
+                io: PrefixedIo::new(sniffed.prefix.freeze(), io),
             };
             inner.call(detected).await.map_err(Into::into)
         })
+    }
+}
+
+/// What [`sniff`] read and decided.
+struct Sniffed {
+    outcome: Outcome,
+    client_hello: Option<ClientHello>,
+    prefix: BytesMut,
+}
+
+impl Sniffed {
+    fn new(outcome: Outcome, prefix: BytesMut) -> Self {
+        Self {
+            outcome,
+            client_hello: None,
+            prefix,
+        }
     }
 }
 
@@ -271,7 +288,7 @@ async fn sniff<M, I>(
     config: &DetectConfig,
     meta: &mut M,
     io: &mut I,
-) -> Result<(Outcome, Option<ClientHello>, BytesMut), DetectIoError>
+) -> Result<Sniffed, DetectIoError>
 where
     M: DetectMeta,
     I: AsyncRead + Unpin,
@@ -283,11 +300,11 @@ where
         biased;
         read = io.read_buf(&mut buf) => {
             if read.map_err(DetectIoError)? == 0 {
-                return Ok((Outcome::Unknown, None, buf));
+                return Ok(Sniffed::new(Outcome::Unknown, buf));
             }
         }
         () = poll_fn(|cx| meta.poll_server_first(cx)) => {
-            return Ok((Outcome::ServerFirst, None, buf));
+            return Ok(Sniffed::new(Outcome::ServerFirst, buf));
         }
     }
 
@@ -300,10 +317,14 @@ where
         let verdict = if hello_pending {
             match parse_client_hello(&buf) {
                 ParsedHello::Complete(hello) => {
-                    return Ok((Outcome::Protocol(Protocol::Tls), Some(hello), buf));
+                    return Ok(Sniffed {
+                        outcome: Outcome::Protocol(Protocol::Tls),
+                        client_hello: Some(hello),
+                        prefix: buf,
+                    });
                 }
                 ParsedHello::Invalid => {
-                    return Ok((Outcome::Protocol(Protocol::Tls), None, buf));
+                    return Ok(Sniffed::new(Outcome::Protocol(Protocol::Tls), buf));
                 }
                 ParsedHello::NeedMore => None,
             }
@@ -319,7 +340,7 @@ where
             }
         };
         if let Some(outcome) = verdict {
-            return Ok((outcome, None, buf));
+            return Ok(Sniffed::new(outcome, buf));
         }
         // Still incomplete: what we can say if no more bytes come.
         let fallback = if hello_pending {
@@ -328,7 +349,7 @@ where
             Outcome::Unknown
         };
         if buf.len() >= config.max_prefix {
-            return Ok((fallback, None, buf));
+            return Ok(Sniffed::new(fallback, buf));
         }
         if buf.len() == buf.capacity() {
             let grow = buf.capacity().min(config.max_prefix - buf.len());
@@ -338,11 +359,11 @@ where
             biased;
             read = io.read_buf(&mut buf) => {
                 if read.map_err(DetectIoError)? == 0 {
-                    return Ok((fallback, None, buf));
+                    return Ok(Sniffed::new(fallback, buf));
                 }
             }
-            () = poll_fn(|cx| meta.poll_server_first(cx)) => return Ok((fallback, None, buf)),
-            () = tokio::time::sleep_until(deadline) => return Ok((fallback, None, buf)),
+            () = poll_fn(|cx| meta.poll_server_first(cx)) => return Ok(Sniffed::new(fallback, buf)),
+            () = tokio::time::sleep_until(deadline) => return Ok(Sniffed::new(fallback, buf)),
         }
     }
 }

@@ -69,7 +69,8 @@ pub fn detect(buf: &[u8]) -> Detection {
     if buf.is_empty() {
         return Detection::NeedMore;
     }
-    const DETECTORS: [(Protocol, fn(&[u8]) -> Step); 11] = [
+    type Detector = fn(&[u8]) -> Step;
+    const DETECTORS: [(Protocol, Detector); 11] = [
         (Protocol::Http2, http2),
         (Protocol::Http1, http1),
         (Protocol::Tls, tls_client_hello),
