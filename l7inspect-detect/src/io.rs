@@ -64,6 +64,14 @@ impl<I> PrefixedIo<I> {
     }
 }
 
+/// Lets socket options (a reset on abort, say) reach the wrapped socket.
+#[cfg(unix)]
+impl<I: std::os::fd::AsFd> std::os::fd::AsFd for PrefixedIo<I> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.io.as_fd()
+    }
+}
+
 impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -67,13 +67,28 @@ pub trait DetectMeta {
         None
     }
 
-    /// Ready when the server has sent bytes (or closed) before the client
-    /// sent any. Called only while the client has sent nothing. Pending
-    /// forever when there is no server to watch.
-    fn poll_server_first(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Polled while the client has sent nothing yet: ready with
+    /// [`ServerEvent::Spoke`] when the server has sent bytes (or closed), or
+    /// [`ServerEvent::Unreachable`] when there is no server to wait for (its
+    /// connection failed). Pending forever when there is no server to watch.
+    fn poll_server_first(&mut self, cx: &mut Context<'_>) -> Poll<ServerEvent> {
         let _ = cx;
         Poll::Pending
     }
+}
+
+/// What [`DetectMeta::poll_server_first`] saw of the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// The server sent bytes or closed before the client spoke: detection
+    /// ends with [`Outcome::ServerFirst`].
+    Spoke,
+    /// The server cannot be reached. Detection no longer waits for a banner
+    /// that will never come: it gives a silent client
+    /// [`DetectConfig::detect_timeout`] to speak, then ends with
+    /// [`Outcome::Unknown`], so the inner service can answer the client (an
+    /// HTTP 502, a reset) without hanging.
+    Unreachable,
 }
 
 impl DetectMeta for () {}
@@ -295,16 +310,30 @@ where
 {
     let mut buf = BytesMut::with_capacity(INITIAL_BUFFER.min(config.max_prefix.max(1)));
 
-    // Phase 1: the first bytes, racing the server. No timeout (see module docs).
-    tokio::select! {
-        biased;
-        read = io.read_buf(&mut buf) => {
-            if read.map_err(DetectIoError)? == 0 {
+    // Phase 1: the first bytes, racing the server. No timeout (see module
+    // docs) unless the server is unreachable.
+    let mut unreachable_deadline = None;
+    loop {
+        tokio::select! {
+            biased;
+            read = io.read_buf(&mut buf) => {
+                if read.map_err(DetectIoError)? == 0 {
+                    return Ok(Sniffed::new(Outcome::Unknown, buf));
+                }
+                break;
+            }
+            event = poll_fn(|cx| meta.poll_server_first(cx)), if unreachable_deadline.is_none() => {
+                match event {
+                    ServerEvent::Spoke => return Ok(Sniffed::new(Outcome::ServerFirst, buf)),
+                    ServerEvent::Unreachable => {
+                        unreachable_deadline =
+                            Some(tokio::time::Instant::now() + config.detect_timeout);
+                    }
+                }
+            }
+            () = sleep_until_some(unreachable_deadline) => {
                 return Ok(Sniffed::new(Outcome::Unknown, buf));
             }
-        }
-        () = poll_fn(|cx| meta.poll_server_first(cx)) => {
-            return Ok(Sniffed::new(Outcome::ServerFirst, buf));
         }
     }
 
@@ -362,9 +391,17 @@ where
                     return Ok(Sniffed::new(fallback, buf));
                 }
             }
-            () = poll_fn(|cx| meta.poll_server_first(cx)) => return Ok(Sniffed::new(fallback, buf)),
+            _ = poll_fn(|cx| meta.poll_server_first(cx)) => return Ok(Sniffed::new(fallback, buf)),
             () = tokio::time::sleep_until(deadline) => return Ok(Sniffed::new(fallback, buf)),
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -466,8 +503,8 @@ mod tests {
     /// Metadata whose server speaks first immediately.
     struct Banner;
     impl DetectMeta for Banner {
-        fn poll_server_first(&mut self, _: &mut Context<'_>) -> Poll<()> {
-            Poll::Ready(())
+        fn poll_server_first(&mut self, _: &mut Context<'_>) -> Poll<ServerEvent> {
+            Poll::Ready(ServerEvent::Spoke)
         }
         fn target_port(&self) -> Option<u16> {
             Some(22)
@@ -488,6 +525,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out, (Outcome::ServerFirst, 0));
+    }
+
+    /// Metadata whose server could not be reached.
+    struct Unreachable;
+    impl DetectMeta for Unreachable {
+        fn poll_server_first(&mut self, _: &mut Context<'_>) -> Poll<ServerEvent> {
+            Poll::Ready(ServerEvent::Unreachable)
+        }
+    }
+
+    async fn run_unreachable(io: tokio_test::io::Mock) -> Outcome {
+        let inner = service_fn(
+            |d: Detected<Unreachable, tokio_test::io::Mock>| async move { Ok::<_, BoxError>(d.outcome) },
+        );
+        Detect::new(inner, DetectConfig::default())
+            .oneshot(Conn {
+                meta: Unreachable,
+                io,
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_server_still_detects_a_prompt_client() {
+        let io = tokio_test::io::Builder::new()
+            .wait(Duration::from_millis(500))
+            .read(b"GET / HTTP/1.1\r\n")
+            .build();
+        assert_eq!(
+            run_unreachable(io).await,
+            Outcome::Protocol(Protocol::Http1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_server_and_silent_client_end_as_unknown() {
+        let start = tokio::time::Instant::now();
+        // The mock is never read: it would panic on an unexpected read
+        // result, and it outlives the timeout.
+        let io = tokio_test::io::Builder::new()
+            .wait(Duration::from_secs(3600))
+            .build();
+        assert_eq!(run_unreachable(io).await, Outcome::Unknown);
+        assert_eq!(start.elapsed(), DetectConfig::default().detect_timeout);
     }
 
     #[tokio::test]

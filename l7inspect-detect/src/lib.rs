@@ -56,7 +56,7 @@ mod fixtures;
 pub use io::PrefixedIo;
 pub use layer::{
     Conn, Detect, DetectConfig, DetectIoError, DetectLayer, DetectMeta, Detected, Outcome,
-    ResponseFuture,
+    ResponseFuture, ServerEvent,
 };
 pub use sniff::{Detection, Protocol, detect};
 pub use tls::{ClientHello, ParsedHello, parse_client_hello};
