@@ -1,0 +1,356 @@
+//! [`ConnectLayer`]: dials each connection's target as soon as it is accepted.
+//!
+//! Every downstream connection gets its own upstream connection, 1:1, as the
+//! application itself opened it: no pooling, no balancing. The dial starts
+//! before protocol detection and runs beside it, so that a server that speaks
+//! first (SSH, SMTP, MySQL) is heard at once, and a client that speaks first
+//! waits for no more than the slower of its own first segment and the connect.
+//!
+//! A failed connect is counted in `l7inspect_upstream_connect_errors_total`
+//! and logged (rate-limited) with the target and the OS error; whoever takes
+//! the [`Upstream`] then gets the [`ConnectError`].
+
+use crate::{
+    loop_guard::{LoopGuard, Registration},
+    meta::ConnMeta,
+    metrics::{ConnectErrorLabels, Metrics},
+    ratelimit::RateLimited,
+};
+use l7inspect_detect::{Conn, DetectMeta, ServerEvent};
+use pin_project::pin_project;
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tower::{Layer, Service};
+
+/// Settings of [`Connect`].
+#[derive(Clone, Debug)]
+pub struct ConnectConfig {
+    /// How long a connect may take before it fails with a timeout. Default 10 s.
+    pub timeout: Duration,
+}
+
+/// A [`Layer`] that wraps a service in [`Connect`].
+#[derive(Clone, Debug)]
+pub struct ConnectLayer {
+    shared: Arc<Shared>,
+}
+
+/// Starts the upstream connect of each connection and calls the inner service
+/// with a [`Connecting`] at once, without waiting for it.
+#[derive(Clone, Debug)]
+pub struct Connect<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ConnectConfig,
+    metrics: Metrics,
+    guard: LoopGuard,
+    log: RateLimited,
+}
+
+/// A connection whose upstream connect is under way: the metadata the
+/// detection layer and the services after it receive.
+#[derive(Debug)]
+pub struct Connecting {
+    /// The connection's metadata.
+    pub meta: ConnMeta,
+    /// The upstream connection, or its connect in progress.
+    pub upstream: Upstream,
+}
+
+/// An upstream connection in the making.
+pub struct Upstream {
+    state: State,
+}
+
+enum State {
+    Connecting(Pin<Box<dyn Future<Output = Result<UpstreamIo, ConnectError>> + Send>>),
+    Connected(UpstreamIo),
+    Failed(ConnectError),
+    Taken,
+}
+
+/// The upstream connection's byte stream. While it lives, the
+/// [`LoopGuard`] knows its local address.
+#[pin_project]
+#[derive(Debug)]
+pub struct UpstreamIo {
+    #[pin]
+    stream: TcpStream,
+    _registration: Registration,
+}
+
+/// Connecting to a connection's target failed.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to {target} failed: {source}")]
+pub struct ConnectError {
+    /// The address that was dialled.
+    pub target: SocketAddr,
+    /// The OS error (`TimedOut` for the connect timeout).
+    #[source]
+    pub source: io::Error,
+}
+
+// === impl ConnectConfig ===
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+// === impl ConnectLayer ===
+
+impl ConnectLayer {
+    /// A layer that dials with `config`, records errors in `metrics` and
+    /// registers upstream connections with `guard`.
+    pub fn new(config: ConnectConfig, metrics: Metrics, guard: LoopGuard) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                metrics,
+                guard,
+                log: RateLimited::default(),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for ConnectLayer {
+    type Service = Connect<S>;
+
+    fn layer(&self, inner: S) -> Connect<S> {
+        Connect {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+// === impl Connect ===
+
+impl<S, I> Service<Conn<ConnMeta, I>> for Connect<S>
+where
+    S: Service<Conn<Connecting, I>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, conn: Conn<ConnMeta, I>) -> S::Future {
+        let upstream = Upstream::connect(conn.meta, self.shared.clone());
+        self.inner.call(Conn {
+            meta: Connecting {
+                meta: conn.meta,
+                upstream,
+            },
+            io: conn.io,
+        })
+    }
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    fn connect(meta: ConnMeta, shared: Arc<Shared>) -> Self {
+        let target = meta.target;
+        let fut = async move {
+            let result =
+                match tokio::time::timeout(shared.config.timeout, TcpStream::connect(target)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+                };
+            let stream = match result {
+                Ok(s) => s,
+                Err(source) => {
+                    let error = ConnectError { target, source };
+                    shared
+                        .metrics
+                        .connect_errors
+                        .get_or_create(&ConnectErrorLabels {
+                            direction: meta.direction,
+                            error: error.kind_label(),
+                        })
+                        .inc();
+                    shared.log.warn(|suppressed| {
+                        tracing::warn!(
+                            client = %meta.client,
+                            direction = %meta.direction,
+                            suppressed,
+                            "{error}"
+                        )
+                    });
+                    return Err(error);
+                }
+            };
+            // Interactive protocols must not wait on Nagle.
+            let _ = stream.set_nodelay(true);
+            let local = stream
+                .local_addr()
+                .map_err(|source| ConnectError { target, source })?;
+            Ok(UpstreamIo {
+                stream,
+                _registration: shared.guard.register_upstream(local),
+            })
+        };
+        Self {
+            state: State::Connecting(Box::pin(fut)),
+        }
+    }
+
+    /// An upstream that is already connected (for tests and embedders that
+    /// dial themselves).
+    pub fn from_io(io: UpstreamIo) -> Self {
+        Self {
+            state: State::Connected(io),
+        }
+    }
+
+    /// Drives the connect; ready once it has succeeded or failed.
+    pub fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let State::Connecting(fut) = &mut self.state {
+            self.state = match ready!(fut.as_mut().poll(cx)) {
+                Ok(io) => State::Connected(io),
+                Err(e) => State::Failed(e),
+            };
+        }
+        Poll::Ready(())
+    }
+
+    /// Waits for the connect and takes the connection (or its error).
+    pub async fn established(mut self) -> Result<UpstreamIo, ConnectError> {
+        std::future::poll_fn(|cx| self.poll_connected(cx)).await;
+        match std::mem::replace(&mut self.state, State::Taken) {
+            State::Connected(io) => Ok(io),
+            State::Failed(e) => Err(e),
+            State::Connecting(_) | State::Taken => {
+                unreachable!("poll_connected finished the connect")
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Connecting(_) => "connecting",
+            State::Connected(_) => "connected",
+            State::Failed(_) => "failed",
+            State::Taken => "taken",
+        };
+        f.debug_struct("Upstream").field("state", &state).finish()
+    }
+}
+
+// === impl Connecting ===
+
+impl DetectMeta for Connecting {
+    fn target_port(&self) -> Option<u16> {
+        Some(self.meta.target.port())
+    }
+
+    /// Ready when the server's socket turns readable (bytes or EOF) before
+    /// the client spoke, or when the connect failed.
+    fn poll_server_first(&mut self, cx: &mut Context<'_>) -> Poll<ServerEvent> {
+        ready!(self.upstream.poll_connected(cx));
+        match &self.upstream.state {
+            State::Connected(io) => match io.stream.poll_read_ready(cx) {
+                Poll::Ready(_) => Poll::Ready(ServerEvent::Spoke),
+                Poll::Pending => Poll::Pending,
+            },
+            _ => Poll::Ready(ServerEvent::Unreachable),
+        }
+    }
+}
+
+// === impl ConnectError ===
+
+impl ConnectError {
+    /// The `error` label: `refused`, `timeout`, `unreachable`, `reset` or `other`.
+    pub fn kind_label(&self) -> &'static str {
+        use io::ErrorKind::*;
+        match self.source.kind() {
+            ConnectionRefused => "refused",
+            TimedOut => "timeout",
+            HostUnreachable | NetworkUnreachable | AddrNotAvailable => "unreachable",
+            ConnectionReset | ConnectionAborted => "reset",
+            _ => "other",
+        }
+    }
+}
+
+// === impl UpstreamIo ===
+
+impl UpstreamIo {
+    /// The TCP stream.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl std::os::fd::AsFd for UpstreamIo {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().stream.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().stream.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().stream.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,83 @@
+//! The proxy core of l7inspect: listeners, upstream connect, TCP passthrough,
+//! admin server and metrics.
+//!
+//! A connection's path through the pieces of this crate:
+//!
+//! ```text
+//! serve(listener)                       accept loop, one task per connection
+//!   -> OrigDstLayer | FixedTargetLayer  where it goes (SO_ORIGINAL_DST or fixed), loop guard
+//!   -> ConnectLayer                     dial the target now, 1:1, beside detection
+//!   -> l7inspect_detect::DetectLayer    what it speaks (server-first aware)
+//!   -> TrackLayer                       connection and byte metrics
+//!   -> Passthrough                      copy bytes both ways, half-close, idle timeout
+//! ```
+//!
+//! Each step is a Tower layer or service, so an embedder can compose them
+//! with `tower::ServiceBuilder` (the `examples/` crate does).
+//!
+//! # Example
+//!
+//! An explicit forwarder from an ephemeral port to `127.0.0.1:6379`:
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+//! use l7inspect_core::*;
+//! use l7inspect_detect::{DetectConfig, DetectLayer};
+//! use tower::ServiceBuilder;
+//!
+//! let metrics = Metrics::default();
+//! let svc = ServiceBuilder::new()
+//!     .layer(FixedTargetLayer::new("127.0.0.1:6379".parse().unwrap()))
+//!     .layer(ConnectLayer::new(ConnectConfig::default(), metrics.clone(), LoopGuard::default()))
+//!     .layer(DetectLayer::new(DetectConfig::default()))
+//!     .layer(TrackLayer::new(metrics.clone()))
+//!     .service(Passthrough::new(PassthroughConfig::default(), metrics));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let tracker = tokio_util::task::TaskTracker::new();
+//! serve(listener, Direction::Outbound, svc, tracker, std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `meta`: [`Accepted`], [`ConnMeta`], [`Direction`].
+//! - `serve`: [`serve`], the accept loop.
+//! - `orig_dst`: [`OrigDstLayer`], [`FixedTargetLayer`], [`original_dst`].
+//! - `loop_guard`: [`LoopGuard`].
+//! - `connect`: [`ConnectLayer`], [`Connecting`], [`Upstream`], [`ConnectError`].
+//! - `track`: [`TrackLayer`], [`CountingIo`].
+//! - `passthrough`: [`Passthrough`], [`relay`].
+//! - `metrics`: [`Metrics`] (every metric), [`ProcessCollector`].
+//! - `admin`: [`Admin`], [`Readiness`].
+//! - `ratelimit`: [`RateLimited`] log lines.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod admin;
+mod connect;
+mod loop_guard;
+mod meta;
+mod metrics;
+mod orig_dst;
+mod passthrough;
+mod ratelimit;
+mod serve;
+mod track;
+
+pub use admin::{Admin, Readiness};
+pub use connect::{
+    Connect, ConnectConfig, ConnectError, ConnectLayer, Connecting, Upstream, UpstreamIo,
+};
+pub use loop_guard::{Loop, LoopGuard, Registration};
+pub use meta::{Accepted, ConnMeta, Direction};
+pub use metrics::{
+    ConnLabels, ConnectErrorLabels, DirectionLabels, Metrics, ProcessCollector, RefusedLabels,
+};
+pub use orig_dst::{
+    FixedTarget, FixedTargetLayer, OrigDst, OrigDstLayer, ResponseFuture as OrigDstFuture,
+    original_dst, reset,
+};
+pub use passthrough::{Closed, Passthrough, PassthroughConfig, relay};
+pub use ratelimit::RateLimited;
+pub use serve::serve;
+pub use track::{CountingIo, Track, TrackLayer};

@@ -1,0 +1,319 @@
+//! The proxy's Prometheus metrics: [`Metrics`] and the process collector.
+//!
+//! Every metric is registered here, in one place, so that the README's table
+//! can be checked against one file. Names follow `l7inspect_<noun>_<unit>`;
+//! counters get their `_total` suffix from the OpenMetrics encoder.
+
+use crate::meta::Direction;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge, gauge::Gauge,
+    },
+    registry::{Registry, Unit},
+};
+/// Labels of per-connection metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    /// `inbound` or `outbound`.
+    pub direction: Direction,
+    /// The detection outcome's label (`http1`, `server_first`, `unknown`...).
+    pub protocol: &'static str,
+}
+
+/// Labels of metrics that only know the direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `inbound` or `outbound`.
+    pub direction: Direction,
+}
+
+/// Labels of upstream connect errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectErrorLabels {
+    /// `inbound` or `outbound`.
+    pub direction: Direction,
+    /// `refused`, `timeout`, `unreachable`, `reset` or `other`.
+    pub error: &'static str,
+}
+
+/// Labels of refused connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `inbound` or `outbound`.
+    pub direction: Direction,
+    /// `loop` (would connect to the proxy itself) or `no_original_dst`.
+    pub reason: &'static str,
+}
+
+/// Handles to every metric the proxy records. Cheap to clone (each family is
+/// an `Arc`).
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// `l7inspect_tcp_open_connections`: connections open now, after detection.
+    pub open_connections: Family<ConnLabels, Gauge>,
+    /// `l7inspect_tcp_connections_total`: connections handled, counted when detection ends.
+    pub connections: Family<ConnLabels, Counter>,
+    /// `l7inspect_tcp_read_bytes_total`: bytes read from clients.
+    pub read_bytes: Family<ConnLabels, Counter>,
+    /// `l7inspect_tcp_write_bytes_total`: bytes written to clients.
+    pub write_bytes: Family<ConnLabels, Counter>,
+    /// `l7inspect_protocol_detections_total`: detection outcomes.
+    pub detections: Family<ConnLabels, Counter>,
+    /// `l7inspect_upstream_connect_errors_total`: failed upstream connects.
+    pub connect_errors: Family<ConnectErrorLabels, Counter>,
+    /// `l7inspect_connections_refused_total`: connections refused before any upstream connect.
+    pub refused: Family<RefusedLabels, Counter>,
+    /// `l7inspect_tcp_idle_timeouts_total`: passthrough connections closed as idle.
+    pub idle_timeouts: Family<DirectionLabels, Counter>,
+}
+
+/// Collects the standard `process_*` metrics from `/proc` on each scrape.
+#[derive(Debug)]
+pub struct ProcessCollector {
+    _private: (),
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Registers every metric, and the process collector, in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "l7inspect_tcp_open_connections",
+            "TCP connections open now, by direction and detected protocol",
+            self.open_connections.clone(),
+        );
+        registry.register(
+            "l7inspect_tcp_connections",
+            "TCP connections handled, by direction and detected protocol",
+            self.connections.clone(),
+        );
+        registry.register_with_unit(
+            "l7inspect_tcp_read",
+            "Bytes read from clients (including the bytes read for detection)",
+            Unit::Bytes,
+            self.read_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "l7inspect_tcp_write",
+            "Bytes written to clients",
+            Unit::Bytes,
+            self.write_bytes.clone(),
+        );
+        registry.register(
+            "l7inspect_protocol_detections",
+            "Protocol detection outcomes, by direction and protocol",
+            self.detections.clone(),
+        );
+        registry.register(
+            "l7inspect_upstream_connect_errors",
+            "Failed connects to a connection's target, by direction and error",
+            self.connect_errors.clone(),
+        );
+        registry.register(
+            "l7inspect_connections_refused",
+            "Connections refused before any upstream connect (loop, no original destination)",
+            self.refused.clone(),
+        );
+        registry.register(
+            "l7inspect_tcp_idle_timeouts",
+            "Passthrough connections closed by the idle timeout",
+            self.idle_timeouts.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector::new()));
+    }
+}
+
+// === impl ProcessCollector ===
+
+impl ProcessCollector {
+    /// A collector for this process.
+    pub fn new() -> Self {
+        Self { _private: () }
+    }
+}
+
+impl Default for ProcessCollector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What `/proc/self/stat` says (proc(5)), in base units.
+struct Stat {
+    cpu_seconds: f64,
+    virtual_bytes: u64,
+    resident_bytes: u64,
+    threads: u64,
+    start_seconds: Option<f64>,
+}
+
+fn read_stat() -> Option<Stat> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // `rest` starts at field 3 (state); field N is f[N - 3].
+    let field = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let page = rustix::param::page_size() as u64;
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    });
+    Some(Stat {
+        cpu_seconds: (field(14)? + field(15)?) as f64 / ticks,
+        threads: field(20)?,
+        start_seconds: boot
+            .zip(field(22))
+            .map(|(b, s)| b as f64 + s as f64 / ticks),
+        virtual_bytes: field(23)?,
+        resident_bytes: field(24)? * page,
+    })
+}
+
+fn open_fds() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        fn gauge(
+            e: &mut DescriptorEncoder,
+            name: &str,
+            help: &str,
+            unit: Option<&Unit>,
+            v: f64,
+        ) -> Result<(), std::fmt::Error> {
+            let g = ConstGauge::new(v);
+            g.encode(e.encode_descriptor(name, help, unit, g.metric_type())?)
+        }
+        if let Some(stat) = read_stat() {
+            let c = ConstCounter::new(stat.cpu_seconds);
+            c.encode(encoder.encode_descriptor(
+                "process_cpu",
+                "Total user and system CPU time spent in seconds",
+                Some(&Unit::Seconds),
+                c.metric_type(),
+            )?)?;
+            gauge(
+                &mut encoder,
+                "process_resident_memory",
+                "Resident memory size in bytes",
+                Some(&Unit::Bytes),
+                stat.resident_bytes as f64,
+            )?;
+            gauge(
+                &mut encoder,
+                "process_virtual_memory",
+                "Virtual memory size in bytes",
+                Some(&Unit::Bytes),
+                stat.virtual_bytes as f64,
+            )?;
+            gauge(
+                &mut encoder,
+                "process_threads",
+                "Number of OS threads in the process",
+                None,
+                stat.threads as f64,
+            )?;
+            if let Some(start) = stat.start_seconds {
+                gauge(
+                    &mut encoder,
+                    "process_start_time",
+                    "Start time of the process since unix epoch in seconds",
+                    Some(&Unit::Seconds),
+                    start,
+                )?;
+            }
+        }
+        if let Some(fds) = open_fds() {
+            gauge(
+                &mut encoder,
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                fds as f64,
+            )?;
+        }
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if let Some(max) = limit.current {
+            gauge(
+                &mut encoder,
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                None,
+                max as f64,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    fn now_seconds() -> f64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    }
+
+    fn encode(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn process_metrics_have_standard_names_and_sane_values() {
+        let mut registry = Registry::default();
+        Metrics::default().register(&mut registry);
+        let text = encode(&registry);
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing in\n{text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(value("process_resident_memory_bytes") > 1e5);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        let start = value("process_start_time_seconds");
+        assert!(start > 1e9 && start <= now_seconds() + 1.0, "{start}");
+    }
+
+    #[test]
+    fn connection_metrics_encode_with_labels() {
+        let mut registry = Registry::default();
+        let m = Metrics::default();
+        m.register(&mut registry);
+        let labels = ConnLabels {
+            direction: Direction::Inbound,
+            protocol: "redis",
+        };
+        m.detections.get_or_create(&labels).inc();
+        m.read_bytes.get_or_create(&labels).inc_by(42);
+        let text = encode(&registry);
+        assert!(
+            text.contains(
+                "l7inspect_protocol_detections_total{direction=\"inbound\",protocol=\"redis\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "l7inspect_tcp_read_bytes_total{direction=\"inbound\",protocol=\"redis\"} 42\n"
+            ),
+            "{text}"
+        );
+    }
+}

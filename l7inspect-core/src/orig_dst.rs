@@ -1,0 +1,261 @@
+//! [`OrigDstLayer`] and [`FixedTargetLayer`]: decide where an accepted
+//! connection goes, turning an [`Accepted`] into a [`ConnMeta`].
+//!
+//! A transparent listener receives connections that iptables redirected to
+//! it; the kernel remembers where each was going (`SO_ORIGINAL_DST`, or
+//! `IP6T_SO_ORIGINAL_DST` for IPv6) and [`OrigDst`] asks it. An explicit
+//! listener forwards everything to one configured address ([`FixedTarget`]).
+//!
+//! A connection that cannot be forwarded is closed with a TCP reset (as a
+//! refused connect would look to the client), counted in
+//! `l7inspect_connections_refused_total` and logged (rate-limited):
+//! - `no_original_dst`: the kernel has no original destination for it
+//!   (it reached the listener without a NAT rule, and conntrack is off);
+//! - `loop`: forwarding it would reach the proxy itself (see [`LoopGuard`]).
+
+use crate::{
+    loop_guard::{Loop, LoopGuard},
+    meta::{Accepted, ConnMeta},
+    metrics::{Metrics, RefusedLabels},
+    ratelimit::RateLimited,
+};
+use l7inspect_detect::Conn;
+use pin_project::pin_project;
+use socket2::SockRef;
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::net::TcpStream;
+use tower::{Layer, Service};
+
+/// A [`Layer`] that wraps a service in [`OrigDst`].
+#[derive(Clone, Debug)]
+pub struct OrigDstLayer {
+    shared: Arc<OrigDstShared>,
+}
+
+/// Looks up each redirected connection's original destination and calls the
+/// inner service with it as the target, unless that would loop.
+#[derive(Clone, Debug)]
+pub struct OrigDst<S> {
+    inner: S,
+    shared: Arc<OrigDstShared>,
+}
+
+#[derive(Debug)]
+struct OrigDstShared {
+    guard: LoopGuard,
+    metrics: Metrics,
+    log: RateLimited,
+}
+
+/// The future of [`OrigDst`]: the inner service's, or done at once for a
+/// refused connection.
+#[pin_project(project = ResponseFutureProj)]
+pub enum ResponseFuture<F> {
+    /// Forwarded to the inner service.
+    Forward(#[pin] F),
+    /// Refused (and already reset).
+    Refused,
+}
+
+/// A [`Layer`] that wraps a service in [`FixedTarget`].
+#[derive(Clone, Copy, Debug)]
+pub struct FixedTargetLayer {
+    target: SocketAddr,
+}
+
+/// Calls the inner service with a fixed target for every connection.
+#[derive(Clone, Debug)]
+pub struct FixedTarget<S> {
+    inner: S,
+    target: SocketAddr,
+}
+
+/// The original destination of a redirected connection, as the kernel
+/// recorded it before NAT. `local` picks the address family to ask about.
+pub fn original_dst(stream: &TcpStream, local: SocketAddr) -> io::Result<SocketAddr> {
+    let sock = SockRef::from(stream);
+    let is_v4 = match local {
+        SocketAddr::V4(_) => true,
+        // An IPv4 client of a dual-stack listener is NATed by iptables, not ip6tables.
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+    };
+    let addr = if is_v4 {
+        sock.original_dst_v4()?
+    } else {
+        sock.original_dst_v6()?
+    };
+    addr.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "original destination is not an IP address",
+        )
+    })
+}
+
+/// Closes a connection with a TCP reset rather than a FIN.
+pub fn reset<T: std::os::fd::AsFd>(io: T) {
+    let _ = SockRef::from(&io).set_linger(Some(Duration::ZERO));
+    drop(io);
+}
+
+// === impl OrigDstLayer ===
+
+impl OrigDstLayer {
+    /// A layer that refuses loops known to `guard` and counts refusals in `metrics`.
+    pub fn new(guard: LoopGuard, metrics: Metrics) -> Self {
+        Self {
+            shared: Arc::new(OrigDstShared {
+                guard,
+                metrics,
+                log: RateLimited::default(),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for OrigDstLayer {
+    type Service = OrigDst<S>;
+
+    fn layer(&self, inner: S) -> OrigDst<S> {
+        OrigDst {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+// === impl OrigDst ===
+
+impl<S> Service<Conn<Accepted, TcpStream>> for OrigDst<S>
+where
+    S: Service<Conn<ConnMeta, TcpStream>, Response = ()>,
+{
+    type Response = ();
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, conn: Conn<Accepted, TcpStream>) -> Self::Future {
+        let Conn { meta: accepted, io } = conn;
+        let refuse = |reason: &'static str, message: &dyn std::fmt::Display| {
+            self.shared
+                .metrics
+                .refused
+                .get_or_create(&RefusedLabels {
+                    direction: accepted.direction,
+                    reason,
+                })
+                .inc();
+            self.shared.log.warn(|suppressed| {
+                tracing::warn!(
+                    client = %accepted.client,
+                    listener = %accepted.local,
+                    direction = %accepted.direction,
+                    suppressed,
+                    "connection refused: {message}"
+                )
+            });
+        };
+        let target = match original_dst(&io, accepted.local) {
+            Ok(target) => target,
+            Err(e) => {
+                refuse(
+                    "no_original_dst",
+                    &format_args!(
+                        "no original destination ({e}); is the iptables REDIRECT rule in place?"
+                    ),
+                );
+                reset(io);
+                return ResponseFuture::Refused;
+            }
+        };
+        if let Some(kind) = self
+            .shared
+            .guard
+            .check(accepted.client, accepted.local, target)
+        {
+            let why = match kind {
+                Loop::TargetIsListener => {
+                    "its original destination is the proxy's own listener (no redirect rule, or a direct connection to the proxy port)"
+                }
+                Loop::ClientIsProxy => {
+                    "it is the proxy's own upstream connection, redirected back to the proxy (exempt the proxy's UID from the redirect)"
+                }
+            };
+            refuse("loop", &format_args!("{target} would loop: {why}"));
+            reset(io);
+            return ResponseFuture::Refused;
+        }
+        ResponseFuture::Forward(self.inner.call(Conn {
+            meta: ConnMeta::new(accepted, target),
+            io,
+        }))
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    type Output = Result<(), E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ResponseFutureProj::Forward(f) => f.poll(cx),
+            ResponseFutureProj::Refused => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+// === impl FixedTargetLayer ===
+
+impl FixedTargetLayer {
+    /// A layer that sends every connection to `target`.
+    pub fn new(target: SocketAddr) -> Self {
+        Self { target }
+    }
+}
+
+impl<S> Layer<S> for FixedTargetLayer {
+    type Service = FixedTarget<S>;
+
+    fn layer(&self, inner: S) -> FixedTarget<S> {
+        FixedTarget {
+            inner,
+            target: self.target,
+        }
+    }
+}
+
+// === impl FixedTarget ===
+
+impl<S, I> Service<Conn<Accepted, I>> for FixedTarget<S>
+where
+    S: Service<Conn<ConnMeta, I>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, conn: Conn<Accepted, I>) -> S::Future {
+        self.inner.call(Conn {
+            meta: ConnMeta::new(conn.meta, self.target),
+            io: conn.io,
+        })
+    }
+}

@@ -1,0 +1,90 @@
+//! [`serve`]: the accept loop.
+//!
+//! A plain function, not a service: it accepts connections until `shutdown`
+//! completes and hands each one, as a [`Conn`] of [`Accepted`] metadata and
+//! its TCP stream, to a fresh clone of a connection service on its own task.
+
+use crate::{meta::Accepted, meta::Direction, ratelimit::RateLimited};
+use l7inspect_detect::Conn;
+use std::{future::Future, io, time::Duration};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+use tower::{BoxError, Service, ServiceExt};
+use tracing::Instrument;
+
+/// Accepts connections on `listener` until `shutdown` completes, serving each
+/// on a task of `tracker` (so the caller can wait for them to drain).
+///
+/// Accepted sockets get `TCP_NODELAY`. A failed accept is retried: at once
+/// for errors of one connection (aborted), after 50 ms for exhausted
+/// resources (too many open files), with a rate-limited warning.
+pub async fn serve<S>(
+    listener: TcpListener,
+    direction: Direction,
+    service: S,
+    tracker: TaskTracker,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Conn<Accepted, TcpStream>, Response = ()> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    let local = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::error!(%direction, "listener has no local address: {e}");
+            return;
+        }
+    };
+    let log = RateLimited::default();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        log.warn(|suppressed| tracing::warn!(%local, suppressed, "accept failed: {e}"));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        // The accepted socket's own local address: the original one when
+        // the listener is bound to a wildcard address.
+        let local = stream.local_addr().unwrap_or(local);
+        let conn = Conn {
+            meta: Accepted {
+                client,
+                local,
+                direction,
+            },
+            io: stream,
+        };
+        let svc = service.clone();
+        let span = tracing::debug_span!("conn", %direction, %client);
+        tracker.spawn(
+            async move {
+                if let Err(e) = svc.oneshot(conn).await {
+                    tracing::debug!("connection ended: {}", e.into());
+                }
+            }
+            .instrument(span),
+        );
+    }
+    tracing::debug!(%local, %direction, "stopped accepting");
+}
+
+/// Errors that concern one connection only, not the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
