@@ -1,0 +1,319 @@
+//! The l7inspect sidecar as a library: [`SidecarConfig`] → [`build`] →
+//! [`Sidecar::run`].
+//!
+//! `main.rs` only parses flags into a [`SidecarConfig`]; tests build the
+//! config directly and run the sidecar in-process.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> anyhow::Result<()> {
+//! use l7inspect_sidecar::{build, Forward, SidecarConfig};
+//!
+//! let config = SidecarConfig {
+//!     transparent: false,
+//!     admin_listen: "127.0.0.1:0".parse()?,
+//!     inbound_forwards: vec![Forward {
+//!         listen: "127.0.0.1:0".parse()?,
+//!         target: "127.0.0.1:8080".parse()?,
+//!     }],
+//!     ..SidecarConfig::default()
+//! };
+//! let sidecar = build(config).await?;
+//! println!("forwarding from {}", sidecar.addrs().inbound_forwards[0].listen);
+//! sidecar.run(async { tokio::signal::ctrl_c().await.unwrap() }).await;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use l7inspect_core::{
+    Admin, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, LoopGuard, Metrics,
+    OrigDstLayer, Passthrough, PassthroughConfig, Readiness, TrackLayer, serve,
+};
+use l7inspect_detect::{DetectConfig, DetectLayer};
+use prometheus_client::registry::Registry;
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceBuilder;
+
+/// Everything the sidecar needs to start: parsed and validated flags.
+#[derive(Clone, Debug)]
+pub struct SidecarConfig {
+    /// Open the transparent (SO_ORIGINAL_DST) listeners.
+    pub transparent: bool,
+    /// The transparent inbound listener's address.
+    pub inbound_listen: SocketAddr,
+    /// The transparent outbound listener's address.
+    pub outbound_listen: SocketAddr,
+    /// The admin server's address.
+    pub admin_listen: SocketAddr,
+    /// Explicit inbound listeners with fixed targets.
+    pub inbound_forwards: Vec<Forward>,
+    /// Explicit outbound listeners with fixed targets.
+    pub outbound_forwards: Vec<Forward>,
+    /// Protocol detection (opaque ports, timeouts, prefix size).
+    pub detect: DetectConfig,
+    /// Upstream connects.
+    pub connect: ConnectConfig,
+    /// Passthrough (idle timeout).
+    pub passthrough: PassthroughConfig,
+    /// How long open connections may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+/// An explicit listener: accept on `listen`, forward to `target`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// Where to accept connections.
+    pub listen: SocketAddr,
+    /// Where every connection goes.
+    pub target: SocketAddr,
+}
+
+/// The addresses the sidecar actually bound (port 0 resolved).
+#[derive(Clone, Debug)]
+pub struct BoundAddrs {
+    /// The transparent inbound listener, if open.
+    pub inbound: Option<SocketAddr>,
+    /// The transparent outbound listener, if open.
+    pub outbound: Option<SocketAddr>,
+    /// The admin server.
+    pub admin: SocketAddr,
+    /// The explicit inbound listeners, in configuration order.
+    pub inbound_forwards: Vec<Forward>,
+    /// The explicit outbound listeners, in configuration order.
+    pub outbound_forwards: Vec<Forward>,
+}
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {what} listener on {addr}: {source}")]
+pub struct BindError {
+    /// Which listener (`inbound`, `outbound forward`, `admin`...).
+    pub what: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// A sidecar with every listener bound, ready to [`run`](Sidecar::run).
+#[derive(Debug)]
+pub struct Sidecar {
+    config: SidecarConfig,
+    addrs: BoundAddrs,
+    listeners: Vec<(TcpListener, Direction, Target)>,
+    admin: TcpListener,
+    metrics: Metrics,
+    registry: Arc<Registry>,
+    guard: LoopGuard,
+    ready: Readiness,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    OrigDst,
+    Fixed(SocketAddr),
+}
+
+// === impl SidecarConfig ===
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        Self {
+            transparent: true,
+            inbound_listen: ([0, 0, 0, 0], 4143).into(),
+            outbound_listen: ([127, 0, 0, 1], 4140).into(),
+            admin_listen: ([0, 0, 0, 0], 4191).into(),
+            inbound_forwards: Vec::new(),
+            outbound_forwards: Vec::new(),
+            detect: DetectConfig::default(),
+            connect: ConnectConfig::default(),
+            passthrough: PassthroughConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+// === impl Sidecar ===
+
+/// Binds every listener of `config` and registers the metrics. Fails with a
+/// [`BindError`] naming the first listener that could not be bound.
+pub async fn build(config: SidecarConfig) -> Result<Sidecar, BindError> {
+    async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| BindError { what, addr, source })
+    }
+    fn local(
+        what: &'static str,
+        l: &TcpListener,
+        addr: SocketAddr,
+    ) -> Result<SocketAddr, BindError> {
+        l.local_addr()
+            .map_err(|source| BindError { what, addr, source })
+    }
+
+    let guard = LoopGuard::default();
+    let admin = bind("admin", config.admin_listen).await?;
+    let mut addrs = BoundAddrs {
+        inbound: None,
+        outbound: None,
+        admin: local("admin", &admin, config.admin_listen)?,
+        inbound_forwards: Vec::new(),
+        outbound_forwards: Vec::new(),
+    };
+    let mut listeners = Vec::new();
+    if config.transparent {
+        for (what, addr, direction) in [
+            ("inbound", config.inbound_listen, Direction::Inbound),
+            ("outbound", config.outbound_listen, Direction::Outbound),
+        ] {
+            let l = bind(what, addr).await?;
+            let bound = local(what, &l, addr)?;
+            match direction {
+                Direction::Inbound => addrs.inbound = Some(bound),
+                Direction::Outbound => addrs.outbound = Some(bound),
+            }
+            listeners.push((l, direction, Target::OrigDst));
+        }
+    }
+    for (what, forwards, direction) in [
+        (
+            "inbound forward",
+            &config.inbound_forwards,
+            Direction::Inbound,
+        ),
+        (
+            "outbound forward",
+            &config.outbound_forwards,
+            Direction::Outbound,
+        ),
+    ] {
+        for f in forwards {
+            let l = bind(what, f.listen).await?;
+            let bound = Forward {
+                listen: local(what, &l, f.listen)?,
+                target: f.target,
+            };
+            match direction {
+                Direction::Inbound => addrs.inbound_forwards.push(bound),
+                Direction::Outbound => addrs.outbound_forwards.push(bound),
+            }
+            listeners.push((l, direction, Target::Fixed(f.target)));
+        }
+    }
+    for (l, _, _) in &listeners {
+        if let Ok(a) = l.local_addr() {
+            guard.add_listener(a);
+        }
+    }
+    guard.add_listener(addrs.admin);
+
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    Ok(Sidecar {
+        config,
+        addrs,
+        listeners,
+        admin,
+        metrics,
+        registry: Arc::new(registry),
+        guard,
+        ready: Readiness::default(),
+    })
+}
+
+impl Sidecar {
+    /// The bound addresses.
+    pub fn addrs(&self) -> &BoundAddrs {
+        &self.addrs
+    }
+
+    /// The metrics registry (what `/metrics` serves).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains: stops accepting, marks
+    /// itself not ready, and waits up to the shutdown grace period for open
+    /// connections to finish. Connections still open after that are dropped
+    /// when the caller's runtime stops.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Sidecar {
+            config,
+            listeners,
+            admin,
+            metrics,
+            registry,
+            guard,
+            ready,
+            ..
+        } = self;
+        let stop = CancellationToken::new();
+        let conns = TaskTracker::new();
+        let admin_tasks = TaskTracker::new();
+        let mut loops = JoinSet::new();
+
+        let detect = DetectLayer::new(config.detect.clone());
+        let connect = ConnectLayer::new(config.connect.clone(), metrics.clone(), guard.clone());
+        let track = TrackLayer::new(metrics.clone());
+        let passthrough = Passthrough::new(config.passthrough.clone(), metrics.clone());
+        let orig_dst = OrigDstLayer::new(guard, metrics);
+        for (listener, direction, target) in listeners {
+            // The stack after the target is the same for every listener.
+            let stack = ServiceBuilder::new()
+                .layer(connect.clone())
+                .layer(detect.clone())
+                .layer(track.clone())
+                .service(passthrough.clone());
+            let stopped = stop.clone().cancelled_owned();
+            let tracker = conns.clone();
+            match target {
+                Target::OrigDst => {
+                    let svc = ServiceBuilder::new().layer(orig_dst.clone()).service(stack);
+                    loops.spawn(serve(listener, direction, svc, tracker, stopped));
+                }
+                Target::Fixed(t) => {
+                    let svc = ServiceBuilder::new()
+                        .layer(FixedTargetLayer::new(t))
+                        .service(stack);
+                    loops.spawn(serve(listener, direction, svc, tracker, stopped));
+                }
+            }
+        }
+        let admin_server = tokio::spawn(Admin::new(registry, ready.clone()).serve(
+            admin,
+            admin_tasks.clone(),
+            stop.clone().cancelled_owned(),
+        ));
+        // Every listener was bound in `build`.
+        ready.set(true);
+        tracing::info!("ready");
+
+        shutdown.await;
+        ready.set(false);
+        tracing::info!(
+            grace = %humantime::format_duration(config.shutdown_grace),
+            open = conns.len(),
+            "shutting down: no longer accepting, draining open connections"
+        );
+        stop.cancel();
+        while loops.join_next().await.is_some() {}
+        conns.close();
+        if tokio::time::timeout(config.shutdown_grace, conns.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                open = conns.len(),
+                "grace period over; closing remaining connections"
+            );
+        }
+        let _ = admin_server.await;
+        admin_tasks.close();
+    }
+}

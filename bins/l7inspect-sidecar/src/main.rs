@@ -1,0 +1,276 @@
+//! `l7inspect-sidecar`: parses flags (each also an `L7INSPECT_*` environment
+//! variable) into a [`SidecarConfig`], binds, runs until SIGTERM or SIGINT,
+//! drains and exits 0.
+//!
+//! Exit codes: 0 after a clean shutdown; 2 for a bad flag or value (one line
+//! naming the flag, the value and why); 1 when a listener cannot be bound or
+//! the runtime cannot start (one line naming the address and the OS error).
+
+use clap::{CommandFactory, Parser, ValueEnum, error::ErrorKind};
+use l7inspect_core::{ConnectConfig, PassthroughConfig};
+use l7inspect_detect::DetectConfig;
+use l7inspect_sidecar::{Forward, SidecarConfig};
+use std::{net::SocketAddr, net::ToSocketAddrs, process::ExitCode, time::Duration};
+
+/// A layer-7 sidecar proxy: detects the protocol of every TCP connection
+/// crossing a workload and forwards its bytes untouched.
+#[derive(Debug, Parser)]
+#[command(name = "l7inspect-sidecar", version, about, long_about = None)]
+struct Args {
+    /// Transparent inbound listener (iptables PREROUTING redirects here).
+    #[arg(
+        long,
+        env = "L7INSPECT_INBOUND_LISTEN",
+        default_value = "0.0.0.0:4143",
+        value_name = "ADDR"
+    )]
+    inbound_listen: SocketAddr,
+
+    /// Transparent outbound listener (iptables OUTPUT redirects here).
+    #[arg(
+        long,
+        env = "L7INSPECT_OUTBOUND_LISTEN",
+        default_value = "127.0.0.1:4140",
+        value_name = "ADDR"
+    )]
+    outbound_listen: SocketAddr,
+
+    /// Admin server: /live, /ready, /metrics.
+    #[arg(
+        long,
+        env = "L7INSPECT_ADMIN_LISTEN",
+        default_value = "0.0.0.0:4191",
+        value_name = "ADDR"
+    )]
+    admin_listen: SocketAddr,
+
+    /// Explicit inbound listener with a fixed target, LISTEN=TARGET (repeatable;
+    /// comma-separated in the environment variable).
+    #[arg(long, env = "L7INSPECT_INBOUND_FORWARD", value_name = "LISTEN=TARGET", value_delimiter = ',', value_parser = parse_forward)]
+    inbound_forward: Vec<Forward>,
+
+    /// Explicit outbound listener with a fixed target, LISTEN=TARGET (repeatable;
+    /// comma-separated in the environment variable).
+    #[arg(long, env = "L7INSPECT_OUTBOUND_FORWARD", value_name = "LISTEN=TARGET", value_delimiter = ',', value_parser = parse_forward)]
+    outbound_forward: Vec<Forward>,
+
+    /// Do not open the two transparent listeners (explicit forwards only).
+    #[arg(long, env = "L7INSPECT_NO_TRANSPARENT")]
+    no_transparent: bool,
+
+    /// Destination ports whose connections skip protocol detection, e.g. 25,3306
+    /// (ranges like 5000-5010 work too).
+    #[arg(long, env = "L7INSPECT_OPAQUE_PORTS", value_name = "LIST", value_parser = parse_ports)]
+    opaque_ports: Option<PortList>,
+
+    /// Close passthrough connections on which no bytes moved for this long
+    /// (e.g. 1h, 30m). Default: never.
+    #[arg(long, env = "L7INSPECT_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+
+    /// How long open connections may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "L7INSPECT_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+
+    /// How long to wait for the rest of a protocol's first message once the
+    /// client started sending.
+    #[arg(long, env = "L7INSPECT_DETECT_TIMEOUT", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    detect_timeout: Duration,
+
+    /// How long an upstream connect may take.
+    #[arg(long, env = "L7INSPECT_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+
+    /// Worker threads. One suits a sidecar that shares its pod's CPU.
+    #[arg(long, env = "L7INSPECT_THREADS", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or a
+    /// tracing-subscriber directive list. Default: RUST_LOG, else info.
+    #[arg(long, env = "L7INSPECT_LOG_LEVEL", value_name = "LEVEL")]
+    log_level: Option<String>,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "L7INSPECT_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PortList(Vec<u16>);
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    // host:port, resolved once at startup.
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not an address (host:port): {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolved to no address"))
+}
+
+fn parse_forward(s: &str) -> Result<Forward, String> {
+    let (listen, target) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not LISTEN=TARGET"))?;
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("listen address {listen:?}: {e}"))?;
+    let target = parse_addr(target)?;
+    if listen == target {
+        return Err(format!("{s:?} would forward the listener to itself"));
+    }
+    Ok(Forward { listen, target })
+}
+
+fn parse_ports(s: &str) -> Result<PortList, String> {
+    let mut ports = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .map_err(|e| format!("{p:?} is not a port: {e}"))
+        };
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (port(lo)?, port(hi)?);
+                if lo > hi {
+                    return Err(format!("range {part:?} is empty"));
+                }
+                ports.extend(lo..=hi);
+            }
+            None => ports.push(port(part)?),
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(PortList(ports))
+}
+
+impl Args {
+    fn into_config(self) -> SidecarConfig {
+        SidecarConfig {
+            transparent: !self.no_transparent,
+            inbound_listen: self.inbound_listen,
+            outbound_listen: self.outbound_listen,
+            admin_listen: self.admin_listen,
+            inbound_forwards: self.inbound_forward,
+            outbound_forwards: self.outbound_forward,
+            detect: DetectConfig {
+                detect_timeout: self.detect_timeout,
+                opaque_ports: self.opaque_ports.unwrap_or_default().0,
+                ..DetectConfig::default()
+            },
+            connect: ConnectConfig {
+                timeout: self.connect_timeout,
+            },
+            passthrough: PassthroughConfig {
+                idle_timeout: self.idle_timeout,
+            },
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l)
+            .map_err(|e| format!("invalid value {l:?} for '--log-level': {e}"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; running until killed");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("received {name}");
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let threads = args.threads;
+    if let Err(e) = init_logging(args.log_level.as_deref(), args.log_format) {
+        Args::command().error(ErrorKind::ValueValidation, e).exit();
+    }
+    let config = args.into_config();
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.into())
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let sidecar = match l7inspect_sidecar::build(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let a = sidecar.addrs();
+        let forwards = |fs: &[Forward]| {
+            fs.iter()
+                .map(|f| format!("{}={}", f.listen, f.target))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            inbound = ?a.inbound,
+            outbound = ?a.outbound,
+            inbound_forwards = %forwards(&a.inbound_forwards),
+            outbound_forwards = %forwards(&a.outbound_forwards),
+            admin = %a.admin,
+            "listening"
+        );
+        sidecar.run(shutdown_signal()).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
