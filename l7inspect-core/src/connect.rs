@@ -175,14 +175,16 @@ impl Upstream {
     fn connect(meta: ConnMeta, shared: Arc<Shared>) -> Self {
         let target = meta.target;
         let fut = async move {
-            let result =
-                match tokio::time::timeout(shared.config.timeout, TcpStream::connect(target)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-                };
-            let stream = match result {
-                Ok(s) => s,
+            let dialled = tokio::time::timeout(shared.config.timeout, dial(target, &shared.guard))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+                });
+            match dialled {
+                Ok((stream, registration)) => Ok(UpstreamIo {
+                    stream,
+                    _registration: registration,
+                }),
                 Err(source) => {
                     let error = ConnectError { target, source };
                     shared
@@ -201,18 +203,9 @@ impl Upstream {
                             "{error}"
                         )
                     });
-                    return Err(error);
+                    Err(error)
                 }
-            };
-            // Interactive protocols must not wait on Nagle.
-            let _ = stream.set_nodelay(true);
-            let local = stream
-                .local_addr()
-                .map_err(|source| ConnectError { target, source })?;
-            Ok(UpstreamIo {
-                stream,
-                _registration: shared.guard.register_upstream(local),
-            })
+            }
         };
         Self {
             state: State::Connecting(Box::pin(fut)),
@@ -261,6 +254,42 @@ impl std::fmt::Debug for Upstream {
         };
         f.debug_struct("Upstream").field("state", &state).finish()
     }
+}
+
+/// Connects to `target`, registering the socket's local address with the
+/// loop guard as soon as the SYN is sent rather than when the handshake
+/// completes: a connection that iptables redirects back to the proxy is
+/// already queued on the proxy's listener by then, and another worker thread
+/// could accept it before a late registration. What remains is the window
+/// between the `connect(2)` and `getsockname(2)` calls.
+async fn dial(target: SocketAddr, guard: &LoopGuard) -> io::Result<(TcpStream, Registration)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    // Interactive protocols must not wait on Nagle.
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
+        Err(e) => return Err(e),
+    }
+    let local = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("local address is not an IP address"))?;
+    let registration = guard.register_upstream(local);
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    stream.writable().await?;
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    // A failed connect can leave no pending error; the peer address tells.
+    stream.peer_addr()?;
+    Ok((stream, registration))
 }
 
 // === impl Connecting ===

@@ -40,7 +40,7 @@
 //!
 //! # Layout
 //! - `meta`: [`Accepted`], [`ConnMeta`], [`Direction`].
-//! - `serve`: [`serve`], the accept loop.
+//! - `serve`: [`serve`], the accept loop, and [`bind`].
 //! - `orig_dst`: [`OrigDstLayer`], [`FixedTargetLayer`], [`original_dst`].
 //! - `loop_guard`: [`LoopGuard`].
 //! - `connect`: [`ConnectLayer`], [`Connecting`], [`Upstream`], [`ConnectError`].
@@ -79,5 +79,5 @@ pub use orig_dst::{
 };
 pub use passthrough::{Closed, Passthrough, PassthroughConfig, relay};
 pub use ratelimit::RateLimited;
-pub use serve::serve;
+pub use serve::{LISTEN_BACKLOG, bind, serve};
 pub use track::{CountingIo, Track, TrackLayer};

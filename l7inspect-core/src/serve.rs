@@ -6,11 +6,28 @@
 
 use crate::{meta::Accepted, meta::Direction, ratelimit::RateLimited};
 use l7inspect_detect::Conn;
-use std::{future::Future, io, time::Duration};
-use tokio::net::{TcpListener, TcpStream};
+use std::{future::Future, io, net::SocketAddr, time::Duration};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::task::TaskTracker;
 use tower::{BoxError, Service, ServiceExt};
 use tracing::Instrument;
+
+/// The listen backlog of [`bind`]: bursts of connects queue here while the
+/// accept loop catches up (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` with `SO_REUSEADDR` (a restarted proxy can
+/// rebind while old connections linger in TIME_WAIT) and a backlog of
+/// [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Accepts connections on `listener` until `shutdown` completes, serving each
 /// on a task of `tracker` (so the caller can wait for them to drain).

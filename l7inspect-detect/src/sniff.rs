@@ -189,13 +189,19 @@ fn is_tchar(b: u8) -> bool {
 /// `HTTP/1.x` version, which is what tells `GET / HTTP/1.1` from a Redis
 /// inline `GET key` or a memcached `get key`.
 fn http1(buf: &[u8]) -> Step {
+    // Judge at most MAX_REQUEST_LINE bytes, and give up on a line that is not
+    // complete within them, so a prefix and the whole always agree.
+    let line = &buf[..buf.len().min(MAX_REQUEST_LINE)];
+    match request_line(line) {
+        Step::More if line.len() == MAX_REQUEST_LINE => Step::No,
+        step => step,
+    }
+}
+
+fn request_line(buf: &[u8]) -> Step {
     let method_len = buf.iter().take_while(|&&b| is_tchar(b)).count();
     if method_len == buf.len() {
-        return if method_len < MAX_REQUEST_LINE {
-            Step::More
-        } else {
-            Step::No
-        };
+        return Step::More;
     }
     if method_len == 0 || buf[method_len] != b' ' {
         return Step::No;
@@ -204,11 +210,7 @@ fn http1(buf: &[u8]) -> Step {
     // request-target: visible ASCII, no spaces (RFC 9112 3.2).
     let target_len = rest.iter().take_while(|&&b| b.is_ascii_graphic()).count();
     if target_len == rest.len() {
-        return if buf.len() < MAX_REQUEST_LINE {
-            Step::More
-        } else {
-            Step::No
-        };
+        return Step::More;
     }
     if target_len == 0 || rest[target_len] != b' ' {
         return Step::No;
@@ -390,24 +392,23 @@ const KAFKA_MAX_REQUEST: u32 = 100 * 1024 * 1024;
 /// Kafka request: `size (i32), api_key (i16), api_version (i16),
 /// correlation_id (i32), client_id (nullable i16-length string)`.
 fn kafka(buf: &[u8]) -> Step {
-    if buf.len() < 14 {
-        // The size's high byte is zero for any request under 16 MiB.
-        return if buf[0] == 0 && (buf.len() < 4 || be_u32(buf) >= 10) {
-            Step::More
-        } else {
-            Step::No
-        };
+    // Each field is checked as soon as it has arrived, with the same bounds
+    // as on a whole header, so that a prefix never contradicts the whole.
+    if buf[0] > (KAFKA_MAX_REQUEST >> 24) as u8 {
+        return Step::No;
     }
-    let size = be_u32(buf);
-    let api_key = i16::from_be_bytes([buf[4], buf[5]]);
-    let api_version = i16::from_be_bytes([buf[6], buf[7]]);
-    let client_id_len = i16::from_be_bytes([buf[12], buf[13]]);
-    let plausible = (10..=KAFKA_MAX_REQUEST).contains(&size)
-        && (0..=KAFKA_MAX_API_KEY).contains(&api_key)
-        && (0..=30).contains(&api_version)
-        && client_id_len >= -1
-        && i64::from(client_id_len) + 10 <= i64::from(size);
-    if !plausible {
+    let i16_at = |i: usize| buf.get(i..i + 2).map(|b| i16::from_be_bytes([b[0], b[1]]));
+    let size = buf.get(..4).map(be_u32);
+    if size.is_some_and(|s| !(10..=KAFKA_MAX_REQUEST).contains(&s))
+        || i16_at(4).is_some_and(|k| !(0..=KAFKA_MAX_API_KEY).contains(&k))
+        || i16_at(6).is_some_and(|v| !(0..=30).contains(&v))
+    {
+        return Step::No;
+    }
+    let (Some(size), Some(client_id_len)) = (size, i16_at(12)) else {
+        return Step::More;
+    };
+    if client_id_len < -1 || i64::from(client_id_len) + 10 > i64::from(size) {
         return Step::No;
     }
     if client_id_len <= 0 {
@@ -619,6 +620,26 @@ mod tests {
     fn cassandra_options() {
         let options = [0x04, 0x00, 0x00, 0x00, 0x05, 0, 0, 0, 0];
         assert_eq!(detect(&options), Detection::Found(Protocol::Cassandra));
+    }
+
+    /// Found by the `detect` fuzz target: a prefix said Unknown where the
+    /// whole header said Kafka.
+    #[test]
+    fn kafka_prefixes_agree_with_the_whole() {
+        let input = [4, 0, 0, 0x19, 0, 0, 0, 4, 0, 0, 0, 5, 0, 0, 0, 0];
+        assert_eq!(detect(&input), Detection::Found(Protocol::Kafka));
+        for n in 0..14 {
+            assert_eq!(detect(&input[..n]), Detection::NeedMore, "n={n}");
+        }
+    }
+
+    #[test]
+    fn overlong_request_line_is_unknown_at_every_length() {
+        let mut line = vec![b'A'; MAX_REQUEST_LINE + 10];
+        line.extend_from_slice(b" / HTTP/1.1\r\n");
+        assert_eq!(detect(&line), Detection::Unknown);
+        assert_eq!(detect(&line[..MAX_REQUEST_LINE]), Detection::Unknown);
+        assert_eq!(detect(&line[..MAX_REQUEST_LINE - 1]), Detection::NeedMore);
     }
 
     #[test]

@@ -143,9 +143,7 @@ impl Default for SidecarConfig {
 /// [`BindError`] naming the first listener that could not be bound.
 pub async fn build(config: SidecarConfig) -> Result<Sidecar, BindError> {
     async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| BindError { what, addr, source })
+        l7inspect_core::bind(addr).map_err(|source| BindError { what, addr, source })
     }
     fn local(
         what: &'static str,
@@ -285,10 +283,12 @@ impl Sidecar {
                 }
             }
         }
+        // The admin server outlives the drain, so probes see 503, not a refusal.
+        let stop_admin = CancellationToken::new();
         let admin_server = tokio::spawn(Admin::new(registry, ready.clone()).serve(
             admin,
             admin_tasks.clone(),
-            stop.clone().cancelled_owned(),
+            stop_admin.clone().cancelled_owned(),
         ));
         // Every listener was bound in `build`.
         ready.set(true);
@@ -313,6 +313,7 @@ impl Sidecar {
                 "grace period over; closing remaining connections"
             );
         }
+        stop_admin.cancel();
         let _ = admin_server.await;
         admin_tasks.close();
     }

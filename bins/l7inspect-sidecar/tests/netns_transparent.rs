@@ -237,16 +237,11 @@ fn no_original_dst_without_nat_rules() {
 /// over: every application connection must cost exactly one forwarded
 /// connection and one refusal.
 ///
-/// Ignored while a known race stands: the proxy registers its upstream
-/// socket with the loop guard only once the connect has completed, and by
-/// then the kernel has already queued the redirected copy of that
-/// connection on the listener. Another worker can accept and check it
-/// first, find no registration, and forward it: one more hop (and a
-/// `protocol="unknown"` connection after a 1 s detection wait) before a
-/// later hop is caught. Run it with
-/// `cargo test -p l7inspect-sidecar --test netns_transparent -- --ignored`.
+/// This caught a race: the proxy used to register its upstream socket with
+/// the loop guard only once the connect had completed, when the kernel had
+/// already queued the redirected copy on the listener for another worker to
+/// accept. It now registers right after `connect(2)` sends the SYN.
 #[test]
-#[ignore = "known race: upstream sockets reach the loop guard only after connect"]
 fn loop_guard_refuses_redirected_own_traffic_multi_thread() {
     const CLIENTS: u32 = 20;
     netns::run_multi_thread(

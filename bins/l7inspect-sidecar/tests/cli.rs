@@ -1,0 +1,161 @@
+//! The sidecar binary as a user runs it: flags, environment variables, exit
+//! codes, and shutdown on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_l7inspect-sidecar");
+
+/// Runs the binary with `args` and waits for it (for invocations that exit
+/// on their own).
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// Kills the child by PID when dropped, so a failing test leaves nothing behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn help_names_every_flag_and_its_env_var() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, env) in [
+        ("--inbound-listen", "L7INSPECT_INBOUND_LISTEN"),
+        ("--outbound-listen", "L7INSPECT_OUTBOUND_LISTEN"),
+        ("--admin-listen", "L7INSPECT_ADMIN_LISTEN"),
+        ("--inbound-forward", "L7INSPECT_INBOUND_FORWARD"),
+        ("--outbound-forward", "L7INSPECT_OUTBOUND_FORWARD"),
+        ("--no-transparent", "L7INSPECT_NO_TRANSPARENT"),
+        ("--opaque-ports", "L7INSPECT_OPAQUE_PORTS"),
+        ("--idle-timeout", "L7INSPECT_IDLE_TIMEOUT"),
+        ("--shutdown-grace", "L7INSPECT_SHUTDOWN_GRACE"),
+        ("--detect-timeout", "L7INSPECT_DETECT_TIMEOUT"),
+        ("--connect-timeout", "L7INSPECT_CONNECT_TIMEOUT"),
+        ("--threads", "L7INSPECT_THREADS"),
+        ("--log-level", "L7INSPECT_LOG_LEVEL"),
+        ("--log-format", "L7INSPECT_LOG_FORMAT"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+        assert!(help.contains(env), "{env} missing from --help");
+    }
+}
+
+#[test]
+fn bad_values_name_the_flag_and_exit_2() {
+    for (args, needle) in [
+        (&["--opaque-ports", "80,99999"][..], "--opaque-ports"),
+        (&["--idle-timeout", "soon"], "--idle-timeout"),
+        (&["--inbound-forward", "127.0.0.1:1"], "--inbound-forward"),
+        (&["--inbound-forward", "127.0.0.1:7=127.0.0.1:7"], "itself"),
+        (&["--admin-listen", "nowhere"], "--admin-listen"),
+        (&["--log-format", "xml"], "--log-format"),
+        (&["--threads", "0"], "--threads"),
+        (&["--log-level", "info,[bad"], "--log-level"),
+        (&["--no-such-flag"], "--no-such-flag"),
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn bad_env_values_exit_2_too() {
+    let out = Command::new(BIN)
+        .env("L7INSPECT_SHUTDOWN_GRACE", "later")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--shutdown-grace"));
+}
+
+#[test]
+fn a_listener_that_cannot_bind_names_the_address_and_exits_1() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(&["--no-transparent", "--admin-listen", &addr]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("admin"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr}");
+}
+
+/// Configured through environment variables only, the binary forwards
+/// bytes; on SIGTERM it drains and exits 0.
+#[test]
+fn env_configured_forward_then_sigterm_exits_0() {
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let child = Command::new(BIN)
+        .env("L7INSPECT_NO_TRANSPARENT", "true")
+        .env("L7INSPECT_ADMIN_LISTEN", "127.0.0.1:0")
+        .env(
+            "L7INSPECT_INBOUND_FORWARD",
+            format!("127.0.0.1:0={backend_addr}"),
+        )
+        .env("L7INSPECT_LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(child);
+    let mut stderr = BufReader::new(guard.0.stderr.take().unwrap());
+
+    // The "listening" line names the bound addresses.
+    let mut line = String::new();
+    let listen: SocketAddr = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "exited early");
+        if let Some(rest) = line.split("\"inbound_forwards\":\"").nth(1) {
+            let pair = rest.split('"').next().unwrap();
+            break pair.split('=').next().unwrap().parse().unwrap();
+        }
+    };
+    assert!(line.contains("\"level\":\"INFO\""), "{line}");
+
+    let mut client = TcpStream::connect(listen).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (mut upstream, _) = backend.accept().unwrap();
+    client.write_all(b"hello over env config").unwrap();
+    let mut got = [0u8; 21];
+    upstream.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello over env config");
+    drop(client);
+    drop(upstream);
+
+    let pid = guard.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = guard.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("SIGTERM"), "{rest}");
+}

@@ -1,0 +1,141 @@
+//! Shared helpers for the sidecar's integration tests: an in-process sidecar
+//! with explicit forwards on 127.0.0.1, metrics scraping, bounded retries.
+
+#![allow(dead_code)]
+
+use l7inspect_sidecar::{BoundAddrs, Forward, SidecarConfig, build};
+use prometheus_client::registry::Registry;
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+/// A sidecar running in this process.
+pub struct Running {
+    pub addrs: BoundAddrs,
+    pub registry: Arc<Registry>,
+    stop: Option<oneshot::Sender<()>>,
+    pub handle: JoinHandle<()>,
+}
+
+impl Running {
+    /// Signals shutdown (as SIGTERM would) and returns the run task.
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// The first explicit inbound listener's address.
+    pub fn inbound(&self) -> SocketAddr {
+        self.addrs.inbound_forwards[0].listen
+    }
+
+    /// The metrics as `/metrics` serves them.
+    pub fn metrics(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text
+    }
+
+    /// The value of the sample line starting with `series` (name and labels), if any.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Waits (bounded) until `series` has the value `want`; panics otherwise.
+    pub async fn wait_metric(&self, series: &str, want: f64) {
+        let ok = eventually(|| async { self.metric(series) == Some(want) }).await;
+        assert!(
+            ok,
+            "{series} never became {want}; metrics:\n{}",
+            self.metrics()
+        );
+    }
+}
+
+/// A config with no transparent listeners, the admin server on an ephemeral
+/// port and one inbound forward from an ephemeral port to `target`.
+pub fn forward_config(target: SocketAddr) -> SidecarConfig {
+    SidecarConfig {
+        transparent: false,
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        inbound_forwards: vec![Forward {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            target,
+        }],
+        ..SidecarConfig::default()
+    }
+}
+
+/// Builds and runs a sidecar on the current runtime.
+pub async fn start(config: SidecarConfig) -> Running {
+    let sidecar = build(config).await.expect("sidecar binds");
+    let addrs = sidecar.addrs().clone();
+    let registry = sidecar.registry();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(sidecar.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        addrs,
+        registry,
+        stop: Some(stop),
+        handle,
+    }
+}
+
+/// Retries `check` every 10 ms for up to 10 s; true once it holds.
+pub async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..1000 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A deterministic pseudo-random byte stream (xorshift): the sender fills
+/// buffers from one, the receiver checks against another with the same seed,
+/// in whatever chunk sizes each sees, without holding the transfer in memory.
+pub struct Pattern {
+    state: u64,
+    word: [u8; 8],
+    used: usize,
+}
+
+impl Pattern {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: seed | 1,
+            word: [0; 8],
+            used: 8,
+        }
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            if self.used == 8 {
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 7;
+                self.state ^= self.state << 17;
+                self.word = self.state.to_le_bytes();
+                self.used = 0;
+            }
+            *b = self.word[self.used];
+            self.used += 1;
+        }
+    }
+
+    /// Whether `got` is the next `got.len()` bytes of the stream.
+    pub fn check(&mut self, got: &[u8], scratch: &mut Vec<u8>) -> bool {
+        scratch.resize(got.len(), 0);
+        self.fill(scratch);
+        scratch[..] == *got
+    }
+}
