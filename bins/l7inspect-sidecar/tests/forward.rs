@@ -14,7 +14,8 @@ use tokio::{
 /// A server that, per connection, reads until the client's FIN and then
 /// answers `reply(request)` and closes.
 async fn request_reply_server(reply: fn(Vec<u8>) -> Vec<u8>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A deep backlog: the tests open hundreds of connections at once.
+    let listener = l7inspect_core::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -32,7 +33,8 @@ async fn request_reply_server(reply: fn(Vec<u8>) -> Vec<u8>) -> SocketAddr {
 
 /// A server that echoes every byte back until EOF, then closes.
 async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A deep backlog: the tests open hundreds of connections at once.
+    let listener = l7inspect_core::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
