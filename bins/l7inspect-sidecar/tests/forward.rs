@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 use support::{Pattern, eventually, forward_config, start};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 
 /// A server that, per connection, reads until the client's FIN and then
