@@ -1,0 +1,180 @@
+//! Time to first byte from a server that speaks first (an SMTP-style
+//! `220 hello\r\n` banner on accept), `direct` beside `via-sidecar`.
+//!
+//! One iteration is: connect, then read the first byte the server sent. The
+//! client never writes, so through the sidecar the banner can only arrive
+//! once detection has noticed the server spoke first (`server_first`): what
+//! this measures, beyond the extra hop, is that detection adds no wait.
+//!
+//! The banner server and the sidecar each run on a current-thread runtime
+//! on their own OS thread (the sidecar's default is one worker thread), and
+//! the measured client runs on a third runtime on criterion's thread, so the
+//! client does not share a scheduler with what it measures.
+//!
+//! The client drops each connection after its first byte, with the rest of
+//! the banner unread: the kernel answers with a reset, so no connection sits
+//! in TIME_WAIT and long runs do not run out of ephemeral ports. Closing is
+//! outside the timed region ([`Bencher::iter_custom`]).
+//!
+//! ```text
+//! cargo bench -p l7inspect-benches --bench ttfb
+//! ```
+
+#![forbid(unsafe_code)]
+
+use criterion::{Bencher, Criterion, criterion_group, criterion_main};
+use l7inspect_sidecar::{Forward, SidecarConfig, build};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::mpsc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    runtime::Runtime,
+    sync::oneshot,
+};
+
+const BANNER: &[u8] = b"220 hello\r\n";
+
+/// A runtime on its own thread, stopped and joined on drop.
+struct Background {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn ttfb(c: &mut Criterion) {
+    let (server, _server) = banner_server();
+    let (proxy, _sidecar) = sidecar(server);
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+
+    let mut group = c.benchmark_group("ttfb");
+    group.bench_function("direct", |b| first_byte(b, &client, server));
+    group.bench_function("via-sidecar", |b| first_byte(b, &client, proxy));
+    group.finish();
+}
+
+/// Times connect + first byte read, `iters` times in a row.
+fn first_byte(b: &mut Bencher<'_>, client: &Runtime, addr: SocketAddr) {
+    b.iter_custom(|iters| {
+        client.block_on(async {
+            let mut total = Duration::ZERO;
+            let mut byte = [0u8; 1];
+            for _ in 0..iters {
+                let start = Instant::now();
+                let mut conn = TcpStream::connect(addr).await.expect("connect");
+                let n = conn.read(&mut byte).await.expect("read the banner");
+                total += start.elapsed();
+                assert_eq!((n, byte[0]), (1, BANNER[0]), "first byte of the banner");
+                drop(conn);
+            }
+            total
+        })
+    });
+}
+
+/// Writes [`BANNER`] to every connection on accept, then waits for the client
+/// to go.
+fn banner_server() -> (SocketAddr, Background) {
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let bg = Background::spawn("banner-server", move |stop| async move {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the banner server");
+        let _ = addr_tx.send(listener.local_addr().expect("banner server address"));
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                accepted = listener.accept() => {
+                    let Ok((mut conn, _)) = accepted else { continue };
+                    let _ = conn.set_nodelay(true);
+                    tokio::spawn(async move {
+                        if conn.write_all(BANNER).await.is_err() {
+                            return;
+                        }
+                        let mut sink = [0u8; 64];
+                        while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+                    });
+                }
+            }
+        }
+    });
+    let addr = addr_rx.recv().expect("the banner server started");
+    (addr, bg)
+}
+
+/// An in-process sidecar with one explicit inbound forward to `target`.
+fn sidecar(target: SocketAddr) -> (SocketAddr, Background) {
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let bg = Background::spawn("sidecar", move |stop| async move {
+        let sidecar = build(SidecarConfig {
+            transparent: false,
+            admin_listen: "127.0.0.1:0".parse().expect("address"),
+            inbound_forwards: vec![Forward {
+                listen: "127.0.0.1:0".parse().expect("address"),
+                target,
+            }],
+            shutdown_grace: Duration::from_secs(1),
+            ..SidecarConfig::default()
+        })
+        .await
+        .expect("bind the sidecar");
+        let _ = addr_tx.send(sidecar.addrs().inbound_forwards[0].listen);
+        sidecar
+            .run(async {
+                let _ = stop.await;
+            })
+            .await;
+    });
+    let addr = addr_rx.recv().expect("the sidecar started");
+    (addr, bg)
+}
+
+// === impl Background ===
+
+impl Background {
+    /// Runs `task` on a current-thread runtime on a new thread. The future
+    /// `task` is given completes when the [`Background`] is dropped.
+    fn spawn<F, Fut>(name: &str, task: F) -> Self
+    where
+        F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(task(stopped));
+            })
+            .expect("spawn a thread");
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+criterion_group!(benches, ttfb);
+criterion_main!(benches);
