@@ -212,14 +212,6 @@ impl Upstream {
         }
     }
 
-    /// An upstream that is already connected (for tests and embedders that
-    /// dial themselves).
-    pub fn from_io(io: UpstreamIo) -> Self {
-        Self {
-            state: State::Connected(io),
-        }
-    }
-
     /// Drives the connect; ready once it has succeeded or failed.
     pub fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let State::Connecting(fut) = &mut self.state {

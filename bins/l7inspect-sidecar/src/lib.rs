@@ -154,6 +154,8 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BindError> {
             .map_err(|source| BindError { what, addr, source })
     }
 
+    // The loop guard knows every proxy listener; not the admin server, since
+    // a connection to it cannot loop.
     let guard = LoopGuard::default();
     let admin = bind("admin", config.admin_listen).await?;
     let mut addrs = BoundAddrs {
@@ -171,6 +173,7 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BindError> {
         ] {
             let l = bind(what, addr).await?;
             let bound = local(what, &l, addr)?;
+            guard.add_listener(bound);
             match direction {
                 Direction::Inbound => addrs.inbound = Some(bound),
                 Direction::Outbound => addrs.outbound = Some(bound),
@@ -196,6 +199,7 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BindError> {
                 listen: local(what, &l, f.listen)?,
                 target: f.target,
             };
+            guard.add_listener(bound.listen);
             match direction {
                 Direction::Inbound => addrs.inbound_forwards.push(bound),
                 Direction::Outbound => addrs.outbound_forwards.push(bound),
@@ -203,12 +207,6 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BindError> {
             listeners.push((l, direction, Target::Fixed(f.target)));
         }
     }
-    for (l, _, _) in &listeners {
-        if let Ok(a) = l.local_addr() {
-            guard.add_listener(a);
-        }
-    }
-    guard.add_listener(addrs.admin);
 
     let metrics = Metrics::default();
     let mut registry = Registry::default();
