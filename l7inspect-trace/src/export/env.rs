@@ -1,0 +1,752 @@
+//! The OpenTelemetry SDK environment variables, mapped to
+//! [`ExportConfig`], [`ResourceConfig`] parts and [`SamplerConfig`].
+//!
+//! Pure: [`from_otel_env`] reads variables only through the lookup closure
+//! it is given, so the library never touches the process environment and
+//! tests pass a map. Meanings follow the OpenTelemetry specification
+//! ("Environment Variable Specification" and "OTLP Exporter
+//! Configuration"), with these choices:
+//! - An empty value counts as unset, as the specification says.
+//! - Enumerated values are case-insensitive.
+//! - A value that cannot be used is an error naming the variable, the value
+//!   and why; the sidecar turns it into exit code 2 instead of running with
+//!   a silently different configuration. (`OTEL_EXPORTER_OTLP_HEADERS`
+//!   values are redacted in errors: they often hold credentials.)
+//! - Without an OTLP endpoint variable there is no OTLP exporter (rather
+//!   than the specification's `localhost` default): the sidecar then keeps
+//!   spans in memory only.
+
+use std::time::Duration;
+
+use super::config::{
+    Compression, ExportConfig, OtlpConfig, OtlpProtocol, SamplerConfig, ZipkinConfig,
+};
+
+/// `OTEL_SERVICE_NAME`
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// `OTEL_RESOURCE_ATTRIBUTES`
+pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`
+pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+/// `OTEL_EXPORTER_OTLP_HEADERS`
+pub const OTEL_EXPORTER_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+/// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`
+pub const OTEL_EXPORTER_OTLP_TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+/// `OTEL_EXPORTER_OTLP_COMPRESSION`
+pub const OTEL_EXPORTER_OTLP_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+/// `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION`
+pub const OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION";
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`
+pub const OTEL_EXPORTER_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`
+pub const OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+/// `OTEL_EXPORTER_ZIPKIN_ENDPOINT`
+pub const OTEL_EXPORTER_ZIPKIN_ENDPOINT: &str = "OTEL_EXPORTER_ZIPKIN_ENDPOINT";
+/// `OTEL_EXPORTER_ZIPKIN_TIMEOUT`
+pub const OTEL_EXPORTER_ZIPKIN_TIMEOUT: &str = "OTEL_EXPORTER_ZIPKIN_TIMEOUT";
+/// `OTEL_TRACES_SAMPLER`
+pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+/// `OTEL_TRACES_SAMPLER_ARG`
+pub const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+/// `OTEL_BSP_MAX_QUEUE_SIZE`
+pub const OTEL_BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
+pub const OTEL_BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
+/// `OTEL_BSP_SCHEDULE_DELAY`
+pub const OTEL_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
+
+/// Every variable [`from_otel_env`] reads, e.g. for `--help` text or to
+/// log which ones were set.
+pub const VARIABLES: &[&str] = &[
+    OTEL_SERVICE_NAME,
+    OTEL_RESOURCE_ATTRIBUTES,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    OTEL_EXPORTER_OTLP_HEADERS,
+    OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+    OTEL_EXPORTER_OTLP_COMPRESSION,
+    OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
+    OTEL_EXPORTER_OTLP_TIMEOUT,
+    OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+    OTEL_EXPORTER_ZIPKIN_ENDPOINT,
+    OTEL_EXPORTER_ZIPKIN_TIMEOUT,
+    OTEL_TRACES_SAMPLER,
+    OTEL_TRACES_SAMPLER_ARG,
+    OTEL_BSP_MAX_QUEUE_SIZE,
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+    OTEL_BSP_SCHEDULE_DELAY,
+];
+
+/// What the `OTEL_*` variables say; unset variables leave defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtelEnv {
+    /// `OTEL_SERVICE_NAME`, else a `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`, else `None` (the caller picks a default,
+    /// e.g. the host name).
+    pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, percent-decoded, in order.
+    pub resource_attributes: Vec<(String, String)>,
+    /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`; default
+    /// `parentbased_always_on`.
+    pub sampler: SamplerConfig,
+    /// Exporters and batching; [`ExportConfig::default`] where unset.
+    pub export: ExportConfig,
+}
+
+/// A variable whose value cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?}: {reason}")]
+pub struct EnvError {
+    /// The variable's name.
+    pub var: &'static str,
+    /// Its value (redacted for header variables).
+    pub value: String,
+    /// Why it cannot be used.
+    pub reason: String,
+}
+
+/// Maps the OpenTelemetry SDK environment variables, read through
+/// `lookup` (e.g. `|k| std::env::var(k).ok()`), to configuration.
+///
+/// Precedence: each `OTEL_EXPORTER_OTLP_TRACES_*` variable replaces its
+/// `OTEL_EXPORTER_OTLP_*` counterpart. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+/// is the full URL, used as is; `OTEL_EXPORTER_OTLP_ENDPOINT` is a base URL
+/// to which `/v1/traces` is appended for `http/protobuf`, and which is used
+/// as is for `grpc` (the default protocol).
+pub fn from_otel_env(lookup: impl Fn(&str) -> Option<String>) -> Result<OtelEnv, EnvError> {
+    // The specification: an empty value is the same as unset.
+    let get = |var: &'static str| lookup(var).filter(|v| !v.trim().is_empty());
+    let first = |a: &'static str, b: &'static str| {
+        get(a).map(|v| (a, v)).or_else(|| get(b).map(|v| (b, v)))
+    };
+
+    let resource_attributes = match get(OTEL_RESOURCE_ATTRIBUTES) {
+        Some(v) => {
+            parse_key_values(&v).map_err(|reason| err(OTEL_RESOURCE_ATTRIBUTES, &v, reason))?
+        }
+        None => Vec::new(),
+    };
+    let service_name = get(OTEL_SERVICE_NAME)
+        .map(|s| s.trim().to_owned())
+        .or_else(|| {
+            resource_attributes
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
+        });
+
+    let sampler = parse_sampler(get(OTEL_TRACES_SAMPLER), get(OTEL_TRACES_SAMPLER_ARG))?;
+
+    let protocol = match first(
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+        OTEL_EXPORTER_OTLP_PROTOCOL,
+    ) {
+        Some((var, v)) => match v.trim().to_ascii_lowercase().as_str() {
+            "grpc" => OtlpProtocol::Grpc,
+            "http/protobuf" => OtlpProtocol::HttpProtobuf,
+            "http/json" => {
+                return Err(err(
+                    var,
+                    &v,
+                    "http/json is not supported; use grpc or http/protobuf",
+                ));
+            }
+            _ => return Err(err(var, &v, "expected grpc or http/protobuf")),
+        },
+        None => OtlpProtocol::Grpc,
+    };
+
+    let endpoint = if let Some(v) = get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) {
+        let v = v.trim().to_owned();
+        check_url(&v).map_err(|reason| err(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, &v, reason))?;
+        Some(v)
+    } else if let Some(v) = get(OTEL_EXPORTER_OTLP_ENDPOINT) {
+        let base = v.trim();
+        check_url(base).map_err(|reason| err(OTEL_EXPORTER_OTLP_ENDPOINT, &v, reason))?;
+        Some(match protocol {
+            OtlpProtocol::Grpc => base.to_owned(),
+            OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+        })
+    } else {
+        None
+    };
+
+    let otlp = match endpoint {
+        None => None,
+        Some(endpoint) => {
+            let headers = match first(
+                OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+                OTEL_EXPORTER_OTLP_HEADERS,
+            ) {
+                Some((var, v)) => parse_headers(&v).map_err(|reason| EnvError {
+                    var,
+                    value: format!("<redacted, {} bytes>", v.len()),
+                    reason,
+                })?,
+                None => Vec::new(),
+            };
+            let compression = match first(
+                OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
+                OTEL_EXPORTER_OTLP_COMPRESSION,
+            ) {
+                Some((var, v)) => match v.trim().to_ascii_lowercase().as_str() {
+                    "gzip" => Some(Compression::Gzip),
+                    "none" => None,
+                    _ => return Err(err(var, &v, "expected gzip or none")),
+                },
+                None => None,
+            };
+            let timeout = match first(
+                OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+                OTEL_EXPORTER_OTLP_TIMEOUT,
+            ) {
+                Some((var, v)) => parse_millis(var, &v)?,
+                None => super::config::DEFAULT_EXPORT_TIMEOUT,
+            };
+            Some(OtlpConfig {
+                endpoint,
+                protocol,
+                headers,
+                compression,
+                timeout,
+            })
+        }
+    };
+
+    let zipkin = match get(OTEL_EXPORTER_ZIPKIN_ENDPOINT) {
+        None => None,
+        Some(v) => {
+            let endpoint = v.trim().to_owned();
+            check_url(&endpoint)
+                .map_err(|reason| err(OTEL_EXPORTER_ZIPKIN_ENDPOINT, &v, reason))?;
+            let mut cfg = ZipkinConfig::new(endpoint);
+            if let Some(t) = get(OTEL_EXPORTER_ZIPKIN_TIMEOUT) {
+                cfg.timeout = parse_millis(OTEL_EXPORTER_ZIPKIN_TIMEOUT, &t)?;
+            }
+            Some(cfg)
+        }
+    };
+
+    let mut export = ExportConfig {
+        otlp,
+        zipkin,
+        ..ExportConfig::default()
+    };
+    if let Some(v) = get(OTEL_BSP_MAX_QUEUE_SIZE) {
+        export.queue_size = parse_positive(OTEL_BSP_MAX_QUEUE_SIZE, &v)?;
+    }
+    if let Some(v) = get(OTEL_BSP_MAX_EXPORT_BATCH_SIZE) {
+        export.max_batch = parse_positive(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, &v)?;
+        if export.max_batch > export.queue_size {
+            return Err(err(
+                OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+                &v,
+                format!(
+                    "must not exceed the queue size {} (OTEL_BSP_MAX_QUEUE_SIZE)",
+                    export.queue_size
+                ),
+            ));
+        }
+    }
+    if let Some(v) = get(OTEL_BSP_SCHEDULE_DELAY) {
+        export.batch_delay = parse_millis(OTEL_BSP_SCHEDULE_DELAY, &v)?;
+    }
+
+    Ok(OtelEnv {
+        service_name,
+        resource_attributes,
+        sampler,
+        export,
+    })
+}
+
+fn err(var: &'static str, value: &str, reason: impl Into<String>) -> EnvError {
+    EnvError {
+        var,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<SamplerConfig, EnvError> {
+    let Some(name) = name else {
+        return Ok(SamplerConfig::default());
+    };
+    // The ratio samplers' argument: a probability, 1.0 when unset.
+    let ratio = || -> Result<f64, EnvError> {
+        match &arg {
+            None => Ok(1.0),
+            Some(a) => match a.trim().parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(err(
+                    OTEL_TRACES_SAMPLER_ARG,
+                    a,
+                    format!(
+                        "{} needs a probability between 0 and 1",
+                        name.trim().to_ascii_lowercase()
+                    ),
+                )),
+            },
+        }
+    };
+    Ok(match name.trim().to_ascii_lowercase().as_str() {
+        "always_on" => SamplerConfig::AlwaysOn,
+        "always_off" => SamplerConfig::AlwaysOff,
+        "traceidratio" => SamplerConfig::TraceIdRatio(ratio()?),
+        "parentbased_always_on" => SamplerConfig::ParentBasedAlwaysOn,
+        "parentbased_always_off" => SamplerConfig::ParentBasedAlwaysOff,
+        "parentbased_traceidratio" => SamplerConfig::ParentBasedTraceIdRatio(ratio()?),
+        "jaeger_remote" | "parentbased_jaeger_remote" | "xray" => {
+            return Err(err(OTEL_TRACES_SAMPLER, &name, "sampler not supported"));
+        }
+        _ => {
+            return Err(err(
+                OTEL_TRACES_SAMPLER,
+                &name,
+                "expected always_on, always_off, traceidratio, parentbased_always_on, \
+                 parentbased_always_off or parentbased_traceidratio",
+            ));
+        }
+    })
+}
+
+fn check_url(v: &str) -> Result<(), String> {
+    let uri: http::Uri = v.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        Some(other) => return Err(format!("scheme {other} is not http or https")),
+        None => return Err("no scheme: expected http:// or https://".into()),
+    }
+    if uri.authority().is_none() {
+        return Err("no host".into());
+    }
+    Ok(())
+}
+
+fn parse_millis(var: &'static str, v: &str) -> Result<Duration, EnvError> {
+    match v.trim().parse::<u64>() {
+        Ok(0) => Err(err(var, v, "must be more than 0 milliseconds")),
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(_) => Err(err(var, v, "expected a whole number of milliseconds")),
+    }
+}
+
+fn parse_positive(var: &'static str, v: &str) -> Result<usize, EnvError> {
+    match v.trim().parse::<usize>() {
+        Ok(0) => Err(err(var, v, "must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(err(var, v, "expected a positive whole number")),
+    }
+}
+
+/// `key=value,key=value` with percent-encoded keys and values (the W3C
+/// Baggage-like format of `OTEL_RESOURCE_ATTRIBUTES` and
+/// `OTEL_EXPORTER_OTLP_HEADERS`). Empty members are skipped; surrounding
+/// whitespace is trimmed.
+fn parse_key_values(v: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (i, member) in v.split(',').enumerate() {
+        let member = member.trim();
+        if member.is_empty() {
+            continue;
+        }
+        let n = i + 1;
+        let Some((k, val)) = member.split_once('=') else {
+            return Err(format!("member {n} has no '='"));
+        };
+        let k = percent_decode(k.trim()).map_err(|e| format!("member {n} key: {e}"))?;
+        if k.is_empty() {
+            return Err(format!("member {n} has an empty key"));
+        }
+        let val = percent_decode(val.trim()).map_err(|e| format!("member {n} value: {e}"))?;
+        out.push((k, val));
+    }
+    Ok(out)
+}
+
+/// Like [`parse_key_values`], and each pair must be a valid HTTP header
+/// (names are lower-cased, as gRPC metadata requires). Reasons never
+/// quote values: they often are credentials.
+fn parse_headers(v: &str) -> Result<Vec<(String, String)>, String> {
+    let pairs = parse_key_values(v)?;
+    pairs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (k, val))| {
+            let name = http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("header {} has an invalid name", i + 1))?;
+            http::HeaderValue::from_str(&val)
+                .map_err(|_| format!("header {} ({name}) has an invalid value", i + 1))?;
+            Ok((name.as_str().to_owned(), val))
+        })
+        .collect()
+}
+
+/// Strict percent-decoding: `%` must be followed by two hex digits and the
+/// result must be UTF-8 (the specification discards a value that fails to
+/// decode; we report it).
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
+                _ => return Err(format!("bad percent-encoding at byte {i}")),
+            }
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "percent-decodes to invalid UTF-8".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<OtelEnv, EnvError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        from_otel_env(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn nothing_set_gives_defaults() {
+        let e = env(&[]).unwrap();
+        assert_eq!(e.service_name, None);
+        assert!(e.resource_attributes.is_empty());
+        assert_eq!(e.sampler, SamplerConfig::ParentBasedAlwaysOn);
+        assert_eq!(e.export, ExportConfig::default());
+    }
+
+    #[test]
+    fn empty_values_are_unset() {
+        let e = env(&[(OTEL_SERVICE_NAME, ""), (OTEL_EXPORTER_OTLP_ENDPOINT, " ")]).unwrap();
+        assert_eq!(e.service_name, None);
+        assert_eq!(e.export.otlp, None);
+    }
+
+    #[test]
+    fn service_name_and_resource_attributes() {
+        let e = env(&[(
+            OTEL_RESOURCE_ATTRIBUTES,
+            "service.name=from-attrs, team=a%2Cb%3Dc ,,note=caf%C3%A9",
+        )])
+        .unwrap();
+        assert_eq!(e.service_name.as_deref(), Some("from-attrs"));
+        assert_eq!(
+            e.resource_attributes,
+            vec![
+                ("service.name".to_owned(), "from-attrs".to_owned()),
+                ("team".to_owned(), "a,b=c".to_owned()),
+                ("note".to_owned(), "café".to_owned()),
+            ]
+        );
+        let e = env(&[
+            (OTEL_RESOURCE_ATTRIBUTES, "service.name=from-attrs"),
+            (OTEL_SERVICE_NAME, "from-var"),
+        ])
+        .unwrap();
+        assert_eq!(e.service_name.as_deref(), Some("from-var"));
+    }
+
+    #[test]
+    fn bad_resource_attributes() {
+        for (v, why) in [
+            ("a=b,novalue", "member 2 has no '='"),
+            ("=b", "member 1 has an empty key"),
+            ("a=%zz", "member 1 value: bad percent-encoding at byte 0"),
+            ("a=%C3", "member 1 value: percent-decodes to invalid UTF-8"),
+            ("a=%4", "member 1 value: bad percent-encoding at byte 0"),
+        ] {
+            let e = env(&[(OTEL_RESOURCE_ATTRIBUTES, v)]).unwrap_err();
+            assert_eq!(e.var, OTEL_RESOURCE_ATTRIBUTES);
+            assert_eq!(e.value, v);
+            assert_eq!(e.reason, why, "{v}");
+        }
+    }
+
+    #[test]
+    fn generic_endpoint_is_a_base_for_http_and_as_is_for_grpc() {
+        let e = env(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://c:4317")]).unwrap();
+        let otlp = e.export.otlp.unwrap();
+        assert_eq!(otlp.endpoint, "http://c:4317");
+        assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
+        assert_eq!(otlp.timeout, Duration::from_secs(10));
+
+        for base in ["http://c:4318", "http://c:4318/"] {
+            let e = env(&[
+                (OTEL_EXPORTER_OTLP_ENDPOINT, base),
+                (OTEL_EXPORTER_OTLP_PROTOCOL, "http/protobuf"),
+            ])
+            .unwrap();
+            assert_eq!(e.export.otlp.unwrap().endpoint, "http://c:4318/v1/traces");
+        }
+        let e = env(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "https://c/prefix"),
+            (OTEL_EXPORTER_OTLP_PROTOCOL, "HTTP/PROTOBUF"),
+        ])
+        .unwrap();
+        assert_eq!(
+            e.export.otlp.unwrap().endpoint,
+            "https://c/prefix/v1/traces"
+        );
+    }
+
+    #[test]
+    fn traces_variables_take_precedence() {
+        let e = env(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://generic:4318"),
+            (
+                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                "http://traces:9999/custom",
+            ),
+            (OTEL_EXPORTER_OTLP_PROTOCOL, "grpc"),
+            (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "http/protobuf"),
+            (OTEL_EXPORTER_OTLP_HEADERS, "a=1"),
+            (OTEL_EXPORTER_OTLP_TRACES_HEADERS, "Api-Key=s%20ecret,b=2"),
+            (OTEL_EXPORTER_OTLP_COMPRESSION, "none"),
+            (OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, "GZIP"),
+            (OTEL_EXPORTER_OTLP_TIMEOUT, "1000"),
+            (OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, "250"),
+        ])
+        .unwrap();
+        assert_eq!(
+            e.export.otlp.unwrap(),
+            OtlpConfig {
+                // The traces endpoint is used as is, whatever the protocol.
+                endpoint: "http://traces:9999/custom".into(),
+                protocol: OtlpProtocol::HttpProtobuf,
+                headers: vec![
+                    ("api-key".into(), "s ecret".into()),
+                    ("b".into(), "2".into())
+                ],
+                compression: Some(Compression::Gzip),
+                timeout: Duration::from_millis(250),
+            }
+        );
+        let e = env(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://generic:4317"),
+            (OTEL_EXPORTER_OTLP_HEADERS, "a=1"),
+            (OTEL_EXPORTER_OTLP_COMPRESSION, "gzip"),
+            (OTEL_EXPORTER_OTLP_TIMEOUT, "1500"),
+        ])
+        .unwrap();
+        let otlp = e.export.otlp.unwrap();
+        assert_eq!(otlp.headers, vec![("a".into(), "1".into())]);
+        assert_eq!(otlp.compression, Some(Compression::Gzip));
+        assert_eq!(otlp.timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn bad_otlp_values_name_variable_value_and_reason() {
+        let base = (OTEL_EXPORTER_OTLP_ENDPOINT, "http://c:4317");
+        // (variables, the variable blamed, its value, the reason)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, &'a str);
+        let cases: &[Case] = &[
+            (
+                &[(OTEL_EXPORTER_OTLP_ENDPOINT, "c:4317")],
+                OTEL_EXPORTER_OTLP_ENDPOINT,
+                "c:4317",
+                "no scheme: expected http:// or https://",
+            ),
+            (
+                &[(OTEL_EXPORTER_OTLP_ENDPOINT, "ftp://c/otel")],
+                OTEL_EXPORTER_OTLP_ENDPOINT,
+                "ftp://c/otel",
+                "scheme ftp is not http or https",
+            ),
+            (
+                &[(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "/v1/traces")],
+                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                "/v1/traces",
+                "no scheme: expected http:// or https://",
+            ),
+            (
+                &[base, (OTEL_EXPORTER_OTLP_PROTOCOL, "http/json")],
+                OTEL_EXPORTER_OTLP_PROTOCOL,
+                "http/json",
+                "http/json is not supported; use grpc or http/protobuf",
+            ),
+            (
+                &[base, (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "udp")],
+                OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+                "udp",
+                "expected grpc or http/protobuf",
+            ),
+            (
+                &[base, (OTEL_EXPORTER_OTLP_COMPRESSION, "zstd")],
+                OTEL_EXPORTER_OTLP_COMPRESSION,
+                "zstd",
+                "expected gzip or none",
+            ),
+            (
+                &[base, (OTEL_EXPORTER_OTLP_TIMEOUT, "10s")],
+                OTEL_EXPORTER_OTLP_TIMEOUT,
+                "10s",
+                "expected a whole number of milliseconds",
+            ),
+            (
+                &[base, (OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, "0")],
+                OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+                "0",
+                "must be more than 0 milliseconds",
+            ),
+            (
+                &[(OTEL_EXPORTER_ZIPKIN_ENDPOINT, "http://")],
+                OTEL_EXPORTER_ZIPKIN_ENDPOINT,
+                "http://",
+                "not a URL: empty string",
+            ),
+        ];
+        for (vars, var, value, reason) in cases {
+            let e = env(vars).unwrap_err();
+            assert_eq!(
+                (e.var, e.value.as_str(), e.reason.as_str()),
+                (*var, *value, *reason),
+                "{vars:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_errors_redact_the_value() {
+        let e = env(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://c:4317"),
+            (OTEL_EXPORTER_OTLP_HEADERS, "authorization=Bearer%20tok%0A"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, OTEL_EXPORTER_OTLP_HEADERS);
+        assert_eq!(e.reason, "header 1 (authorization) has an invalid value");
+        assert!(!e.to_string().contains("tok"), "{e}");
+        let e = env(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://c:4317"),
+            (OTEL_EXPORTER_OTLP_HEADERS, "bad name=x"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.reason, "header 1 has an invalid name");
+    }
+
+    #[test]
+    fn zipkin() {
+        let e = env(&[
+            (
+                OTEL_EXPORTER_ZIPKIN_ENDPOINT,
+                "http://zipkin:9411/api/v2/spans",
+            ),
+            (OTEL_EXPORTER_ZIPKIN_TIMEOUT, "500"),
+        ])
+        .unwrap();
+        assert_eq!(
+            e.export.zipkin,
+            Some(ZipkinConfig {
+                endpoint: "http://zipkin:9411/api/v2/spans".into(),
+                timeout: Duration::from_millis(500),
+            })
+        );
+        assert_eq!(e.export.otlp, None);
+    }
+
+    #[test]
+    fn samplers() {
+        let s = |name: &str, arg: Option<&str>| {
+            let mut vars = vec![(OTEL_TRACES_SAMPLER, name)];
+            if let Some(a) = arg {
+                vars.push((OTEL_TRACES_SAMPLER_ARG, a));
+            }
+            env(&vars).map(|e| e.sampler)
+        };
+        assert_eq!(s("always_on", None), Ok(SamplerConfig::AlwaysOn));
+        assert_eq!(s("always_off", Some("0.5")), Ok(SamplerConfig::AlwaysOff));
+        assert_eq!(
+            s("traceidratio", None),
+            Ok(SamplerConfig::TraceIdRatio(1.0))
+        );
+        assert_eq!(
+            s("TraceIdRatio", Some("0.25")),
+            Ok(SamplerConfig::TraceIdRatio(0.25))
+        );
+        assert_eq!(
+            s("parentbased_always_on", None),
+            Ok(SamplerConfig::ParentBasedAlwaysOn)
+        );
+        assert_eq!(
+            s("parentbased_always_off", None),
+            Ok(SamplerConfig::ParentBasedAlwaysOff)
+        );
+        assert_eq!(
+            s("parentbased_traceidratio", Some("0")),
+            Ok(SamplerConfig::ParentBasedTraceIdRatio(0.0))
+        );
+        let e = s("parentbased_traceidratio", Some("1.5")).unwrap_err();
+        assert_eq!(
+            (e.var, e.value.as_str(), e.reason.as_str()),
+            (
+                OTEL_TRACES_SAMPLER_ARG,
+                "1.5",
+                "parentbased_traceidratio needs a probability between 0 and 1"
+            )
+        );
+        let e = s("traceidratio", Some("half")).unwrap_err();
+        assert_eq!(e.var, OTEL_TRACES_SAMPLER_ARG);
+        let e = s("jaeger_remote", None).unwrap_err();
+        assert_eq!(
+            (e.var, e.reason.as_str()),
+            (OTEL_TRACES_SAMPLER, "sampler not supported")
+        );
+        let e = s("sometimes", None).unwrap_err();
+        assert_eq!(
+            (e.var, e.value.as_str()),
+            (OTEL_TRACES_SAMPLER, "sometimes")
+        );
+    }
+
+    #[test]
+    fn batch_processor_variables() {
+        let e = env(&[
+            (OTEL_BSP_MAX_QUEUE_SIZE, "100"),
+            (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, "10"),
+            (OTEL_BSP_SCHEDULE_DELAY, "200"),
+        ])
+        .unwrap();
+        assert_eq!(e.export.queue_size, 100);
+        assert_eq!(e.export.max_batch, 10);
+        assert_eq!(e.export.batch_delay, Duration::from_millis(200));
+
+        let e = env(&[(OTEL_BSP_MAX_QUEUE_SIZE, "0")]).unwrap_err();
+        assert_eq!(
+            (e.var, e.reason.as_str()),
+            (OTEL_BSP_MAX_QUEUE_SIZE, "must be at least 1")
+        );
+        let e = env(&[(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, "-1")]).unwrap_err();
+        assert_eq!(e.var, OTEL_BSP_MAX_EXPORT_BATCH_SIZE);
+        let e = env(&[(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, "4096")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE=\"4096\": must not exceed the queue size 2048 \
+             (OTEL_BSP_MAX_QUEUE_SIZE)"
+        );
+        let e = env(&[(OTEL_BSP_SCHEDULE_DELAY, "1.5")]).unwrap_err();
+        assert_eq!(e.var, OTEL_BSP_SCHEDULE_DELAY);
+    }
+}

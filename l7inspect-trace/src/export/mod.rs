@@ -1,0 +1,73 @@
+//! Span export: a bounded, non-blocking hand-off from finished spans to
+//! OTLP (gRPC or HTTP/protobuf) and Zipkin v2 JSON collectors, plus an
+//! in-memory ring of recent spans.
+//!
+//! # How spans flow
+//! [`ExportProcessor`] is an OpenTelemetry SDK [`SpanProcessor`]. Its
+//! `on_end` runs on the thread that ended the span, in the middle of
+//! request handling, so it only does constant-time work: it puts the span
+//! (behind an `Arc`) in the [`RecentSpans`] ring and `try_send`s it into a
+//! bounded queue of [`ExportConfig::queue_size`] spans. A background Tokio
+//! task takes spans off the queue and exports a batch when it holds
+//! [`ExportConfig::max_batch`] spans or its oldest span has waited
+//! [`ExportConfig::batch_delay`], whichever comes first, to every configured
+//! exporter at once.
+//!
+//! # Hand-off guarantees
+//! - `on_end` never blocks, awaits, allocates more than the one `Arc`, or
+//!   does I/O; a slow or dead collector cannot slow the caller.
+//! - A span ended while the queue is full is dropped and counted
+//!   (`queue_full`). Nothing ever waits for room.
+//! - Each export is bounded by its exporter's timeout. A batch that fails
+//!   or times out is dropped for that exporter and counted
+//!   (`export_failed`, once per span per exporter); it is not retried
+//!   beyond what the OTLP exporter does within that same timeout. While an
+//!   export is in flight the queue keeps filling, so a stalled collector
+//!   turns into `queue_full` drops, not memory growth.
+//! - [`ExportPipeline::shutdown`] stops taking spans (later ones count as
+//!   `shutdown`), exports what is queued until its deadline, and counts
+//!   what is left as `shutdown`.
+//! - With no exporter configured there is no queue and no task: spans are
+//!   only kept in the ring.
+//!
+//! Every sampled span that reaches `on_end` is therefore, per exporter,
+//! either exported or counted in exactly one drop reason.
+//!
+//! # Example
+//! ```
+//! use l7inspect_trace::export::{ExportConfig, ExportPipeline, ResourceConfig, SamplerConfig};
+//! use opentelemetry::trace::{Tracer, TracerProvider};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let env = l7inspect_trace::export::from_otel_env(|k| std::env::var(k).ok())?;
+//! let resource = ResourceConfig {
+//!     service_name: env.service_name.unwrap_or_else(|| "my-host".into()),
+//!     attributes: env.resource_attributes,
+//! }
+//! .to_resource("l7inspect", env!("CARGO_PKG_VERSION"));
+//! let pipeline = ExportPipeline::start(env.export, resource)?;
+//! let provider = pipeline.tracer_provider(env.sampler.to_sampler());
+//! provider.tracer("l7inspect").in_span("GET", |_cx| {});
+//! pipeline.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! [`SpanProcessor`]: opentelemetry_sdk::trace::SpanProcessor
+
+mod config;
+pub mod env;
+mod pipeline;
+mod recent;
+mod stats;
+mod zipkin;
+
+pub use config::{
+    Compression, DEFAULT_BATCH_DELAY, DEFAULT_EXPORT_TIMEOUT, DEFAULT_MAX_BATCH,
+    DEFAULT_QUEUE_SIZE, DEFAULT_RECENT_CAPACITY, ExportConfig, OtlpConfig, OtlpProtocol,
+    ResourceConfig, SamplerConfig, UNKNOWN_SERVICE, ZipkinConfig,
+};
+pub use env::{EnvError, OtelEnv, VARIABLES, from_otel_env};
+pub use pipeline::{ExportBuildError, ExportPipeline, ExportProcessor, FlushOutcome};
+pub use recent::RecentSpans;
+pub use stats::{DropReason, ExportStats, ExporterKind};

@@ -1,0 +1,674 @@
+//! The span processor, its bounded hand-off queue and the background task
+//! that batches and exports.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::Context;
+use opentelemetry::Key;
+use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{
+    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanLimits, SpanProcessor,
+};
+use opentelemetry_semantic_conventions::resource::SERVICE_NAME;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::config::{Compression, ExportConfig, OtlpConfig, OtlpProtocol, UNKNOWN_SERVICE};
+use super::recent::RecentSpans;
+use super::stats::{DropReason, ExportStats, ExporterKind};
+use super::zipkin::ZipkinExporter;
+
+/// How long the export task keeps flushing when every handle to it was
+/// dropped without an explicit shutdown.
+const DROPPED_HANDLES_DEADLINE: Duration = Duration::from_secs(5);
+/// At most one warning per exporter (and one for a full queue) per interval.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A running export pipeline: the [`ExportProcessor`] to register with a
+/// tracer provider, the background export task behind it, its counters and
+/// its ring of recent spans.
+///
+/// Dropping every handle (this and all processor clones, including the
+/// provider's) lets the task flush for up to 5 s and stop; call
+/// [`shutdown`](ExportPipeline::shutdown) to choose the deadline and wait.
+#[derive(Debug)]
+pub struct ExportPipeline {
+    processor: ExportProcessor,
+    resource: Resource,
+}
+
+/// The [`SpanProcessor`] that hands finished spans to the export task.
+///
+/// `on_end` never blocks or awaits: it records the span in [`RecentSpans`]
+/// and `try_send`s it into the bounded queue; when the queue is full the
+/// span is dropped and counted as `queue_full`. Unsampled spans (recorded
+/// but not sampled) are ignored, as the SDK's batch processor does.
+///
+/// Cloning shares the queue, counters and ring.
+#[derive(Clone, Debug)]
+pub struct ExportProcessor {
+    inner: Arc<Inner>,
+}
+
+/// Whether a flush or shutdown got everything out before its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushOutcome {
+    /// Every queued span was handed to every exporter (each export either
+    /// succeeded or failed within its own timeout).
+    Complete,
+    /// The deadline passed first; what was left is counted as dropped for
+    /// `shutdown`.
+    DeadlineReached,
+}
+
+/// The pipeline could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportBuildError {
+    /// A value in [`ExportConfig`] is out of range.
+    #[error("invalid export configuration: {0}")]
+    InvalidConfig(&'static str),
+    /// The OTLP exporter rejected its settings.
+    #[error("OTLP exporter for {endpoint}: {reason}")]
+    Otlp {
+        /// The configured endpoint.
+        endpoint: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The Zipkin exporter rejected its settings.
+    #[error("Zipkin exporter for {endpoint}: {reason}")]
+    Zipkin {
+        /// The configured endpoint.
+        endpoint: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// An exporter is configured but there is no Tokio runtime to run the
+    /// export task on.
+    #[error("exporting spans needs a Tokio runtime; start the pipeline from within one")]
+    NoRuntime,
+}
+
+struct Inner {
+    /// `None` when no exporter is configured: spans only go to `recent`.
+    queue: Option<mpsc::Sender<Arc<SpanData>>>,
+    control: Option<mpsc::UnboundedSender<Control>>,
+    recent: RecentSpans,
+    stats: ExportStats,
+}
+
+enum Control {
+    /// Export what is queued now, then answer.
+    Flush(Ack),
+    /// Stop taking spans, export what is queued until the deadline, answer
+    /// and stop.
+    Shutdown(Instant, Ack),
+}
+
+enum Ack {
+    Async(oneshot::Sender<FlushOutcome>),
+    Blocking(std::sync::mpsc::SyncSender<FlushOutcome>),
+    None,
+}
+
+struct Worker {
+    queue: mpsc::Receiver<Arc<SpanData>>,
+    control: mpsc::UnboundedReceiver<Control>,
+    otlp: Option<(opentelemetry_otlp::SpanExporter, Duration)>,
+    zipkin: Option<(ZipkinExporter, Duration)>,
+    stats: ExportStats,
+    max_batch: usize,
+    batch_delay: Duration,
+    warn: Warnings,
+}
+
+/// What became of one batch at one exporter.
+enum Outcome {
+    NotConfigured,
+    Exported,
+    Failed(String),
+    TimedOut,
+    DeadlineReached,
+}
+
+/// Rate-limits the operator-facing warnings about dropped spans.
+#[derive(Default)]
+struct Warnings {
+    last: HashMap<&'static str, Instant>,
+    queue_full_seen: u64,
+}
+
+// === impl ExportPipeline ===
+
+impl ExportPipeline {
+    /// Builds the exporters `config` names and spawns the export task on the
+    /// current Tokio runtime (none is needed, and no task is spawned, when no
+    /// exporter is configured).
+    ///
+    /// `resource` names this process in exported spans (Zipkin's
+    /// `localEndpoint.serviceName` is its `service.name`); build it with
+    /// [`super::ResourceConfig::to_resource`] and pass the same resource to
+    /// nothing else: [`tracer_provider`](Self::tracer_provider) uses it.
+    ///
+    /// Endpoints must be `http://` for now (no TLS to collectors).
+    pub fn start(config: ExportConfig, resource: Resource) -> Result<Self, ExportBuildError> {
+        if config.queue_size == 0 {
+            return Err(ExportBuildError::InvalidConfig(
+                "queue_size must be at least 1",
+            ));
+        }
+        if config.max_batch == 0 {
+            return Err(ExportBuildError::InvalidConfig(
+                "max_batch must be at least 1",
+            ));
+        }
+        let stats = ExportStats::default();
+        let recent = RecentSpans::new(config.recent_capacity);
+        if config.otlp.is_none() && config.zipkin.is_none() {
+            let inner = Inner {
+                queue: None,
+                control: None,
+                recent,
+                stats,
+            };
+            return Ok(Self {
+                processor: ExportProcessor {
+                    inner: Arc::new(inner),
+                },
+                resource,
+            });
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ExportBuildError::NoRuntime)?;
+        // The tonic channel is built inside the runtime: it spawns its worker.
+        let _enter = runtime.enter();
+
+        let otlp = match &config.otlp {
+            Some(cfg) => Some((build_otlp(cfg, &resource)?, cfg.timeout)),
+            None => None,
+        };
+        let zipkin = match &config.zipkin {
+            Some(cfg) => {
+                let service = resource
+                    .get(&Key::from_static_str(SERVICE_NAME))
+                    .map(|v| v.as_str().into_owned())
+                    .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+                Some((ZipkinExporter::new(cfg, service)?, cfg.timeout))
+            }
+            None => None,
+        };
+
+        let (queue_tx, queue_rx) = mpsc::channel(config.queue_size);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let worker = Worker {
+            queue: queue_rx,
+            control: control_rx,
+            otlp,
+            zipkin,
+            stats: stats.clone(),
+            max_batch: config.max_batch,
+            batch_delay: config.batch_delay,
+            warn: Warnings::default(),
+        };
+        runtime.spawn(worker.run());
+        let inner = Inner {
+            queue: Some(queue_tx),
+            control: Some(control_tx),
+            recent,
+            stats,
+        };
+        Ok(Self {
+            processor: ExportProcessor {
+                inner: Arc::new(inner),
+            },
+            resource,
+        })
+    }
+
+    /// A handle to the processor, to register with a tracer provider.
+    pub fn processor(&self) -> ExportProcessor {
+        self.processor.clone()
+    }
+
+    /// A tracer provider whose spans end in this pipeline, sampled by
+    /// `sampler`, with the pipeline's resource.
+    ///
+    /// It touches no global state (install it globally, or not, as the
+    /// caller chooses), and no environment: the resource and the span
+    /// limits are set explicitly so that the SDK's defaults, which read
+    /// `OTEL_*` variables, do not apply.
+    pub fn tracer_provider(&self, sampler: Sampler) -> SdkTracerProvider {
+        SdkTracerProvider::builder()
+            .with_span_processor(self.processor())
+            .with_sampler(sampler)
+            .with_span_limits(SpanLimits::default())
+            .with_resource(self.resource.clone())
+            .build()
+    }
+
+    /// The export counters.
+    pub fn stats(&self) -> ExportStats {
+        self.processor.inner.stats.clone()
+    }
+
+    /// The ring of recent finished spans.
+    pub fn recent(&self) -> RecentSpans {
+        self.processor.inner.recent.clone()
+    }
+
+    /// Exports everything queued when called and waits for it (each export
+    /// bounded by its exporter's timeout).
+    pub async fn flush(&self) -> FlushOutcome {
+        self.processor
+            .request(|ack| Control::Flush(Ack::Async(ack)))
+            .await
+    }
+
+    /// Stops taking spans (later ones are counted as dropped for
+    /// `shutdown`), exports what is queued until `timeout` has passed, and
+    /// stops the export task. Calling it again returns at once.
+    pub async fn shutdown(&self, timeout: Duration) -> FlushOutcome {
+        let deadline = Instant::now() + timeout;
+        self.processor
+            .request(|ack| Control::Shutdown(deadline, Ack::Async(ack)))
+            .await
+    }
+}
+
+fn build_otlp(
+    cfg: &OtlpConfig,
+    resource: &Resource,
+) -> Result<opentelemetry_otlp::SpanExporter, ExportBuildError> {
+    let fail = |reason: String| ExportBuildError::Otlp {
+        endpoint: cfg.endpoint.clone(),
+        reason,
+    };
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let mut exporter = match cfg.protocol {
+        OtlpProtocol::Grpc => {
+            let mut headers = http::HeaderMap::new();
+            for (k, v) in &cfg.headers {
+                // `HeaderName` lower-cases, as gRPC metadata keys must be.
+                let name = http::HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| fail(format!("header {k:?} has an invalid name")))?;
+                let value = http::HeaderValue::from_str(v)
+                    .map_err(|_| fail(format!("header {k:?} has an invalid value")))?;
+                headers.append(name, value);
+            }
+            let metadata = MetadataMap::from_headers(headers);
+            let mut b = builder
+                .with_tonic()
+                .with_endpoint(cfg.endpoint.clone())
+                .with_protocol(Protocol::Grpc)
+                .with_timeout(cfg.timeout)
+                .with_metadata(metadata);
+            if cfg.compression == Some(Compression::Gzip) {
+                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+            }
+            b.build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            if !cfg.endpoint.starts_with("http://") {
+                return Err(fail("only http:// endpoints are supported".into()));
+            }
+            let client =
+                opentelemetry_http::hyper::HyperClient::with_default_connector(cfg.timeout, None);
+            let mut b = builder
+                .with_http()
+                .with_endpoint(cfg.endpoint.clone())
+                .with_protocol(Protocol::HttpBinary)
+                .with_timeout(cfg.timeout)
+                .with_headers(cfg.headers.iter().cloned().collect())
+                .with_http_client(client);
+            if cfg.compression == Some(Compression::Gzip) {
+                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+            }
+            b.build()
+        }
+    }
+    .map_err(|e| fail(e.to_string()))?;
+    exporter.set_resource(resource);
+    Ok(exporter)
+}
+
+// === impl ExportProcessor ===
+
+impl ExportProcessor {
+    async fn request(
+        &self,
+        control: impl FnOnce(oneshot::Sender<FlushOutcome>) -> Control,
+    ) -> FlushOutcome {
+        let Some(tx) = &self.inner.control else {
+            return FlushOutcome::Complete;
+        };
+        let (ack, done) = oneshot::channel();
+        if tx.send(control(ack)).is_err() {
+            // The task has stopped: nothing is left to flush.
+            return FlushOutcome::Complete;
+        }
+        done.await.unwrap_or(FlushOutcome::Complete)
+    }
+
+    /// The synchronous SDK entry points may run on a runtime thread, where
+    /// blocking could starve the very task they wait for (on a
+    /// current-thread runtime, forever): there they only ask. Off the
+    /// runtime they wait, up to `wait`.
+    fn request_blocking(
+        &self,
+        wait: Duration,
+        control: impl FnOnce(Ack) -> Control,
+    ) -> OTelSdkResult {
+        let Some(tx) = &self.inner.control else {
+            return Ok(());
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = tx.send(control(Ack::None));
+            return Ok(());
+        }
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        if tx.send(control(Ack::Blocking(ack))).is_err() {
+            return Ok(());
+        }
+        match done.recv_timeout(wait) {
+            Ok(FlushOutcome::Complete) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Ok(())
+            }
+            Ok(FlushOutcome::DeadlineReached) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(OTelSdkError::Timeout(wait))
+            }
+        }
+    }
+}
+
+impl SpanProcessor for ExportProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        // One allocation per span, so that the ring and the queue share it
+        // instead of copying its attributes.
+        let span = Arc::new(span);
+        self.inner.recent.push(span.clone());
+        if let Some(queue) = &self.inner.queue {
+            match queue.try_send(span) {
+                Ok(()) => {}
+                // Counted here; the export task logs it, rate-limited.
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.inner.stats.add_dropped(DropReason::QueueFull, 1)
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.inner.stats.add_dropped(DropReason::Shutdown, 1)
+                }
+            }
+        }
+    }
+
+    /// Off a Tokio runtime, exports what is queued and waits up to 30 s;
+    /// on one, only asks the export task to (use
+    /// [`ExportPipeline::flush`] to wait there).
+    fn force_flush(&self) -> OTelSdkResult {
+        self.request_blocking(Duration::from_secs(30), Control::Flush)
+    }
+
+    /// Off a Tokio runtime, shuts the pipeline down and waits up to
+    /// `timeout`; on one, only starts the shutdown (use
+    /// [`ExportPipeline::shutdown`] to wait there).
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let deadline = Instant::now() + timeout;
+        self.request_blocking(timeout + Duration::from_millis(100), |ack| {
+            Control::Shutdown(deadline, ack)
+        })
+    }
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportProcessor")
+            .field("exporting", &self.queue.is_some())
+            .field("recent_capacity", &self.recent.capacity())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+// === impl Ack ===
+
+impl Ack {
+    fn send(self, outcome: FlushOutcome) {
+        match self {
+            Self::Async(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Self::Blocking(tx) => {
+                let _ = tx.try_send(outcome);
+            }
+            Self::None => {}
+        }
+    }
+}
+
+// === impl Worker ===
+
+impl Worker {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        // When the oldest span of a partial batch has waited `batch_delay`.
+        let mut flush_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                control = self.control.recv() => match control {
+                    Some(Control::Flush(ack)) => {
+                        let queued = self.queue.len();
+                        let outcome = self.drain(&mut batch, queued, None).await;
+                        flush_at = None;
+                        ack.send(outcome);
+                    }
+                    Some(Control::Shutdown(deadline, ack)) => {
+                        ack.send(self.finish(batch, deadline).await);
+                        return;
+                    }
+                    None => {
+                        self.finish(batch, Instant::now() + DROPPED_HANDLES_DEADLINE).await;
+                        return;
+                    }
+                },
+                span = self.queue.recv() => match span {
+                    Some(span) => {
+                        if batch.is_empty() {
+                            flush_at = Some(Instant::now() + self.batch_delay);
+                        }
+                        batch.push(span);
+                        if batch.len() >= self.max_batch {
+                            let full = std::mem::replace(&mut batch, Vec::with_capacity(self.max_batch));
+                            self.export(full, None).await;
+                            flush_at = None;
+                        }
+                    }
+                    None => {
+                        self.finish(batch, Instant::now() + DROPPED_HANDLES_DEADLINE).await;
+                        return;
+                    }
+                },
+                () = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+                    let due = std::mem::replace(&mut batch, Vec::with_capacity(self.max_batch));
+                    self.export(due, None).await;
+                    flush_at = None;
+                }
+            }
+        }
+    }
+
+    /// Closes the queue (later `on_end`s count `shutdown` drops), exports
+    /// what is left until `deadline`, and shuts the exporters down.
+    async fn finish(&mut self, mut batch: Vec<Arc<SpanData>>, deadline: Instant) -> FlushOutcome {
+        self.queue.close();
+        let outcome = self.drain(&mut batch, usize::MAX, Some(deadline)).await;
+        if let Some((otlp, _)) = &self.otlp {
+            let _ = otlp.shutdown_with_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+        tracing::debug!(?outcome, "span export stopped");
+        outcome
+    }
+
+    /// Exports `batch` and up to `budget` queued spans, in batches.
+    async fn drain(
+        &mut self,
+        batch: &mut Vec<Arc<SpanData>>,
+        mut budget: usize,
+        deadline: Option<Instant>,
+    ) -> FlushOutcome {
+        loop {
+            while batch.len() < self.max_batch && budget > 0 {
+                match self.queue.try_recv() {
+                    Ok(span) => {
+                        batch.push(span);
+                        budget -= 1;
+                    }
+                    Err(_) => {
+                        budget = 0;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                return FlushOutcome::Complete;
+            }
+            let next = std::mem::replace(batch, Vec::with_capacity(self.max_batch));
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // Never handed to any exporter: count each span once.
+                let left = next.len() as u64 + self.discard_queued();
+                self.stats.add_dropped(DropReason::Shutdown, left);
+                return FlushOutcome::DeadlineReached;
+            }
+            if self.export(next, deadline).await {
+                // `export` counted the batch it was cutting short; count
+                // what is still queued once.
+                let left = self.discard_queued();
+                self.stats.add_dropped(DropReason::Shutdown, left);
+                return FlushOutcome::DeadlineReached;
+            }
+        }
+    }
+
+    fn discard_queued(&mut self) -> u64 {
+        let mut n = 0;
+        while self.queue.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Hands one batch to every exporter at once, each bounded by its own
+    /// timeout and by `deadline`. Returns whether the deadline cut an
+    /// export short.
+    async fn export(&mut self, batch: Vec<Arc<SpanData>>, deadline: Option<Instant>) -> bool {
+        let n = batch.len() as u64;
+        let otlp = async {
+            let Some((exporter, timeout)) = &self.otlp else {
+                return Outcome::NotConfigured;
+            };
+            // The SDK exporter takes owned spans; copy them here, off the
+            // hot path.
+            let spans: Vec<SpanData> = batch.iter().map(|s| SpanData::clone(s)).collect();
+            bounded(
+                async { exporter.export(spans).await.map_err(|e| e.to_string()) },
+                *timeout,
+                deadline,
+            )
+            .await
+        };
+        let zipkin = async {
+            let Some((exporter, timeout)) = &self.zipkin else {
+                return Outcome::NotConfigured;
+            };
+            bounded(exporter.export(&batch), *timeout, deadline).await
+        };
+        let (otlp, zipkin) = tokio::join!(otlp, zipkin);
+        let cut =
+            matches!(otlp, Outcome::DeadlineReached) || matches!(zipkin, Outcome::DeadlineReached);
+        self.account(ExporterKind::Otlp, otlp, n);
+        self.account(ExporterKind::Zipkin, zipkin, n);
+        self.warn_queue_full();
+        cut
+    }
+
+    fn account(&mut self, kind: ExporterKind, outcome: Outcome, n: u64) {
+        let why = match outcome {
+            Outcome::NotConfigured => return,
+            Outcome::Exported => {
+                self.stats.add_exported(kind, n);
+                return;
+            }
+            Outcome::DeadlineReached => {
+                self.stats.add_dropped(DropReason::Shutdown, n);
+                return;
+            }
+            Outcome::Failed(why) => why,
+            Outcome::TimedOut => "timed out".to_owned(),
+        };
+        self.stats.add_dropped(DropReason::ExportFailed, n);
+        if self.warn.due(kind.as_str()) {
+            tracing::warn!(
+                exporter = kind.as_str(),
+                spans = n,
+                error = %why,
+                "span export failed; batch dropped"
+            );
+        } else {
+            tracing::debug!(exporter = kind.as_str(), spans = n, error = %why, "span export failed; batch dropped");
+        }
+    }
+
+    fn warn_queue_full(&mut self) {
+        let total = self.stats.dropped(DropReason::QueueFull);
+        if total > self.warn.queue_full_seen && self.warn.due("queue_full") {
+            tracing::warn!(
+                dropped = total - self.warn.queue_full_seen,
+                total,
+                "spans dropped: export queue full"
+            );
+            self.warn.queue_full_seen = total;
+        }
+    }
+}
+
+async fn bounded(
+    export: impl Future<Output = Result<(), String>>,
+    timeout: Duration,
+    deadline: Option<Instant>,
+) -> Outcome {
+    let own = Instant::now() + timeout;
+    let (at, is_deadline) = match deadline {
+        Some(d) if d < own => (d, true),
+        _ => (own, false),
+    };
+    match tokio::time::timeout_at(at, export).await {
+        Ok(Ok(())) => Outcome::Exported,
+        Ok(Err(why)) => Outcome::Failed(why),
+        Err(_) if is_deadline => Outcome::DeadlineReached,
+        Err(_) => Outcome::TimedOut,
+    }
+}
+
+// === impl Warnings ===
+
+impl Warnings {
+    fn due(&mut self, what: &'static str) -> bool {
+        let now = Instant::now();
+        match self.last.get(what) {
+            Some(at) if now.duration_since(*at) < WARN_INTERVAL => false,
+            _ => {
+                self.last.insert(what, now);
+                true
+            }
+        }
+    }
+}

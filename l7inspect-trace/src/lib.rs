@@ -1,0 +1,13 @@
+//! Tracing for l7inspect: what turns proxied HTTP requests into spans that
+//! join distributed traces.
+//!
+//! # Layout
+//! - `propagation`: extract and inject trace context in W3C `traceparent` /
+//!   `tracestate`, B3 single and multi header, and Jaeger `uber-trace-id`.
+//! - `export`: a bounded, non-blocking span queue in front of OTLP (gRPC,
+//!   HTTP/protobuf) and Zipkin exporters.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod export;

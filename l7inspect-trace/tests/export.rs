@@ -1,0 +1,724 @@
+//! Export pipeline against real receivers on 127.0.0.1: an OTLP/gRPC
+//! collector (tonic, opentelemetry-proto's TraceService), an OTLP/HTTP
+//! collector (hyper, protobuf body decoded with opentelemetry-proto/prost),
+//! a Zipkin v2 collector (hyper, JSON parsed with serde_json), and dead
+//! collectors (nothing listening; accepts and never answers).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use l7inspect_trace::export::{
+    Compression, DropReason, ExportConfig, ExportPipeline, ExporterKind, FlushOutcome, OtlpConfig,
+    OtlpProtocol, ResourceConfig, ZipkinConfig,
+};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, TraceContextExt, Tracer, TracerProvider,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue as ProtoKeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use prost::Message as _;
+use serde_json::Value as Json;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// Only fires on a bug (a hang); never a timing assertion.
+const GENEROUS: Duration = Duration::from_secs(60);
+const SERVICE: &str = "svc-under-test";
+
+// ---------------------------------------------------------------------------
+// Receivers
+
+/// What an HTTP receiver got: method, path, headers and body.
+struct Received {
+    parts: http::request::Parts,
+    body: Bytes,
+}
+
+/// An HTTP/1.1 server answering every request with `status` and no body,
+/// passing each request on.
+async fn http_receiver(
+    status: http::StatusCode,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((io, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    let (parts, incoming) = req.into_parts();
+                    let body = incoming.collect().await.unwrap().to_bytes();
+                    let _ = tx.send(Received { parts, body });
+                    let res = http::Response::builder()
+                        .status(status)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    Ok::<_, Infallible>(res)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[derive(Clone)]
+struct GrpcCollector {
+    tx: mpsc::UnboundedSender<(tonic::metadata::MetadataMap, ExportTraceServiceRequest)>,
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let metadata = request.metadata().clone();
+        let _ = self.tx.send((metadata, request.into_inner()));
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// An OTLP/gRPC collector over HTTP/2 (prior knowledge), accepting gzip.
+async fn grpc_receiver() -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<(tonic::metadata::MetadataMap, ExportTraceServiceRequest)>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let server = TraceServiceServer::new(GrpcCollector { tx })
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    tokio::spawn(async move {
+        loop {
+            let Ok((io, _)) = listener.accept().await else {
+                return;
+            };
+            let svc = TowerToHyperService::new(server.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A port with nothing listening on it.
+async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Accepts connections, holds them open, and never reads or answers.
+async fn silent_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((io, _)) = listener.accept().await {
+            held.push(io);
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------------------
+// Spans
+
+fn resource() -> opentelemetry_sdk::Resource {
+    ResourceConfig {
+        service_name: SERVICE.into(),
+        attributes: vec![("deployment.environment.name".into(), "test".into())],
+    }
+    .to_resource("l7inspect", env!("CARGO_PKG_VERSION"))
+}
+
+fn start(config: ExportConfig) -> (ExportPipeline, SdkTracerProvider) {
+    let pipeline = ExportPipeline::start(config, resource()).unwrap();
+    let provider = pipeline.tracer_provider(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+    (pipeline, provider)
+}
+
+/// The ids of a SERVER span and its CLIENT child.
+struct Pair {
+    server: SpanContext,
+    client: SpanContext,
+}
+
+/// Ends a SERVER span "GET" with a CLIENT child "GET /upstream", like an
+/// inbound request proxied outbound.
+fn server_and_client(provider: &SdkTracerProvider) -> Pair {
+    let tracer = provider.tracer("l7inspect-test");
+    let mut server = tracer
+        .span_builder("GET")
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new("http.request.method", "GET"),
+            KeyValue::new("http.response.status_code", 200_i64),
+            KeyValue::new("url.path", "/checkout"),
+        ])
+        .start(&tracer);
+    server.add_event("request.head", vec![KeyValue::new("bytes", 42_i64)]);
+    let server_cx = server.span_context().clone();
+    let cx = Context::current_with_span(server);
+    let mut client = tracer
+        .span_builder("GET /upstream")
+        .with_kind(SpanKind::Client)
+        .with_attributes([
+            KeyValue::new("server.address", "backend"),
+            KeyValue::new("server.port", 8080_i64),
+            KeyValue::new("network.peer.address", "127.0.0.1"),
+            KeyValue::new("network.peer.port", 8080_i64),
+        ])
+        .start_with_context(&tracer, &cx);
+    let client_cx = client.span_context().clone();
+    client.end();
+    cx.span().end();
+    Pair {
+        server: server_cx,
+        client: client_cx,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// OTLP checks
+
+fn string_attr(attrs: &[ProtoKeyValue], key: &str) -> Option<String> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match &kv.value {
+            Some(AnyValue {
+                value: Some(any_value::Value::StringValue(s)),
+            }) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+fn int_attr(attrs: &[ProtoKeyValue], key: &str) -> Option<i64> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match &kv.value {
+            Some(AnyValue {
+                value: Some(any_value::Value::IntValue(i)),
+            }) => Some(*i),
+            _ => None,
+        })
+}
+
+/// Checks one OTLP request carries both spans, their resource, kinds,
+/// attributes and parentage.
+fn check_otlp(req: &ExportTraceServiceRequest, pair: &Pair) {
+    assert_eq!(req.resource_spans.len(), 1);
+    let rs = &req.resource_spans[0];
+    let res = rs.resource.as_ref().expect("resource");
+    assert_eq!(
+        string_attr(&res.attributes, "service.name").as_deref(),
+        Some(SERVICE)
+    );
+    assert_eq!(
+        string_attr(&res.attributes, "telemetry.distro.name").as_deref(),
+        Some("l7inspect")
+    );
+    assert_eq!(
+        string_attr(&res.attributes, "telemetry.distro.version").as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        string_attr(&res.attributes, "deployment.environment.name").as_deref(),
+        Some("test")
+    );
+    let spans: Vec<&ProtoSpan> = rs.scope_spans.iter().flat_map(|s| &s.spans).collect();
+    assert_eq!(spans.len(), 2);
+    let find = |cx: &SpanContext| {
+        *spans
+            .iter()
+            .find(|s| s.span_id == cx.span_id().to_bytes())
+            .expect("span by id")
+    };
+    let server = find(&pair.server);
+    let client = find(&pair.client);
+    let trace_id = pair.server.trace_id().to_bytes().to_vec();
+    assert_eq!(server.trace_id, trace_id);
+    assert_eq!(client.trace_id, trace_id);
+
+    assert_eq!(server.name, "GET");
+    assert_eq!(server.kind, ProtoSpanKind::Server as i32);
+    assert!(server.parent_span_id.is_empty(), "root span has no parent");
+    assert_eq!(
+        string_attr(&server.attributes, "http.request.method").as_deref(),
+        Some("GET")
+    );
+    assert_eq!(
+        int_attr(&server.attributes, "http.response.status_code"),
+        Some(200)
+    );
+    assert_eq!(server.events.len(), 1);
+    assert_eq!(server.events[0].name, "request.head");
+
+    assert_eq!(client.name, "GET /upstream");
+    assert_eq!(client.kind, ProtoSpanKind::Client as i32);
+    assert_eq!(
+        client.parent_span_id,
+        pair.server.span_id().to_bytes().to_vec()
+    );
+    assert_eq!(
+        string_attr(&client.attributes, "server.address").as_deref(),
+        Some("backend")
+    );
+    assert_eq!(int_attr(&client.attributes, "server.port"), Some(8080));
+    assert!(client.end_time_unix_nano >= client.start_time_unix_nano);
+    assert!(server.end_time_unix_nano >= client.end_time_unix_nano);
+}
+
+// ---------------------------------------------------------------------------
+// Tests: delivery
+
+#[tokio::test]
+async fn otlp_grpc_delivers_spans_with_headers_and_gzip() {
+    let (addr, mut rx) = grpc_receiver().await;
+    let mut otlp = OtlpConfig::new(format!("http://{addr}"), OtlpProtocol::Grpc);
+    otlp.headers = vec![("x-api-key".into(), "secret".into())];
+    otlp.compression = Some(Compression::Gzip);
+    let (pipeline, provider) = start(ExportConfig {
+        otlp: Some(otlp),
+        ..ExportConfig::default()
+    });
+
+    let pair = server_and_client(&provider);
+    assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
+
+    let (metadata, req) = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(metadata.get("x-api-key").unwrap(), "secret");
+    assert_eq!(metadata.get("grpc-encoding").unwrap(), "gzip");
+    check_otlp(&req, &pair);
+
+    let stats = pipeline.stats();
+    assert_eq!(stats.exported(ExporterKind::Otlp), 2);
+    assert_eq!(stats.exported(ExporterKind::Zipkin), 0);
+    for reason in DropReason::ALL {
+        assert_eq!(stats.dropped(reason), 0, "{reason:?}");
+    }
+    assert_eq!(
+        pipeline.shutdown(Duration::from_secs(5)).await,
+        FlushOutcome::Complete
+    );
+}
+
+#[tokio::test]
+async fn otlp_http_protobuf_delivers_spans() {
+    let (addr, mut rx) = http_receiver(http::StatusCode::OK).await;
+    let mut otlp = OtlpConfig::new(
+        format!("http://{addr}/v1/traces"),
+        OtlpProtocol::HttpProtobuf,
+    );
+    otlp.headers = vec![("x-api-key".into(), "secret".into())];
+    let (pipeline, provider) = start(ExportConfig {
+        otlp: Some(otlp),
+        ..ExportConfig::default()
+    });
+
+    let pair = server_and_client(&provider);
+    assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
+
+    let got = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got.parts.method, http::Method::POST);
+    assert_eq!(got.parts.uri.path(), "/v1/traces");
+    assert_eq!(got.parts.headers["content-type"], "application/x-protobuf");
+    assert_eq!(got.parts.headers["x-api-key"], "secret");
+    let req = ExportTraceServiceRequest::decode(got.body).unwrap();
+    check_otlp(&req, &pair);
+    assert_eq!(pipeline.stats().exported(ExporterKind::Otlp), 2);
+}
+
+/// Field names, formats and meanings are those of Zipkin's v2 model as
+/// defined in /work/shared/specs/zipkin.proto (the reference for this
+/// test), in the JSON spelling of zipkin2-api.yaml beside it.
+#[tokio::test]
+async fn zipkin_v2_json_matches_the_model_alongside_otlp() {
+    let (zipkin_addr, mut zipkin_rx) = http_receiver(http::StatusCode::ACCEPTED).await;
+    let (otlp_addr, mut otlp_rx) = grpc_receiver().await;
+    let before_us = micros_now();
+    let (pipeline, provider) = start(ExportConfig {
+        otlp: Some(OtlpConfig::new(
+            format!("http://{otlp_addr}"),
+            OtlpProtocol::Grpc,
+        )),
+        zipkin: Some(ZipkinConfig::new(format!(
+            "http://{zipkin_addr}/api/v2/spans"
+        ))),
+        ..ExportConfig::default()
+    });
+
+    let pair = server_and_client(&provider);
+    let after_us = micros_now();
+    assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
+
+    let got = timeout(GENEROUS, zipkin_rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got.parts.method, http::Method::POST);
+    assert_eq!(got.parts.uri.path(), "/api/v2/spans");
+    assert_eq!(got.parts.headers["content-type"], "application/json");
+    let list: Json = serde_json::from_slice(&got.body).unwrap();
+    let spans = list.as_array().expect("ListOfSpans is a JSON array");
+    assert_eq!(spans.len(), 2);
+
+    // zipkin.proto `Span` fields (camelCase in JSON); nothing else.
+    let model_fields = [
+        "traceId",
+        "parentId",
+        "id",
+        "kind",
+        "name",
+        "timestamp",
+        "duration",
+        "localEndpoint",
+        "remoteEndpoint",
+        "annotations",
+        "tags",
+        "debug",
+        "shared",
+    ];
+    for s in spans {
+        let obj = s.as_object().unwrap();
+        for key in obj.keys() {
+            assert!(model_fields.contains(&key.as_str()), "unknown field {key}");
+        }
+        // trace_id: 16 or 32 lower-hex; id: 16 lower-hex.
+        let trace_id = s["traceId"].as_str().unwrap();
+        assert!(
+            matches!(trace_id.len(), 16 | 32) && is_lower_hex(trace_id),
+            "{trace_id}"
+        );
+        let id = s["id"].as_str().unwrap();
+        assert!(id.len() == 16 && is_lower_hex(id), "{id}");
+        // timestamp: epoch microseconds; duration: microseconds, at least 1.
+        let ts = s["timestamp"].as_u64().unwrap();
+        assert!(
+            before_us <= ts && ts <= after_us,
+            "{before_us} <= {ts} <= {after_us}"
+        );
+        assert!(s["duration"].as_u64().unwrap() >= 1);
+        // local_endpoint.service_name: the resource's service.name.
+        assert_eq!(s["localEndpoint"]["serviceName"], SERVICE);
+        // tags: map<string, string>.
+        for (k, v) in s["tags"].as_object().unwrap() {
+            assert!(v.is_string(), "tag {k} is not a string: {v}");
+        }
+        assert_eq!(s["tags"]["otel.scope.name"], "l7inspect-test");
+    }
+    let by_id = |cx: &SpanContext| {
+        spans
+            .iter()
+            .find(|s| s["id"] == cx.span_id().to_string())
+            .expect("span by id")
+    };
+    let server = by_id(&pair.server);
+    let client = by_id(&pair.client);
+    let trace_id = pair.server.trace_id().to_string();
+    assert_eq!(server["traceId"], trace_id);
+    assert_eq!(client["traceId"], trace_id);
+
+    // The root: parent_id absent.
+    assert_eq!(server["name"], "GET");
+    assert_eq!(server["kind"], "SERVER");
+    assert!(server.get("parentId").is_none(), "{server}");
+    assert_eq!(server["tags"]["http.request.method"], "GET");
+    assert_eq!(server["tags"]["http.response.status_code"], "200");
+    assert_eq!(server["tags"]["url.path"], "/checkout");
+    let annotations = server["annotations"].as_array().unwrap();
+    assert_eq!(annotations.len(), 1);
+    assert!(annotations[0]["timestamp"].as_u64().unwrap() >= before_us);
+    assert_eq!(annotations[0]["value"], "\"request.head\":{\"bytes\":42}");
+
+    // The child: parent_id is the SERVER span's id; remote_endpoint is the
+    // server it called.
+    assert_eq!(client["name"], "GET /upstream");
+    assert_eq!(client["kind"], "CLIENT");
+    assert_eq!(client["parentId"], pair.server.span_id().to_string());
+    assert_eq!(client["tags"]["server.port"], "8080");
+    assert_eq!(
+        client["remoteEndpoint"],
+        serde_json::json!({ "serviceName": "backend", "ipv4": "127.0.0.1", "port": 8080 })
+    );
+
+    // The same batch went to OTLP too.
+    let (_, req) = timeout(GENEROUS, otlp_rx.recv()).await.unwrap().unwrap();
+    check_otlp(&req, &pair);
+    let stats = pipeline.stats();
+    assert_eq!(stats.exported(ExporterKind::Zipkin), 2);
+    assert_eq!(stats.exported(ExporterKind::Otlp), 2);
+}
+
+fn micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+// ---------------------------------------------------------------------------
+// Tests: drops
+
+/// Ends `n` root spans; returns once every `on_end` has returned.
+fn end_spans(provider: &SdkTracerProvider, n: usize) {
+    let tracer = provider.tracer("load");
+    for i in 0..n {
+        let mut span = tracer
+            .span_builder(format!("span-{i}"))
+            .with_kind(SpanKind::Server)
+            .start(&tracer);
+        span.end();
+    }
+}
+
+/// A collector that is down or stalled never holds up `on_end`, and every
+/// span is accounted for: exported or dropped for exactly one reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_collectors_never_block_and_count_drops() {
+    const N: usize = 10_000;
+    let closed = closed_port().await;
+    let silent = silent_server().await;
+    let short = Duration::from_millis(200);
+    let otlp = |addr: SocketAddr, protocol| {
+        let endpoint = match protocol {
+            OtlpProtocol::Grpc => format!("http://{addr}"),
+            OtlpProtocol::HttpProtobuf => format!("http://{addr}/v1/traces"),
+        };
+        let mut cfg = OtlpConfig::new(endpoint, protocol);
+        cfg.timeout = short;
+        ExportConfig {
+            otlp: Some(cfg),
+            ..ExportConfig::default()
+        }
+    };
+    let zipkin = |addr: SocketAddr| ExportConfig {
+        zipkin: Some(ZipkinConfig {
+            endpoint: format!("http://{addr}/api/v2/spans"),
+            timeout: short,
+        }),
+        ..ExportConfig::default()
+    };
+    let cases = [
+        (
+            "grpc, nothing listening",
+            otlp(closed, OtlpProtocol::Grpc),
+            ExporterKind::Otlp,
+        ),
+        (
+            "grpc, never answers",
+            otlp(silent, OtlpProtocol::Grpc),
+            ExporterKind::Otlp,
+        ),
+        (
+            "http/protobuf, nothing listening",
+            otlp(closed, OtlpProtocol::HttpProtobuf),
+            ExporterKind::Otlp,
+        ),
+        (
+            "http/protobuf, never answers",
+            otlp(silent, OtlpProtocol::HttpProtobuf),
+            ExporterKind::Otlp,
+        ),
+        (
+            "zipkin, nothing listening",
+            zipkin(closed),
+            ExporterKind::Zipkin,
+        ),
+        (
+            "zipkin, never answers",
+            zipkin(silent),
+            ExporterKind::Zipkin,
+        ),
+    ];
+    for (name, config, kind) in cases {
+        let (pipeline, provider) = start(config);
+        timeout(GENEROUS, async {
+            end_spans(&provider, N);
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}: ending spans hung"));
+
+        let stats = pipeline.stats();
+        // Drops rise while the pipeline runs: at once for a full queue, or
+        // as exports fail. Bounded wait, no timing assertion.
+        timeout(GENEROUS, async {
+            while stats.dropped(DropReason::QueueFull) + stats.dropped(DropReason::ExportFailed)
+                == 0
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}: no drop was counted"));
+
+        timeout(GENEROUS, pipeline.shutdown(Duration::from_secs(2)))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: shutdown hung"));
+        let dropped: u64 = DropReason::ALL.iter().map(|r| stats.dropped(*r)).sum();
+        assert_eq!(stats.exported(kind), 0, "{name}");
+        assert_eq!(dropped, N as u64, "{name}: every span accounted for");
+        assert!(stats.dropped(DropReason::ExportFailed) > 0, "{name}");
+        // The ring keeps the most recent spans whatever the collector does.
+        assert_eq!(pipeline.recent().len(), 1000, "{name}");
+        drop(provider);
+    }
+}
+
+/// On a current-thread runtime the export task cannot run while the test
+/// ends spans, so exactly `queue_size` spans are queued and the rest are
+/// dropped as `queue_full`.
+#[tokio::test(flavor = "current_thread")]
+async fn full_queue_drops_and_counts() {
+    let (addr, mut rx) = http_receiver(http::StatusCode::ACCEPTED).await;
+    let (pipeline, provider) = start(ExportConfig {
+        zipkin: Some(ZipkinConfig::new(format!("http://{addr}/api/v2/spans"))),
+        queue_size: 4,
+        max_batch: 4,
+        batch_delay: Duration::from_secs(3600),
+        recent_capacity: 10,
+        ..ExportConfig::default()
+    });
+
+    end_spans(&provider, 100);
+    let stats = pipeline.stats();
+    assert_eq!(stats.dropped(DropReason::QueueFull), 96);
+
+    assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
+    let got = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
+    let list: Json = serde_json::from_slice(&got.body).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["span-0", "span-1", "span-2", "span-3"]);
+    assert_eq!(stats.exported(ExporterKind::Zipkin), 4);
+
+    // The ring holds the 10 most recent, oldest first, queue or not.
+    let recent: Vec<String> = pipeline
+        .recent()
+        .snapshot()
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    let want: Vec<String> = (90..100).map(|i| format!("span-{i}")).collect();
+    assert_eq!(recent, want);
+
+    // After shutdown, ended spans are dropped as `shutdown`.
+    assert_eq!(
+        pipeline.shutdown(Duration::from_secs(5)).await,
+        FlushOutcome::Complete
+    );
+    end_spans(&provider, 3);
+    assert_eq!(stats.dropped(DropReason::Shutdown), 3);
+    // A second shutdown returns at once.
+    assert_eq!(
+        pipeline.shutdown(Duration::from_secs(5)).await,
+        FlushOutcome::Complete
+    );
+}
+
+/// A partial batch is exported once its first span has waited
+/// `batch_delay`, with no flush. (Real time, not paused: paused time would
+/// auto-advance past the export timeout while the request is on the wire.)
+#[tokio::test]
+async fn partial_batch_goes_out_after_batch_delay() {
+    let (addr, mut rx) = http_receiver(http::StatusCode::ACCEPTED).await;
+    let (pipeline, provider) = start(ExportConfig {
+        zipkin: Some(ZipkinConfig::new(format!("http://{addr}/api/v2/spans"))),
+        batch_delay: Duration::from_millis(50),
+        ..ExportConfig::default()
+    });
+    end_spans(&provider, 3);
+    let got = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
+    let list: Json = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(
+        pipeline.shutdown(Duration::from_secs(5)).await,
+        FlushOutcome::Complete
+    );
+    assert_eq!(pipeline.stats().exported(ExporterKind::Zipkin), 3);
+}
+
+/// With no exporter there is no task and no runtime is needed: spans are
+/// only kept in the ring; unsampled spans are not kept.
+#[test]
+fn without_exporters_spans_stay_in_memory() {
+    let pipeline = ExportPipeline::start(ExportConfig::default(), resource()).unwrap();
+    let provider = pipeline.tracer_provider(Sampler::AlwaysOn);
+    end_spans(&provider, 5);
+    let recent = pipeline.recent().snapshot();
+    assert_eq!(recent.len(), 5);
+    assert_eq!(recent[4].name, "span-4");
+    let stats = pipeline.stats();
+    for reason in DropReason::ALL {
+        assert_eq!(stats.dropped(reason), 0);
+    }
+
+    let off = pipeline.tracer_provider(Sampler::AlwaysOff);
+    end_spans(&off, 5);
+    assert_eq!(pipeline.recent().len(), 5);
+    // The SDK's synchronous shutdown, off any runtime, returns.
+    provider.shutdown().unwrap();
+}
+
+#[test]
+fn exporters_need_a_runtime_and_sane_sizes() {
+    let with_otlp = ExportConfig {
+        otlp: Some(OtlpConfig::new("http://127.0.0.1:4317", OtlpProtocol::Grpc)),
+        ..ExportConfig::default()
+    };
+    let err = ExportPipeline::start(with_otlp, resource()).unwrap_err();
+    assert!(
+        matches!(err, l7inspect_trace::export::ExportBuildError::NoRuntime),
+        "{err}"
+    );
+    let err = ExportPipeline::start(
+        ExportConfig {
+            queue_size: 0,
+            ..ExportConfig::default()
+        },
+        resource(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid export configuration: queue_size must be at least 1"
+    );
+}
