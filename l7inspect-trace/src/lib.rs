@@ -11,3 +11,5 @@
 #![warn(missing_docs)]
 
 pub mod export;
+pub mod propagation;
+pub use propagation::{Extracted, Format, FormatSet, ParsePropagatorsError, Propagators};
