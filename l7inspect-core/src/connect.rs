@@ -43,7 +43,7 @@ pub struct ConnectConfig {
 /// A [`Layer`] that wraps a service in [`Connect`].
 #[derive(Clone, Debug)]
 pub struct ConnectLayer {
-    shared: Arc<Shared>,
+    connector: Connector,
 }
 
 /// Starts the upstream connect of each connection and calls the inner service
@@ -51,6 +51,13 @@ pub struct ConnectLayer {
 #[derive(Clone, Debug)]
 pub struct Connect<S> {
     inner: S,
+    connector: Connector,
+}
+
+/// Opens upstream connections: the connect timeout, the error metrics and
+/// log, and the loop-guard registration, in one cheap-to-clone handle.
+#[derive(Clone, Debug)]
+pub struct Connector {
     shared: Arc<Shared>,
 }
 
@@ -70,6 +77,9 @@ pub struct Connecting {
     pub meta: ConnMeta,
     /// The upstream connection, or its connect in progress.
     pub upstream: Upstream,
+    /// Opens further connections to the same target: HTTP uses it when the
+    /// server closed a keep-alive connection before the client's next request.
+    pub connector: Connector,
 }
 
 /// An upstream connection in the making.
@@ -122,12 +132,14 @@ impl ConnectLayer {
     /// registers upstream connections with `guard`.
     pub fn new(config: ConnectConfig, metrics: Metrics, guard: LoopGuard) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                config,
-                metrics,
-                guard,
-                log: RateLimited::default(),
-            }),
+            connector: Connector {
+                shared: Arc::new(Shared {
+                    config,
+                    metrics,
+                    guard,
+                    log: RateLimited::default(),
+                }),
+            },
         }
     }
 }
@@ -138,7 +150,7 @@ impl<S> Layer<S> for ConnectLayer {
     fn layer(&self, inner: S) -> Connect<S> {
         Connect {
             inner,
-            shared: self.shared.clone(),
+            connector: self.connector.clone(),
         }
     }
 }
@@ -158,57 +170,65 @@ where
     }
 
     fn call(&mut self, conn: Conn<ConnMeta, I>) -> S::Future {
-        let upstream = Upstream::connect(conn.meta, self.shared.clone());
+        let upstream = Upstream::connect(conn.meta, self.connector.clone());
         self.inner.call(Conn {
             meta: Connecting {
                 meta: conn.meta,
                 upstream,
+                connector: self.connector.clone(),
             },
             io: conn.io,
         })
     }
 }
 
+// === impl Connector ===
+
+impl Connector {
+    /// Opens a new connection to `meta.target`, bounded by the connect
+    /// timeout. A failure is counted in
+    /// `l7inspect_upstream_connect_errors_total` and logged (rate-limited).
+    pub async fn connect(&self, meta: &ConnMeta) -> Result<UpstreamIo, ConnectError> {
+        let shared = &self.shared;
+        let target = meta.target;
+        let dialled = tokio::time::timeout(shared.config.timeout, dial(target, &shared.guard))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
+        match dialled {
+            Ok((stream, registration)) => Ok(UpstreamIo {
+                stream,
+                _registration: registration,
+            }),
+            Err(source) => {
+                let error = ConnectError { target, source };
+                shared
+                    .metrics
+                    .connect_errors
+                    .get_or_create(&ConnectErrorLabels {
+                        direction: meta.direction,
+                        error: error.kind_label(),
+                    })
+                    .inc();
+                shared.log.warn(|suppressed| {
+                    tracing::warn!(
+                        client = %meta.client,
+                        direction = %meta.direction,
+                        suppressed,
+                        "{error}"
+                    )
+                });
+                Err(error)
+            }
+        }
+    }
+}
+
 // === impl Upstream ===
 
 impl Upstream {
-    fn connect(meta: ConnMeta, shared: Arc<Shared>) -> Self {
-        let target = meta.target;
-        let fut = async move {
-            let dialled = tokio::time::timeout(shared.config.timeout, dial(target, &shared.guard))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
-                });
-            match dialled {
-                Ok((stream, registration)) => Ok(UpstreamIo {
-                    stream,
-                    _registration: registration,
-                }),
-                Err(source) => {
-                    let error = ConnectError { target, source };
-                    shared
-                        .metrics
-                        .connect_errors
-                        .get_or_create(&ConnectErrorLabels {
-                            direction: meta.direction,
-                            error: error.kind_label(),
-                        })
-                        .inc();
-                    shared.log.warn(|suppressed| {
-                        tracing::warn!(
-                            client = %meta.client,
-                            direction = %meta.direction,
-                            suppressed,
-                            "{error}"
-                        )
-                    });
-                    Err(error)
-                }
-            }
-        };
+    fn connect(meta: ConnMeta, connector: Connector) -> Self {
         Self {
-            state: State::Connecting(Box::pin(fut)),
+            state: State::Connecting(Box::pin(async move { connector.connect(&meta).await })),
         }
     }
 

@@ -9,7 +9,8 @@
 //!   -> ConnectLayer                     dial the target now, 1:1, beside detection
 //!   -> l7inspect_detect::DetectLayer    what it speaks (server-first aware)
 //!   -> TrackLayer                       connection and byte metrics
-//!   -> Passthrough                      copy bytes both ways, half-close, idle timeout
+//!   -> HttpLayer                        HTTP/1 and HTTP/2: hyper both ways, 1:1 upstream
+//!   -> Passthrough                      everything else: bytes both ways, half-close, idle timeout
 //! ```
 //!
 //! Each step is a Tower layer or service, so an embedder can compose them
@@ -44,6 +45,7 @@
 //! - `orig_dst`: [`OrigDstLayer`], [`FixedTargetLayer`], [`original_dst`].
 //! - `loop_guard`: [`LoopGuard`].
 //! - `connect`: [`ConnectLayer`], [`Connecting`], [`Upstream`], [`ConnectError`].
+//! - `http`: [`HttpLayer`]: HTTP/1 and HTTP/2 proxying, upgrades, 502s.
 //! - `track`: [`TrackLayer`], [`CountingIo`].
 //! - `passthrough`: [`Passthrough`], [`relay`].
 //! - `metrics`: [`Metrics`] (every metric), [`ProcessCollector`].
@@ -55,6 +57,7 @@
 
 mod admin;
 mod connect;
+mod http;
 mod loop_guard;
 mod meta;
 mod metrics;
@@ -66,7 +69,12 @@ mod track;
 
 pub use admin::{Admin, Readiness};
 pub use connect::{
-    Connect, ConnectConfig, ConnectError, ConnectLayer, Connecting, Upstream, UpstreamIo,
+    Connect, ConnectConfig, ConnectError, ConnectLayer, Connecting, Connector, Upstream, UpstreamIo,
+};
+pub use http::{
+    DURATION_BUCKETS, Forward, ForwardFuture, Http, HttpLabels, HttpLayer, MAX_RPC_LABELS,
+    NewRequestService, PlainForward, RecordRequest, RecordedBody, RequestMetrics,
+    RequestMetricsLayer, ResponseBody, RpcLabels, remove_hop_by_hop,
 };
 pub use loop_guard::{Loop, LoopGuard, Registration};
 pub use meta::{Accepted, ConnMeta, Direction};

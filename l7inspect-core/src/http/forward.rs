@@ -1,0 +1,375 @@
+//! [`Forward`]: sends each request of one client connection over that
+//! connection's upstream connection, and answers for the server when it
+//! cannot be reached.
+
+use super::headers::remove_hop_by_hop;
+use crate::{
+    connect::{Connecting, Connector, Upstream, UpstreamIo},
+    meta::ConnMeta,
+    passthrough::relay,
+};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tower::BoxError;
+
+/// The body of a forwarded response: the server's own, or one the proxy
+/// wrote when the server could not answer.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+/// The HTTP version of a proxied connection (the same on both sides).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Version {
+    Http1,
+    Http2,
+}
+
+/// Forwards the requests of one client connection. Cheap to clone: every
+/// clone shares the upstream connection.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    meta: ConnMeta,
+    version: Version,
+    connector: Connector,
+    state: Mutex<State>,
+    /// Cancelled when an upstream connection ends, unless it ended by
+    /// handing itself over to a tunnel (an upgrade or CONNECT).
+    upstream_closed: CancellationToken,
+    /// Set when a request asked for a tunnel.
+    tunnel_requested: AtomicBool,
+}
+
+#[derive(Debug)]
+enum State {
+    /// The connection dialled when the client connected, not yet used.
+    First(Option<Upstream>),
+    /// An HTTP client connection over the upstream.
+    Ready(Sender),
+}
+
+#[derive(Debug)]
+enum Sender {
+    Http1(http1::SendRequest<Incoming>),
+    Http2(http2::SendRequest<Incoming>),
+}
+
+/// The future of [`Forward`] as a Tower service: one box per request, since
+/// the forwarding future (connect, retry, upgrade) cannot be named. A named
+/// state machine is the performance issue's to write if it shows up.
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+// === impl Forward ===
+
+impl tower::Service<Request<Incoming>> for Forward {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> ResponseFuture {
+        Box::pin(self.clone().forward(req))
+    }
+}
+
+impl Forward {
+    pub(crate) fn new(conn: Connecting, version: Version) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                meta: conn.meta,
+                version,
+                connector: conn.connector,
+                state: Mutex::new(State::First(Some(conn.upstream))),
+                upstream_closed: CancellationToken::new(),
+                tunnel_requested: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Forwards one request. Never fails: when the server cannot answer, the
+    /// response is the proxy's own 502 (or gRPC UNAVAILABLE).
+    pub async fn forward(
+        self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let grpc = is_grpc(&req);
+        let upgrade = req.headers().get(header::UPGRADE).cloned();
+        let opts = remove_hop_by_hop(req.headers_mut());
+        // An HTTP/1 upgrade or CONNECT turns into a tunnel if the server agrees.
+        let tunnel = self.inner.version == Version::Http1
+            && (req.method() == Method::CONNECT || (opts.upgrade && upgrade.is_some()));
+        if let (true, Some(upgrade)) = (tunnel, &upgrade) {
+            let h = req.headers_mut();
+            h.insert(header::UPGRADE, upgrade.clone());
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let client_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
+        if tunnel {
+            self.inner.tunnel_requested.store(true, Ordering::Release);
+        }
+        let is_connect = req.method() == Method::CONNECT;
+
+        let mut resp = match self.send(req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(target = %self.inner.meta.target, "upstream failed before responding: {e}");
+                return Ok(unavailable(grpc, &e));
+            }
+        };
+
+        let upgraded = match client_upgrade {
+            Some(client)
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    || (is_connect && resp.status().is_success()) =>
+            {
+                let upgrade = resp.headers().get(header::UPGRADE).cloned();
+                let server = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel_bytes(client, server));
+                upgrade
+            }
+            _ => None,
+        };
+        let resp_opts = remove_hop_by_hop(resp.headers_mut());
+        let h = resp.headers_mut();
+        if let Some(upgrade) = upgraded {
+            h.insert(header::UPGRADE, upgrade);
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        } else if resp_opts.close && self.inner.version == Version::Http1 {
+            // The server closes its connection after this response; so does
+            // the proxy, so the client sees what it would have seen.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(resp.map(Either::Left))
+    }
+
+    /// Completes when an upstream connection has ended (the server closed
+    /// it, or it failed). The caller closes the client connection gracefully
+    /// then, so the client sees the close it would have seen directly.
+    pub async fn upstream_closed(&self) {
+        self.inner.upstream_closed.cancelled().await
+    }
+
+    /// Sends `req` upstream. A request that the upstream connection could
+    /// not take (it was closed while idle) goes over a new connection once.
+    async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
+        let mut req = req;
+        for attempt in 0..2 {
+            let sent = {
+                let mut state = self.inner.state.lock().await;
+                let sender = self.ready_sender(&mut state, attempt > 0).await?;
+                match sender {
+                    Sender::Http1(s) => futures_either::Left(s.try_send_request(req)),
+                    Sender::Http2(s) => futures_either::Right(s.try_send_request(req)),
+                }
+            };
+            match sent.await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if attempt == 0 => {
+                        tracing::debug!(
+                            "upstream connection closed before the request was sent; reconnecting"
+                        );
+                        req = unsent;
+                    }
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// The upstream sender, ready for a request: the first connection, or a
+    /// new one when `redial` is set or the current one has closed.
+    async fn ready_sender<'a>(
+        &self,
+        state: &'a mut State,
+        redial: bool,
+    ) -> Result<&'a mut Sender, BoxError> {
+        let inner = &self.inner;
+        let io = match state {
+            // The connection dialled at accept; if it failed, a new attempt.
+            State::First(upstream) => Some(match upstream.take() {
+                Some(upstream) => upstream.established().await?,
+                None => inner.connector.connect(&inner.meta).await?,
+            }),
+            State::Ready(sender) if redial || sender.is_closed() => {
+                Some(inner.connector.connect(&inner.meta).await?)
+            }
+            State::Ready(_) => None,
+        };
+        if let Some(io) = io {
+            *state = State::Ready(handshake(io, inner).await?);
+        }
+        let State::Ready(sender) = state else {
+            unreachable!("a sender was just made ready")
+        };
+        if let Err(e) = sender.ready().await {
+            // Closed between requests: one fresh connection.
+            tracing::debug!("upstream connection not ready ({e}); reconnecting");
+            let io = inner.connector.connect(&inner.meta).await?;
+            *sender = handshake(io, inner).await?;
+            sender.ready().await?;
+        }
+        Ok(sender)
+    }
+}
+
+/// Starts an HTTP client connection over `io`; its driver runs on its own
+/// task and, when the connection ends, tells the client side (see
+/// [`Forward::upstream_closed`]).
+async fn handshake(io: UpstreamIo, inner: &Arc<Inner>) -> Result<Sender, BoxError> {
+    let io = TokioIo::new(io);
+    let ended = inner.clone();
+    let closed = move || {
+        if !ended.tunnel_requested.load(Ordering::Acquire) {
+            ended.upstream_closed.cancel();
+        }
+    };
+    match inner.version {
+        Version::Http1 => {
+            let (sender, conn) = http1::Builder::new()
+                .preserve_header_case(true)
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!("upstream HTTP/1 connection: {e}");
+                }
+                closed();
+            });
+            Ok(Sender::Http1(sender))
+        }
+        Version::Http2 => {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("upstream HTTP/2 connection: {e}");
+                }
+                closed();
+            });
+            Ok(Sender::Http2(sender))
+        }
+    }
+}
+
+/// Copies bytes both ways between the client's and the server's upgraded
+/// connections until both sides are done.
+async fn tunnel_bytes(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+    let (client, server) = match tokio::try_join!(client, server) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!("upgrade failed: {e}");
+            return;
+        }
+    };
+    let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+    if let Err(e) = relay(&mut client, &mut server, None).await {
+        tracing::debug!("upgraded connection: {e}");
+    }
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc...`).
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The proxy's answer when the server could not: `502 Bad Gateway`, or a
+/// gRPC trailers-only response with status 14 (UNAVAILABLE).
+fn unavailable(grpc: bool, error: &BoxError) -> Response<ResponseBody> {
+    let builder = Response::builder();
+    let resp = if grpc {
+        builder
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("grpc-status", "14")
+            .header("grpc-message", "upstream%20unavailable")
+            .body(Either::Right(Full::new(Bytes::new())))
+    } else {
+        builder
+            .status(StatusCode::BAD_GATEWAY)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Either::Right(Full::new(Bytes::from(format!(
+                "502 Bad Gateway: {error}\n"
+            )))))
+    };
+    resp.expect("static header names and values are valid")
+}
+
+// === impl Sender ===
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.is_closed(),
+            Sender::Http2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::Http1(s) => s.ready().await,
+            Sender::Http2(s) => s.ready().await,
+        }
+    }
+}
+
+/// Two futures of different types behind one (no box per request).
+mod futures_either {
+    use pin_project::pin_project;
+    use std::{
+        future::Future,
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    #[pin_project(project = EitherProj)]
+    pub(super) enum Either<A, B> {
+        Left(#[pin] A),
+        Right(#[pin] B),
+    }
+
+    pub(super) use Either::{Left, Right};
+
+    impl<A, B, T> Future for Either<A, B>
+    where
+        A: Future<Output = T>,
+        B: Future<Output = T>,
+    {
+        type Output = T;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+            match self.project() {
+                EitherProj::Left(a) => a.poll(cx),
+                EitherProj::Right(b) => b.poll(cx),
+            }
+        }
+    }
+}

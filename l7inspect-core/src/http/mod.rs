@@ -1,0 +1,226 @@
+//! [`HttpLayer`]: serves connections detected as HTTP/1 or HTTP/2 with hyper
+//! and forwards each request over the connection's own upstream connection;
+//! every other connection goes to the inner service (passthrough).
+//!
+//! # Behaviour on the wire
+//!
+//! - **Versions**: a request is forwarded in the HTTP version the client
+//!   chose (HTTP/1.x stays HTTP/1.x, prior-knowledge HTTP/2 stays HTTP/2),
+//!   over the upstream connection dialled when the client connected (1:1).
+//! - **Bodies and trailers** stream both ways, frame by frame; nothing is
+//!   buffered whole.
+//! - **Headers**: `Host` and `:authority` stay as the client sent them, and
+//!   HTTP/1 header case is preserved. Hop-by-hop headers (`Connection` and the
+//!   headers it lists, `Keep-Alive`, `Proxy-Connection`, `TE` except
+//!   `trailers`, `Transfer-Encoding`, `Upgrade`) are handled per RFC 9110
+//!   7.6.1: each hop frames its own message; an `Upgrade` is passed on.
+//! - **Upgrades**: an HTTP/1 `Upgrade` (WebSocket) answered with `101`, and a
+//!   `CONNECT` answered with `2xx`, become a byte tunnel between client and
+//!   server for the rest of the connection.
+//! - **Keep-alive**: HTTP/1 requests keep their order (hyper answers them in
+//!   sequence, pipelined or not). When the server closes its connection, the
+//!   proxy closes the client's gracefully (HTTP/1: after the response in
+//!   flight; HTTP/2: GOAWAY), so the client sees what it would have seen on
+//!   a direct connection. A request that arrives in between, and that the
+//!   closed connection never took, goes over a new connection to the same
+//!   target instead of failing.
+//! - **Failures**: when the server cannot be reached or fails before it
+//!   answers, the client gets `502 Bad Gateway`, or for gRPC a trailers-only
+//!   response with `grpc-status: 14` (UNAVAILABLE). A failure after the
+//!   response started resets the stream (HTTP/2) or closes the connection
+//!   (HTTP/1), as the server's own failure would.
+//! - **Drain**: when the drain token is cancelled (shutdown), HTTP/1
+//!   connections close after their in-flight request and HTTP/2 connections
+//!   send GOAWAY.
+
+mod forward;
+mod headers;
+mod metrics;
+
+pub use forward::{Forward, ResponseBody, ResponseFuture as ForwardFuture};
+pub use headers::remove_hop_by_hop;
+pub use metrics::{
+    DURATION_BUCKETS, HttpLabels, MAX_RPC_LABELS, RecordRequest, RecordedBody, RequestMetrics,
+    RequestMetricsLayer, RpcLabels,
+};
+
+use crate::{connect::Connecting, meta::ConnMeta};
+use bytes::Bytes;
+use forward::Version;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use l7inspect_detect::{Detected, Outcome, Protocol};
+use std::convert::Infallible;
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tower::{BoxError, Layer, Service};
+
+/// Builds the per-request service of each HTTP connection around its
+/// [`Forward`]: the hook where request-level layers (tracing) go, with the
+/// connection's metadata at hand, so nothing is looked up per request.
+pub trait NewRequestService: Clone + Send + Sync + 'static {
+    /// The per-request service.
+    type Service: Service<
+            Request<Incoming>,
+            Response = Response<Self::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static;
+    /// Its response body.
+    type Body: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+
+    /// The service for the requests of the connection described by `meta`.
+    fn new_service(&self, meta: &ConnMeta, forward: Forward) -> Self::Service;
+}
+
+/// The plain per-request service: [`Forward`] alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlainForward;
+
+/// A [`Layer`] that wraps a connection service in [`Http`].
+#[derive(Clone, Debug)]
+pub struct HttpLayer<N = PlainForward> {
+    drain: CancellationToken,
+    requests: N,
+}
+
+/// Serves HTTP connections; hands every other connection to the inner service.
+#[derive(Clone, Debug)]
+pub struct Http<S, N = PlainForward> {
+    inner: S,
+    drain: CancellationToken,
+    requests: N,
+}
+
+/// The future of [`Http`]: one box per connection.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+// === impl PlainForward ===
+
+impl NewRequestService for PlainForward {
+    type Service = Forward;
+    type Body = ResponseBody;
+
+    fn new_service(&self, _: &ConnMeta, forward: Forward) -> Forward {
+        forward
+    }
+}
+
+// === impl HttpLayer ===
+
+impl HttpLayer {
+    /// A layer whose connections close gracefully once `drain` is cancelled.
+    pub fn new(drain: CancellationToken) -> Self {
+        Self {
+            drain,
+            requests: PlainForward,
+        }
+    }
+}
+
+impl<N> HttpLayer<N> {
+    /// The same layer, with per-request services built by `requests`.
+    pub fn with_requests<M: NewRequestService>(self, requests: M) -> HttpLayer<M> {
+        HttpLayer {
+            drain: self.drain,
+            requests,
+        }
+    }
+}
+
+impl<S, N: Clone> Layer<S> for HttpLayer<N> {
+    type Service = Http<S, N>;
+
+    fn layer(&self, inner: S) -> Http<S, N> {
+        Http {
+            inner,
+            drain: self.drain.clone(),
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+// === impl Http ===
+
+impl<S, N, I> Service<Detected<Connecting, I>> for Http<S, N>
+where
+    S: Service<Detected<Connecting, I>, Response = ()>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    N: NewRequestService,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, d: Detected<Connecting, I>) -> ResponseFuture {
+        let version = match d.outcome {
+            Outcome::Protocol(Protocol::Http1) => Version::Http1,
+            Outcome::Protocol(Protocol::Http2) => Version::Http2,
+            _ => {
+                let fut = self.inner.call(d);
+                return Box::pin(async move { fut.await.map_err(Into::into) });
+            }
+        };
+        Box::pin(serve(d, version, self.drain.clone(), self.requests.clone()))
+    }
+}
+
+/// Serves one HTTP connection until it closes.
+async fn serve<I, N>(
+    d: Detected<Connecting, I>,
+    version: Version,
+    drain: CancellationToken,
+    requests: N,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    N: NewRequestService,
+{
+    let Detected { meta, io, .. } = d;
+    let conn_meta = meta.meta;
+    let forward = Forward::new(meta, version);
+    let closed = forward.clone();
+    let svc = TowerToHyperService::new(requests.new_service(&conn_meta, forward));
+    let io = TokioIo::new(io);
+    match version {
+        Version::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .preserve_header_case(true)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => return res.map_err(Into::into),
+                () = drain.cancelled() => conn.as_mut().graceful_shutdown(),
+                () = closed.upstream_closed() => conn.as_mut().graceful_shutdown(),
+            }
+            conn.await.map_err(Into::into)
+        }
+        Version::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => return res.map_err(Into::into),
+                () = drain.cancelled() => conn.as_mut().graceful_shutdown(),
+                () = closed.upstream_closed() => conn.as_mut().graceful_shutdown(),
+            }
+            conn.await.map_err(Into::into)
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! HTTP proxying end to end on 127.0.0.1: real clients (curl, nghttp) and a
+//! real hyper backend, through the connection stack the sidecar uses
+//! (fixed target, connect, detect, track, HTTP, passthrough).
+//!
+//! curl and nghttp come from Debian (`curl`, `nghttp2-client`); without them
+//! the tests that need them print `SKIPPED` (CI installs both).
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use l7inspect_core::{
+    ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpLayer, LoopGuard, Metrics,
+    Passthrough, PassthroughConfig, TrackLayer, bind, serve,
+};
+use l7inspect_detect::{DetectConfig, DetectLayer};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceBuilder;
+
+/// Starts the proxy stack forwarding to `target`; returns its address.
+async fn proxy(target: SocketAddr) -> SocketAddr {
+    let metrics = Metrics::default();
+    let stack = ServiceBuilder::new()
+        .layer(FixedTargetLayer::new(target))
+        .layer(ConnectLayer::new(
+            ConnectConfig::default(),
+            metrics.clone(),
+            LoopGuard::default(),
+        ))
+        .layer(DetectLayer::new(DetectConfig::default()))
+        .layer(TrackLayer::new(metrics.clone()))
+        .layer(HttpLayer::new(CancellationToken::new()))
+        .service(Passthrough::new(PassthroughConfig::default(), metrics));
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        Direction::Inbound,
+        stack,
+        TaskTracker::new(),
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// A hyper backend (HTTP/1 and HTTP/2) that describes each request in its
+/// response body: method, target, version, headers in order, body length.
+/// `/trailers` answers with a trailer; `/ws` upgrades (HTTP/1) and echoes.
+/// Returns its address and a count of the connections it accepted.
+async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let count = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(describe);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+async fn describe(
+    mut req: Request<Incoming>,
+) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>, Infallible> {
+    if req.uri().path() == "/ws" {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(on_upgrade.await.unwrap());
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = io.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                io.write_all(&buf[..n]).await.unwrap();
+            }
+        });
+        let resp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+            .unwrap();
+        return Ok(resp);
+    }
+    let mut text = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+    for (k, v) in req.headers() {
+        text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+    }
+    let trailers_wanted = req.uri().path() == "/trailers";
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    text.push_str(&format!("body {}\n", body.len()));
+    let body = Full::new(Bytes::from(text)).map_err(|e| match e {});
+    let body = if trailers_wanted {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        body.with_trailers(async move { Some(Ok(trailers)) })
+            .boxed()
+    } else {
+        body.boxed()
+    };
+    Ok(Response::new(body))
+}
+
+/// Runs a command, or prints SKIPPED and returns None when it is missing.
+fn run(test: &str, cmd: &str, args: &[&str]) -> Option<std::process::Output> {
+    match Command::new(cmd).args(args).output() {
+        Ok(out) => Some(out),
+        Err(e) => {
+            if std::env::var_os("L7INSPECT_REQUIRE_TOOLS").is_some() {
+                panic!("{test}: {cmd} is required: {e}");
+            }
+            println!("SKIPPED {test}: {cmd} not available ({e})");
+            None
+        }
+    }
+}
+
+async fn run_async(
+    test: &'static str,
+    cmd: &'static str,
+    args: Vec<String>,
+) -> Option<std::process::Output> {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(test, cmd, &args)
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_http1_keep_alive_reuses_one_upstream_connection() {
+    let (backend, conns) = backend().await;
+    let proxy = proxy(backend).await;
+    let a = format!("http://{proxy}/a?x=1");
+    let b = format!("http://{proxy}/b");
+    let Some(out) = run_async(
+        "curl_http1_keep_alive",
+        "curl",
+        vec![
+            "-s".into(),
+            "-H".into(),
+            "Host: Example.COM:8080".into(),
+            a,
+            b,
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let text = stdout(&out);
+    assert!(text.contains("GET /a?x=1 HTTP/1.1\n"), "{text}");
+    assert!(text.contains("GET /b HTTP/1.1\n"), "{text}");
+    // Host exactly as the client sent it, twice.
+    assert_eq!(
+        text.matches("host: Example.COM:8080\n").count(),
+        2,
+        "{text}"
+    );
+    // Two requests on one client connection: one upstream connection (1:1).
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_http2_prior_knowledge_stays_http2() {
+    let (backend, _) = backend().await;
+    let proxy = proxy(backend).await;
+    let Some(out) = run_async(
+        "curl_http2_prior_knowledge",
+        "curl",
+        vec![
+            "-s".into(),
+            "--http2-prior-knowledge".into(),
+            "-w".into(),
+            "version %{http_version}\n".into(),
+            format!("http://{proxy}/h2?q=1"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("GET http://{proxy}/h2?q=1 HTTP/2.0\n")),
+        "{text}"
+    );
+    assert!(text.ends_with("version 2\n"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nghttp_concurrent_streams_and_trailers() {
+    let (backend, conns) = backend().await;
+    let proxy = proxy(backend).await;
+    let mut args = vec!["-n".to_string(), "-v".to_string()];
+    for i in 0..20 {
+        args.push(format!("http://{proxy}/trailers?i={i}"));
+    }
+    let Some(out) = run_async("nghttp_concurrent_streams", "nghttp", args).await else {
+        return;
+    };
+    let text = stdout(&out);
+    // nghttp -v prints each received trailer header.
+    assert_eq!(text.matches("x-checksum: abc").count(), 20, "{text}");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one upstream connection for all streams"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_post_with_expect_100_continue_streams_through() {
+    let (backend, _) = backend().await;
+    let proxy = proxy(backend).await;
+    let dir = std::env::temp_dir().join(format!("l7inspect-post-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("body.bin");
+    std::fs::write(&file, vec![7u8; 5 << 20]).unwrap();
+    let out = run_async(
+        "large_post_with_expect_100_continue",
+        "curl",
+        vec![
+            "-s".into(),
+            "-H".into(),
+            "Expect: 100-continue".into(),
+            "--data-binary".into(),
+            format!("@{}", file.display()),
+            format!("http://{proxy}/upload"),
+        ],
+    )
+    .await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    let Some(out) = out else { return };
+    let text = stdout(&out);
+    assert!(text.contains("POST /upload HTTP/1.1\n"), "{text}");
+    assert!(text.contains(&format!("body {}\n", 5 << 20)), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_removed_and_case_is_kept() {
+    let (backend, _) = backend().await;
+    let proxy = proxy(backend).await;
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(
+        b"GET /h HTTP/1.1\r\nHost: a\r\nConnection: X-Secret, close\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-MiXeD-Case: yes\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    assert!(!resp.to_lowercase().contains("x-secret"), "{resp}");
+    assert!(!resp.to_lowercase().contains("keep-alive: 5"), "{resp}");
+    // The backend prints names lowercased (hyper's HeaderMap); it received them.
+    assert!(resp.contains("x-mixed-case: yes\n"), "{resp}");
+}
+
+/// A raw HTTP/1 backend that answers one request per connection with a
+/// fixed response and then closes the (idle) connection, signalling it.
+async fn closing_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                drop(s);
+                let _ = tx.send(());
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_closing_an_idle_connection_closes_the_client_connection() {
+    let (backend, mut closed) = closing_backend().await;
+    let proxy = proxy(backend).await;
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    // The response, then EOF: the proxy mirrors the server's close.
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut resp))
+        .await
+        .expect("the client connection is closed when the server's is")
+        .unwrap();
+    let resp = String::from_utf8(resp).unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 200 OK\r\n") && resp.ends_with("\r\n\r\nok"),
+        "{resp}"
+    );
+    closed.recv().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_gives_502_and_grpc_unavailable() {
+    let dead = {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        (s.local_addr().unwrap(), s)
+    };
+    let proxy = proxy(dead.0).await;
+    let Some(out) = run_async(
+        "unreachable_server_gives_502",
+        "curl",
+        vec![
+            "-s".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+            format!("http://{proxy}/"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let text = stdout(&out);
+    assert!(text.starts_with("502 Bad Gateway: connecting to"), "{text}");
+    assert!(text.ends_with("502"), "{text}");
+
+    let out = run_async(
+        "unreachable_server_gives_grpc_unavailable",
+        "curl",
+        vec![
+            "-s".into(),
+            "-D".into(),
+            "-".into(),
+            "--http2-prior-knowledge".into(),
+            "-H".into(),
+            "content-type: application/grpc".into(),
+            "-H".into(),
+            "te: trailers".into(),
+            "-X".into(),
+            "POST".into(),
+            format!("http://{proxy}/pkg.Svc/Method"),
+        ],
+    )
+    .await
+    .unwrap();
+    let text = stdout(&out);
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(text.contains("grpc-status: 14"), "{text}");
+    drop(dead);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_becomes_a_tunnel() {
+    let (backend, _) = backend().await;
+    let proxy = proxy(backend).await;
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_lowercase();
+    assert!(
+        head.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("upgrade: websocket\r\n") && head.contains("connection: upgrade\r\n"),
+        "{head}"
+    );
+    // After the 101, bytes pass both ways untouched.
+    for msg in [&b"\x81\x05hello"[..], b"\x00\xffbinary\x00"] {
+        c.write_all(msg).await.unwrap();
+        let mut echo = vec![0u8; msg.len()];
+        c.read_exact(&mut echo).await.unwrap();
+        assert_eq!(echo, msg);
+    }
+}
