@@ -4,6 +4,7 @@
 //! # Layout
 //! - `propagation`: extract and inject trace context in W3C `traceparent` /
 //!   `tracestate`, B3 single and multi header, and Jaeger `uber-trace-id`.
+//! - `layer`: [`Tracing`] and [`TraceLayer`]: one span per HTTP request.
 //! - `export`: a bounded, non-blocking span queue in front of OTLP (gRPC,
 //!   HTTP/protobuf) and Zipkin exporters.
 
@@ -11,5 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod export;
+mod layer;
 pub mod propagation;
+pub use layer::{Peer, ResponseFuture, Trace, TraceConfig, TraceLayer, TracedBody, Tracing};
 pub use propagation::{Extracted, Format, FormatSet, ParsePropagatorsError, Propagators};
