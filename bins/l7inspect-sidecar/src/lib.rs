@@ -26,13 +26,26 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod requests;
+mod telemetry;
+
 use l7inspect_core::{
-    Admin, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, LoopGuard, Metrics,
-    OrigDstLayer, Passthrough, PassthroughConfig, Readiness, TrackLayer, serve,
+    Admin, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpLayer, LoopGuard, Metrics,
+    OrigDstLayer, Passthrough, PassthroughConfig, Readiness, RequestMetrics, TrackLayer, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
+use l7inspect_trace::{
+    Propagators, TraceConfig, Tracing,
+    export::{
+        ExportBuildError, ExportConfig, ExportPipeline, FlushOutcome, ResourceConfig,
+        SamplerConfig, UNKNOWN_SERVICE,
+    },
+};
+use opentelemetry::trace::{SpanKind, TracerProvider as _};
 use prometheus_client::registry::Registry;
+use requests::Requests;
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use telemetry::SpanStatsCollector;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceBuilder;
@@ -60,6 +73,24 @@ pub struct SidecarConfig {
     pub passthrough: PassthroughConfig,
     /// How long open connections may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// HTTP tracing: export, sampling, propagation.
+    pub tracing: TracingConfig,
+}
+
+/// How HTTP requests are traced and where spans go.
+#[derive(Clone, Debug)]
+pub struct TracingConfig {
+    /// `service.name` and resource attributes of every span.
+    pub resource: ResourceConfig,
+    /// Exporters, queue and batching. With no exporter, spans are only kept
+    /// in memory (for the admin view).
+    pub export: ExportConfig,
+    /// Which requests are sampled.
+    pub sampler: SamplerConfig,
+    /// Trace-context formats extracted and injected.
+    pub propagators: Propagators,
+    /// Record `url.query` on spans.
+    pub record_query: bool,
 }
 
 /// An explicit listener: accept on `listen`, forward to `target`.
@@ -99,6 +130,17 @@ pub struct BindError {
     pub source: io::Error,
 }
 
+/// The sidecar could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The span export pipeline could not start (a bad exporter setting).
+    #[error("cannot start span export: {0}")]
+    Export(#[from] ExportBuildError),
+}
+
 /// A sidecar with every listener bound, ready to [`run`](Sidecar::run).
 #[derive(Debug)]
 pub struct Sidecar {
@@ -110,6 +152,9 @@ pub struct Sidecar {
     registry: Arc<Registry>,
     guard: LoopGuard,
     ready: Readiness,
+    export: ExportPipeline,
+    inbound_requests: Requests,
+    outbound_requests: Requests,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -133,15 +178,32 @@ impl Default for SidecarConfig {
             connect: ConnectConfig::default(),
             passthrough: PassthroughConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+            tracing: TracingConfig::default(),
+        }
+    }
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            resource: ResourceConfig {
+                service_name: UNKNOWN_SERVICE.to_owned(),
+                attributes: Vec::new(),
+            },
+            export: ExportConfig::default(),
+            sampler: SamplerConfig::default(),
+            propagators: Propagators::default(),
+            record_query: false,
         }
     }
 }
 
 // === impl Sidecar ===
 
-/// Binds every listener of `config` and registers the metrics. Fails with a
-/// [`BindError`] naming the first listener that could not be bound.
-pub async fn build(config: SidecarConfig) -> Result<Sidecar, BindError> {
+/// Binds every listener of `config`, starts span export and registers the
+/// metrics. Fails with a [`BindError`] naming the first listener that could
+/// not be bound, or an export error. Must run inside a Tokio runtime.
+pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
     async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
         l7inspect_core::bind(addr).map_err(|source| BindError { what, addr, source })
     }
@@ -209,8 +271,33 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BindError> {
     }
 
     let metrics = Metrics::default();
+    let request_metrics = RequestMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    request_metrics.register(&mut registry);
+
+    let t = &config.tracing;
+    let resource = t
+        .resource
+        .to_resource("l7inspect", env!("CARGO_PKG_VERSION"));
+    let export = ExportPipeline::start(t.export.clone(), resource)?;
+    registry.register_collector(Box::new(SpanStatsCollector::new(export.stats())));
+    let tracer = export
+        .tracer_provider(t.sampler.to_sampler())
+        .tracer("l7inspect");
+    let requests = |kind| {
+        let tracing = Tracing::new(
+            tracer.clone(),
+            TraceConfig {
+                kind,
+                propagators: t.propagators,
+                record_query: t.record_query,
+            },
+        );
+        Requests::new(tracing, request_metrics.clone())
+    };
+    let inbound_requests = requests(SpanKind::Server);
+    let outbound_requests = requests(SpanKind::Client);
     Ok(Sidecar {
         config,
         addrs,
@@ -220,6 +307,9 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BindError> {
         registry: Arc::new(registry),
         guard,
         ready: Readiness::default(),
+        export,
+        inbound_requests,
+        outbound_requests,
     })
 }
 
@@ -247,6 +337,9 @@ impl Sidecar {
             registry,
             guard,
             ready,
+            export,
+            inbound_requests,
+            outbound_requests,
             ..
         } = self;
         let stop = CancellationToken::new();
@@ -259,12 +352,21 @@ impl Sidecar {
         let track = TrackLayer::new(metrics.clone());
         let passthrough = Passthrough::new(config.passthrough.clone(), metrics.clone());
         let orig_dst = OrigDstLayer::new(guard, metrics);
+        // HTTP connections close gracefully (GOAWAY, close after the
+        // in-flight request) as soon as shutdown starts.
+        let http = HttpLayer::new(stop.clone());
         for (listener, direction, target) in listeners {
-            // The stack after the target is the same for every listener.
+            let requests = match direction {
+                Direction::Inbound => inbound_requests.clone(),
+                Direction::Outbound => outbound_requests.clone(),
+            };
+            // The stack after the target is the same for every listener of
+            // a direction.
             let stack = ServiceBuilder::new()
                 .layer(connect.clone())
                 .layer(detect.clone())
                 .layer(track.clone())
+                .layer(http.clone().with_requests(requests))
                 .service(passthrough.clone());
             let stopped = stop.clone().cancelled_owned();
             let tracker = conns.clone();
@@ -309,6 +411,14 @@ impl Sidecar {
             tracing::info!(
                 open = conns.len(),
                 "grace period over; closing remaining connections"
+            );
+        }
+        // Spans of the drained requests go out within what is left of the
+        // grace period (at least a second).
+        let flush = config.shutdown_grace.max(Duration::from_secs(1));
+        if let FlushOutcome::DeadlineReached = export.shutdown(flush).await {
+            tracing::warn!(
+                "span export did not finish before its deadline; remaining spans dropped"
             );
         }
         stop_admin.cancel();

@@ -6,10 +6,17 @@
 //! naming the flag, the value and why); 1 when a listener cannot be bound or
 //! the runtime cannot start (one line naming the address and the OS error).
 
-use clap::{CommandFactory, Parser, ValueEnum, error::ErrorKind};
+use clap::{
+    ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind,
+    parser::ValueSource,
+};
 use l7inspect_core::{ConnectConfig, PassthroughConfig};
 use l7inspect_detect::DetectConfig;
-use l7inspect_sidecar::{Forward, SidecarConfig};
+use l7inspect_sidecar::{Forward, SidecarConfig, TracingConfig};
+use l7inspect_trace::{
+    Propagators,
+    export::{ResourceConfig, from_otel_env},
+};
 use std::{net::SocketAddr, net::ToSocketAddrs, process::ExitCode, time::Duration};
 
 /// A layer-7 sidecar proxy: detects the protocol of every TCP connection
@@ -98,6 +105,69 @@ struct Args {
         default_value = "text"
     )]
     log_format: LogFormat,
+
+    /// service.name of the spans. Default: the host name.
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        value_name = "NAME",
+        help_heading = "Tracing"
+    )]
+    service_name: Option<String>,
+
+    /// OTLP traces endpoint: the full URL (http://collector:4317 for grpc,
+    /// http://collector:4318/v1/traces for http/protobuf). OTEL_EXPORTER_OTLP_ENDPOINT
+    /// (a base URL) is read too.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        value_name = "URL",
+        help_heading = "Tracing"
+    )]
+    otlp_endpoint: Option<String>,
+
+    /// OTLP transport: grpc or http/protobuf (default grpc).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        value_name = "PROTOCOL",
+        help_heading = "Tracing"
+    )]
+    otlp_protocol: Option<String>,
+
+    /// Zipkin v2 endpoint, e.g. http://zipkin:9411/api/v2/spans.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+        value_name = "URL",
+        help_heading = "Tracing"
+    )]
+    zipkin_endpoint: Option<String>,
+
+    /// Sample this fraction of new traces (parentbased_traceidratio; an
+    /// incoming sampled flag is honoured). Default: OTEL_TRACES_SAMPLER, else 1.0.
+    #[arg(long, env = "L7INSPECT_SAMPLE_RATIO", value_name = "R", value_parser = parse_ratio, help_heading = "Tracing")]
+    sample_ratio: Option<f64>,
+
+    /// Trace-context formats to extract and inject, in order.
+    #[arg(long, env = "OTEL_PROPAGATORS", value_name = "LIST", default_value = "tracecontext,baggage,b3,b3multi,jaeger", value_parser = parse_propagators, help_heading = "Tracing")]
+    propagators: Propagators,
+
+    /// Record url.query on spans (off: queries often carry secrets).
+    #[arg(long, env = "L7INSPECT_RECORD_QUERY", help_heading = "Tracing")]
+    record_query: bool,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        Ok(_) => Err("must be between 0 and 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_propagators(s: &str) -> Result<Propagators, String> {
+    Propagators::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -162,7 +232,60 @@ fn parse_ports(s: &str) -> Result<PortList, String> {
 }
 
 impl Args {
-    fn into_config(self) -> SidecarConfig {
+    /// The tracing settings: the OpenTelemetry environment variables, with
+    /// the flags given on the command line taking precedence.
+    fn tracing(&self, matches: &ArgMatches) -> Result<TracingConfig, String> {
+        let from_cli = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        let mut overlay: Vec<(&str, String)> = Vec::new();
+        let mut set = |id: &str, vars: &[&'static str], value: &Option<String>| {
+            if let (true, Some(v)) = (from_cli(id), value) {
+                overlay.extend(vars.iter().map(|var| (*var, v.clone())));
+            }
+        };
+        set("service_name", &["OTEL_SERVICE_NAME"], &self.service_name);
+        set(
+            "otlp_endpoint",
+            &["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
+            &self.otlp_endpoint,
+        );
+        set(
+            "otlp_protocol",
+            &[
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            ],
+            &self.otlp_protocol,
+        );
+        set(
+            "zipkin_endpoint",
+            &["OTEL_EXPORTER_ZIPKIN_ENDPOINT"],
+            &self.zipkin_endpoint,
+        );
+        if let Some(r) = self.sample_ratio {
+            overlay.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
+            overlay.push(("OTEL_TRACES_SAMPLER_ARG", r.to_string()));
+        }
+        let env = from_otel_env(|var| {
+            overlay
+                .iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(var).ok())
+        })
+        .map_err(|e| format!("invalid value for {e}"))?;
+        Ok(TracingConfig {
+            resource: ResourceConfig {
+                service_name: env.service_name.unwrap_or_else(host_name),
+                attributes: env.resource_attributes,
+            },
+            export: env.export,
+            sampler: env.sampler,
+            propagators: self.propagators,
+            record_query: self.record_query,
+        })
+    }
+
+    fn into_config(self, tracing: TracingConfig) -> SidecarConfig {
         SidecarConfig {
             transparent: !self.no_transparent,
             inbound_listen: self.inbound_listen,
@@ -182,8 +305,18 @@ impl Args {
                 idle_timeout: self.idle_timeout,
             },
             shutdown_grace: self.shutdown_grace,
+            tracing,
         }
     }
+}
+
+/// The host name, the default service.name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown_service".to_owned())
 }
 
 fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
@@ -222,12 +355,16 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let threads = args.threads;
     if let Err(e) = init_logging(args.log_level.as_deref(), args.log_format) {
         Args::command().error(ErrorKind::ValueValidation, e).exit();
     }
-    let config = args.into_config();
+    let tracing = args
+        .tracing(&matches)
+        .unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit());
+    let config = args.into_config(tracing);
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -245,6 +382,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let t = &config.tracing;
+    let service = t.resource.service_name.clone();
+    let otlp = t
+        .export
+        .otlp
+        .as_ref()
+        .map(|o| format!("{} ({:?})", o.endpoint, o.protocol));
+    let zipkin = t.export.zipkin.as_ref().map(|z| z.endpoint.clone());
     runtime.block_on(async move {
         let sidecar = match l7inspect_sidecar::build(config).await {
             Ok(s) => s,
@@ -268,6 +413,12 @@ fn main() -> ExitCode {
             outbound_forwards = %forwards(&a.outbound_forwards),
             admin = %a.admin,
             "listening"
+        );
+        tracing::info!(
+            service = %service,
+            otlp = ?otlp,
+            zipkin = ?zipkin,
+            "tracing HTTP requests"
         );
         sidecar.run(shutdown_signal()).await;
         tracing::info!("stopped");
