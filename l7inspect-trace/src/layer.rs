@@ -21,7 +21,7 @@
 //!   response is dropped before its status arrived is recorded as CANCELLED
 //!   (1).
 
-use crate::propagation::Propagators;
+use crate::propagation::{Format, FormatSet, Propagators};
 use bytes::Buf;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -36,7 +36,10 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll, ready},
 };
 use tower::{Layer, Service};
@@ -72,6 +75,35 @@ pub struct Tracing {
 struct Shared {
     tracer: SdkTracer,
     config: TraceConfig,
+    stats: PropagationStats,
+}
+
+/// Counts of trace-context headers that were present but malformed (and
+/// ignored), per format. Cheap to clone; shared by the layers of a [`Tracing`].
+#[derive(Clone, Debug, Default)]
+pub struct PropagationStats {
+    malformed: Arc<[AtomicU64; Format::ALL.len()]>,
+}
+
+impl PropagationStats {
+    /// How many requests carried a malformed header of `format`.
+    pub fn malformed(&self, format: Format) -> u64 {
+        self.malformed[index(format)].load(Ordering::Relaxed)
+    }
+
+    fn record(&self, formats: FormatSet) {
+        for f in formats.iter() {
+            self.malformed[index(f)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `format`'s position in [`Format::ALL`].
+fn index(format: Format) -> usize {
+    Format::ALL
+        .iter()
+        .position(|f| *f == format)
+        .expect("Format::ALL lists every format")
 }
 
 /// A [`Layer`] that traces the requests of one connection.
@@ -133,8 +165,18 @@ impl Tracing {
     /// Traces with `tracer` and `config`.
     pub fn new(tracer: SdkTracer, config: TraceConfig) -> Self {
         Self {
-            shared: Arc::new(Shared { tracer, config }),
+            shared: Arc::new(Shared {
+                tracer,
+                config,
+                stats: PropagationStats::default(),
+            }),
         }
+    }
+
+    /// Counts of malformed trace-context headers seen by every layer made
+    /// from this `Tracing` (and its clones).
+    pub fn stats(&self) -> PropagationStats {
+        self.shared.stats.clone()
     }
 
     /// The layer for the requests of the connection between `peer`'s ends.
@@ -200,6 +242,7 @@ where
         let config = &self.shared.config;
         let extracted = config.propagators.extract(req.headers());
         if !extracted.malformed.is_empty() {
+            self.shared.stats.record(extracted.malformed);
             tracing::debug!(formats = ?extracted.malformed, "ignoring malformed trace context headers");
         }
         let parent = match &extracted.parent {
@@ -673,6 +716,23 @@ mod tests {
                 "{kind:?} {status}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn malformed_context_is_ignored_and_counted() {
+        let h = harness(SpanKind::Server);
+        let req = Request::get("/")
+            .header("traceparent", "00-not-hex-01")
+            .body(Full::default())
+            .unwrap();
+        let forwarded = call(&h, req, 200, &[], true).await;
+        let span = &h.spans()[0];
+        // A new root: no parent, a fresh valid traceparent forwarded.
+        assert_eq!(span.parent_span_id, SpanId::INVALID);
+        let tp = forwarded.get("traceparent").unwrap().to_str().unwrap();
+        assert!(tp.starts_with("00-") && tp.contains(&span.span_context.span_id().to_string()));
+        assert_eq!(h.tracing.stats().malformed(Format::TraceContext), 1);
+        assert_eq!(h.tracing.stats().malformed(Format::B3), 0);
     }
 
     #[tokio::test]

@@ -14,5 +14,7 @@
 pub mod export;
 mod layer;
 pub mod propagation;
-pub use layer::{Peer, ResponseFuture, Trace, TraceConfig, TraceLayer, TracedBody, Tracing};
+pub use layer::{
+    Peer, PropagationStats, ResponseFuture, Trace, TraceConfig, TraceLayer, TracedBody, Tracing,
+};
 pub use propagation::{Extracted, Format, FormatSet, ParsePropagatorsError, Propagators};

@@ -281,7 +281,6 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         .resource
         .to_resource("l7inspect", env!("CARGO_PKG_VERSION"));
     let export = ExportPipeline::start(t.export.clone(), resource)?;
-    registry.register_collector(Box::new(SpanStatsCollector::new(export.stats())));
     let tracer = export
         .tracer_provider(t.sampler.to_sampler())
         .tracer("l7inspect");
@@ -298,6 +297,13 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
     };
     let inbound_requests = requests(SpanKind::Server);
     let outbound_requests = requests(SpanKind::Client);
+    registry.register_collector(Box::new(SpanStatsCollector::new(
+        export.stats(),
+        vec![
+            inbound_requests.propagation_stats(),
+            outbound_requests.propagation_stats(),
+        ],
+    )));
     Ok(Sidecar {
         config,
         addrs,
@@ -322,6 +328,13 @@ impl Sidecar {
     /// The metrics registry (what `/metrics` serves).
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
+    }
+
+    /// The most recent finished spans, kept in memory whether or not an
+    /// exporter is configured. The handle shares the ring, so it keeps
+    /// seeing new spans after [`run`](Sidecar::run) takes the sidecar.
+    pub fn recent_spans(&self) -> l7inspect_trace::export::RecentSpans {
+        self.export.recent()
     }
 
     /// Serves until `shutdown` completes, then drains: stops accepting, marks

@@ -4,7 +4,7 @@
 use l7inspect_core::{
     ConnMeta, Forward, NewRequestService, RecordRequest, RecordedBody, RequestMetrics, ResponseBody,
 };
-use l7inspect_trace::{Peer, Trace, TracedBody, Tracing};
+use l7inspect_trace::{Peer, PropagationStats, Trace, TracedBody, Tracing};
 use tower::Layer;
 
 /// Builds, per HTTP connection, `RecordRequest<Trace<Forward>>`.
@@ -19,6 +19,11 @@ impl Requests {
     /// times into `metrics`.
     pub fn new(tracing: Tracing, metrics: RequestMetrics) -> Self {
         Self { tracing, metrics }
+    }
+
+    /// The malformed trace-context header counts of these requests.
+    pub fn propagation_stats(&self) -> PropagationStats {
+        self.tracing.stats()
     }
 }
 

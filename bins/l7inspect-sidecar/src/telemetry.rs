@@ -1,6 +1,9 @@
 //! Span export counters as Prometheus metrics.
 
-use l7inspect_trace::export::{DropReason, ExportStats, ExporterKind};
+use l7inspect_trace::{
+    Format, PropagationStats,
+    export::{DropReason, ExportStats, ExporterKind},
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -13,12 +16,14 @@ use prometheus_client::{
 #[derive(Debug)]
 pub struct SpanStatsCollector {
     stats: ExportStats,
+    propagation: Vec<PropagationStats>,
 }
 
 impl SpanStatsCollector {
-    /// Reads `stats` on each scrape.
-    pub fn new(stats: ExportStats) -> Self {
-        Self { stats }
+    /// Reads `stats` and the malformed-header counts of `propagation` (one
+    /// per direction) on each scrape.
+    pub fn new(stats: ExportStats, propagation: Vec<PropagationStats>) -> Self {
+        Self { stats, propagation }
     }
 }
 
@@ -44,6 +49,27 @@ impl Collector for SpanStatsCollector {
             let c = ConstCounter::new(self.stats.dropped(reason));
             c.encode(family.encode_family(&[("reason", reason.as_str())])?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "l7inspect_trace_context_malformed",
+            "Requests with a malformed trace-context header (ignored), by format",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for format in Format::ALL {
+            if !format.carries_context() {
+                continue;
+            }
+            let n: u64 = self.propagation.iter().map(|p| p.malformed(format)).sum();
+            c_encode(&mut family, format.name(), n)?;
+        }
         Ok(())
     }
+}
+
+fn c_encode(
+    family: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    format: &str,
+    n: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(n).encode(family.encode_family(&[("format", format)])?)
 }
