@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use l7inspect_sidecar::{BoundAddrs, Forward, SidecarConfig, build};
+use l7inspect_trace::export::RecentSpans;
 use prometheus_client::registry::Registry;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -12,6 +13,8 @@ use tokio::{sync::oneshot, task::JoinHandle};
 pub struct Running {
     pub addrs: BoundAddrs,
     pub registry: Arc<Registry>,
+    /// The sidecar's in-memory ring of finished spans.
+    pub spans: RecentSpans,
     stop: Option<oneshot::Sender<()>>,
     pub handle: JoinHandle<()>,
 }
@@ -73,6 +76,7 @@ pub async fn start(config: SidecarConfig) -> Running {
     let sidecar = build(config).await.expect("sidecar binds");
     let addrs = sidecar.addrs().clone();
     let registry = sidecar.registry();
+    let spans = sidecar.recent_spans();
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(sidecar.run(async move {
         let _ = stopped.await;
@@ -80,6 +84,7 @@ pub async fn start(config: SidecarConfig) -> Running {
     Running {
         addrs,
         registry,
+        spans,
         stop: Some(stop),
         handle,
     }
