@@ -16,7 +16,7 @@ use crate::{
     metrics::{ConnectErrorLabels, Metrics},
     ratelimit::RateLimited,
 };
-use l7inspect_detect::{Conn, DetectMeta, ServerEvent};
+use l7inspect_detect::{Conn, DetectMeta, ServerEvent, is_http2_server_preface};
 use pin_project::pin_project;
 use std::{
     future::Future,
@@ -85,6 +85,8 @@ pub struct Connecting {
 /// An upstream connection in the making.
 pub struct Upstream {
     state: State,
+    /// The server sent an HTTP/2 connection preface before the client spoke.
+    http2_server_preface: bool,
 }
 
 enum State {
@@ -229,6 +231,7 @@ impl Upstream {
     fn connect(meta: ConnMeta, connector: Connector) -> Self {
         Self {
             state: State::Connecting(Box::pin(async move { connector.connect(&meta).await })),
+            http2_server_preface: false,
         }
     }
 
@@ -311,16 +314,31 @@ impl DetectMeta for Connecting {
         Some(self.meta.target.port())
     }
 
-    /// Ready when the server's socket turns readable (bytes or EOF) before
-    /// the client spoke, or when the connect failed.
+    /// Ready when the server sent bytes (or closed) before the client spoke,
+    /// or when the connect failed.
+    ///
+    /// An HTTP/2 server's connection preface (a SETTINGS frame, which
+    /// servers send as soon as they accept) does not count: the client of
+    /// such a server speaks too, so detection goes on waiting for it. The
+    /// bytes are only peeked at; the server's stream is left untouched.
     fn poll_server_first(&mut self, cx: &mut Context<'_>) -> Poll<ServerEvent> {
         ready!(self.upstream.poll_connected(cx));
-        match &self.upstream.state {
-            State::Connected(io) => match io.stream.poll_read_ready(cx) {
-                Poll::Ready(_) => Poll::Ready(ServerEvent::Spoke),
-                Poll::Pending => Poll::Pending,
-            },
-            _ => Poll::Ready(ServerEvent::Unreachable),
+        if self.upstream.http2_server_preface {
+            // Nothing more to learn from the server; the client decides.
+            return Poll::Pending;
+        }
+        let State::Connected(io) = &self.upstream.state else {
+            return Poll::Ready(ServerEvent::Unreachable);
+        };
+        let mut head = [0u8; l7inspect_detect::HTTP2_FRAME_HEADER_LEN];
+        let mut buf = ReadBuf::new(&mut head);
+        match ready!(io.stream.poll_peek(cx, &mut buf)) {
+            Ok(n) if is_http2_server_preface(&head[..n]) => {
+                self.upstream.http2_server_preface = true;
+                Poll::Pending
+            }
+            // Other bytes, EOF or an error: the server spoke first.
+            Ok(_) | Err(_) => Poll::Ready(ServerEvent::Spoke),
         }
     }
 }

@@ -58,5 +58,5 @@ pub use layer::{
     Conn, Detect, DetectConfig, DetectIoError, DetectLayer, DetectMeta, Detected, Outcome,
     ResponseFuture, ServerEvent,
 };
-pub use sniff::{Detection, Protocol, detect};
+pub use sniff::{Detection, HTTP2_FRAME_HEADER_LEN, Protocol, detect, is_http2_server_preface};
 pub use tls::{ClientHello, ParsedHello, parse_client_hello};

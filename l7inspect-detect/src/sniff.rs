@@ -174,6 +174,35 @@ fn http2(buf: &[u8]) -> Step {
     starts_with(buf, H2_PREFACE)
 }
 
+/// The length of an HTTP/2 frame header.
+pub const HTTP2_FRAME_HEADER_LEN: usize = 9;
+
+/// Whether a server's first bytes are an HTTP/2 server connection preface:
+/// a SETTINGS frame (type 4, no ACK flag) on stream 0 whose length is a
+/// whole number of settings (RFC 9113 3.4, 6.5). HTTP/2 servers send it as
+/// soon as they accept, before the client's preface arrives, so it must not
+/// be taken for a server that speaks first. Needs the whole 9-byte header.
+///
+/// ```
+/// use l7inspect_detect::is_http2_server_preface;
+///
+/// assert!(is_http2_server_preface(&[0, 0, 6, 4, 0, 0, 0, 0, 0]));
+/// assert!(!is_http2_server_preface(b"SSH-2.0-OpenSSH_9.2\r\n"));
+/// ```
+pub fn is_http2_server_preface(buf: &[u8]) -> bool {
+    const SETTINGS: u8 = 0x4;
+    const ACK: u8 = 0x1;
+    let Some(h) = buf.get(..HTTP2_FRAME_HEADER_LEN) else {
+        return false;
+    };
+    let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+    len.is_multiple_of(6)
+        && len <= 16_384
+        && h[3] == SETTINGS
+        && h[4] & ACK == 0
+        && h[5..9] == [0; 4]
+}
+
 /// The longest request line we wait for before giving up on HTTP/1.
 const MAX_REQUEST_LINE: usize = 8 * 1024;
 
@@ -640,6 +669,26 @@ mod tests {
         assert_eq!(detect(&line), Detection::Unknown);
         assert_eq!(detect(&line[..MAX_REQUEST_LINE]), Detection::Unknown);
         assert_eq!(detect(&line[..MAX_REQUEST_LINE - 1]), Detection::NeedMore);
+    }
+
+    #[test]
+    fn http2_server_preface() {
+        // hyper's first SETTINGS frame (3 settings) and an empty one.
+        assert!(is_http2_server_preface(&[0, 0, 18, 4, 0, 0, 0, 0, 0, 0, 3]));
+        assert!(is_http2_server_preface(&[0, 0, 0, 4, 0, 0, 0, 0, 0]));
+        // A SETTINGS ACK, another frame type, a nonzero stream, a short read.
+        assert!(!is_http2_server_preface(&[0, 0, 0, 4, 1, 0, 0, 0, 0]));
+        assert!(!is_http2_server_preface(&[0, 0, 4, 8, 0, 0, 0, 0, 0]));
+        assert!(!is_http2_server_preface(&[0, 0, 6, 4, 0, 0, 0, 0, 1]));
+        assert!(!is_http2_server_preface(&[0, 0, 6, 4, 0]));
+        // Banners of server-speaks-first protocols.
+        for banner in [
+            &b"220 smtp.example ESMTP\r\n"[..],
+            b"SSH-2.0-x\r\n",
+            b"\x4a\x00\x00\x00\x0a8.0.36",
+        ] {
+            assert!(!is_http2_server_preface(banner));
+        }
     }
 
     #[test]

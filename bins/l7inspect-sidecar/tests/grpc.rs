@@ -12,9 +12,10 @@
 //! deadline itself (tonic reports its own timeouts as CANCELLED), so the
 //! deadline test sees what the server sent through the proxy.
 //!
-//! The test server sends its HTTP/2 SETTINGS only after the client's first
-//! bytes ([`Preface::AfterClient`]); `server_settings_before_client_preface`
-//! (ignored, a known bug) shows why.
+//! Most tests' server sends its HTTP/2 SETTINGS only after the client's
+//! first bytes ([`Preface::AfterClient`]), which RFC 9113 allows;
+//! `server_settings_before_client_preface` covers the usual order (SETTINGS
+//! on accept), which detection must not take for a server speaking first.
 
 mod support;
 
@@ -92,10 +93,7 @@ struct ServerEvents {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Preface {
     /// Only once the client's first bytes have arrived. RFC 9113 3.4 allows
-    /// it, and it keeps these tests independent of the race described on
-    /// [`server_settings_before_client_preface`]: the sidecar forwards the
-    /// client's bytes only after detection, so holding the server's bytes
-    /// until then means detection always sees the client first.
+    /// it; detection then sees the client first.
     AfterClient,
     /// At once on accept, as hyper, tonic and grpc-go servers do.
     Immediate,
@@ -943,16 +941,11 @@ async fn outbound_unary() {
 }
 
 /// An HTTP/2 server may send its SETTINGS frame as soon as it accepts (RFC
-/// 9113 3.4), and hyper, tonic and grpc-go servers do. When those bytes
-/// reach the sidecar before the client's preface, which is the common case
-/// inbound (the application is local, the client remote), detection ends
-/// with `server_first`: the gRPC connection is relayed as opaque bytes, with
-/// no span, no `rpc_` metric and no UNAVAILABLE answer of the proxy's own.
+/// 9113 3.4), and hyper, tonic and grpc-go servers do; inbound, those bytes
+/// usually reach the sidecar before the remote client's preface. Detection
+/// must not call that `server_first` (which would relay the call as opaque
+/// bytes: no span, no `rpc_` metric): this test caught it doing so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: l7inspect-detect sniff() ends with Outcome::ServerFirst as soon as \
-            Connecting::poll_server_first sees the upstream readable, so an HTTP/2 \
-            server's immediate SETTINGS frame turns a gRPC connection into opaque \
-            passthrough (no span, no rpc_ metrics)"]
 async fn server_settings_before_client_preface() {
     let (server, events) = grpc_server_with(Preface::Immediate).await;
     let sidecar = inbound_sidecar(server).await;
