@@ -427,3 +427,31 @@ async fn websocket_upgrade_becomes_a_tunnel() {
         assert_eq!(echo, msg);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_http1_requests_keep_their_order() {
+    let (backend, conns) = backend().await;
+    let proxy = proxy(backend).await;
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    // Three requests in one write, before any response.
+    c.write_all(
+        b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\nGET /third HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut all))
+        .await
+        .expect("three responses, then close")
+        .unwrap();
+    let order: Vec<_> = ["GET /first ", "GET /second ", "GET /third "]
+        .iter()
+        .map(|r| {
+            all.find(r)
+                .unwrap_or_else(|| panic!("{r} missing in {all}"))
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{all}");
+    assert_eq!(all.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{all}");
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+}

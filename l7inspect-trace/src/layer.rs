@@ -20,6 +20,11 @@
 //!   or from the headers of a trailers-only response). A gRPC call whose
 //!   response is dropped before its status arrived is recorded as CANCELLED
 //!   (1).
+//! - **Tunnels**: when the response carries a
+//!   [`CancellationToken`](tokio_util::sync::CancellationToken) in its
+//!   extensions (the proxy's sign that the exchange became a tunnel: a
+//!   WebSocket `101`, a `CONNECT`), the span ends when the token is
+//!   cancelled, so it lasts as long as the tunnel.
 
 use crate::propagation::{Format, FormatSet, Propagators};
 use bytes::Buf;
@@ -42,6 +47,7 @@ use std::{
     },
     task::{Context, Poll, ready},
 };
+use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
 /// What every traced request of a sidecar direction shares.
@@ -284,9 +290,20 @@ where
         Poll::Ready(match result {
             Ok(resp) => {
                 span.on_response(resp.status().as_u16(), resp.headers());
+                let span = match resp.extensions().get::<CancellationToken>() {
+                    Some(tunnel_closed) => {
+                        let closed = tunnel_closed.clone();
+                        tokio::spawn(async move {
+                            closed.cancelled().await;
+                            span.finish(0, false);
+                        });
+                        None
+                    }
+                    None => Some(span),
+                };
                 Ok(resp.map(|inner| TracedBody {
                     inner,
-                    span: Some(span),
+                    span,
                     bytes: 0,
                 }))
             }
@@ -733,6 +750,48 @@ mod tests {
         assert!(tp.starts_with("00-") && tp.contains(&span.span_context.span_id().to_string()));
         assert_eq!(h.tracing.stats().malformed(Format::TraceContext), 1);
         assert_eq!(h.tracing.stats().malformed(Format::B3), 0);
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_span_lasts_until_the_tunnel_closes() {
+        let h = harness(SpanKind::Server);
+        let closed = CancellationToken::new();
+        let token = closed.clone();
+        let inner = service_fn(move |_req: Request<Full<Bytes>>| {
+            let mut resp = Response::builder()
+                .status(101)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            resp.extensions_mut().insert(token.clone());
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        });
+        let req = Request::get("/ws").body(Full::default()).unwrap();
+        let resp = h
+            .tracing
+            .layer(peer())
+            .layer(inner)
+            .oneshot(req)
+            .await
+            .unwrap();
+        drop(resp);
+        assert!(
+            h.spans().is_empty(),
+            "the span ended before the tunnel closed"
+        );
+        closed.cancel();
+        let mut spans = Vec::new();
+        for _ in 0..1000 {
+            spans = h.spans();
+            if !spans.is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            attr(&spans[0], semconv::HTTP_RESPONSE_STATUS_CODE),
+            Some(&Value::I64(101))
+        );
     }
 
     #[tokio::test]

@@ -149,7 +149,11 @@ impl Forward {
             {
                 let upgrade = resp.headers().get(header::UPGRADE).cloned();
                 let server = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel_bytes(client, server));
+                // Cancelled when the tunnel closes, so that request layers
+                // (the request's span) can last as long as the exchange.
+                let closed = CancellationToken::new();
+                resp.extensions_mut().insert(closed.clone());
+                tokio::spawn(tunnel_bytes(client, server, closed));
                 upgrade
             }
             _ => None,
@@ -280,8 +284,13 @@ async fn handshake(io: UpstreamIo, inner: &Arc<Inner>) -> Result<Sender, BoxErro
 }
 
 /// Copies bytes both ways between the client's and the server's upgraded
-/// connections until both sides are done.
-async fn tunnel_bytes(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+/// connections until both sides are done, then cancels `closed`.
+async fn tunnel_bytes(
+    client: hyper::upgrade::OnUpgrade,
+    server: hyper::upgrade::OnUpgrade,
+    closed: CancellationToken,
+) {
+    let _closed = closed.drop_guard();
     let (client, server) = match tokio::try_join!(client, server) {
         Ok(both) => both,
         Err(e) => {

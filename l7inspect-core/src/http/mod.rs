@@ -16,7 +16,10 @@
 //!   7.6.1: each hop frames its own message; an `Upgrade` is passed on.
 //! - **Upgrades**: an HTTP/1 `Upgrade` (WebSocket) answered with `101`, and a
 //!   `CONNECT` answered with `2xx`, become a byte tunnel between client and
-//!   server for the rest of the connection.
+//!   server for the rest of the connection. The response then carries a
+//!   [`CancellationToken`] in its extensions, cancelled when the tunnel
+//!   closes: request layers use it to make the exchange's span and timing
+//!   last as long as the tunnel.
 //! - **Keep-alive**: HTTP/1 requests keep their order (hyper answers them in
 //!   sequence, pipelined or not). When the server closes its connection, the
 //!   proxy closes the client's gracefully (HTTP/1: after the response in
