@@ -50,6 +50,13 @@ fn help_names_every_flag_and_its_env_var() {
         ("--threads", "L7INSPECT_THREADS"),
         ("--log-level", "L7INSPECT_LOG_LEVEL"),
         ("--log-format", "L7INSPECT_LOG_FORMAT"),
+        ("--service-name", "OTEL_SERVICE_NAME"),
+        ("--otlp-endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        ("--otlp-protocol", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ("--zipkin-endpoint", "OTEL_EXPORTER_ZIPKIN_ENDPOINT"),
+        ("--sample-ratio", "L7INSPECT_SAMPLE_RATIO"),
+        ("--propagators", "OTEL_PROPAGATORS"),
+        ("--record-query", "L7INSPECT_RECORD_QUERY"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");
@@ -84,6 +91,41 @@ fn bad_env_values_exit_2_too() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--shutdown-grace"));
+}
+
+#[test]
+fn bad_tracing_settings_name_the_flag_or_variable_and_exit_2() {
+    for (args, env, needle) in [
+        (&["--sample-ratio", "1.5"][..], None, "--sample-ratio"),
+        (&["--propagators", "xray"], None, "--propagators"),
+        (
+            &["--otlp-protocol", "carrier-pigeon"],
+            None,
+            "OTEL_EXPORTER_OTLP",
+        ),
+        (
+            &[],
+            Some(("OTEL_TRACES_SAMPLER", "sometimes")),
+            "OTEL_TRACES_SAMPLER",
+        ),
+        (
+            &[],
+            Some(("OTEL_BSP_MAX_QUEUE_SIZE", "-1")),
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+        ),
+    ] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--no-transparent", "--admin-listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("RUST_LOG");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
+    }
 }
 
 #[test]
