@@ -287,6 +287,8 @@ async fn dial(target: SocketAddr, guard: &LoopGuard) -> io::Result<(TcpStream, R
     socket.set_nonblocking(true)?;
     // Interactive protocols must not wait on Nagle.
     socket.set_tcp_nodelay(true)?;
+    // Registered below; until then the loop guard waits for us.
+    let pending = guard.begin_dial();
     match socket.connect(&target.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
@@ -297,6 +299,7 @@ async fn dial(target: SocketAddr, guard: &LoopGuard) -> io::Result<(TcpStream, R
         .as_socket()
         .ok_or_else(|| io::Error::other("local address is not an IP address"))?;
     let registration = guard.register_upstream(local);
+    drop(pending);
     let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
     stream.writable().await?;
     if let Some(e) = stream.take_error()? {

@@ -76,7 +76,7 @@ pub use http::{
     NewRequestService, PlainForward, RecordRequest, RecordedBody, RequestMetrics,
     RequestMetricsLayer, ResponseBody, RpcLabels, remove_hop_by_hop,
 };
-pub use loop_guard::{Loop, LoopGuard, Registration};
+pub use loop_guard::{Loop, LoopGuard, PendingDial, Registration};
 pub use meta::{Accepted, ConnMeta, Direction};
 pub use metrics::{
     ConnLabels, ConnectErrorLabels, DirectionLabels, Metrics, ProcessCollector, RefusedLabels,

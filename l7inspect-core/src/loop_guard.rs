@@ -3,7 +3,11 @@
 use std::{
     collections::HashSet,
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 /// Knows the proxy's own listeners and the local ends of its own upstream
@@ -24,6 +28,15 @@ pub struct LoopGuard {
 struct Inner {
     listeners: Mutex<Vec<SocketAddr>>,
     upstream_locals: Mutex<HashSet<SocketAddr>>,
+    /// Dials between `connect(2)` and their registration.
+    pending: AtomicUsize,
+}
+
+/// Marks a dial whose local address is not registered yet; see
+/// [`LoopGuard::begin_dial`].
+#[derive(Debug)]
+pub struct PendingDial {
+    guard: LoopGuard,
 }
 
 /// Why a connection would loop.
@@ -63,10 +76,38 @@ impl LoopGuard {
         if is_listener {
             return Some(Loop::TargetIsListener);
         }
-        if lock(&self.inner.upstream_locals).contains(&client) {
+        if self.is_own_upstream(client) {
             return Some(Loop::ClientIsProxy);
         }
         None
+    }
+
+    /// Whether `client` is the local end of one of the proxy's upstream
+    /// connections. A dial registers right after `connect(2)`, but on a
+    /// multi-thread runtime another worker can accept the redirected copy in
+    /// between; so while dials are pending, wait (briefly: the window is two
+    /// system calls) for them to register before answering no.
+    fn is_own_upstream(&self, client: SocketAddr) -> bool {
+        const PATIENCE: Duration = Duration::from_millis(1);
+        let start = Instant::now();
+        loop {
+            if lock(&self.inner.upstream_locals).contains(&client) {
+                return true;
+            }
+            if self.inner.pending.load(Ordering::Acquire) == 0 || start.elapsed() > PATIENCE {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Marks a dial as under way until the returned value is dropped, which
+    /// the dialler does once the dial is registered (or failed).
+    pub fn begin_dial(&self) -> PendingDial {
+        self.inner.pending.fetch_add(1, Ordering::AcqRel);
+        PendingDial {
+            guard: self.clone(),
+        }
     }
 
     /// Records the local address of an upstream connection the proxy opened,
@@ -84,6 +125,12 @@ impl LoopGuard {
 /// single insert or remove.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Drop for PendingDial {
+    fn drop(&mut self) {
+        self.guard.inner.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Drop for Registration {
