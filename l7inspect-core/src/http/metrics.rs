@@ -10,9 +10,10 @@
 //!
 //! A request is timed from its head to the end of its response body (or the
 //! response being dropped). gRPC calls count in the `rpc_` histograms only.
-//! Label values stay bounded: unknown methods are `_OTHER`, and after
-//! [`MAX_RPC_LABELS`] distinct gRPC service/method pairs (or server
-//! addresses) further ones are `_OTHER` too.
+//! Label values stay bounded: unknown methods are `_OTHER`, and gRPC service
+//! and method names and client-side server addresses share one budget of
+//! [`MAX_RPC_LABELS`] distinct strings; once it is spent, new ones are
+//! `_OTHER`.
 
 use crate::meta::{ConnMeta, Direction};
 use http::{HeaderMap, Request, Response};
@@ -41,8 +42,8 @@ pub const DURATION_BUCKETS: [f64; 19] = [
     1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// The most distinct gRPC service/method pairs, and server addresses, that
-/// get their own label values.
+/// The most distinct strings (gRPC service and method names, client-side
+/// server addresses, counted together) that get label values of their own.
 pub const MAX_RPC_LABELS: usize = 1000;
 
 /// Labels of the `http_*_request_duration_seconds` histograms.
@@ -421,5 +422,21 @@ impl<B> PinnedDrop for RecordedBody<B> {
         if let Some(p) = self.project().pending.take() {
             p.record();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_bounded() {
+        let m = RequestMetrics::default();
+        for i in 0..MAX_RPC_LABELS {
+            assert_eq!(&*m.intern(&format!("svc{i}")), format!("svc{i}"));
+        }
+        // Known values keep theirs; a new one past the budget is _OTHER.
+        assert_eq!(&*m.intern("svc7"), "svc7");
+        assert_eq!(&*m.intern("one.too.many"), "_OTHER");
     }
 }
