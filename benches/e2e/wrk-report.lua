@@ -1,10 +1,5 @@
--- wrk script: optional pacing (WRK_DELAY_MS: wait this long after each
--- response before the next request on that connection) and a one-line JSON
--- summary with p50/p99/p99.9 (wrk --latency stops at p99).
-local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "0")
-if delay_ms > 0 then
-  function delay() return delay_ms end
-end
+-- wrk script: a one-line JSON summary with p50/p99/p99.9 (wrk --latency
+-- stops at p99) and the error counts.
 function done(summary, latency, requests)
   io.write(string.format(
     'WRKJSON {"requests":%d,"duration_us":%d,"errors":%d,"p50_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d,"mean_us":%.1f}\n',
