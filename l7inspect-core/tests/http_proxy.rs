@@ -11,8 +11,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7inspect_core::{
-    ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpLayer, LoopGuard, Metrics,
-    Passthrough, PassthroughConfig, TrackLayer, bind, serve,
+    ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpConfig, HttpLayer, LoopGuard,
+    Metrics, Passthrough, PassthroughConfig, TrackLayer, bind, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use std::{
@@ -34,6 +34,10 @@ use tower::ServiceBuilder;
 
 /// Starts the proxy stack forwarding to `target`; returns its address.
 async fn proxy(target: SocketAddr) -> SocketAddr {
+    proxy_with(target, HttpConfig::default()).await
+}
+
+async fn proxy_with(target: SocketAddr, http: HttpConfig) -> SocketAddr {
     let metrics = Metrics::default();
     let stack = ServiceBuilder::new()
         .layer(FixedTargetLayer::new(target))
@@ -44,7 +48,7 @@ async fn proxy(target: SocketAddr) -> SocketAddr {
         ))
         .layer(DetectLayer::new(DetectConfig::default()))
         .layer(TrackLayer::new(metrics.clone()))
-        .layer(HttpLayer::new(CancellationToken::new()))
+        .layer(HttpLayer::new(CancellationToken::new()).with_config(http))
         .service(Passthrough::new(PassthroughConfig::default(), metrics));
     let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -272,7 +276,7 @@ async fn large_post_with_expect_100_continue_streams_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hop_by_hop_headers_are_removed_and_case_is_kept() {
+async fn hop_by_hop_headers_are_removed() {
     let (backend, _) = backend().await;
     let proxy = proxy(backend).await;
     let mut c = TcpStream::connect(proxy).await.unwrap();
@@ -288,6 +292,68 @@ async fn hop_by_hop_headers_are_removed_and_case_is_kept() {
     assert!(!resp.to_lowercase().contains("keep-alive: 5"), "{resp}");
     // The backend prints names lowercased (hyper's HeaderMap); it received them.
     assert!(resp.contains("x-mixed-case: yes\n"), "{resp}");
+}
+
+/// A raw HTTP/1 backend that answers each connection's first request with
+/// the request head it received, byte for byte, as the body, and a
+/// mixed-case header of its own.
+async fn head_echo_backend() -> SocketAddr {
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nX-Reply-CASE: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    head.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.write_all(&head).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends one request with mixed-case header names through `proxy`; returns
+/// the whole response.
+async fn mixed_case_exchange(proxy: SocketAddr) -> String {
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(b"GET /case HTTP/1.1\r\nHost: a\r\nX-MiXeD-Case: yes\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).await.unwrap();
+    resp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_are_lowercased_unless_case_is_preserved() {
+    let backend = head_echo_backend().await;
+
+    let resp = mixed_case_exchange(proxy(backend).await).await;
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    assert!(resp.contains("\r\nx-reply-case: 1\r\n"), "{resp}");
+    assert!(resp.contains("\r\nx-mixed-case: yes\r\n"), "{resp}");
+
+    let preserving = HttpConfig {
+        preserve_header_case: true,
+    };
+    let resp = mixed_case_exchange(proxy_with(backend, preserving).await).await;
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    assert!(resp.contains("\r\nX-Reply-CASE: 1\r\n"), "{resp}");
+    assert!(resp.contains("\r\nX-MiXeD-Case: yes\r\n"), "{resp}");
 }
 
 /// A raw HTTP/1 backend that answers one request per connection with a

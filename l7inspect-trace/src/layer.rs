@@ -195,22 +195,21 @@ impl Tracing {
         } else {
             peer.server
         };
+        // Shared strings: each request's span clones these by reference count.
+        let ip = |addr: SocketAddr| StringValue::from(Arc::<str>::from(addr.ip().to_string()));
         let mut attributes = vec![
-            KeyValue::new(semconv::NETWORK_PEER_ADDRESS, net_peer.ip().to_string()),
+            KeyValue::new(semconv::NETWORK_PEER_ADDRESS, ip(net_peer)),
             KeyValue::new(semconv::NETWORK_PEER_PORT, i64::from(net_peer.port())),
         ];
         if matches!(kind, SpanKind::Server) {
-            attributes.push(KeyValue::new(
-                semconv::CLIENT_ADDRESS,
-                peer.client.ip().to_string(),
-            ));
+            attributes.push(KeyValue::new(semconv::CLIENT_ADDRESS, ip(peer.client)));
         }
         TraceLayer {
             shared: self.shared.clone(),
             conn: Arc::new(ConnAttributes {
                 peer,
                 attributes,
-                server_address: StringValue::from(peer.server.ip().to_string()),
+                server_address: ip(peer.server),
             }),
         }
     }
@@ -255,14 +254,20 @@ where
             Some(cx) => OtelContext::new().with_remote_span_context(cx.clone()),
             None => OtelContext::new(),
         };
-        let (name, attributes, grpc) = request_attributes(&req, &self.conn, config);
+        let (name, grpc) = span_name(&req);
+        // Per request: the attributes are built only for a span that records
+        // (sampled), into a vector sized for them up front.
         let builder = self
             .shared
             .tracer
             .span_builder(name)
             .with_kind(config.kind.clone())
-            .with_attributes(attributes);
-        let span = self.shared.tracer.build_with_context(builder, &parent);
+            .with_attributes(Vec::with_capacity(MAX_REQUEST_ATTRIBUTES));
+        let mut span = self.shared.tracer.build_with_context(builder, &parent);
+        if span.is_recording() {
+            request_attributes(&req, &self.conn, config, grpc, &mut span);
+        }
+        let grpc = grpc.is_some();
         config
             .propagators
             .inject(req.headers_mut(), span.span_context(), extracted.carried);
@@ -315,61 +320,84 @@ where
     }
 }
 
-/// The span name, the request's attributes, and whether it is gRPC.
+/// The most attributes a request span gets (the connection's, the
+/// request's, and the response's, set when it arrives).
+const MAX_REQUEST_ATTRIBUTES: usize = 20;
+
+/// The span name (`{method}`, or `{service}/{method}` for gRPC), and the
+/// gRPC service and method when the request is a gRPC call.
+fn span_name<B>(req: &Request<B>) -> (std::borrow::Cow<'static, str>, Option<(&str, &str)>) {
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .then(|| grpc_service_method(req.uri().path()))
+        .flatten();
+    match grpc {
+        Some(_) => (req.uri().path()[1..].to_owned().into(), grpc),
+        None => match method_name(req.method()) {
+            (method, true) => (method.into(), None),
+            (_, false) => ("HTTP".into(), None),
+        },
+    }
+}
+
+/// Sets the request's attributes on its (recording) span.
 #[allow(deprecated)] // rpc.system/rpc.service: what today's backends show; see RequestSpan::on_grpc_status.
 fn request_attributes<B>(
     req: &Request<B>,
     conn: &ConnAttributes,
     config: &TraceConfig,
-) -> (std::borrow::Cow<'static, str>, Vec<KeyValue>, bool) {
-    let mut attrs = Vec::with_capacity(16);
-    attrs.extend(conn.attributes.iter().cloned());
+    grpc: Option<(&str, &str)>,
+    span: &mut Span,
+) {
+    for kv in &conn.attributes {
+        span.set_attribute(kv.clone());
+    }
     let (method, known) = method_name(req.method());
-    attrs.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, method));
+    span.set_attribute(KeyValue::new(semconv::HTTP_REQUEST_METHOD, method));
     if !known {
-        attrs.push(KeyValue::new(
+        span.set_attribute(KeyValue::new(
             semconv::HTTP_REQUEST_METHOD_ORIGINAL,
             req.method().as_str().to_owned(),
         ));
     }
     let uri = req.uri();
-    attrs.push(KeyValue::new(semconv::URL_PATH, uri.path().to_owned()));
-    attrs.push(KeyValue::new(
-        semconv::URL_SCHEME,
-        uri.scheme_str().unwrap_or("http").to_owned(),
-    ));
+    span.set_attribute(KeyValue::new(semconv::URL_PATH, uri.path().to_owned()));
+    let scheme = match uri.scheme_str() {
+        None | Some("http") => Value::from("http"),
+        Some("https") => Value::from("https"),
+        Some(other) => Value::from(other.to_owned()),
+    };
+    span.set_attribute(KeyValue::new(semconv::URL_SCHEME, scheme));
     if config.record_query
         && let Some(q) = uri.query()
     {
-        attrs.push(KeyValue::new(semconv::URL_QUERY, q.to_owned()));
+        span.set_attribute(KeyValue::new(semconv::URL_QUERY, q.to_owned()));
     }
     // server.address/port: the request's authority (HTTP/2) or Host header
     // (HTTP/1), as the client named the server; else the connection target.
-    let host_header = || {
-        let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
-        host.parse::<http::uri::Authority>().ok()
+    let named = match uri.authority() {
+        Some(a) => Some((a.host(), a.port_u16())),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .and_then(split_host_port),
     };
-    match uri.authority().cloned().or_else(host_header) {
-        Some(authority) => {
-            attrs.push(KeyValue::new(
-                semconv::SERVER_ADDRESS,
-                authority.host().to_owned(),
-            ));
-            let port = authority.port_u16().unwrap_or(conn.peer.server.port());
-            attrs.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
-        }
-        None => {
-            attrs.push(KeyValue::new(
-                semconv::SERVER_ADDRESS,
-                Value::String(conn.server_address.clone()),
-            ));
-            attrs.push(KeyValue::new(
-                semconv::SERVER_PORT,
-                i64::from(conn.peer.server.port()),
-            ));
-        }
-    }
-    attrs.push(KeyValue::new(
+    let (address, port) = match named {
+        Some((host, port)) => (
+            Value::from(host.to_owned()),
+            port.unwrap_or(conn.peer.server.port()),
+        ),
+        None => (
+            Value::String(conn.server_address.clone()),
+            conn.peer.server.port(),
+        ),
+    };
+    span.set_attribute(KeyValue::new(semconv::SERVER_ADDRESS, address));
+    span.set_attribute(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+    span.set_attribute(KeyValue::new(
         semconv::NETWORK_PROTOCOL_VERSION,
         match req.version() {
             http::Version::HTTP_10 => "1.0",
@@ -383,27 +411,49 @@ fn request_attributes<B>(
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
     {
-        attrs.push(KeyValue::new(semconv::USER_AGENT_ORIGINAL, ua.to_owned()));
+        span.set_attribute(KeyValue::new(semconv::USER_AGENT_ORIGINAL, ua.to_owned()));
     }
     if let Some(len) = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
     {
-        attrs.push(KeyValue::new(semconv::HTTP_REQUEST_BODY_SIZE, len));
+        span.set_attribute(KeyValue::new(semconv::HTTP_REQUEST_BODY_SIZE, len));
     }
-    let grpc = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc && let Some((service, rpc_method)) = grpc_service_method(uri.path()) {
-        attrs.push(KeyValue::new(semconv::RPC_SYSTEM, "grpc"));
-        attrs.push(KeyValue::new(semconv::RPC_SERVICE, service.to_owned()));
-        attrs.push(KeyValue::new(semconv::RPC_METHOD, rpc_method.to_owned()));
-        return (uri.path()[1..].to_owned().into(), attrs, true);
+    if let Some((service, rpc_method)) = grpc {
+        span.set_attribute(KeyValue::new(semconv::RPC_SYSTEM, "grpc"));
+        span.set_attribute(KeyValue::new(semconv::RPC_SERVICE, service.to_owned()));
+        span.set_attribute(KeyValue::new(semconv::RPC_METHOD, rpc_method.to_owned()));
     }
-    let name = if known { method } else { "HTTP" };
-    (name.into(), attrs, false)
+}
+
+/// `host[:port]` or `[v6]:port` from a `Host` header, without allocating
+/// (unlike parsing it as a URI authority). `None` when it is not one.
+fn split_host_port(value: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = match value.strip_prefix('[') {
+        // An IPv6 literal: the brackets belong to the authority, as in
+        // http::uri::Authority::host.
+        Some(rest) => {
+            let (_, after) = rest.split_once(']')?;
+            let host = &value[..value.len() - after.len()];
+            match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None if after.is_empty() => (host, None),
+                None => return None,
+            }
+        }
+        None => match value.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        },
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_ascii_whitespace() || c == '@' || c == '/') {
+        return None;
+    }
+    match port {
+        None => Some((host, None)),
+        Some(p) => Some((host, Some(p.parse().ok()?))),
+    }
 }
 
 /// The method's semantic-convention value and whether it is a known one
@@ -568,6 +618,29 @@ mod tests {
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
     use std::sync::Mutex;
     use tower::{ServiceExt, service_fn};
+
+    #[test]
+    fn split_host_port_reads_host_headers_as_authorities_do() {
+        for (value, want) in [
+            ("example.com", Some(("example.com", None))),
+            ("example.com:8080", Some(("example.com", Some(8080)))),
+            ("10.0.0.1:80", Some(("10.0.0.1", Some(80)))),
+            ("[::1]", Some(("[::1]", None))),
+            ("[::1]:9000", Some(("[::1]", Some(9000)))),
+            ("example.com:http", None),
+            ("example.com:70000", None),
+            ("[::1", None),
+            ("[::1]x", None),
+            ("", None),
+            ("user@example.com", None),
+        ] {
+            assert_eq!(split_host_port(value), want, "{value:?}");
+            // Where both accept the value, they agree.
+            if let (Some((host, port)), Ok(a)) = (want, value.parse::<http::uri::Authority>()) {
+                assert_eq!((host, port), (a.host(), a.port_u16()), "{value:?}");
+            }
+        }
+    }
 
     const PARENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const PARENT_SPAN: &str = "00f067aa0ba902b7";

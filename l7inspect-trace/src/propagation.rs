@@ -417,6 +417,12 @@ impl Propagators {
     /// See the [module docs](self) for each format's rules.
     pub fn extract(&self, headers: &HeaderMap) -> Extracted {
         let mut out = Extracted::default();
+        // Per request: one pass over the names spares a request that
+        // carries no context (every first hop) a hash lookup per header
+        // name per format.
+        if !headers.keys().any(is_context_header) {
+            return out;
+        }
         let mut parent: Option<Ids> = None;
         let mut decision = None;
         let mut w3c_trace_id = None;
@@ -861,6 +867,21 @@ fn b3_span_id(v: &[u8]) -> Option<u64> {
 }
 
 // === Jaeger ===
+
+/// Whether `name` is a header some format's parser reads.
+fn is_context_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "traceparent"
+            | "b3"
+            | "x-b3-traceid"
+            | "x-b3-spanid"
+            | "x-b3-parentspanid"
+            | "x-b3-sampled"
+            | "x-b3-flags"
+            | "uber-trace-id"
+    )
+}
 
 fn parse_jaeger(headers: &HeaderMap) -> Parsed {
     let v = match single(headers, &UBER_TRACE_ID) {

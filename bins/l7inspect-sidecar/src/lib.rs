@@ -30,8 +30,9 @@ mod requests;
 mod telemetry;
 
 use l7inspect_core::{
-    Admin, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpLayer, LoopGuard, Metrics,
-    OrigDstLayer, Passthrough, PassthroughConfig, Readiness, RequestMetrics, TrackLayer, serve,
+    Admin, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpConfig, HttpLayer,
+    LoopGuard, Metrics, OrigDstLayer, Passthrough, PassthroughConfig, Readiness, RequestMetrics,
+    TrackLayer, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use l7inspect_trace::{
@@ -73,6 +74,8 @@ pub struct SidecarConfig {
     pub passthrough: PassthroughConfig,
     /// How long open connections may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// HTTP proxying (header case).
+    pub http: HttpConfig,
     /// HTTP tracing: export, sampling, propagation.
     pub tracing: TracingConfig,
 }
@@ -178,6 +181,7 @@ impl Default for SidecarConfig {
             connect: ConnectConfig::default(),
             passthrough: PassthroughConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+            http: HttpConfig::default(),
             tracing: TracingConfig::default(),
         }
     }
@@ -367,7 +371,7 @@ impl Sidecar {
         let orig_dst = OrigDstLayer::new(guard, metrics);
         // HTTP connections close gracefully (GOAWAY, close after the
         // in-flight request) as soon as shutdown starts.
-        let http = HttpLayer::new(stop.clone());
+        let http = HttpLayer::new(stop.clone()).with_config(config.http);
         for (listener, direction, target) in listeners {
             let requests = match direction {
                 Direction::Inbound => inbound_requests.clone(),

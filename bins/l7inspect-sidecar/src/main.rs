@@ -10,7 +10,7 @@ use clap::{
     ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind,
     parser::ValueSource,
 };
-use l7inspect_core::{ConnectConfig, PassthroughConfig};
+use l7inspect_core::{ConnectConfig, HttpConfig, PassthroughConfig};
 use l7inspect_detect::DetectConfig;
 use l7inspect_sidecar::{Forward, SidecarConfig, TracingConfig};
 use l7inspect_trace::{
@@ -64,6 +64,11 @@ struct Args {
     /// Do not open the two transparent listeners (explicit forwards only).
     #[arg(long, env = "L7INSPECT_NO_TRANSPARENT")]
     no_transparent: bool,
+
+    /// Keep the case of HTTP/1 header names as each side sent it (default:
+    /// lowercase, as HTTP/2 and most proxies do; costs CPU per request).
+    #[arg(long, env = "L7INSPECT_HTTP1_PRESERVE_HEADER_CASE")]
+    http1_preserve_header_case: bool,
 
     /// Destination ports whose connections skip protocol detection, e.g. 25,3306
     /// (ranges like 5000-5010 work too).
@@ -305,6 +310,9 @@ impl Args {
                 idle_timeout: self.idle_timeout,
             },
             shutdown_grace: self.shutdown_grace,
+            http: HttpConfig {
+                preserve_header_case: self.http1_preserve_header_case,
+            },
             tracing,
         }
     }

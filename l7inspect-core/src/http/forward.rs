@@ -2,7 +2,7 @@
 //! connection's upstream connection, and answers for the server when it
 //! cannot be reached.
 
-use super::headers::remove_hop_by_hop;
+use super::{HttpConfig, headers::remove_hop_by_hop};
 use crate::{
     connect::{Connecting, Connector, Upstream, UpstreamIo},
     meta::ConnMeta,
@@ -52,6 +52,7 @@ pub struct Forward {
 struct Inner {
     meta: ConnMeta,
     version: Version,
+    config: HttpConfig,
     connector: Connector,
     state: Mutex<State>,
     /// Cancelled when an upstream connection ends, unless it ended by
@@ -98,11 +99,12 @@ impl tower::Service<Request<Incoming>> for Forward {
 }
 
 impl Forward {
-    pub(crate) fn new(conn: Connecting, version: Version) -> Self {
+    pub(crate) fn new(conn: Connecting, version: Version, config: HttpConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
                 meta: conn.meta,
                 version,
+                config,
                 connector: conn.connector,
                 state: Mutex::new(State::First(Some(conn.upstream))),
                 upstream_closed: CancellationToken::new(),
@@ -257,7 +259,7 @@ async fn handshake(io: UpstreamIo, inner: &Arc<Inner>) -> Result<Sender, BoxErro
     match inner.version {
         Version::Http1 => {
             let (sender, conn) = http1::Builder::new()
-                .preserve_header_case(true)
+                .preserve_header_case(inner.config.preserve_header_case)
                 .handshake(io)
                 .await?;
             tokio::spawn(async move {

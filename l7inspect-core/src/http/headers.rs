@@ -1,6 +1,6 @@
 //! Hop-by-hop header handling (RFC 9110 7.6.1).
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 
 /// What the removed `Connection` header asked of this hop.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,15 +34,31 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// assert!(h.get("x-kept").is_some());
 /// ```
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> ConnectionOptions {
+    // Per request, twice: one pass over the names finds which hop-by-hop
+    // headers are present (standard names compare as one byte each), so the
+    // common message pays no hash lookup for the absent ones.
+    let mut present = Present::default();
+    for name in headers.keys() {
+        if *name == header::CONNECTION {
+            present.connection = true;
+        } else if *name == header::TRANSFER_ENCODING {
+            present.transfer_encoding = true;
+        } else if *name == header::UPGRADE {
+            present.upgrade = true;
+        } else if *name == header::TE {
+            present.te = true;
+        } else if *name == KEEP_ALIVE {
+            present.keep_alive = true;
+        } else if *name == PROXY_CONNECTION {
+            present.proxy_connection = true;
+        }
+    }
     let mut opts = ConnectionOptions::default();
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderValue> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .cloned()
-            .collect();
-        headers.remove(header::CONNECTION);
-        for value in &listed {
+    if present.connection {
+        // Headers named by `Connection` other than the ones handled here;
+        // allocated only when a message lists one.
+        let mut listed = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
             let Ok(value) = value.to_str() else { continue };
             for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 if token.eq_ignore_ascii_case("upgrade") {
@@ -50,33 +66,55 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> ConnectionOptions {
                 } else if token.eq_ignore_ascii_case("close") {
                     opts.close = true;
                 } else if token.eq_ignore_ascii_case("keep-alive") {
-                    // Removed below.
+                    present.keep_alive = true;
                 } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    headers.remove(name);
+                    listed.push(name);
                 }
             }
         }
+        headers.remove(header::CONNECTION);
+        for name in listed {
+            headers.remove(name);
+        }
     }
-    for name in [
-        PROXY_CONNECTION,
-        KEEP_ALIVE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
+    if present.proxy_connection {
+        headers.remove(PROXY_CONNECTION);
     }
-    let te_is_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_is_trailers {
-        headers.remove(header::TE);
+    if present.keep_alive {
+        headers.remove(KEEP_ALIVE);
+    }
+    if present.transfer_encoding {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present.upgrade {
+        headers.remove(header::UPGRADE);
+    }
+    if present.te {
+        let te_is_trailers = headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if !te_is_trailers {
+            headers.remove(header::TE);
+        }
     }
     opts
+}
+
+/// Which hop-by-hop headers a message carries.
+#[derive(Default)]
+struct Present {
+    connection: bool,
+    proxy_connection: bool,
+    keep_alive: bool,
+    transfer_encoding: bool,
+    upgrade: bool,
+    te: bool,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
