@@ -40,11 +40,18 @@ impl RecentSpans {
         if self.capacity == 0 {
             return;
         }
-        let mut ring = self.lock();
-        if ring.len() == self.capacity {
-            ring.pop_front();
-        }
-        ring.push_back(span);
+        let evicted = {
+            let mut ring = self.lock();
+            let evicted = if ring.len() >= self.capacity {
+                ring.pop_front()
+            } else {
+                None
+            };
+            ring.push_back(span);
+            evicted
+        };
+        // The oldest span (and its attributes) is freed outside the lock.
+        drop(evicted);
     }
 
     /// The spans now held, oldest first.
