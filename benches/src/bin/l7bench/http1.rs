@@ -8,7 +8,8 @@
 //! it could be sent: one 20 ms stall at 500 req/s per connection shows up as
 //! ten slow requests, as a client with its own schedule would see it (wrk2's
 //! correction for coordinated omission). `svc_*` are the same requests timed
-//! from their actual send (what wrk reports).
+//! from their actual send (what wrk reports), `late_*` the time from due to
+//! sent.
 //!
 //! `--new-conn`: one schedule of `rate` requests per second, each on a new
 //! connection (`Connection: close`) started at its due time whatever the
@@ -86,6 +87,9 @@ struct Plan {
 struct Tally {
     lat: Samples,
     svc: Samples,
+    /// Sent minus due: the pacer's wake-up lateness, plus the wait behind
+    /// a slow answer on the same connection.
+    late: Samples,
     errors: u64,
     unfinished: u64,
     error_kinds: BTreeMap<String, u64>,
@@ -139,6 +143,7 @@ pub async fn run(args: Http1Args) -> anyhow::Result<Value> {
     out.insert("error_kinds".into(), json!(t.error_kinds));
     t.lat.report("", &mut out);
     t.svc.report("svc_", &mut out);
+    t.late.report("late_", &mut out);
     Ok(Value::Object(out))
 }
 
@@ -300,6 +305,7 @@ impl Tally {
             Ok(sent) => {
                 self.lat.push(done - due);
                 self.svc.push(done - sent);
+                self.late.push(sent.saturating_sub(due));
             }
             Err(Outcome::Unfinished) => self.unfinished += 1,
             Err(Outcome::Failed(why)) => {

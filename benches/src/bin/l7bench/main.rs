@@ -61,6 +61,8 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The runtime is current-thread: this is the thread the pacers run on.
+    pace::tighten_timer_slack()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
