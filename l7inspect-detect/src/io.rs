@@ -85,6 +85,11 @@ impl<I: AsyncRead> AsyncRead for PrefixedIo<I> {
         let n = this.prefix.len().min(buf.remaining());
         buf.put_slice(&this.prefix[..n]);
         this.prefix.advance(n);
+        if this.prefix.is_empty() {
+            // Replayed: free the detection buffer now rather than with the
+            // connection (it would stay allocated for the connection's life).
+            *this.prefix = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
