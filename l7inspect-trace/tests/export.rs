@@ -361,6 +361,173 @@ async fn otlp_http_protobuf_delivers_spans() {
     assert_eq!(pipeline.stats().exported(ExporterKind::Otlp), 2);
 }
 
+#[tokio::test]
+async fn otlp_http_protobuf_gzip() {
+    let (addr, mut rx) = http_receiver(http::StatusCode::OK).await;
+    let mut otlp = OtlpConfig::new(
+        format!("http://{addr}/v1/traces"),
+        OtlpProtocol::HttpProtobuf,
+    );
+    otlp.compression = Some(Compression::Gzip);
+    let (pipeline, provider) = start(ExportConfig {
+        otlp: Some(otlp),
+        ..ExportConfig::default()
+    });
+
+    let pair = server_and_client(&provider);
+    assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
+
+    let got = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got.parts.headers["content-type"], "application/x-protobuf");
+    assert_eq!(got.parts.headers["content-encoding"], "gzip");
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&got.body[..]), &mut body)
+        .unwrap();
+    let req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+    check_otlp(&req, &pair);
+    assert_eq!(pipeline.stats().exported(ExporterKind::Otlp), 2);
+}
+
+#[tokio::test]
+async fn otlp_http_error_status_is_a_failed_export() {
+    let (addr, mut rx) = http_receiver(http::StatusCode::SERVICE_UNAVAILABLE).await;
+    let otlp = OtlpConfig::new(
+        format!("http://{addr}/v1/traces"),
+        OtlpProtocol::HttpProtobuf,
+    );
+    let (pipeline, provider) = start(ExportConfig {
+        otlp: Some(otlp),
+        ..ExportConfig::default()
+    });
+    server_and_client(&provider);
+    assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
+    timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
+    let stats = pipeline.stats();
+    assert_eq!(stats.exported(ExporterKind::Otlp), 0);
+    assert_eq!(stats.dropped(DropReason::ExportFailed), 2);
+}
+
+/// Answers its first `failures` calls with a gRPC error (trailers-only, as
+/// tonic sends errors), then accepts.
+#[derive(Clone)]
+struct FlakyGrpcCollector {
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failures: usize,
+    tx: mpsc::UnboundedSender<ExportTraceServiceRequest>,
+}
+
+#[tonic::async_trait]
+impl TraceService for FlakyGrpcCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.tx.send(request.into_inner());
+        if n < self.failures {
+            return Err(tonic::Status::unavailable("collector overloaded"));
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// A gRPC status other than OK fails the export (and counts its spans as
+/// `export_failed`); the next export, on the same connection, succeeds.
+#[tokio::test]
+async fn otlp_grpc_non_ok_status_is_a_failed_export() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = TraceServiceServer::new(FlakyGrpcCollector {
+        calls: Default::default(),
+        failures: 1,
+        tx,
+    });
+    let conns = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let svc = TowerToHyperService::new(server.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+            });
+        }
+    });
+    let (pipeline, provider) = start(ExportConfig {
+        otlp: Some(OtlpConfig::new(
+            format!("http://{addr}"),
+            OtlpProtocol::Grpc,
+        )),
+        ..ExportConfig::default()
+    });
+    let stats = pipeline.stats();
+
+    server_and_client(&provider);
+    assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
+    timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(stats.exported(ExporterKind::Otlp), 0);
+    assert_eq!(stats.dropped(DropReason::ExportFailed), 2);
+
+    let pair = server_and_client(&provider);
+    assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
+    let req = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
+    check_otlp(&req, &pair);
+    assert_eq!(stats.exported(ExporterKind::Otlp), 2);
+    assert_eq!(stats.dropped(DropReason::ExportFailed), 2);
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection for both exports"
+    );
+}
+
+/// After an export times out on a connection that never answers, the next
+/// export dials a new connection instead of queueing behind the stuck one.
+#[tokio::test]
+async fn otlp_grpc_reconnects_after_a_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = TraceServiceServer::new(GrpcCollector { tx });
+    tokio::spawn(async move {
+        // The first connection is accepted and never read from.
+        let Ok((first, _)) = listener.accept().await else {
+            return;
+        };
+        while let Ok((io, _)) = listener.accept().await {
+            let svc = TowerToHyperService::new(server.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+            });
+        }
+        drop(first);
+    });
+    let mut otlp = OtlpConfig::new(format!("http://{addr}"), OtlpProtocol::Grpc);
+    otlp.timeout = Duration::from_millis(300);
+    let (pipeline, provider) = start(ExportConfig {
+        otlp: Some(otlp),
+        ..ExportConfig::default()
+    });
+    let stats = pipeline.stats();
+
+    server_and_client(&provider);
+    assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
+    assert_eq!(stats.dropped(DropReason::ExportFailed), 2);
+
+    let pair = server_and_client(&provider);
+    assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
+    let (_, req) = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
+    check_otlp(&req, &pair);
+    assert_eq!(stats.exported(ExporterKind::Otlp), 2);
+}
+
 /// Field names, formats and meanings are those of Zipkin's v2 model as
 /// defined in /work/shared/specs/zipkin.proto (the reference for this
 /// test), in the JSON spelling of zipkin2-api.yaml beside it.

@@ -1,6 +1,7 @@
 //! Span export: a bounded, non-blocking hand-off from finished spans to
 //! OTLP (gRPC or HTTP/protobuf) and Zipkin v2 JSON collectors, plus an
-//! in-memory ring of recent spans.
+//! in-memory ring of recent spans. Both wire formats are encoded here,
+//! straight from the finished spans ([`OtlpEncoder`]; Zipkin JSON).
 //!
 //! # How spans flow
 //! [`ExportProcessor`] is an OpenTelemetry SDK [`SpanProcessor`]. Its
@@ -20,10 +21,9 @@
 //!   (`queue_full`). Nothing ever waits for room.
 //! - Each export is bounded by its exporter's timeout. A batch that fails
 //!   or times out is dropped for that exporter and counted
-//!   (`export_failed`, once per span per exporter); it is not retried
-//!   beyond what the OTLP exporter does within that same timeout. While an
-//!   export is in flight the queue keeps filling, so a stalled collector
-//!   turns into `queue_full` drops, not memory growth.
+//!   (`export_failed`, once per span per exporter); it is not retried.
+//!   While an export is in flight the queue keeps filling, so a stalled
+//!   collector turns into `queue_full` drops, not memory growth.
 //! - [`ExportPipeline::shutdown`] stops taking spans (later ones count as
 //!   `shutdown`), exports what is queued until its deadline, and counts
 //!   what is left as `shutdown`.
@@ -57,6 +57,7 @@
 
 mod config;
 pub mod env;
+mod otlp;
 mod pipeline;
 mod recent;
 mod stats;
@@ -68,6 +69,7 @@ pub use config::{
     ResourceConfig, SamplerConfig, UNKNOWN_SERVICE, ZipkinConfig,
 };
 pub use env::{EnvError, OtelEnv, VARIABLES, from_otel_env};
+pub use otlp::OtlpEncoder;
 pub use pipeline::{ExportBuildError, ExportPipeline, ExportProcessor, FlushOutcome};
 pub use recent::RecentSpans;
 pub use stats::{DropReason, ExportStats, ExporterKind};

@@ -8,18 +8,17 @@ use std::time::Duration;
 
 use opentelemetry::Context;
 use opentelemetry::Key;
-use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
-    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanLimits, SpanProcessor,
+    Sampler, SdkTracerProvider, Span, SpanData, SpanLimits, SpanProcessor,
 };
 use opentelemetry_semantic_conventions::resource::SERVICE_NAME;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::config::{Compression, ExportConfig, OtlpConfig, OtlpProtocol, UNKNOWN_SERVICE};
+use super::config::{ExportConfig, UNKNOWN_SERVICE};
+use super::otlp::OtlpExporter;
 use super::recent::RecentSpans;
 use super::stats::{DropReason, ExportStats, ExporterKind};
 use super::zipkin::ZipkinExporter;
@@ -120,7 +119,7 @@ enum Ack {
 struct Worker {
     queue: mpsc::Receiver<Arc<SpanData>>,
     control: mpsc::UnboundedReceiver<Control>,
-    otlp: Option<(opentelemetry_otlp::SpanExporter, Duration)>,
+    otlp: Option<(OtlpExporter, Duration)>,
     zipkin: Option<(ZipkinExporter, Duration)>,
     stats: ExportStats,
     max_batch: usize,
@@ -186,11 +185,11 @@ impl ExportPipeline {
         }
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| ExportBuildError::NoRuntime)?;
-        // The tonic channel is built inside the runtime: it spawns its worker.
+        // The HTTP clients are built inside the runtime they will run on.
         let _enter = runtime.enter();
 
         let otlp = match &config.otlp {
-            Some(cfg) => Some((build_otlp(cfg, &resource)?, cfg.timeout)),
+            Some(cfg) => Some((OtlpExporter::new(cfg, &resource)?, cfg.timeout)),
             None => None,
         };
         let zipkin = match &config.zipkin {
@@ -279,62 +278,6 @@ impl ExportPipeline {
             .request(|ack| Control::Shutdown(deadline, Ack::Async(ack)))
             .await
     }
-}
-
-fn build_otlp(
-    cfg: &OtlpConfig,
-    resource: &Resource,
-) -> Result<opentelemetry_otlp::SpanExporter, ExportBuildError> {
-    let fail = |reason: String| ExportBuildError::Otlp {
-        endpoint: cfg.endpoint.clone(),
-        reason,
-    };
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    let mut exporter = match cfg.protocol {
-        OtlpProtocol::Grpc => {
-            let mut headers = http::HeaderMap::new();
-            for (k, v) in &cfg.headers {
-                // `HeaderName` lower-cases, as gRPC metadata keys must be.
-                let name = http::HeaderName::from_bytes(k.as_bytes())
-                    .map_err(|_| fail(format!("header {k:?} has an invalid name")))?;
-                let value = http::HeaderValue::from_str(v)
-                    .map_err(|_| fail(format!("header {k:?} has an invalid value")))?;
-                headers.append(name, value);
-            }
-            let metadata = MetadataMap::from_headers(headers);
-            let mut b = builder
-                .with_tonic()
-                .with_endpoint(cfg.endpoint.clone())
-                .with_protocol(Protocol::Grpc)
-                .with_timeout(cfg.timeout)
-                .with_metadata(metadata);
-            if cfg.compression == Some(Compression::Gzip) {
-                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
-            }
-            b.build()
-        }
-        OtlpProtocol::HttpProtobuf => {
-            if !cfg.endpoint.starts_with("http://") {
-                return Err(fail("only http:// endpoints are supported".into()));
-            }
-            let client =
-                opentelemetry_http::hyper::HyperClient::with_default_connector(cfg.timeout, None);
-            let mut b = builder
-                .with_http()
-                .with_endpoint(cfg.endpoint.clone())
-                .with_protocol(Protocol::HttpBinary)
-                .with_timeout(cfg.timeout)
-                .with_headers(cfg.headers.iter().cloned().collect())
-                .with_http_client(client);
-            if cfg.compression == Some(Compression::Gzip) {
-                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
-            }
-            b.build()
-        }
-    }
-    .map_err(|e| fail(e.to_string()))?;
-    exporter.set_resource(resource);
-    Ok(exporter)
 }
 
 // === impl ExportProcessor ===
@@ -512,9 +455,6 @@ impl Worker {
     async fn finish(&mut self, mut batch: Vec<Arc<SpanData>>, deadline: Instant) -> FlushOutcome {
         self.queue.close();
         let outcome = self.drain(&mut batch, usize::MAX, Some(deadline)).await;
-        if let Some((otlp, _)) = &self.otlp {
-            let _ = otlp.shutdown_with_timeout(deadline.saturating_duration_since(Instant::now()));
-        }
         tracing::debug!(?outcome, "span export stopped");
         outcome
     }
@@ -571,22 +511,16 @@ impl Worker {
     /// export short.
     async fn export(&mut self, batch: Vec<Arc<SpanData>>, deadline: Option<Instant>) -> bool {
         let n = batch.len() as u64;
+        let Self { otlp, zipkin, .. } = self;
         let otlp = async {
-            let Some((exporter, timeout)) = &self.otlp else {
+            let Some((exporter, timeout)) = otlp else {
                 return Outcome::NotConfigured;
             };
-            // The SDK exporter takes owned spans; copy them here, off the
-            // hot path.
-            let spans: Vec<SpanData> = batch.iter().map(|s| SpanData::clone(s)).collect();
-            bounded(
-                async { exporter.export(spans).await.map_err(|e| e.to_string()) },
-                *timeout,
-                deadline,
-            )
-            .await
+            // Encoded straight from the shared spans: no copies.
+            bounded(exporter.export(&batch), *timeout, deadline).await
         };
         let zipkin = async {
-            let Some((exporter, timeout)) = &self.zipkin else {
+            let Some((exporter, timeout)) = zipkin else {
                 return Outcome::NotConfigured;
             };
             bounded(exporter.export(&batch), *timeout, deadline).await
