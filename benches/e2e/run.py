@@ -910,6 +910,7 @@ def main():
     log("work dir", tmp)
 
     started = datetime.datetime.now(datetime.timezone.utc)
+    m = machine()  # now: the commit is the one just built, not whatever HEAD is at the end
     cfg = render("nginx-backend.conf", os.path.join(tmp, "nginx-backend.conf"),
                  DIR=tmp, H1_PORT=P["backend_h1"], H2_PORT=P["backend_h2"])
     backend = start(["nginx", "-p", tmp, "-c", cfg, "-g", "daemon off;"], ARGS.load_cpu, "nginx-backend", tmp)
@@ -935,7 +936,6 @@ def main():
     stop_all()
 
     tabs = tables(results)
-    m = machine()
     finished = datetime.datetime.now(datetime.timezone.utc)
     params = {k: getattr(ARGS, k) for k in (
         "duration", "repeat", "proxy_cpu", "load_cpu", "h1_rate", "lat_conns", "sat_conns", "close_conns",
