@@ -356,6 +356,75 @@ async fn header_names_are_lowercased_unless_case_is_preserved() {
     assert!(resp.contains("\r\nX-MiXeD-Case: yes\r\n"), "{resp}");
 }
 
+/// A raw HTTP/1 keep-alive backend: answers every request with a small
+/// response and reports each connection's end (EOF from the proxy).
+async fn eof_reporting_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+                let _ = tx.send(());
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connection_closes_when_the_client_closes() {
+    let (backend, mut ended) = eof_reporting_backend().await;
+    let proxy = proxy(backend).await;
+    for close in [false, true] {
+        let mut c = TcpStream::connect(proxy).await.unwrap();
+        let req: &[u8] = if close {
+            b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        } else {
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+        };
+        c.write_all(req).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.ends_with(b"ok") {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "proxy closed early: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        drop(c);
+        // The backend must see the proxy close its side (a generous bound:
+        // a leaked connection would stay open until the server's timeout).
+        tokio::time::timeout(Duration::from_secs(10), ended.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("upstream still open after the client closed (close={close})")
+            })
+            .unwrap();
+    }
+}
+
 /// A raw HTTP/1 backend that answers one request per connection with a
 /// fixed response and then closes the (idle) connection, signalling it.
 async fn closing_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {

@@ -250,9 +250,14 @@ impl Forward {
 /// [`Forward::upstream_closed`]).
 async fn handshake(io: UpstreamIo, inner: &Arc<Inner>) -> Result<Sender, BoxError> {
     let io = TokioIo::new(io);
-    let ended = inner.clone();
+    // Weak: `Inner` owns the connection's sender, and a connection whose
+    // sender is alive never ends; a strong reference here would keep the
+    // upstream connection open after the client's had closed.
+    let ended = Arc::downgrade(inner);
     let closed = move || {
-        if !ended.tunnel_requested.load(Ordering::Acquire) {
+        if let Some(ended) = ended.upgrade()
+            && !ended.tunnel_requested.load(Ordering::Acquire)
+        {
             ended.upstream_closed.cancel();
         }
     };
