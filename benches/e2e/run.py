@@ -321,13 +321,17 @@ def render(template, out, **kw):
     return out
 
 
-def sidecar_cmd(admin, inbound=(), outbound=(), otlp=False):
+def sidecar_cmd(admin, inbound=(), outbound=(), otlp=False, tracing=True):
     cmd = [SIDECAR, "--no-transparent", "--admin-listen", f"127.0.0.1:{admin}",
            "--log-level", "warn", "--service-name", "e2e-bench"]
     for lp, tp in inbound:
         cmd += ["--inbound-forward", f"127.0.0.1:{lp}=127.0.0.1:{tp}"]
     for lp, tp in outbound:
         cmd += ["--outbound-forward", f"127.0.0.1:{lp}=127.0.0.1:{tp}"]
+    if not tracing:
+        # Tracing off: no span is recorded (the trace context is still
+        # propagated, as a sidecar at sample ratio 0 does).
+        cmd += ["--sample-ratio", "0"]
     if otlp:
         cmd += ["--sample-ratio", "1.0", "--otlp-protocol", "http/protobuf",
                 "--otlp-endpoint", f"http://127.0.0.1:{P['otlp']}/v1/traces"]
@@ -350,7 +354,7 @@ TARGETS = [
     ("direct", "the backends, no proxy", "backend"),
     ("haproxy", "haproxy 1 hop, nbthread 1; HTTP mode with keep-alive to the backend (h2 and gRPC: proto h2 both sides); TCP mode for tcp/banner", "haproxy"),
     ("nginx", "nginx 1 hop, 1 worker; upstream keepalive (h2c in, HTTP/1.1 upstream); grpc_pass (h2c both sides); stream module for tcp/banner", "nginx"),
-    ("l7-1hop-off", "l7inspect 1 hop, inbound forward, no exporter (spans kept in memory)", "l7off"),
+    ("l7-1hop-off", "l7inspect 1 hop, inbound forward, tracing off (--sample-ratio 0: no spans recorded, context still propagated)", "l7off"),
     ("l7-1hop-otlp", "l7inspect 1 hop, 100% sampled, OTLP/HTTP to a live local receiver", "l7tr"),
     ("l7-2hop-otlp", "l7inspect 2 hops (outbound forward -> inbound forward), both 100% sampled to OTLP", "l7hop"),
 ]
@@ -376,7 +380,7 @@ def start_target(name, tmp):
         return [p], []
     env = sidecar_env()
     if name == "l7-1hop-off":
-        p = start(sidecar_cmd(P["l7off_admin"], inbound=forwards("l7off", "backend")),
+        p = start(sidecar_cmd(P["l7off_admin"], inbound=forwards("l7off", "backend"), tracing=False),
                   c, "l7-1hop-off", tmp, env)
         return [p], [P["l7off_admin"]]
     if name == "l7-1hop-otlp":
