@@ -98,49 +98,86 @@ async fn head_echo_server() -> SocketAddr {
     addr
 }
 
-/// HTTP/1 is proxied by hyper on both sides, so framing is the proxy's own,
-/// but the request and response arrive intact: request line, header names
-/// (case included), values and order, plus only the trace context the
-/// sidecar adds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http1_request_and_response_arrive_intact() {
+/// Sends one odd but legal HTTP/1 request through a sidecar (preserving
+/// header case or not) to `head_echo_server`; returns the response head and
+/// body (the request head the server received).
+async fn odd_request_roundtrip(preserve_header_case: bool) -> (String, String) {
     let server = head_echo_server().await;
-    let sidecar = start(forward_config(server)).await;
-    // Odd but legal bytes that a normalising proxy would change.
-    let req_line = "GET /a%20b?x=1&y=%zz HTTP/1.1\r\n";
-    let headers = "host: Example.COM\r\nX-Dup: 1\r\nx-dup: 2\r\n";
+    let mut config = forward_config(server);
+    config.http.preserve_header_case = preserve_header_case;
+    let sidecar = start(config).await;
     let mut c = TcpStream::connect(sidecar.inbound()).await.unwrap();
-    c.write_all(format!("{req_line}{headers}\r\n").as_bytes())
+    c.write_all(format!("{ODD_REQUEST_LINE}{ODD_HEADERS}\r\n").as_bytes())
         .await
         .unwrap();
     let mut resp = vec![0u8; 4096];
     let mut len = 0;
     let text = loop {
-        len += c.read(&mut resp[len..]).await.unwrap();
+        let n = c.read(&mut resp[len..]).await.unwrap();
+        assert!(
+            n > 0,
+            "closed early: {:?}",
+            String::from_utf8_lossy(&resp[..len])
+        );
+        len += n;
         let text = String::from_utf8_lossy(&resp[..len]).into_owned();
         if let Some((head, body)) = text.split_once("\r\n\r\n")
-            && let Some(cl) = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
+            && let Some(cl) = head.lines().find_map(|l| {
+                let (name, value) = l.split_once(": ")?;
+                name.eq_ignore_ascii_case("content-length").then_some(value)
+            })
             && body.len() >= cl.parse().unwrap()
         {
             break text;
         }
     };
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(head.contains("\r\nX-Odd: spaced\r\n"), "{head}");
-    assert!(head.contains("\r\nX-CaSe: kept"), "{head}");
-    // What the server received: the client's request line and headers in
-    // order, then the injected trace context.
-    assert!(body.starts_with(&format!("{req_line}{headers}")), "{body}");
-    assert!(body.contains("traceparent: 00-"), "{body}");
     sidecar
         .wait_metric(
             "l7inspect_protocol_detections_total{direction=\"inbound\",protocol=\"http1\"}",
             1.0,
         )
         .await;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+// Odd but legal bytes that a normalising proxy would change.
+const ODD_REQUEST_LINE: &str = "GET /a%20b?x=1&y=%zz HTTP/1.1\r\n";
+const ODD_HEADERS: &str = "host: Example.COM\r\nX-Dup: 1\r\nx-dup: 2\r\n";
+
+/// HTTP/1 is proxied by hyper on both sides, so framing is the proxy's own,
+/// but with `--http1-preserve-header-case` the request and response arrive
+/// intact: request line, header names (case included), values and order,
+/// plus only the trace context the sidecar adds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_request_and_response_arrive_intact() {
+    let (head, body) = odd_request_roundtrip(true).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("\r\nX-Odd: spaced\r\n"), "{head}");
+    assert!(head.contains("\r\nX-CaSe: kept"), "{head}");
+    // What the server received: the client's request line and headers in
+    // order, then the injected trace context.
+    assert!(
+        body.starts_with(&format!("{ODD_REQUEST_LINE}{ODD_HEADERS}")),
+        "{body}"
+    );
+    assert!(body.contains("traceparent: 00-"), "{body}");
+}
+
+/// By default the same exchange differs only in the case of header names,
+/// which are lowercase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_header_names_are_lowercase_by_default() {
+    let (head, body) = odd_request_roundtrip(false).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("\r\nx-odd: spaced\r\n"), "{head}");
+    assert!(head.contains("\r\nx-case: kept"), "{head}");
+    let lowered = format!(
+        "{ODD_REQUEST_LINE}{}",
+        ODD_HEADERS.replace("X-Dup", "x-dup")
+    );
+    assert!(body.starts_with(&lowered), "{body}");
+    assert!(body.contains("traceparent: 00-"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
