@@ -1,0 +1,401 @@
+//! The `l7inspect-init` binary against real iptables, each test in a fresh
+//! network namespace.
+//!
+//! As in the sidecar's netns tests: each test gets a thread of its own that
+//! `unshare(CLONE_NEWNET)`s (a namespace belongs to a thread, and the
+//! programs the thread spawns inherit it), sets `lo` up, and runs
+//! `l7inspect-init`, `iptables-save` and friends there. Without root or
+//! iptables the test prints `SKIPPED <test>: <reason>` and passes, unless
+//! `L7INSPECT_REQUIRE_NETNS=1` (CI) turns the skip into a failure.
+//!
+//! What only a namespace can show: that iptables accepts the generated
+//! text, that a second run and `--remove` leave other tools' rules as they
+//! were, that a failed run leaves no partial set, and that the rules send
+//! an application's connection to the outbound port.
+
+use std::{
+    io::{self, Read},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+const INIT: &str = env!("CARGO_BIN_EXE_l7inspect-init");
+
+/// Why a test cannot run here.
+#[derive(Debug)]
+struct Skip(String);
+
+/// Runs `body` on its own thread in a new network namespace with `lo` up.
+fn run(test: &'static str, body: impl FnOnce() -> Result<(), Skip> + Send + 'static) {
+    let thread = std::thread::Builder::new()
+        .name(test.to_owned())
+        .spawn(move || -> Result<(), Skip> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                Skip(format!(
+                    "cannot create a network namespace ({e}); needs root or CAP_SYS_ADMIN"
+                ))
+            })?;
+            tool("ip", &["link", "set", "lo", "up"])?;
+            // The nat table must work here (iptables installed, module
+            // loadable); the rule of "another tool" is added by the tests.
+            tool("iptables-save", &["-t", "nat"])?;
+            body()
+        })
+        .expect("spawn the test thread");
+    match thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(Skip(reason))) => {
+            if std::env::var("L7INSPECT_REQUIRE_NETNS").as_deref() == Ok("1") {
+                panic!("{test} cannot run and L7INSPECT_REQUIRE_NETNS=1: {reason}");
+            }
+            println!("SKIPPED {test}: {reason}");
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Runs a system tool; a missing tool or a failure is a [`Skip`].
+fn tool(program: &str, args: &[&str]) -> Result<String, Skip> {
+    let out = Command::new(program).args(args).output().map_err(|e| {
+        Skip(format!(
+            "{program} could not run ({e}; apt-get install -y iproute2 iptables)"
+        ))
+    })?;
+    if !out.status.success() {
+        return Err(Skip(format!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `iptables-save -t nat` (or ip6tables) without the timestamped comments.
+fn nat(program: &str) -> String {
+    let out = tool(program, &["-t", "nat"]).unwrap_or_else(|Skip(e)| panic!("{e}"));
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Runs the init binary with `args` and `env` (the PATH, if given, first).
+fn init(args: &[&str], path: Option<&PathBuf>) -> Output {
+    let mut cmd = Command::new(INIT);
+    cmd.args(args);
+    if let Some(dir) = path {
+        let old = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![dir.clone()];
+        dirs.extend(std::env::split_paths(&old));
+        cmd.env("PATH", std::env::join_paths(dirs).expect("PATH"));
+    }
+    cmd.output().expect("run l7inspect-init")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "l7inspect-init failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+/// Whether ip6tables with a nat table works in this namespace.
+fn has_ipv6_nat() -> bool {
+    tool("ip6tables-save", &["-t", "nat"]).is_ok()
+}
+
+// === the tests ===
+
+/// With the nft flavour of iptables (`iptables-nft-restore`).
+#[test]
+fn apply_twice_then_remove_restores_the_tables_nft() {
+    run("apply_twice_then_remove_restores_the_tables_nft", || {
+        apply_twice_then_remove("nft")
+    });
+}
+
+/// With the legacy flavour (`iptables-legacy-restore`, x_tables).
+#[test]
+fn apply_twice_then_remove_restores_the_tables_legacy() {
+    run("apply_twice_then_remove_restores_the_tables_legacy", || {
+        apply_twice_then_remove("legacy")
+    });
+}
+
+/// Apply, apply again, remove: one set after two runs, another tool's
+/// rules untouched throughout, and the namespace's `iptables-save` output
+/// back to what it was; `--dry-run` changes nothing. IPv6 too, where the
+/// kernel has an IPv6 nat table.
+fn apply_twice_then_remove(flavour: &str) -> Result<(), Skip> {
+    let iptables = format!("iptables-{flavour}");
+    let ip6tables = format!("ip6tables-{flavour}");
+    let save = format!("iptables-{flavour}-save");
+    let save6 = format!("ip6tables-{flavour}-save");
+    tool(&save, &["-t", "nat"])?;
+    let flag = ["--iptables-flavour", flavour];
+    let init = |args: &[&str]| init(&[&flag[..], args].concat(), None);
+    let other = [
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "9999",
+        "-m",
+        "comment",
+        "--comment",
+        "other-tool",
+        "-j",
+        "RETURN",
+    ];
+    tool(&iptables, &other)?;
+    let ipv6 = tool(&save6, &["-t", "nat"]).is_ok();
+    if ipv6 {
+        tool(&ip6tables, &other)?;
+    }
+    let before = nat(&save);
+    let before6 = ipv6.then(|| nat(&save6));
+
+    let dry = ok(&init(&["--dry-run"]));
+    assert!(dry.contains("*nat\n") && dry.contains("COMMIT\n"), "{dry}");
+    assert_eq!(nat(&save), before, "--dry-run changed the table");
+
+    // A set from another configuration is replaced, not added to.
+    ok(&init(&["--skip-outbound-ports", "25"]));
+    assert_eq!(count(&nat(&save), "l7inspect: "), 11);
+
+    ok(&init(&[]));
+    let once = nat(&save);
+    for chain in [
+        ":L7INSPECT_PREROUTING",
+        ":L7INSPECT_OUTPUT",
+        ":L7INSPECT_INBOUND_REDIRECT",
+        ":L7INSPECT_OUTBOUND_REDIRECT",
+    ] {
+        assert_eq!(count(&once, chain), 1, "{chain} in\n{once}");
+    }
+    assert_eq!(count(&once, "l7inspect: "), 10, "{once}");
+    assert_eq!(count(&once, "other-tool"), 1, "{once}");
+    // The dry run printed what was then applied: every rule of ours.
+    for line in once.lines().filter(|l| l.contains("l7inspect: ")) {
+        assert!(dry.contains(line), "{line} not in the dry run:\n{dry}");
+    }
+
+    ok(&init(&[]));
+    assert_eq!(nat(&save), once, "a second run changed the set");
+
+    // A dry run over an installed set deletes the old jumps first.
+    let dry_again = ok(&init(&["--dry-run"]));
+    assert!(
+        dry_again.contains("-D OUTPUT -p tcp -m comment"),
+        "{dry_again}"
+    );
+    assert_eq!(nat(&save), once);
+
+    if let Some(before6) = &before6 {
+        let once6 = nat(&save6);
+        assert_eq!(count(&once6, "l7inspect: "), 10, "{once6}");
+        assert!(once6.contains("! -d ::1/128 -o lo"), "{once6}");
+        assert_ne!(&once6, before6);
+    }
+
+    ok(&init(&["--remove"]));
+    assert_eq!(nat(&save), before);
+    if let Some(before6) = &before6 {
+        assert_eq!(&nat(&save6), before6);
+    }
+    // Removing again is a no-op.
+    ok(&init(&["--remove"]));
+    assert_eq!(nat(&save), before);
+    Ok(())
+}
+
+/// When the second restore (IPv6) fails, the run exits 1 with one line that
+/// names the program, the failing rule and its stderr, and the IPv4 set it
+/// already applied is taken out again. The failure comes from a stand-in
+/// `ip6tables-*-restore` early in PATH that rejects line 8.
+#[test]
+fn failure_names_the_rule_and_leaves_no_partial_set() {
+    run("failure_names_the_rule_and_leaves_no_partial_set", || {
+        if !has_ipv6_nat() {
+            return Err(Skip("no IPv6 nat table".into()));
+        }
+        tool(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-d",
+                "192.0.2.1/32",
+                "-j",
+                "RETURN",
+            ],
+        )?;
+        let before = nat("iptables-save");
+        let dir = std::env::temp_dir().join(format!("l7inspect-init-fake-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for name in [
+            "ip6tables-nft-restore",
+            "ip6tables-legacy-restore",
+            "ip6tables-restore",
+        ] {
+            let path = dir.join(name);
+            std::fs::write(
+                &path,
+                "#!/bin/sh\ncat >/dev/null\necho 'ip6tables-restore: line 8 failed' >&2\nexit 1\n",
+            )
+            .expect("write the stand-in");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let out = init(&["--ipv6", "true"], Some(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("restore --noflush` failed"), "{stderr}");
+        assert!(
+            stderr.contains(r#"at `-A L7INSPECT_PREROUTING -p tcp -m tcp --dport 4191"#),
+            "{stderr}"
+        );
+        assert!(stderr.contains("line 8 failed"), "{stderr}");
+        assert_eq!(nat("iptables-save"), before, "a partial set was left");
+        Ok(())
+    });
+}
+
+/// With the rules applied, a connection from an application (a non-proxy
+/// uid) to an outside address, and to the namespace's own non-loopback
+/// address, lands on the outbound port; the same connection from the proxy
+/// uid is not redirected.
+#[test]
+fn rules_send_the_app_to_the_outbound_port() {
+    run("rules_send_the_app_to_the_outbound_port", || {
+        // A veth pair gives the namespace a non-loopback interface and a
+        // route to an "outside" network.
+        tool(
+            "ip",
+            &[
+                "link", "add", "l7i0", "type", "veth", "peer", "name", "l7i1",
+            ],
+        )?;
+        tool("ip", &["addr", "add", "10.200.0.1/24", "dev", "l7i0"])?;
+        tool("ip", &["link", "set", "l7i0", "up"])?;
+        tool("ip", &["link", "set", "l7i1", "up"])?;
+        tool("setpriv", &["--version"])?;
+        ok(&init(&["--ipv6", "false"], None));
+
+        let listener = TcpListener::bind("0.0.0.0:4140").expect("bind the outbound port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        for target in ["10.200.0.99", "10.200.0.1"] {
+            let script = format!("printf 'hello {target}' >/dev/tcp/{target}/80");
+            let client = std::process::Command::new("setpriv")
+                .args([
+                    "--reuid=1000",
+                    "--regid=1000",
+                    "--clear-groups",
+                    "bash",
+                    "-c",
+                ])
+                .arg(&script)
+                .spawn()
+                .expect("spawn the client");
+            let got = accept_one(&listener, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("nothing reached the outbound port for {target}: {e}"));
+            assert_eq!(got, format!("hello {target}"));
+            let status = client.wait_with_output().expect("client").status;
+            assert!(status.success(), "client to {target}: {status}");
+        }
+
+        // The proxy's own connection to the same local address goes where it
+        // was addressed (nothing listens there: refused), not to 4140.
+        let proxy = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=2102",
+                "--regid=2102",
+                "--clear-groups",
+                "bash",
+                "-c",
+            ])
+            .arg("printf x >/dev/tcp/10.200.0.1/80")
+            .output()
+            .expect("spawn the proxy-uid client");
+        let refused = String::from_utf8_lossy(&proxy.stderr);
+        assert!(
+            !proxy.status.success() && refused.contains("Connection refused"),
+            "the proxy uid's connect was not refused: {proxy:?}"
+        );
+        assert!(
+            accept_one(&listener, Duration::from_millis(200)).is_err(),
+            "the proxy uid's connection was redirected"
+        );
+        Ok(())
+    });
+}
+
+/// Accepts one connection within `limit` (bounded retry: the listener is
+/// non-blocking) and reads it to EOF.
+fn accept_one(listener: &TcpListener, limit: Duration) -> io::Result<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                conn.set_nonblocking(false)?;
+                conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let mut got = String::new();
+                conn.read_to_string(&mut got)?;
+                return Ok(got);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `--backend nft` is reported, not attempted: one line, exit 2. Needs no
+/// root.
+#[test]
+fn nft_backend_is_not_implemented_yet() {
+    let out = init(&["--backend", "nft"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not implemented yet"), "{stderr}");
+}
+
+/// A bad value names the flag and exits 2, before touching iptables.
+#[test]
+fn bad_values_exit_2() {
+    for args in [
+        &["--skip-outbound-cidrs", "10.0.0.0/33"][..],
+        &["--skip-inbound-ports", "22-"][..],
+        &["--ipv6", "maybe"][..],
+    ] {
+        let out = init(args, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
+    }
+    let out = Command::new(INIT)
+        .env("L7INSPECT_SKIP_OUTBOUND_PORTS", "http")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
