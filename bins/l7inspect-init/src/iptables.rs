@@ -56,9 +56,9 @@ pub enum InitError {
         stderr: String,
     },
     /// `iptables-restore` rejected the input.
-    #[error("`{program} --noflush` failed ({status}){rule}: {stderr}")]
+    #[error("`{program}` failed ({status}){rule}: {stderr}")]
     Restore {
-        /// The program.
+        /// The command line.
         program: String,
         /// Its exit status.
         status: String,
@@ -202,7 +202,7 @@ impl Tools {
             .map(|line| format!(" at `{line}`"))
             .unwrap_or_default();
         Err(InitError::Restore {
-            program: self.restore.clone(),
+            program: format!("{} --noflush", self.restore),
             status: out.status.to_string(),
             rule,
             stderr,

@@ -1,5 +1,6 @@
 //! `l7inspect-init`: installs (and removes) the nat rules that send a
-//! workload's TCP through the l7inspect sidecar, with `iptables-restore`.
+//! workload's TCP through the l7inspect sidecar, with `iptables-restore` or
+//! natively with `nft -f`.
 //!
 //! Configuration is data ([`InitConfig`]); the rule text is a pure function
 //! of it ([`rules::apply`], [`rules::remove`]), unit-tested line by line; the
@@ -9,6 +10,7 @@
 //! # Layout
 //! - [`rules`]: config + current `iptables-save` text → `iptables-restore` input.
 //! - [`iptables`]: flavour detection (legacy or nft) and the executor.
+//! - [`nft`]: the native nftables backend (`nft -f`), text and executor.
 //!
 //! # Example
 //! ```
@@ -21,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod iptables;
+pub mod nft;
 pub mod rules;
 
 use std::{fmt, net::IpAddr, str::FromStr};

@@ -4,15 +4,14 @@
 //! sidecar.
 //!
 //! Exit codes: 0 when the rules are in place (or printed, or removed); 2 for
-//! a bad flag or value, or a backend that is not implemented (one line); 1
-//! when iptables failed (one line naming the program, the failing rule and
-//! its stderr).
+//! a bad flag or value (one line); 1 when iptables or nft failed (one line
+//! naming the program, the failing rule and its stderr).
 
 use clap::{Parser, ValueEnum};
 use l7inspect_init::{
     Cidr, Family, InitConfig, PortRange,
     iptables::{self, Flavour, InitError, Tools},
-    parse_cidr_list, parse_port_list,
+    nft, parse_cidr_list, parse_port_list,
 };
 use std::process::ExitCode;
 
@@ -60,7 +59,8 @@ struct Args {
     #[arg(long, env = "L7INSPECT_OUTBOUND_CIDRS", value_name = "LIST", value_parser = parse_cidr_list, default_value = "")]
     outbound_cidrs: ::std::vec::Vec<Cidr>,
 
-    /// Rule backend. `auto` is iptables for now.
+    /// Rule backend: iptables (iptables-restore) or native nftables (nft -f).
+    /// `auto` is iptables.
     #[arg(long, env = "L7INSPECT_BACKEND", default_value = "auto")]
     backend: Backend,
 
@@ -104,11 +104,11 @@ enum Ipv6 {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Backend::Nft = args.backend {
-        eprintln!("l7inspect-init: --backend nft: not implemented yet (use iptables)");
-        return ExitCode::from(2);
-    }
-    match run(&args) {
+    let result = match args.backend {
+        Backend::Auto | Backend::Iptables => run(&args),
+        Backend::Nft => run_nft(&args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("l7inspect-init: {e}");
@@ -165,6 +165,31 @@ fn run(args: &Args) -> Result<(), InitError> {
         applied.push(tools);
     }
     Ok(())
+}
+
+/// The native nftables backend: both families in one `nft -f` transaction.
+fn run_nft(args: &Args) -> Result<(), InitError> {
+    let mut families = vec![Family::V4];
+    match args.ipv6 {
+        Ipv6::True => families.push(Family::V6),
+        // IPv6 where the kernel has it.
+        Ipv6::Auto if std::path::Path::new("/proc/net/if_inet6").exists() => {
+            families.push(Family::V6)
+        }
+        Ipv6::Auto | Ipv6::False => {}
+    }
+    let text = if args.remove {
+        nft::remove(&families)
+    } else {
+        nft::apply(&args.config(), &families)
+    };
+    if args.dry_run {
+        println!("# nft -f -");
+        print!("{text}");
+        Ok(())
+    } else {
+        nft::run(&text)
+    }
 }
 
 /// Prints one family's restore input, headed by the command that would

@@ -299,7 +299,7 @@ impl PortRange {
 
 impl InitConfig {
     /// The inbound skip list with the admin port first (once).
-    fn inbound_skips(&self) -> Vec<PortRange> {
+    pub(crate) fn inbound_skips(&self) -> Vec<PortRange> {
         let admin = PortRange::single(self.admin_port);
         std::iter::once(admin)
             .chain(

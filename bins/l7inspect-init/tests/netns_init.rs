@@ -1,5 +1,5 @@
-//! The `l7inspect-init` binary against real iptables, each test in a fresh
-//! network namespace.
+//! The `l7inspect-init` binary against real iptables and nftables, each
+//! test in a fresh network namespace.
 //!
 //! As in the sidecar's netns tests: each test gets a thread of its own that
 //! `unshare(CLONE_NEWNET)`s (a namespace belongs to a thread, and the
@@ -286,6 +286,21 @@ fn failure_names_the_rule_and_leaves_no_partial_set() {
 #[test]
 fn rules_send_the_app_to_the_outbound_port() {
     run("rules_send_the_app_to_the_outbound_port", || {
+        app_lands_on_the_outbound_port(&["--ipv6", "false"])
+    });
+}
+
+/// The same with the native nftables backend.
+#[test]
+fn nft_rules_send_the_app_to_the_outbound_port() {
+    run("nft_rules_send_the_app_to_the_outbound_port", || {
+        tool("nft", &["list", "ruleset"])?;
+        app_lands_on_the_outbound_port(&["--backend", "nft", "--ipv6", "false"])
+    });
+}
+
+fn app_lands_on_the_outbound_port(args: &[&str]) -> Result<(), Skip> {
+    {
         // A veth pair gives the namespace a non-loopback interface and a
         // route to an "outside" network.
         tool(
@@ -298,7 +313,7 @@ fn rules_send_the_app_to_the_outbound_port() {
         tool("ip", &["link", "set", "l7i0", "up"])?;
         tool("ip", &["link", "set", "l7i1", "up"])?;
         tool("setpriv", &["--version"])?;
-        ok(&init(&["--ipv6", "false"], None));
+        ok(&init(args, None));
 
         let listener = TcpListener::bind("0.0.0.0:4140").expect("bind the outbound port");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -345,7 +360,7 @@ fn rules_send_the_app_to_the_outbound_port() {
             "the proxy uid's connection was redirected"
         );
         Ok(())
-    });
+    }
 }
 
 /// Accepts one connection within `limit` (bounded retry: the listener is
@@ -369,15 +384,89 @@ fn accept_one(listener: &TcpListener, limit: Duration) -> io::Result<String> {
     }
 }
 
-/// `--backend nft` is reported, not attempted: one line, exit 2. Needs no
-/// root.
+/// The native nftables backend: our own `ip`/`ip6` tables, replaced on a
+/// second run, removed by `--remove`; another tool's nftables table and an
+/// iptables-nft rule survive, and `nft list ruleset` is back to what it was.
 #[test]
-fn nft_backend_is_not_implemented_yet() {
-    let out = init(&["--backend", "nft"], None);
-    assert_eq!(out.status.code(), Some(2));
+fn nft_apply_twice_then_remove_restores_the_ruleset() {
+    run("nft_apply_twice_then_remove_restores_the_ruleset", || {
+        tool("nft", &["add", "table", "ip", "othertool"])?;
+        tool(
+            "nft",
+            &["add chain ip othertool out { type nat hook output priority 0; policy accept; }"],
+        )?;
+        tool(
+            "nft",
+            &["add rule ip othertool out tcp dport 9999 return comment \"other-tool\""],
+        )?;
+        tool(
+            "iptables-nft",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-d",
+                "192.0.2.1/32",
+                "-j",
+                "RETURN",
+            ],
+        )?;
+        let ruleset = || tool("nft", &["list", "ruleset"]).unwrap_or_else(|Skip(e)| panic!("{e}"));
+        let before = ruleset();
+
+        let dry = ok(&init(&["--backend", "nft", "--dry-run"], None));
+        assert!(dry.contains("table ip l7inspect {"), "{dry}");
+        assert_eq!(ruleset(), before, "--dry-run changed the ruleset");
+
+        ok(&init(
+            &["--backend", "nft", "--skip-outbound-ports", "25"],
+            None,
+        ));
+        ok(&init(&["--backend", "nft"], None));
+        let once = ruleset();
+        assert_eq!(count(&once, "table ip l7inspect {"), 1, "{once}");
+        assert!(!once.contains("skip outbound port 25"), "{once}");
+        assert_eq!(count(&once, "other-tool"), 1, "{once}");
+        assert!(once.contains("192.0.2.1"), "{once}");
+        let ours = count(&once, "comment \"l7inspect: ");
+        assert!(ours == 6 || ours == 12, "{ours} rules of ours in\n{once}");
+
+        ok(&init(&["--backend", "nft"], None));
+        assert_eq!(ruleset(), once, "a second run changed the ruleset");
+
+        ok(&init(&["--backend", "nft", "--remove"], None));
+        assert_eq!(ruleset(), before);
+        ok(&init(&["--backend", "nft", "--remove"], None));
+        assert_eq!(ruleset(), before);
+        Ok(())
+    });
+}
+
+/// An `nft` failure is one line naming the command, the line it rejected
+/// and its stderr, with exit code 1 (a stand-in `nft` early in PATH).
+#[test]
+fn nft_failure_names_the_rule() {
+    let dir = std::env::temp_dir().join(format!("l7inspect-init-fake-nft-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("nft");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\ncat >/dev/null\necho '/dev/stdin:3:1-5: Error: Could not process rule: No such file or directory' >&2\nexit 1\n",
+    )
+    .expect("write the stand-in");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = init(&["--backend", "nft", "--ipv6", "false"], Some(&dir));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("not implemented yet"), "{stderr}");
+    assert!(
+        stderr.contains("`nft -f -` failed") && stderr.contains("at `table ip l7inspect {`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
 }
 
 /// A bad value names the flag and exits 2, before touching iptables.
