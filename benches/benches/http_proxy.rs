@@ -50,29 +50,19 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
+use l7inspect_benches::Background;
 use l7inspect_sidecar::{Forward, SidecarConfig, TracingConfig, build};
 use l7inspect_trace::export::{RecentSpans, SamplerConfig};
 use std::{
     convert::Infallible,
-    future::Future,
     net::SocketAddr,
     sync::mpsc,
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
-};
+use tokio::net::{TcpListener, TcpStream};
 
 /// What the backend answers to every request.
 const BODY: &[u8] = b"hello from backend\n";
-
-/// A runtime on its own thread, stopped and joined on drop.
-struct Background {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
 
 /// The HTTP version of a measured connection.
 #[derive(Clone, Copy, Debug)]
@@ -276,45 +266,6 @@ impl Client {
             }
         }
         .expect("a response")
-    }
-}
-
-// === impl Background ===
-
-impl Background {
-    /// Runs `task` on a current-thread runtime on a new thread. The future
-    /// `task` is given completes when the [`Background`] is dropped.
-    fn spawn<F, Fut>(name: &str, task: F) -> Self
-    where
-        F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()>,
-    {
-        let (stop, stopped) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(task(stopped));
-            })
-            .expect("spawn a thread");
-        Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -23,28 +23,20 @@
 #![forbid(unsafe_code)]
 
 use criterion::{Bencher, Criterion, criterion_group, criterion_main};
+use l7inspect_benches::Background;
 use l7inspect_sidecar::{Forward, SidecarConfig, build};
 use std::{
-    future::Future,
     net::SocketAddr,
     sync::mpsc,
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     runtime::Runtime,
-    sync::oneshot,
 };
 
 const BANNER: &[u8] = b"220 hello\r\n";
-
-/// A runtime on its own thread, stopped and joined on drop.
-struct Background {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
 
 fn ttfb(c: &mut Criterion) {
     let (server, _server) = banner_server();
@@ -135,45 +127,6 @@ fn sidecar(target: SocketAddr) -> (SocketAddr, Background) {
     });
     let addr = addr_rx.recv().expect("the sidecar started");
     (addr, bg)
-}
-
-// === impl Background ===
-
-impl Background {
-    /// Runs `task` on a current-thread runtime on a new thread. The future
-    /// `task` is given completes when the [`Background`] is dropped.
-    fn spawn<F, Fut>(name: &str, task: F) -> Self
-    where
-        F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()>,
-    {
-        let (stop, stopped) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(task(stopped));
-            })
-            .expect("spawn a thread");
-        Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 criterion_group!(benches, ttfb);
