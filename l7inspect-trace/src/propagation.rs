@@ -870,17 +870,17 @@ fn b3_span_id(v: &[u8]) -> Option<u64> {
 
 /// Whether `name` is a header some format's parser reads.
 fn is_context_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "traceparent"
-            | "b3"
-            | "x-b3-traceid"
-            | "x-b3-spanid"
-            | "x-b3-parentspanid"
-            | "x-b3-sampled"
-            | "x-b3-flags"
-            | "uber-trace-id"
-    )
+    [
+        &TRACEPARENT,
+        &B3,
+        &B3_TRACE_ID,
+        &B3_SPAN_ID,
+        &B3_PARENT_SPAN_ID,
+        &B3_SAMPLED,
+        &B3_FLAGS,
+        &UBER_TRACE_ID,
+    ]
+    .contains(&name)
 }
 
 fn parse_jaeger(headers: &HeaderMap) -> Parsed {
