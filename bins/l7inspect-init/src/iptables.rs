@@ -70,6 +70,12 @@ pub enum InitError {
     /// The flavour could not be determined.
     #[error("cannot determine the iptables flavour: {0}")]
     Flavour(String),
+    /// `--backend auto` found neither iptables nor nft.
+    #[error(
+        "no iptables-restore, iptables-nft-restore, iptables-legacy-restore or nft in PATH \
+         (install iptables or nftables)"
+    )]
+    NoBackend,
 }
 
 /// Picks the flavour: `iptables --version` says `(nf_tables)` or

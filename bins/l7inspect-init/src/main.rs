@@ -60,7 +60,7 @@ struct Args {
     outbound_cidrs: ::std::vec::Vec<Cidr>,
 
     /// Rule backend: iptables (iptables-restore) or native nftables (nft -f).
-    /// `auto` is iptables.
+    /// `auto`: iptables when an iptables-restore is installed, else nft.
     #[arg(long, env = "L7INSPECT_BACKEND", default_value = "auto")]
     backend: Backend,
 
@@ -105,8 +105,13 @@ enum Ipv6 {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.backend {
-        Backend::Auto | Backend::Iptables => run(&args),
+        Backend::Iptables => run(&args),
         Backend::Nft => run_nft(&args),
+        Backend::Auto => match auto_backend() {
+            Ok(Backend::Nft) => run_nft(&args),
+            Ok(_) => run(&args),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +119,26 @@ fn main() -> ExitCode {
             eprintln!("l7inspect-init: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--backend auto`: iptables wherever an iptables-restore is installed (the
+/// common case, and what other tools on the node most likely use too), the
+/// native nftables backend on an nft-only system.
+fn auto_backend() -> Result<Backend, InitError> {
+    let has_iptables = [
+        "iptables-restore",
+        "iptables-nft-restore",
+        "iptables-legacy-restore",
+    ]
+    .iter()
+    .any(|p| iptables::exists(p));
+    if has_iptables {
+        Ok(Backend::Iptables)
+    } else if iptables::exists("nft") {
+        Ok(Backend::Nft)
+    } else {
+        Err(InitError::NoBackend)
     }
 }
 

@@ -299,6 +299,53 @@ fn nft_rules_send_the_app_to_the_outbound_port() {
     });
 }
 
+/// The same with the legacy flavour of iptables (`iptables-legacy-restore`).
+#[test]
+fn legacy_rules_send_the_app_to_the_outbound_port() {
+    run("legacy_rules_send_the_app_to_the_outbound_port", || {
+        tool("iptables-legacy-save", &["-t", "nat"])?;
+        app_lands_on_the_outbound_port(&["--iptables-flavour", "legacy", "--ipv6", "false"])
+    });
+}
+
+/// `--backend auto` on a system with nft but no iptables: the native
+/// nftables backend; with neither, one line that says what to install.
+#[test]
+fn auto_backend_is_nft_without_iptables() {
+    run("auto_backend_is_nft_without_iptables", || {
+        let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).is_file())
+            .ok_or_else(|| Skip("no nft binary (apt-get install -y nftables)".into()))?;
+        let only_nft = std::env::temp_dir().join(format!("l7i-only-nft-{}", std::process::id()));
+        let empty = only_nft.join("empty");
+        std::fs::create_dir_all(&empty).expect("temp dir");
+        let link = only_nft.join("nft");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(nft, &link).expect("symlink nft");
+        let with_path = |dir: &std::path::Path| {
+            Command::new(INIT)
+                .args(["--ipv6", "false"])
+                .env("PATH", dir)
+                .output()
+                .expect("run l7inspect-init")
+        };
+
+        let out = with_path(&empty);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains("install iptables or nftables"), "{stderr}");
+
+        ok(&with_path(&only_nft));
+        let table = tool("nft", &["list", "table", "ip", "l7inspect"])?;
+        assert!(table.contains("redirect to :4140"), "{table}");
+        assert_eq!(nat("iptables-save").matches("l7inspect").count(), 0);
+        let _ = std::fs::remove_dir_all(&only_nft);
+        Ok(())
+    });
+}
+
 fn app_lands_on_the_outbound_port(args: &[&str]) -> Result<(), Skip> {
     {
         // A veth pair gives the namespace a non-loopback interface and a
