@@ -11,6 +11,11 @@ support; a kind without a schema is an error, not the library's warning.
 So that the validator cannot silently pass everything, every
 testdata/invalid-*.yaml must fail; if one passes, this script fails.
 
+Files given as arguments (validate.sh passes the output of
+`l7inspect-sidecar inject`) are validated the same way, and every workload
+in them must have the l7inspect-init and l7inspect-sidecar init containers
+unless it is a hostNetwork pod or opted out.
+
 Exit code 0 when all holds, 1 otherwise.
 """
 
@@ -62,8 +67,49 @@ def images_of(node):
             yield from images_of(item)
 
 
+WORKLOAD_TEMPLATES = {
+    "Deployment": ["spec", "template"],
+    "StatefulSet": ["spec", "template"],
+    "DaemonSet": ["spec", "template"],
+    "ReplicaSet": ["spec", "template"],
+    "ReplicationController": ["spec", "template"],
+    "Job": ["spec", "template"],
+    "CronJob": ["spec", "jobTemplate", "spec", "template"],
+    "Pod": [],
+}
+
+
+def not_injected(path):
+    """Workloads in `path` without l7inspect's two init containers."""
+    missing = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not isinstance(doc, dict) or doc.get("kind") not in WORKLOAD_TEMPLATES:
+            continue
+        template = doc
+        for key in WORKLOAD_TEMPLATES[doc["kind"]]:
+            template = template.get(key) or {}
+        spec = template.get("spec") or {}
+        annotations = {**(doc.get("metadata") or {}).get("annotations", {}),
+                       **(template.get("metadata") or {}).get("annotations", {})}
+        if spec.get("hostNetwork") or annotations.get("l7inspect.io/inject") == "disabled":
+            continue
+        init = [c.get("name") for c in spec.get("initContainers") or []]
+        if init[:2] != ["l7inspect-init", "l7inspect-sidecar"]:
+            missing.append(f"{doc['kind']}/{doc.get('metadata', {}).get('name')}")
+    return missing
+
+
 def main():
     failed = False
+    for arg in sys.argv[1:]:
+        path = pathlib.Path(arg)
+        errors = errors_of(path) + [f"{w}: not injected" for w in not_injected(path)]
+        for error in errors:
+            print(f"FAIL inject output {path.name}: {error}")
+        if errors:
+            failed = True
+        else:
+            print(f"ok   inject output {path.name} (Kubernetes {', '.join(VERSIONS)}, strict)")
     kustomization = yaml.safe_load((HERE / "kustomization.yaml").read_text())
     listed = kustomization.get("resources", [])
     present = sorted(p.name for p in HERE.glob("*.yaml") if p.name != "kustomization.yaml")

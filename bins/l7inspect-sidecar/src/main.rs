@@ -5,6 +5,12 @@
 //! Exit codes: 0 after a clean shutdown; 2 for a bad flag or value (one line
 //! naming the flag, the value and why); 1 when a listener cannot be bound or
 //! the runtime cannot start (one line naming the address and the OS error).
+//!
+//! `l7inspect-sidecar inject [FILE]` adds l7inspect to Kubernetes manifests
+//! ([`l7inspect_sidecar::inject`]): 0 when done (skipped workloads
+//! included); 2 for a bad flag, an unreadable file or input that is not
+//! YAML (one line naming the file and the error, nothing on stdout); 1 when
+//! stdout cannot be written.
 
 use clap::{
     ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind,
@@ -17,13 +23,30 @@ use l7inspect_trace::{
     Propagators,
     export::{ResourceConfig, from_otel_env},
 };
-use std::{net::SocketAddr, net::ToSocketAddrs, process::ExitCode, time::Duration};
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    net::ToSocketAddrs,
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 /// A layer-7 sidecar proxy: detects the protocol of every TCP connection
 /// crossing a workload and forwards its bytes untouched.
 #[derive(Debug, Parser)]
-#[command(name = "l7inspect-sidecar", version, about, long_about = None)]
+#[command(
+    name = "l7inspect-sidecar",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    /// Without a subcommand: run the proxy with the options below.
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Transparent inbound listener (iptables PREROUTING redirects here).
     #[arg(
         long,
@@ -161,6 +184,136 @@ struct Args {
     /// Record url.query on spans (off: queries often carry secrets).
     #[arg(long, env = "L7INSPECT_RECORD_QUERY", help_heading = "Tracing")]
     record_query: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    Inject(InjectArgs),
+}
+
+/// Add l7inspect to Kubernetes manifests and write them to stdout.
+///
+/// Every Deployment, StatefulSet, DaemonSet, ReplicaSet,
+/// ReplicationController, Job, CronJob and Pod (also in a List) gets the
+/// l7inspect containers, e.g.
+/// `l7inspect-sidecar inject app.yaml | kubectl apply -f -`.
+///
+/// What is added is deploy/kubernetes/inject/l7inspect-pod-patch.yaml: the
+/// l7inspect-init init container and the l7inspect-sidecar native sidecar
+/// first in initContainers, their volume, the prometheus.io annotations
+/// (unless the pod has its own) and terminationGracePeriodSeconds: 30 when
+/// the pod has none or less. Other documents, workloads already injected,
+/// workloads annotated l7inspect.io/inject: disabled and hostNetwork pods
+/// are written back unchanged, byte for byte. A changed document is
+/// re-written from its parsed value: key order is kept, its comments are
+/// lost. One summary line per workload goes to stderr.
+///
+/// Exit codes: 0 when done; 2 for a bad flag, an unreadable file or input
+/// that is not YAML (nothing is written to stdout); 1 when stdout cannot be
+/// written.
+#[derive(Debug, clap::Args)]
+struct InjectArgs {
+    /// Manifest file (one or more YAML documents, or JSON); "-" or none:
+    /// standard input.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+
+    /// Image of the l7inspect-sidecar container.
+    #[arg(long, value_name = "IMAGE", default_value_t = l7inspect_sidecar::inject::default_sidecar_image())]
+    sidecar_image: String,
+
+    /// Image of the l7inspect-init container.
+    #[arg(long, value_name = "IMAGE", default_value_t = l7inspect_sidecar::inject::default_init_image())]
+    init_image: String,
+
+    /// The sidecar's OTEL_EXPORTER_OTLP_ENDPOINT: where spans go (a base
+    /// URL: http://collector:4317 for grpc, http://collector:4318 for
+    /// http/protobuf).
+    #[arg(long, value_name = "URL", default_value = l7inspect_sidecar::inject::DEFAULT_OTLP_ENDPOINT)]
+    otlp_endpoint: String,
+
+    /// The sidecar's OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(long, value_name = "PROTOCOL", default_value = l7inspect_sidecar::inject::DEFAULT_OTLP_PROTOCOL, value_parser = ["grpc", "http/protobuf"])]
+    otlp_protocol: String,
+
+    /// Inbound ports the init container does not redirect to the proxy, e.g.
+    /// 22,8000-8010 (its L7INSPECT_SKIP_INBOUND_PORTS).
+    #[arg(long, value_name = "LIST", value_parser = parse_port_list_text)]
+    skip_inbound_ports: Option<String>,
+
+    /// Outbound ports the init container does not redirect to the proxy,
+    /// e.g. 25,3306 (its L7INSPECT_SKIP_OUTBOUND_PORTS).
+    #[arg(long, value_name = "LIST", value_parser = parse_port_list_text)]
+    skip_outbound_ports: Option<String>,
+}
+
+/// A port list as written, once [`parse_ports`] accepts it.
+fn parse_port_list_text(s: &str) -> Result<String, String> {
+    let ports = parse_ports(s)?;
+    if ports.0.is_empty() {
+        return Err("no port in the list".into());
+    }
+    Ok(s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// Runs `inject`; returns the exit code.
+fn inject(args: InjectArgs) -> ExitCode {
+    let (name, read) = match args.file.as_deref() {
+        None => ("<stdin>".to_owned(), read_stdin()),
+        Some(p) if p.as_os_str() == "-" => ("<stdin>".to_owned(), read_stdin()),
+        Some(p) => (p.display().to_string(), std::fs::read(p)),
+    };
+    let input = match read {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("error: {name}: cannot read: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let input = match String::from_utf8(input) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {name}: not UTF-8: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = l7inspect_sidecar::inject::InjectOptions {
+        init_image: args.init_image,
+        sidecar_image: args.sidecar_image,
+        otlp_endpoint: args.otlp_endpoint,
+        otlp_protocol: args.otlp_protocol,
+        skip_inbound_ports: args.skip_inbound_ports,
+        skip_outbound_ports: args.skip_outbound_ports,
+    };
+    let (output, reports) = match l7inspect_sidecar::inject::inject_documents(&input, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(output.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        eprintln!("error: cannot write to stdout: {e}");
+        return ExitCode::FAILURE;
+    }
+    for report in &reports {
+        eprintln!("{report}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn read_stdin() -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin().read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -363,8 +516,16 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let matches = Args::command().get_matches();
-    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut command = Args::command();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "inject") {
+        // The proxy's L7INSPECT_* and OTEL_* variables are not inject's.
+        command = command.mut_args(|a| a.env(None));
+    }
+    let matches = command.get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(Command::Inject(inject_args)) = args.command.take() {
+        return inject(inject_args);
+    }
     let threads = args.threads;
     if let Err(e) = init_logging(args.log_level.as_deref(), args.log_format) {
         Args::command().error(ErrorKind::ValueValidation, e).exit();
