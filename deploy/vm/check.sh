@@ -11,7 +11,9 @@
 #      connection going through the sidecar, the rules disappearing; for the
 #      iptables and the nft backend;
 #   4. install.sh --uninstall --root: everything it installed is gone except
-#      /etc/l7inspect; then --uninstall --purge: that too.
+#      /etc/l7inspect; then --uninstall --purge: that too;
+#   5. when systemd-nspawn is installed: systemd-test.sh, the units under a
+#      real systemd (see there).
 #
 # Usage: deploy/vm/check.sh --bin-dir DIR   (the release binaries, e.g.
 #        $CARGO_TARGET_DIR/release; without it install.sh builds them)
@@ -240,6 +242,21 @@ grep -q '^would run: .*l7inspect-init --remove' "$work/uninstall.log" || fail "-
 ./install.sh --uninstall --purge --root "$root" >/dev/null 2>&1 || fail "install.sh --uninstall --purge --root"
 left="$(tree)"
 if [ -z "$left" ]; then ok "--uninstall --purge removed /etc/l7inspect too"; else fail "--purge left: $left"; fi
+
+# --- 5. the units under a real systemd (systemd-nspawn) -------------------------
+if [ "$(id -u)" = 0 ] && command -v systemd-nspawn >/dev/null; then
+  bin="${install_args[1]:-}"
+  if [ -z "$bin" ]; then
+    echo "skip systemd-test.sh (give --bin-dir)"
+  elif ./systemd-test.sh --bin-dir "$bin" >"$work/systemd-test.log" 2>&1; then
+    ok "systemd-test.sh: the units under systemd $(systemctl --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p') in systemd-nspawn: $(tail -n1 "$work/systemd-test.log")"
+  else
+    sed 's/^/  | /' "$work/systemd-test.log" >&2
+    fail "systemd-test.sh: the units under systemd in systemd-nspawn"
+  fi
+else
+  echo "skip systemd-test.sh (needs root and systemd-nspawn: apt-get install systemd-container)"
+fi
 
 if [ "$failures" -gt 0 ]; then
   echo "deploy/vm/check.sh: $failures check(s) failed" >&2
