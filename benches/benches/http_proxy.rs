@@ -164,7 +164,7 @@ fn sidecar(target: SocketAddr, ratio: f64) -> (SocketAddr, Background, RecentSpa
     let bg = Background::spawn("sidecar", move |stop| async move {
         let sidecar = build(SidecarConfig {
             transparent: false,
-            admin_listen: "127.0.0.1:0".parse().expect("address"),
+            admin_listen: vec!["127.0.0.1:0".parse().expect("address")],
             inbound_forwards: vec![Forward {
                 listen: "127.0.0.1:0".parse().expect("address"),
                 target,

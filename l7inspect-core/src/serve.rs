@@ -19,10 +19,19 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// Binds a TCP listener on `addr` with `SO_REUSEADDR` (a restarted proxy can
 /// rebind while old connections linger in TIME_WAIT) and a backlog of
 /// [`LISTEN_BACKLOG`].
+///
+/// An IPv6 address is bound IPv6-only (`IPV6_V6ONLY`, as nginx does): `[::]`
+/// and `0.0.0.0` on the same port are two listeners, and IPv4 connections
+/// never arrive as v4-mapped addresses, whose original destination would
+/// have to be read with the IPv4 socket option.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        SocketAddr::V6(_) => {
+            let socket = TcpSocket::new_v6()?;
+            socket2::SockRef::from(&socket).set_only_v6(true)?;
+            socket
+        }
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;

@@ -12,7 +12,7 @@
 //!  l7inspect-init --skip-outbound-ports 8081         l7inspect-init --skip-inbound-ports 9411
 //!                 --skip-outbound-cidrs 10.78.0.0/24
 //!  l7inspect-sidecar (uid 2102, service client-pod)  l7inspect-sidecar (uid 2102, service server-pod)
-//!    --inbound-listen [::]:4143 --outbound-listen [::]:4140 (dual-stack; defaults otherwise)
+//!    (default listeners: IPv4 and IPv6)
 //!  curl, redis-cli, raw TCP clients (uid 0)          HTTP app :8080 and :8081 (echoes the headers it got)
 //!                                                    redis-server 10.77.0.2:6379
 //!                                                    banner service :2525 (speaks first, then echoes)
@@ -952,16 +952,9 @@ fn curl(pod: &Netns, url: &str) -> String {
 fn start_sidecar(pod: &Netns, bin: &Path, service: &str, zipkin: &str) -> Proc {
     let mut cmd = Command::new(bin);
     cmd.args(["--service-name", service, "--zipkin-endpoint", zipkin])
-        // Dual-stack listeners: IPv6 REDIRECT in OUTPUT delivers to ::1,
-        // IPv4's to 127.0.0.1 (an IPv4-mapped client of [::]). With the
-        // defaults (0.0.0.0:4143, 127.0.0.1:4140) the IPv6 rules that
-        // l7inspect-init installs by default lead nowhere: refused.
-        .args([
-            "--inbound-listen",
-            "[::]:4143",
-            "--outbound-listen",
-            "[::]:4140",
-        ])
+        // The default listeners are dual-stack (0.0.0.0 and [::] inbound,
+        // 127.0.0.1 and [::1] outbound), where l7inspect-init's IPv4 and
+        // IPv6 REDIRECT rules deliver: no listener flags.
         .env_clear()
         // Export 100 ms after a span ends rather than 1 s (waits are shorter).
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")

@@ -10,7 +10,7 @@
 //!
 //! let config = SidecarConfig {
 //!     transparent: false,
-//!     admin_listen: "127.0.0.1:0".parse()?,
+//!     admin_listen: vec!["127.0.0.1:0".parse()?],
 //!     inbound_forwards: vec![Forward {
 //!         listen: "127.0.0.1:0".parse()?,
 //!         target: "127.0.0.1:8080".parse()?,
@@ -46,7 +46,13 @@ use l7inspect_trace::{
 use opentelemetry::trace::{SpanKind, TracerProvider as _};
 use prometheus_client::registry::Registry;
 use requests::Requests;
-use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 use telemetry::SpanStatsCollector;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -57,12 +63,14 @@ use tower::ServiceBuilder;
 pub struct SidecarConfig {
     /// Open the transparent (SO_ORIGINAL_DST) listeners.
     pub transparent: bool,
-    /// The transparent inbound listener's address.
-    pub inbound_listen: SocketAddr,
-    /// The transparent outbound listener's address.
-    pub outbound_listen: SocketAddr,
-    /// The admin server's address.
-    pub admin_listen: SocketAddr,
+    /// The transparent inbound listener's addresses (by default `0.0.0.0`
+    /// and `[::]`). See [`build`] for an IPv6 address on a host without IPv6.
+    pub inbound_listen: Vec<SocketAddr>,
+    /// The transparent outbound listener's addresses (by default
+    /// `127.0.0.1` and `[::1]`, where IPv4 and IPv6 REDIRECT rules deliver).
+    pub outbound_listen: Vec<SocketAddr>,
+    /// The admin server's addresses (by default `0.0.0.0` and `[::]`).
+    pub admin_listen: Vec<SocketAddr>,
     /// Explicit inbound listeners with fixed targets.
     pub inbound_forwards: Vec<Forward>,
     /// Explicit outbound listeners with fixed targets.
@@ -109,12 +117,12 @@ pub struct Forward {
 /// The addresses the sidecar actually bound (port 0 resolved).
 #[derive(Clone, Debug)]
 pub struct BoundAddrs {
-    /// The transparent inbound listener, if open.
-    pub inbound: Option<SocketAddr>,
-    /// The transparent outbound listener, if open.
-    pub outbound: Option<SocketAddr>,
-    /// The admin server.
-    pub admin: SocketAddr,
+    /// The transparent inbound listener's addresses (none when not open).
+    pub inbound: Vec<SocketAddr>,
+    /// The transparent outbound listener's addresses (none when not open).
+    pub outbound: Vec<SocketAddr>,
+    /// The admin server's addresses.
+    pub admin: Vec<SocketAddr>,
     /// The explicit inbound listeners, in configuration order.
     pub inbound_forwards: Vec<Forward>,
     /// The explicit outbound listeners, in configuration order.
@@ -151,7 +159,7 @@ pub struct Sidecar {
     config: SidecarConfig,
     addrs: BoundAddrs,
     listeners: Vec<(TcpListener, Direction, Target)>,
-    admin: TcpListener,
+    admin: Vec<TcpListener>,
     metrics: Metrics,
     registry: Arc<Registry>,
     guard: LoopGuard,
@@ -173,9 +181,18 @@ impl Default for SidecarConfig {
     fn default() -> Self {
         Self {
             transparent: true,
-            inbound_listen: ([0, 0, 0, 0], 4143).into(),
-            outbound_listen: ([127, 0, 0, 1], 4140).into(),
-            admin_listen: ([0, 0, 0, 0], 4191).into(),
+            inbound_listen: vec![
+                (Ipv4Addr::UNSPECIFIED, 4143).into(),
+                (Ipv6Addr::UNSPECIFIED, 4143).into(),
+            ],
+            outbound_listen: vec![
+                (Ipv4Addr::LOCALHOST, 4140).into(),
+                (Ipv6Addr::LOCALHOST, 4140).into(),
+            ],
+            admin_listen: vec![
+                (Ipv4Addr::UNSPECIFIED, 4191).into(),
+                (Ipv6Addr::UNSPECIFIED, 4191).into(),
+            ],
             inbound_forwards: Vec::new(),
             outbound_forwards: Vec::new(),
             detect: DetectConfig::default(),
@@ -208,6 +225,11 @@ impl Default for TracingConfig {
 /// Binds every listener of `config`, starts span export and registers the
 /// metrics. Fails with a [`BindError`] naming the first listener that could
 /// not be bound, or an export error. Must run inside a Tokio runtime.
+///
+/// A listener with several addresses (IPv4 and IPv6) leaves out an IPv6
+/// address, with a log line, when the host has no IPv6 (the address family
+/// is not supported, or `::1` does not exist) and another of its addresses
+/// was bound; any other failure is an error.
 pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
     async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
         l7inspect_core::bind(addr).map_err(|source| BindError { what, addr, source })
@@ -220,32 +242,60 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         l.local_addr()
             .map_err(|source| BindError { what, addr, source })
     }
+    async fn bind_all(
+        what: &'static str,
+        addrs: &[SocketAddr],
+    ) -> Result<Vec<(TcpListener, SocketAddr)>, BindError> {
+        let mut bound = Vec::with_capacity(addrs.len());
+        let mut no_ipv6 = Vec::new();
+        for &addr in addrs {
+            match bind(what, addr).await {
+                Ok(l) => {
+                    let local = local(what, &l, addr)?;
+                    bound.push((l, local));
+                }
+                Err(e) if addr.is_ipv6() && addrs.len() > 1 && host_has_no_ipv6(&e.source) => {
+                    no_ipv6.push(e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match no_ipv6.into_iter().next() {
+            Some(e) if bound.is_empty() => Err(e),
+            Some(e) => {
+                tracing::info!("{e}; no IPv6 on this host, listening on IPv4 only");
+                Ok(bound)
+            }
+            None => Ok(bound),
+        }
+    }
 
     // The loop guard knows every proxy listener; not the admin server, since
     // a connection to it cannot loop.
     let guard = LoopGuard::default();
-    let admin = bind("admin", config.admin_listen).await?;
+    let admin = bind_all("admin", &config.admin_listen).await?;
     let mut addrs = BoundAddrs {
-        inbound: None,
-        outbound: None,
-        admin: local("admin", &admin, config.admin_listen)?,
+        inbound: Vec::new(),
+        outbound: Vec::new(),
+        admin: admin.iter().map(|(_, a)| *a).collect(),
         inbound_forwards: Vec::new(),
         outbound_forwards: Vec::new(),
     };
+    let admin = admin.into_iter().map(|(l, _)| l).collect();
     let mut listeners = Vec::new();
     if config.transparent {
-        for (what, addr, direction) in [
-            ("inbound", config.inbound_listen, Direction::Inbound),
-            ("outbound", config.outbound_listen, Direction::Outbound),
+        for (what, list, direction) in [
+            ("inbound", &config.inbound_listen, Direction::Inbound),
+            ("outbound", &config.outbound_listen, Direction::Outbound),
         ] {
-            let l = bind(what, addr).await?;
-            let bound = local(what, &l, addr)?;
-            guard.add_listener(bound);
-            match direction {
-                Direction::Inbound => addrs.inbound = Some(bound),
-                Direction::Outbound => addrs.outbound = Some(bound),
+            for (l, bound) in bind_all(what, list).await? {
+                guard.add_listener(bound);
+                match direction {
+                    Direction::Inbound => addrs.inbound.push(bound),
+                    Direction::Outbound => addrs.outbound.push(bound),
+                }
+                listeners.push((l, direction, Target::OrigDst));
             }
-            listeners.push((l, direction, Target::OrigDst));
         }
     }
     for (what, forwards, direction) in [
@@ -403,11 +453,15 @@ impl Sidecar {
         }
         // The admin server outlives the drain, so probes see 503, not a refusal.
         let stop_admin = CancellationToken::new();
-        let admin_server = tokio::spawn(Admin::new(registry, ready.clone()).serve(
-            admin,
-            admin_tasks.clone(),
-            stop_admin.clone().cancelled_owned(),
-        ));
+        let mut admin_servers = JoinSet::new();
+        let admin_service = Admin::new(registry, ready.clone());
+        for listener in admin {
+            admin_servers.spawn(admin_service.clone().serve(
+                listener,
+                admin_tasks.clone(),
+                stop_admin.clone().cancelled_owned(),
+            ));
+        }
         // Every listener was bound in `build`.
         ready.set(true);
         tracing::info!("ready");
@@ -440,7 +494,16 @@ impl Sidecar {
             );
         }
         stop_admin.cancel();
-        let _ = admin_server.await;
+        while admin_servers.join_next().await.is_some() {}
         admin_tasks.close();
     }
+}
+
+/// Whether binding failed because the host has no IPv6: the address family
+/// is not supported (IPv6 module absent) or the address does not exist
+/// (`::1` with IPv6 disabled).
+fn host_has_no_ipv6(e: &io::Error) -> bool {
+    // EAFNOSUPPORT is 97 on every Linux architecture.
+    const EAFNOSUPPORT: i32 = 97;
+    e.kind() == io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(EAFNOSUPPORT)
 }

@@ -47,32 +47,38 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// Transparent inbound listener (iptables PREROUTING redirects here).
+    /// Transparent inbound listener (iptables PREROUTING redirects here):
+    /// addresses, comma-separated. An IPv6 one is left out on a host without
+    /// IPv6.
     #[arg(
         long,
         env = "L7INSPECT_INBOUND_LISTEN",
-        default_value = "0.0.0.0:4143",
-        value_name = "ADDR"
+        default_value = "0.0.0.0:4143,[::]:4143",
+        value_delimiter = ',',
+        value_name = "ADDRS"
     )]
-    inbound_listen: SocketAddr,
+    inbound_listen: Vec<SocketAddr>,
 
-    /// Transparent outbound listener (iptables OUTPUT redirects here).
+    /// Transparent outbound listener (iptables OUTPUT redirects here):
+    /// addresses, comma-separated.
     #[arg(
         long,
         env = "L7INSPECT_OUTBOUND_LISTEN",
-        default_value = "127.0.0.1:4140",
-        value_name = "ADDR"
+        default_value = "127.0.0.1:4140,[::1]:4140",
+        value_delimiter = ',',
+        value_name = "ADDRS"
     )]
-    outbound_listen: SocketAddr,
+    outbound_listen: Vec<SocketAddr>,
 
-    /// Admin server: /live, /ready, /metrics.
+    /// Admin server (/live, /ready, /metrics): addresses, comma-separated.
     #[arg(
         long,
         env = "L7INSPECT_ADMIN_LISTEN",
-        default_value = "0.0.0.0:4191",
-        value_name = "ADDR"
+        default_value = "0.0.0.0:4191,[::]:4191",
+        value_delimiter = ',',
+        value_name = "ADDRS"
     )]
-    admin_listen: SocketAddr,
+    admin_listen: Vec<SocketAddr>,
 
     /// Explicit inbound listener with a fixed target, LISTEN=TARGET (repeatable;
     /// comma-separated in the environment variable).
@@ -568,6 +574,12 @@ fn main() -> ExitCode {
             }
         };
         let a = sidecar.addrs();
+        let list = |xs: &[SocketAddr]| {
+            xs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let forwards = |fs: &[Forward]| {
             fs.iter()
                 .map(|f| format!("{}={}", f.listen, f.target))
@@ -576,11 +588,11 @@ fn main() -> ExitCode {
         };
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            inbound = ?a.inbound,
-            outbound = ?a.outbound,
+            inbound = %list(&a.inbound),
+            outbound = %list(&a.outbound),
             inbound_forwards = %forwards(&a.inbound_forwards),
             outbound_forwards = %forwards(&a.outbound_forwards),
-            admin = %a.admin,
+            admin = %list(&a.admin),
             "listening"
         );
         tracing::info!(

@@ -346,7 +346,7 @@ async fn shutdown_drains_open_connections_and_stops_accepting() {
     let mut config = forward_config(server);
     config.shutdown_grace = Duration::from_secs(30);
     let mut sidecar = start(config).await;
-    let admin = sidecar.addrs.admin;
+    let admin = sidecar.addrs.admin[0];
     let ready = || async move {
         let mut c = TcpStream::connect(admin).await.unwrap();
         c.write_all(b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")

@@ -35,7 +35,7 @@ use l7inspect_sidecar::SidecarConfig;
 use netns::{Logs, Netns, Sidecar, Skip, has_line, sum};
 use std::{
     io,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -370,9 +370,9 @@ fn ip_of(cidr: &str) -> &str {
 fn config(addrs: Addrs) -> SidecarConfig {
     SidecarConfig {
         transparent: true,
-        inbound_listen: SocketAddr::new(addrs.wildcard, 0),
-        outbound_listen: SocketAddr::new(addrs.loopback, 0),
-        admin_listen: SocketAddr::new(addrs.loopback, 0),
+        inbound_listen: vec![SocketAddr::new(addrs.wildcard, 0)],
+        outbound_listen: vec![SocketAddr::new(addrs.loopback, 0)],
+        admin_listen: vec![SocketAddr::new(addrs.loopback, 0)],
         shutdown_grace: Duration::from_secs(5),
         ..SidecarConfig::default()
     }
@@ -453,4 +453,67 @@ impl BannerServer {
     fn peers(&self) -> Vec<SocketAddr> {
         self.peers.lock().unwrap().clone()
     }
+}
+
+/// The default listeners are dual-stack, as l7inspect-init installs IPv4
+/// and IPv6 rules: inbound and admin on `0.0.0.0` and `[::]`, outbound on
+/// `127.0.0.1` and `[::1]`, four listeners of one port pair that do not
+/// collide (IPv6 ones are IPv6-only). With IPv6 disabled in the namespace
+/// (`::1` gone), the sidecar still starts, on IPv4 only for outbound.
+#[test]
+fn default_listeners_are_dual_stack() {
+    netns::run(
+        "default_listeners_are_dual_stack",
+        |_ns, _logs| async move {
+            if !std::path::Path::new("/proc/net/if_inet6").exists() {
+                return Err(Skip("the kernel has no IPv6".into()));
+            }
+            let defaults = SidecarConfig::default;
+            let sidecar = l7inspect_sidecar::build(defaults())
+                .await
+                .expect("the default listeners bind");
+            let a = sidecar.addrs().clone();
+            let v4_v6 = |port: u16, v4: Ipv4Addr, v6: Ipv6Addr| {
+                vec![SocketAddr::from((v4, port)), SocketAddr::from((v6, port))]
+            };
+            assert_eq!(
+                a.inbound,
+                v4_v6(4143, Ipv4Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED)
+            );
+            assert_eq!(
+                a.outbound,
+                v4_v6(4140, Ipv4Addr::LOCALHOST, Ipv6Addr::LOCALHOST)
+            );
+            assert_eq!(
+                a.admin,
+                v4_v6(4191, Ipv4Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED)
+            );
+            drop(sidecar);
+
+            // The listeners are gone with the sidecar; now without IPv6.
+            std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
+                .and_then(|()| std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "1"))
+                .map_err(|e| Skip(format!("cannot disable IPv6 in the namespace: {e}")))?;
+            let sidecar = l7inspect_sidecar::build(defaults())
+                .await
+                .expect("starts without IPv6");
+            assert_eq!(
+                sidecar.addrs().outbound,
+                vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 4140))]
+            );
+            // An address list of IPv6 only still fails, naming the address.
+            let only_v6 = SidecarConfig {
+                outbound_listen: vec![SocketAddr::from((Ipv6Addr::LOCALHOST, 4141))],
+                admin_listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 0))],
+                inbound_listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 0))],
+                ..defaults()
+            };
+            let err = l7inspect_sidecar::build(only_v6).await.expect_err("no ::1");
+            assert!(
+                err.to_string().contains("outbound listener on [::1]:4141"),
+                "{err}"
+            );
+            Ok(())
+        },
+    );
 }

@@ -69,7 +69,7 @@ async fn sshd_banner_and_key_exchange_pass_through() -> anyhow::Result<()> {
 
     let sidecar = build(SidecarConfig {
         transparent: false,
-        admin_listen: "127.0.0.1:0".parse()?,
+        admin_listen: vec!["127.0.0.1:0".parse()?],
         inbound_forwards: vec![Forward {
             listen: "127.0.0.1:0".parse()?,
             target: sshd.addr,

@@ -62,7 +62,7 @@ impl Running {
 pub fn forward_config(target: SocketAddr) -> SidecarConfig {
     SidecarConfig {
         transparent: false,
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: vec!["127.0.0.1:0".parse().unwrap()],
         inbound_forwards: vec![Forward {
             listen: "127.0.0.1:0".parse().unwrap(),
             target,

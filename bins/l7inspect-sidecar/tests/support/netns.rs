@@ -268,12 +268,20 @@ impl Sidecar {
 
     /// The transparent outbound listener's address.
     pub fn outbound(&self) -> std::net::SocketAddr {
-        self.addrs.outbound.expect("transparent listeners are on")
+        *self
+            .addrs
+            .outbound
+            .first()
+            .expect("transparent listeners are on")
     }
 
     /// The transparent inbound listener's address.
     pub fn inbound(&self) -> std::net::SocketAddr {
-        self.addrs.inbound.expect("transparent listeners are on")
+        *self
+            .addrs
+            .inbound
+            .first()
+            .expect("transparent listeners are on")
     }
 
     /// The metrics as `/metrics` serves them.
