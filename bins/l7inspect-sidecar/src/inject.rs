@@ -476,6 +476,46 @@ fn already_injected(spec: &Value) -> bool {
     named("initContainers", &ours) || named("containers", &ours) || named("volumes", &[INIT_VOLUME])
 }
 
+/// The pod's own containers (app and init), in order.
+fn pod_containers(spec: &Value) -> impl Iterator<Item = &Value> {
+    ["initContainers", "containers"]
+        .into_iter()
+        .filter_map(|list| spec[list].as_sequence())
+        .flatten()
+}
+
+/// A container port of the pod that the sidecar listens on too: the sidecar
+/// could not bind it, and the pod would never start.
+fn port_conflict(spec: &Value, sidecar: &Value) -> Option<String> {
+    let ours: Vec<u64> = sidecar["ports"]
+        .as_sequence()?
+        .iter()
+        .filter_map(|p| p["containerPort"].as_u64())
+        .collect();
+    pod_containers(spec).find_map(|c| {
+        let port = c["ports"]
+            .as_sequence()?
+            .iter()
+            .filter_map(|p| p["containerPort"].as_u64())
+            .find(|p| ours.contains(p))?;
+        Some(format!(
+            "container {} uses port {port}, which the sidecar listens on",
+            c["name"].as_str().unwrap_or("(unnamed)")
+        ))
+    })
+}
+
+/// The pod's containers that run as `uid` (their own `runAsUser`, else the
+/// pod's): l7inspect-init exempts that UID, so their traffic bypasses the
+/// proxy.
+fn runs_as(spec: &Value, uid: u64) -> Vec<String> {
+    let pod = spec["securityContext"]["runAsUser"].as_u64();
+    pod_containers(spec)
+        .filter(|c| c["securityContext"]["runAsUser"].as_u64().or(pod) == Some(uid))
+        .map(|c| c["name"].as_str().unwrap_or("(unnamed)").to_owned())
+        .collect()
+}
+
 /// Injects one pod template (a mapping): `metadata` and `spec`.
 fn inject_template(template: &mut Value, workload: &Workload, patch: &Patch) -> Outcome {
     let spec = &template["spec"];
@@ -491,6 +531,15 @@ fn inject_template(template: &mut Value, workload: &Workload, patch: &Patch) -> 
     if spec["hostNetwork"].as_bool() == Some(true) {
         return Outcome::Skipped("hostNetwork (the rules would apply to the node)".into());
     }
+    let sidecar = patch
+        .init_containers
+        .iter()
+        .find(|c| c["name"].as_str() == Some(SIDECAR_CONTAINER));
+    if let Some(why) = sidecar.and_then(|ours| port_conflict(spec, ours)) {
+        return Outcome::Skipped(why);
+    }
+    let proxy_uid = sidecar.and_then(|ours| ours["securityContext"]["runAsUser"].as_u64());
+    let as_proxy = proxy_uid.map(|uid| runs_as(spec, uid)).unwrap_or_default();
     for list in ["initContainers", "volumes"] {
         if !matches!(
             spec.get(list),
@@ -507,6 +556,14 @@ fn inject_template(template: &mut Value, workload: &Workload, patch: &Patch) -> 
     }
     let has_name_label = template["metadata"]["labels"][NAME_LABEL].is_string();
     let mut notes = Vec::new();
+    if let (Some(uid), false) = (proxy_uid, as_proxy.is_empty()) {
+        notes.push(format!(
+            "warning: {} run{} as UID {uid}, the proxy's: {} traffic is not redirected",
+            as_proxy.join(", "),
+            if as_proxy.len() == 1 { "s" } else { "" },
+            if as_proxy.len() == 1 { "its" } else { "their" },
+        ));
+    }
 
     // Annotations: all of the patch's, or none if the pod has one of them.
     let t = template.as_mapping_mut().expect("checked");
@@ -983,6 +1040,34 @@ spec:
         // Another value does not opt out.
         let (_, reports) = inject(&on_workload.replace("disabled", "enabled"));
         assert_eq!(lines(&reports), ["deployment/a: injected"]);
+    }
+
+    #[test]
+    fn a_pod_using_the_sidecars_ports_is_skipped() {
+        let input = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n\
+                     spec:\n  containers:\n  - {name: a, image: a, ports: [{containerPort: 8080}]}\n  \
+                     - {name: metrics, image: m, ports: [{containerPort: 4191}]}\n";
+        let (out, reports) = inject(input);
+        assert_eq!(out, input);
+        assert_eq!(
+            lines(&reports),
+            ["pod/p: skipped: container metrics uses port 4191, which the sidecar listens on"]
+        );
+    }
+
+    #[test]
+    fn containers_running_as_the_proxy_uid_are_named() {
+        let input = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n\
+                     spec:\n  securityContext: {runAsUser: 2102}\n  containers:\n  \
+                     - {name: a, image: a}\n  \
+                     - {name: b, image: b, securityContext: {runAsUser: 1000}}\n";
+        let (_, reports) = inject(input);
+        assert_eq!(
+            lines(&reports),
+            [
+                "pod/p: injected (warning: a runs as UID 2102, the proxy's: its traffic is not redirected)"
+            ]
+        );
     }
 
     #[test]
