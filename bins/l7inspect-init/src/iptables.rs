@@ -182,38 +182,55 @@ impl Tools {
 
     /// Pipes `text` into `iptables-restore --noflush`.
     pub fn restore(&self, text: &str) -> Result<(), InitError> {
-        let spawn_err = |source| InitError::Spawn {
-            program: self.restore.clone(),
-            source,
-        };
-        let mut child = Command::new(&self.restore)
-            .arg("--noflush")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_err)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A write error means the program exited early; its status and
-            // stderr say why.
-            let _ = stdin.write_all(text.as_bytes());
-        }
-        let out = child.wait_with_output().map_err(spawn_err)?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let stderr = one_line(&out.stderr);
-        let rule = failed_line(&stderr)
-            .and_then(|n| text.lines().nth(n.checked_sub(1)?))
-            .map(|line| format!(" at `{line}`"))
-            .unwrap_or_default();
-        Err(InitError::Restore {
-            program: format!("{} --noflush", self.restore),
-            status: out.status.to_string(),
-            rule,
-            stderr,
-        })
+        pipe_into(&self.restore, &["--noflush"], text, failed_line)
     }
+}
+
+/// Runs `program args...` with `text` on its stdin. On failure: the error
+/// names the command, its status, the input line that `failed_line` finds
+/// in its stderr (a 1-based line number), and its stderr on one line.
+pub(crate) fn pipe_into(
+    program: &str,
+    args: &[&str],
+    text: &str,
+    failed_line: fn(&str) -> Option<usize>,
+) -> Result<(), InitError> {
+    let spawn_err = |source| InitError::Spawn {
+        program: program.to_owned(),
+        source,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A write error means the program exited early; its status and
+        // stderr say why.
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = one_line(&out.stderr);
+    let rule = failed_line(&stderr)
+        .and_then(|n| text.lines().nth(n.checked_sub(1)?))
+        .map(|line| format!(" at `{}`", line.trim()))
+        .unwrap_or_default();
+    Err(InitError::Restore {
+        program: [program]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" "),
+        status: out.status.to_string(),
+        rule,
+        stderr,
+    })
 }
 
 /// The line number in `iptables-restore: line 7 failed` (legacy and nft

@@ -9,11 +9,7 @@
 //! `nft -f` transaction: both families are committed together or not at all.
 
 use crate::{Family, InitConfig, iptables::InitError};
-use std::{
-    fmt::Write as _,
-    io::Write as _,
-    process::{Command, Stdio},
-};
+use std::fmt::Write as _;
 
 /// The name of our table in each family.
 pub const TABLE: &str = "l7inspect";
@@ -126,40 +122,7 @@ fn table(out: &mut String, cfg: &InitConfig, family: Family) {
 
 /// Pipes `text` into `nft -f -`; one transaction.
 pub fn run(text: &str) -> Result<(), InitError> {
-    let program = "nft".to_owned();
-    let spawn_err = |source| InitError::Spawn {
-        program: program.clone(),
-        source,
-    };
-    let mut child = Command::new(&program)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A write error means nft exited early; its status and stderr say why.
-        let _ = stdin.write_all(text.as_bytes());
-    }
-    let out = child.wait_with_output().map_err(spawn_err)?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let stderr: String = String::from_utf8_lossy(&out.stderr)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    let rule = failed_line(&stderr)
-        .and_then(|n| text.lines().nth(n.checked_sub(1)?))
-        .map(|line| format!(" at `{}`", line.trim()))
-        .unwrap_or_default();
-    Err(InitError::Restore {
-        program: "nft -f -".into(),
-        status: out.status.to_string(),
-        rule,
-        stderr,
-    })
+    crate::iptables::pipe_into("nft", &["-f", "-"], text, failed_line)
 }
 
 /// The line in nft's `/dev/stdin:7:3-20: Error: ...`.
