@@ -113,6 +113,11 @@ fn bad_tracing_settings_name_the_flag_or_variable_and_exit_2() {
             Some(("OTEL_BSP_MAX_QUEUE_SIZE", "-1")),
             "OTEL_BSP_MAX_QUEUE_SIZE",
         ),
+        (
+            &[],
+            Some(("OTEL_TRACES_EXPORTER", "console")),
+            "OTEL_TRACES_EXPORTER",
+        ),
     ] {
         let mut cmd = Command::new(BIN);
         cmd.args(["--no-transparent", "--admin-listen", "127.0.0.1:0"])

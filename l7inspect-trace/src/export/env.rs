@@ -12,9 +12,14 @@
 //!   and why; the sidecar turns it into exit code 2 instead of running with
 //!   a silently different configuration. (`OTEL_EXPORTER_OTLP_HEADERS`
 //!   values are redacted in errors: they often hold credentials.)
-//! - Without an OTLP endpoint variable there is no OTLP exporter (rather
-//!   than the specification's `localhost` default): the sidecar then keeps
-//!   spans in memory only.
+//! - Without `OTEL_TRACES_EXPORTER`, an exporter runs where its endpoint is
+//!   set: without an OTLP endpoint variable there is no OTLP exporter
+//!   (rather than the specification's `localhost` default), and the sidecar
+//!   keeps spans in memory only. With it, exactly the exporters it lists run
+//!   (`otlp`, `zipkin`), each at its endpoint variable or else the
+//!   specification's default (`http://localhost:4317`,
+//!   `http://localhost:4318/v1/traces`, `http://localhost:9411/api/v2/spans`);
+//!   `none` runs none, whatever endpoints are set.
 
 use std::time::Duration;
 
@@ -50,6 +55,8 @@ pub const OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_T
 pub const OTEL_EXPORTER_ZIPKIN_ENDPOINT: &str = "OTEL_EXPORTER_ZIPKIN_ENDPOINT";
 /// `OTEL_EXPORTER_ZIPKIN_TIMEOUT`
 pub const OTEL_EXPORTER_ZIPKIN_TIMEOUT: &str = "OTEL_EXPORTER_ZIPKIN_TIMEOUT";
+/// `OTEL_TRACES_EXPORTER`
+pub const OTEL_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
 /// `OTEL_TRACES_SAMPLER`
 pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
 /// `OTEL_TRACES_SAMPLER_ARG`
@@ -78,6 +85,7 @@ pub const VARIABLES: &[&str] = &[
     OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
     OTEL_EXPORTER_ZIPKIN_ENDPOINT,
     OTEL_EXPORTER_ZIPKIN_TIMEOUT,
+    OTEL_TRACES_EXPORTER,
     OTEL_TRACES_SAMPLER,
     OTEL_TRACES_SAMPLER_ARG,
     OTEL_BSP_MAX_QUEUE_SIZE,
@@ -145,6 +153,11 @@ pub fn from_otel_env(lookup: impl Fn(&str) -> Option<String>) -> Result<OtelEnv,
         });
 
     let sampler = parse_sampler(get(OTEL_TRACES_SAMPLER), get(OTEL_TRACES_SAMPLER_ARG))?;
+    // `None`: not set, every exporter whose endpoint is set runs.
+    let exporters = get(OTEL_TRACES_EXPORTER)
+        .map(|v| parse_exporters(&v))
+        .transpose()?;
+    let wants = |name: &str| exporters.as_ref().is_none_or(|list| list.contains(&name));
 
     let protocol = match first(
         OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
@@ -176,11 +189,18 @@ pub fn from_otel_env(lookup: impl Fn(&str) -> Option<String>) -> Result<OtelEnv,
             OtlpProtocol::Grpc => base.to_owned(),
             OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
         })
+    } else if exporters.is_some() {
+        // Listed in OTEL_TRACES_EXPORTER without an endpoint: the
+        // specification's default.
+        Some(match protocol {
+            OtlpProtocol::Grpc => DEFAULT_OTLP_GRPC_ENDPOINT.to_owned(),
+            OtlpProtocol::HttpProtobuf => DEFAULT_OTLP_HTTP_ENDPOINT.to_owned(),
+        })
     } else {
         None
     };
 
-    let otlp = match endpoint {
+    let otlp = match endpoint.filter(|_| wants("otlp")) {
         None => None,
         Some(endpoint) => {
             let headers = match first(
@@ -222,7 +242,12 @@ pub fn from_otel_env(lookup: impl Fn(&str) -> Option<String>) -> Result<OtelEnv,
         }
     };
 
-    let zipkin = match get(OTEL_EXPORTER_ZIPKIN_ENDPOINT) {
+    let zipkin_endpoint = get(OTEL_EXPORTER_ZIPKIN_ENDPOINT).or_else(|| {
+        exporters
+            .is_some()
+            .then(|| DEFAULT_ZIPKIN_ENDPOINT.to_owned())
+    });
+    let zipkin = match zipkin_endpoint.filter(|_| wants("zipkin")) {
         None => None,
         Some(v) => {
             let endpoint = v.trim().to_owned();
@@ -267,6 +292,48 @@ pub fn from_otel_env(lookup: impl Fn(&str) -> Option<String>) -> Result<OtelEnv,
         sampler,
         export,
     })
+}
+
+/// The specification's OTLP/gRPC endpoint when `OTEL_TRACES_EXPORTER`
+/// names `otlp` and no endpoint is set.
+pub const DEFAULT_OTLP_GRPC_ENDPOINT: &str = "http://localhost:4317";
+/// The same for `http/protobuf`.
+pub const DEFAULT_OTLP_HTTP_ENDPOINT: &str = "http://localhost:4318/v1/traces";
+/// The specification's Zipkin endpoint when `OTEL_TRACES_EXPORTER` names
+/// `zipkin` and `OTEL_EXPORTER_ZIPKIN_ENDPOINT` is not set.
+pub const DEFAULT_ZIPKIN_ENDPOINT: &str = "http://localhost:9411/api/v2/spans";
+
+/// `OTEL_TRACES_EXPORTER`: a comma-separated list of `otlp` and `zipkin`,
+/// or `none` alone (an empty list: no exporter).
+fn parse_exporters(v: &str) -> Result<Vec<&'static str>, EnvError> {
+    let mut list = Vec::new();
+    let names: Vec<String> = v
+        .split(',')
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    for name in &names {
+        match name.as_str() {
+            "otlp" => list.push("otlp"),
+            "zipkin" => list.push("zipkin"),
+            "none" if names.len() == 1 => {}
+            "none" => return Err(err(OTEL_TRACES_EXPORTER, v, "none cannot be combined")),
+            "jaeger" => {
+                return Err(err(
+                    OTEL_TRACES_EXPORTER,
+                    v,
+                    "the jaeger exporter is deprecated; Jaeger takes otlp",
+                ));
+            }
+            _ => {
+                return Err(err(
+                    OTEL_TRACES_EXPORTER,
+                    v,
+                    format!("unsupported exporter {name:?}; expected otlp, zipkin or none"),
+                ));
+            }
+        }
+    }
+    Ok(list)
 }
 
 fn err(var: &'static str, value: &str, reason: impl Into<String>) -> EnvError {
@@ -665,6 +732,61 @@ mod tests {
             })
         );
         assert_eq!(e.export.otlp, None);
+    }
+
+    #[test]
+    fn traces_exporter_picks_the_exporters() {
+        let grpc = |e: &OtelEnv| e.export.otlp.as_ref().map(|o| o.endpoint.clone());
+        let zipkin = |e: &OtelEnv| e.export.zipkin.as_ref().map(|z| z.endpoint.clone());
+
+        // Listed without an endpoint: the specification's defaults.
+        let e = env(&[(OTEL_TRACES_EXPORTER, "OTLP, zipkin")]).unwrap();
+        assert_eq!(grpc(&e).as_deref(), Some(DEFAULT_OTLP_GRPC_ENDPOINT));
+        assert_eq!(zipkin(&e).as_deref(), Some(DEFAULT_ZIPKIN_ENDPOINT));
+        let e = env(&[
+            (OTEL_TRACES_EXPORTER, "otlp"),
+            (OTEL_EXPORTER_OTLP_PROTOCOL, "http/protobuf"),
+        ])
+        .unwrap();
+        assert_eq!(grpc(&e).as_deref(), Some(DEFAULT_OTLP_HTTP_ENDPOINT));
+        assert_eq!(zipkin(&e), None);
+
+        // Listed with an endpoint: that endpoint; not listed: not run even
+        // though its endpoint is set.
+        let endpoints = [
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4317"),
+            (
+                OTEL_EXPORTER_ZIPKIN_ENDPOINT,
+                "http://zipkin:9411/api/v2/spans",
+            ),
+        ];
+        let e = env(&[&endpoints[..], &[(OTEL_TRACES_EXPORTER, "zipkin")]].concat()).unwrap();
+        assert_eq!(grpc(&e), None);
+        assert_eq!(
+            zipkin(&e).as_deref(),
+            Some("http://zipkin:9411/api/v2/spans")
+        );
+        let e = env(&[&endpoints[..], &[(OTEL_TRACES_EXPORTER, "none")]].concat()).unwrap();
+        assert_eq!((grpc(&e), zipkin(&e)), (None, None));
+        // Unset: whatever has an endpoint.
+        let e = env(&endpoints).unwrap();
+        assert_eq!(grpc(&e).as_deref(), Some("http://collector:4317"));
+        assert!(zipkin(&e).is_some());
+
+        for (value, reason) in [
+            (
+                "console",
+                "unsupported exporter \"console\"; expected otlp, zipkin or none",
+            ),
+            ("none,otlp", "none cannot be combined"),
+            (
+                "jaeger",
+                "the jaeger exporter is deprecated; Jaeger takes otlp",
+            ),
+        ] {
+            let e = env(&[(OTEL_TRACES_EXPORTER, value)]).unwrap_err();
+            assert_eq!((e.var, e.reason.as_str()), (OTEL_TRACES_EXPORTER, reason));
+        }
     }
 
     #[test]
