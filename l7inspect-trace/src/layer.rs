@@ -26,7 +26,10 @@
 //!   WebSocket `101`, a `CONNECT`), the span ends when the token is
 //!   cancelled, so it lasts as long as the tunnel.
 
-use crate::propagation::{Format, FormatSet, Propagators};
+use crate::{
+    propagation::{Format, FormatSet, Propagators},
+    sampling::CallerSampling,
+};
 use bytes::Buf;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -250,10 +253,17 @@ where
             self.shared.stats.record(extracted.malformed);
             tracing::debug!(formats = ?extracted.malformed, "ignoring malformed trace context headers");
         }
-        let parent = match &extracted.parent {
+        let mut parent = match &extracted.parent {
             Some(cx) => OtelContext::new().with_remote_span_context(cx.clone()),
             None => OtelContext::new(),
         };
+        // B3 decisions the parent's flags cannot carry (rare: no cost
+        // otherwise), for the sampler (`crate::sampling`).
+        match (&extracted.parent, extracted.sampled) {
+            (None, Some(sampled)) => parent = parent.with_value(CallerSampling::Decided(sampled)),
+            (Some(_), None) => parent = parent.with_value(CallerSampling::Deferred),
+            _ => {}
+        }
         let (name, grpc) = span_name(&req);
         // Per request: the attributes are built only for a span that records
         // (sampled), into a vector sized for them up front.
@@ -612,6 +622,7 @@ impl<B> PinnedDrop for TracedBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{export::SamplerConfig, sampling::CallerAwareSampler};
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
@@ -652,9 +663,14 @@ mod tests {
     }
 
     fn harness(kind: SpanKind) -> Harness {
+        harness_with(kind, SamplerConfig::ParentBasedAlwaysOn)
+    }
+
+    fn harness_with(kind: SpanKind, sampler: SamplerConfig) -> Harness {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
+            .with_sampler(CallerAwareSampler::new(sampler))
             .build();
         let tracing = Tracing::new(
             provider.tracer("test"),
@@ -806,6 +822,52 @@ mod tests {
                 "{kind:?} {status}"
             );
         }
+    }
+
+    /// `b3: 0` without ids: the caller's deny wins over an always-on
+    /// sampler; `b3: 1` wins over a ratio of 0. Either way the forwarded
+    /// request says so, under the new root's ids.
+    #[tokio::test]
+    async fn a_b3_sampling_only_header_decides() {
+        for (sampler, b3, recorded) in [
+            (SamplerConfig::ParentBasedAlwaysOn, "0", false),
+            (SamplerConfig::ParentBasedTraceIdRatio(0.0), "1", true),
+        ] {
+            let h = harness_with(SpanKind::Server, sampler);
+            let req = Request::get("/")
+                .header("b3", b3)
+                .body(Full::default())
+                .unwrap();
+            let forwarded = call(&h, req, 200, &[], true).await;
+            assert_eq!(h.spans().len(), usize::from(recorded), "b3: {b3}");
+            let out = forwarded.get("b3").unwrap().to_str().unwrap();
+            assert!(out.ends_with(&format!("-{b3}")), "b3: {b3} → {out}");
+        }
+    }
+
+    /// A B3 context without sampling state (the caller deferred): decided as
+    /// a new root would be, continuing the caller's trace, where the SDK
+    /// alone would read "not sampled" and drop the whole trace.
+    #[tokio::test]
+    async fn a_deferred_b3_context_is_sampled_as_a_root() {
+        let h = harness(SpanKind::Server);
+        let req = Request::get("/")
+            .header("x-b3-traceid", PARENT_TRACE)
+            .header("x-b3-spanid", PARENT_SPAN)
+            .body(Full::default())
+            .unwrap();
+        let forwarded = call(&h, req, 200, &[], true).await;
+        let spans = h.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            spans[0].span_context.trace_id(),
+            TraceId::from_hex(PARENT_TRACE).unwrap()
+        );
+        assert_eq!(
+            spans[0].parent_span_id,
+            SpanId::from_hex(PARENT_SPAN).unwrap()
+        );
+        assert_eq!(forwarded.get("x-b3-sampled").unwrap(), "1");
     }
 
     #[tokio::test]

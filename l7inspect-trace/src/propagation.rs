@@ -22,7 +22,8 @@
 //! caller made one at all (`None` when B3 deferred the decision, so that a
 //! sampler may decide afresh). With no valid context anywhere, a B3
 //! sampling-only header (`b3: 0`, or `X-B3-Sampled: 0` without ids) still
-//! gives [`Extracted::sampled`] a value. `tracestate` is kept only next to a
+//! gives [`Extracted::sampled`] a value. ([`crate::sampling`] makes the
+//! sampler follow both.) `tracestate` is kept only next to a
 //! valid `traceparent`, and attached to the parent only when the parent has
 //! the same trace id (it describes positions in that trace).
 //!

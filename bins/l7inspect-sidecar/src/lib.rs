@@ -337,7 +337,9 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         .to_resource("l7inspect", env!("CARGO_PKG_VERSION"));
     let export = ExportPipeline::start(t.export.clone(), resource)?;
     let tracer = export
-        .tracer_provider(t.sampler.to_sampler())
+        .tracer_provider(l7inspect_trace::sampling::CallerAwareSampler::new(
+            t.sampler,
+        ))
         .tracer("l7inspect");
     let requests = |kind| {
         let tracing = Tracing::new(

@@ -47,7 +47,8 @@
 //! }
 //! .to_resource("l7inspect", env!("CARGO_PKG_VERSION"));
 //! let pipeline = ExportPipeline::start(env.export, resource)?;
-//! let provider = pipeline.tracer_provider(env.sampler.to_sampler());
+//! let sampler = l7inspect_trace::sampling::CallerAwareSampler::new(env.sampler);
+//! let provider = pipeline.tracer_provider(sampler);
 //! provider.tracer("l7inspect").in_span("GET", |_cx| {});
 //! pipeline.shutdown(std::time::Duration::from_secs(5)).await;
 //! # Ok(()) }

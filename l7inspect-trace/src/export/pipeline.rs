@@ -11,7 +11,7 @@ use opentelemetry::Key;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
-    Sampler, SdkTracerProvider, Span, SpanData, SpanLimits, SpanProcessor,
+    SdkTracerProvider, ShouldSample, Span, SpanData, SpanLimits, SpanProcessor,
 };
 use opentelemetry_semantic_conventions::resource::SERVICE_NAME;
 use tokio::sync::{mpsc, oneshot};
@@ -242,7 +242,7 @@ impl ExportPipeline {
     /// caller chooses), and no environment: the resource and the span
     /// limits are set explicitly so that the SDK's defaults, which read
     /// `OTEL_*` variables, do not apply.
-    pub fn tracer_provider(&self, sampler: Sampler) -> SdkTracerProvider {
+    pub fn tracer_provider(&self, sampler: impl ShouldSample + 'static) -> SdkTracerProvider {
         SdkTracerProvider::builder()
             .with_span_processor(self.processor())
             .with_sampler(sampler)
