@@ -43,6 +43,7 @@ use http_body_util::{Empty, Full};
 use l7inspect_trace::{
     Peer, Propagators, TraceConfig, TraceLayer, Tracing,
     export::{ExportConfig, ExportPipeline, RecentSpans, ResourceConfig, SamplerConfig},
+    sampling::CallerAwareSampler,
 };
 use opentelemetry::trace::{SpanKind, TracerProvider as _};
 use std::{
@@ -94,14 +95,17 @@ fn span(c: &mut Criterion) {
 }
 
 /// A trace layer as the sidecar builds one (`build()` in l7inspect-sidecar):
-/// an export pipeline with no exporter, its tracer provider with a
-/// `traceidratio` sampler, the default propagators; and the pipeline's ring.
+/// an export pipeline with no exporter, its tracer provider with the
+/// sidecar's sampler (`parentbased_traceidratio`, B3-aware), the default
+/// propagators; and the pipeline's ring.
 fn trace_layer(kind: SpanKind, ratio: f64) -> (TraceLayer, RecentSpans) {
     let resource = ResourceConfig::default().to_resource("l7inspect", env!("CARGO_PKG_VERSION"));
     let pipeline =
         ExportPipeline::start(ExportConfig::default(), resource).expect("no exporter to build");
     let tracer = pipeline
-        .tracer_provider(SamplerConfig::TraceIdRatio(ratio).to_sampler())
+        .tracer_provider(CallerAwareSampler::new(
+            SamplerConfig::ParentBasedTraceIdRatio(ratio),
+        ))
         .tracer("l7inspect");
     let tracing = Tracing::new(
         tracer,
