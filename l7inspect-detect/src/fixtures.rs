@@ -39,7 +39,7 @@ fn fixtures() -> Vec<(&'static str, &'static [u8], Option<Protocol>)> {
         (fixture!("thrift_binary_framed.bin"), Some(Thrift)),
         (fixture!("thrift_binary_unframed.bin"), Some(Thrift)),
         (fixture!("thrift_compact_framed.bin"), Some(Thrift)),
-        (fixture!("ssh_client_banner.bin"), None),
+        (fixture!("ssh_client_banner.bin"), Some(Ssh)),
         (fixture!("garbage_random.bin"), None),
     ];
     table

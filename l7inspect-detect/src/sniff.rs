@@ -43,6 +43,8 @@ pub enum Protocol {
     Amqp,
     /// A memcached text protocol command (`get`, `set`, `version`...).
     Memcached,
+    /// An SSH client's identification string (`SSH-2.0-...`).
+    Ssh,
 }
 
 /// The answer of [`detect`] for a byte prefix.
@@ -70,8 +72,11 @@ pub fn detect(buf: &[u8]) -> Detection {
         return Detection::NeedMore;
     }
     type Detector = fn(&[u8]) -> Step;
-    const DETECTORS: [(Protocol, Detector); 11] = [
+    const DETECTORS: [(Protocol, Detector); 12] = [
         (Protocol::Http2, http2),
+        // Before HTTP/1: `SSH-2.0-OpenSSH_9.2` is a valid method token, so
+        // HTTP/1 would ask for more until the line ends.
+        (Protocol::Ssh, ssh),
         (Protocol::Http1, http1),
         (Protocol::Tls, tls_client_hello),
         (Protocol::Postgres, postgres),
@@ -99,7 +104,7 @@ pub fn detect(buf: &[u8]) -> Detection {
 
 impl Protocol {
     /// Every protocol [`detect`] can return.
-    pub const ALL: [Protocol; 11] = [
+    pub const ALL: [Protocol; 12] = [
         Protocol::Http1,
         Protocol::Http2,
         Protocol::Tls,
@@ -111,6 +116,7 @@ impl Protocol {
         Protocol::MongoDb,
         Protocol::Amqp,
         Protocol::Memcached,
+        Protocol::Ssh,
     ];
 
     /// The metrics label of this protocol (`http1`, `tls`, `mongodb`...).
@@ -127,6 +133,7 @@ impl Protocol {
             Protocol::MongoDb => "mongodb",
             Protocol::Amqp => "amqp",
             Protocol::Memcached => "memcached",
+            Protocol::Ssh => "ssh",
         }
     }
 }
@@ -323,6 +330,21 @@ fn amqp(buf: &[u8]) -> Step {
     let mut verdict = Step::No;
     for v in VERSIONS {
         match starts_with(version, v) {
+            Step::Yes => return Step::Yes,
+            Step::More => verdict = Step::More,
+            Step::No => {}
+        }
+    }
+    verdict
+}
+
+/// An SSH identification string (RFC 4253, section 4.2): `SSH-2.0-`, or
+/// `SSH-1.99-` from a client that speaks protocol 1 too. OpenSSH's client
+/// sends it at once, before the server's own.
+fn ssh(buf: &[u8]) -> Step {
+    let mut verdict = Step::No;
+    for prefix in [&b"SSH-2.0-"[..], b"SSH-1.99-"] {
+        match starts_with(buf, prefix) {
             Step::Yes => return Step::Yes,
             Step::More => verdict = Step::More,
             Step::No => {}
@@ -695,7 +717,18 @@ mod tests {
     fn empty_needs_more_and_garbage_is_unknown() {
         assert_eq!(detect(b""), Detection::NeedMore);
         assert_eq!(detect(b"\xff\xfe\xfd\xfc"), Detection::Unknown);
-        assert_eq!(detect(b"SSH-2.0-OpenSSH_9.2\r\n"), Detection::Unknown);
+    }
+
+    #[test]
+    fn ssh_identification() {
+        let found = Detection::Found(Protocol::Ssh);
+        assert_eq!(detect(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"), found);
+        assert_eq!(detect(b"SSH-1.99-PuTTY_Release_0.81\r\n"), found);
+        assert_eq!(detect(b"SSH-2.0-"), found);
+        assert_eq!(detect(b"SSH-2."), Detection::NeedMore);
+        // SSH 1 alone, or not an identification line.
+        assert_eq!(detect(b"SSH-1.5-old\r\n"), Detection::Unknown);
+        assert_eq!(detect(b"SSHX\r\n"), Detection::Unknown);
     }
 
     #[test]

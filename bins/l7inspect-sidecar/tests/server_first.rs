@@ -147,6 +147,14 @@ async fn sshd_banner_and_key_exchange_pass_through() -> anyhow::Result<()> {
         out.status,
         sshd.log()
     );
+    // OpenSSH's client sends its identification at once: labelled `ssh`.
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &registry)?;
+    let expected = r#"l7inspect_protocol_detections_total{direction="inbound",protocol="ssh"} 1"#;
+    assert!(
+        metrics.lines().any(|l| l == expected),
+        "missing {expected:?} in:\n{metrics}"
+    );
 
     let _ = stop.send(());
     tokio::time::timeout(HANG_GUARD, running)
