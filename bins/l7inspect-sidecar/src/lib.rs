@@ -49,7 +49,7 @@ use requests::Requests;
 use std::{
     future::Future,
     io,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
@@ -247,20 +247,20 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         addrs: &[SocketAddr],
     ) -> Result<Vec<(TcpListener, SocketAddr)>, BindError> {
         let mut bound = Vec::with_capacity(addrs.len());
-        let mut no_ipv6 = Vec::new();
+        let mut no_ipv6 = None;
         for &addr in addrs {
             match bind(what, addr).await {
                 Ok(l) => {
                     let local = local(what, &l, addr)?;
                     bound.push((l, local));
                 }
-                Err(e) if addr.is_ipv6() && addrs.len() > 1 && host_has_no_ipv6(&e.source) => {
-                    no_ipv6.push(e)
+                Err(e) if addrs.len() > 1 && host_has_no_ipv6(addr, &e.source) => {
+                    no_ipv6.get_or_insert(e);
                 }
                 Err(e) => return Err(e),
             }
         }
-        match no_ipv6.into_iter().next() {
+        match no_ipv6 {
             Some(e) if bound.is_empty() => Err(e),
             Some(e) => {
                 tracing::info!("{e}; no IPv6 on this host, listening on IPv4 only");
@@ -501,11 +501,17 @@ impl Sidecar {
     }
 }
 
-/// Whether binding failed because the host has no IPv6: the address family
-/// is not supported (IPv6 module absent) or the address does not exist
-/// (`::1` with IPv6 disabled).
-fn host_has_no_ipv6(e: &io::Error) -> bool {
+/// Whether binding `addr` failed because the host has no IPv6: the address
+/// family is not supported (IPv6 module absent), or `::1` or `::` does not
+/// exist (IPv6 disabled). Any other IPv6 address that does not exist is a
+/// mistake to report, not to skip.
+fn host_has_no_ipv6(addr: SocketAddr, e: &io::Error) -> bool {
     // EAFNOSUPPORT is 97 on every Linux architecture.
     const EAFNOSUPPORT: i32 = 97;
-    e.kind() == io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(EAFNOSUPPORT)
+    let IpAddr::V6(ip) = addr.ip() else {
+        return false;
+    };
+    e.raw_os_error() == Some(EAFNOSUPPORT)
+        || ((ip.is_loopback() || ip.is_unspecified())
+            && e.kind() == io::ErrorKind::AddrNotAvailable)
 }

@@ -490,6 +490,20 @@ fn default_listeners_are_dual_stack() {
             );
             drop(sidecar);
 
+            // An IPv6 address this host does not have is a mistake, not a
+            // missing IPv6: reported, even beside an IPv4 address.
+            let typo = SidecarConfig {
+                outbound_listen: vec![
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                    "[fd00::99]:0".parse().unwrap(),
+                ],
+                ..defaults()
+            };
+            let err = l7inspect_sidecar::build(typo)
+                .await
+                .expect_err("fd00::99 is not here");
+            assert!(err.to_string().contains("[fd00::99]:0"), "{err}");
+
             // The listeners are gone with the sidecar; now without IPv6.
             std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
                 .and_then(|()| std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "1"))
