@@ -74,9 +74,6 @@ pub fn detect(buf: &[u8]) -> Detection {
     type Detector = fn(&[u8]) -> Step;
     const DETECTORS: [(Protocol, Detector); 12] = [
         (Protocol::Http2, http2),
-        // Before HTTP/1: `SSH-2.0-OpenSSH_9.2` is a valid method token, so
-        // HTTP/1 would ask for more until the line ends.
-        (Protocol::Ssh, ssh),
         (Protocol::Http1, http1),
         (Protocol::Tls, tls_client_hello),
         (Protocol::Postgres, postgres),
@@ -89,6 +86,10 @@ pub fn detect(buf: &[u8]) -> Detection {
         (Protocol::Kafka, kafka),
         (Protocol::Thrift, thrift),
         (Protocol::Memcached, memcached),
+        // Last: no other protocol starts with `SSH-`, and HTTP/1 (which
+        // reads `SSH-2.0-OpenSSH_9.2` as a method token) says no at the
+        // line's end, which an SSH client's first segment holds.
+        (Protocol::Ssh, ssh),
     ];
     for (protocol, detector) in DETECTORS {
         match detector(buf) {
@@ -724,7 +725,8 @@ mod tests {
         let found = Detection::Found(Protocol::Ssh);
         assert_eq!(detect(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"), found);
         assert_eq!(detect(b"SSH-1.99-PuTTY_Release_0.81\r\n"), found);
-        assert_eq!(detect(b"SSH-2.0-"), found);
+        // A line cut short is a prefix of an HTTP/1 method token too: more.
+        assert_eq!(detect(b"SSH-2.0-"), Detection::NeedMore);
         assert_eq!(detect(b"SSH-2."), Detection::NeedMore);
         // SSH 1 alone, or not an identification line.
         assert_eq!(detect(b"SSH-1.5-old\r\n"), Detection::Unknown);
