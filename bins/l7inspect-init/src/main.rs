@@ -122,18 +122,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--backend auto`: iptables wherever an iptables-restore is installed (the
-/// common case, and what other tools on the node most likely use too), the
-/// native nftables backend on an nft-only system.
+/// `--backend auto`: iptables wherever an iptables is installed (the common
+/// case, and what other tools on the node most likely use too: the same
+/// check that picks its flavour), the native nftables backend on an
+/// nft-only system.
 fn auto_backend() -> Result<Backend, InitError> {
-    let has_iptables = [
-        "iptables-restore",
-        "iptables-nft-restore",
-        "iptables-legacy-restore",
-    ]
-    .iter()
-    .any(|p| iptables::exists(p));
-    if has_iptables {
+    if iptables::detect_flavour().is_ok() {
         Ok(Backend::Iptables)
     } else if iptables::exists("nft") {
         Ok(Backend::Nft)
