@@ -51,15 +51,14 @@ use hyper_util::{
     server::conn::auto,
 };
 use l7inspect_benches::Background;
-use l7inspect_sidecar::{Forward, SidecarConfig, TracingConfig, build};
+use l7inspect_sidecar::TracingConfig;
 use l7inspect_trace::export::{RecentSpans, SamplerConfig};
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::mpsc,
     time::{Duration, Instant},
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// What the backend answers to every request.
 const BODY: &[u8] = b"hello from backend\n";
@@ -127,68 +126,25 @@ fn request(version: Version, backend: SocketAddr) -> Request<Empty<Bytes>> {
 /// A hyper server on 127.0.0.1:0 answering [`BODY`] to every request, over
 /// HTTP/1.1 or h2c as each connection starts.
 fn backend() -> (SocketAddr, Background) {
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let bg = Background::spawn("backend", move |stop| async move {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the backend");
-        let _ = addr_tx.send(listener.local_addr().expect("backend address"));
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                accepted = listener.accept() => {
-                    let Ok((conn, _)) = accepted else { continue };
-                    let _ = conn.set_nodelay(true);
-                    tokio::spawn(async move {
-                        let answer = service_fn(|_req: Request<Incoming>| async {
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(BODY))))
-                        });
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(conn), answer)
-                            .await;
-                    });
-                }
-            }
-        }
-    });
-    let addr = addr_rx.recv().expect("the backend started");
-    (addr, bg)
+    l7inspect_benches::serve("backend", |conn: TcpStream| async move {
+        let answer = service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(BODY))))
+        });
+        let _ = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(conn), answer)
+            .await;
+    })
 }
 
 /// An in-process sidecar with one explicit inbound forward to `target`,
 /// sampling `ratio` of requests and exporting nowhere; its forward
 /// listener's address and its ring of recent spans.
 fn sidecar(target: SocketAddr, ratio: f64) -> (SocketAddr, Background, RecentSpans) {
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let bg = Background::spawn("sidecar", move |stop| async move {
-        let sidecar = build(SidecarConfig {
-            transparent: false,
-            admin_listen: vec!["127.0.0.1:0".parse().expect("address")],
-            inbound_forwards: vec![Forward {
-                listen: "127.0.0.1:0".parse().expect("address"),
-                target,
-            }],
-            shutdown_grace: Duration::from_secs(1),
-            tracing: TracingConfig {
-                sampler: SamplerConfig::TraceIdRatio(ratio),
-                ..TracingConfig::default()
-            },
-            ..SidecarConfig::default()
-        })
-        .await
-        .expect("bind the sidecar");
-        let _ = addr_tx.send((
-            sidecar.addrs().inbound_forwards[0].listen,
-            sidecar.recent_spans(),
-        ));
-        sidecar
-            .run(async {
-                let _ = stop.await;
-            })
-            .await;
-    });
-    let (addr, spans) = addr_rx.recv().expect("the sidecar started");
+    let tracing = TracingConfig {
+        sampler: SamplerConfig::TraceIdRatio(ratio),
+        ..TracingConfig::default()
+    };
+    let (addr, spans, bg) = l7inspect_benches::sidecar(target, tracing);
     (addr, bg, spans)
 }
 

@@ -24,15 +24,14 @@
 
 use criterion::{Bencher, Criterion, criterion_group, criterion_main};
 use l7inspect_benches::Background;
-use l7inspect_sidecar::{Forward, SidecarConfig, build};
+use l7inspect_sidecar::TracingConfig;
 use std::{
     net::SocketAddr,
-    sync::mpsc,
     time::{Duration, Instant},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     runtime::Runtime,
 };
 
@@ -40,7 +39,7 @@ const BANNER: &[u8] = b"220 hello\r\n";
 
 fn ttfb(c: &mut Criterion) {
     let (server, _server) = banner_server();
-    let (proxy, _sidecar) = sidecar(server);
+    let (proxy, _spans, _sidecar) = l7inspect_benches::sidecar(server, TracingConfig::default());
     let client = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -74,59 +73,13 @@ fn first_byte(b: &mut Bencher<'_>, client: &Runtime, addr: SocketAddr) {
 /// Writes [`BANNER`] to every connection on accept, then waits for the client
 /// to go.
 fn banner_server() -> (SocketAddr, Background) {
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let bg = Background::spawn("banner-server", move |stop| async move {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the banner server");
-        let _ = addr_tx.send(listener.local_addr().expect("banner server address"));
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                accepted = listener.accept() => {
-                    let Ok((mut conn, _)) = accepted else { continue };
-                    let _ = conn.set_nodelay(true);
-                    tokio::spawn(async move {
-                        if conn.write_all(BANNER).await.is_err() {
-                            return;
-                        }
-                        let mut sink = [0u8; 64];
-                        while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
-                    });
-                }
-            }
+    l7inspect_benches::serve("banner-server", |mut conn: TcpStream| async move {
+        if conn.write_all(BANNER).await.is_err() {
+            return;
         }
-    });
-    let addr = addr_rx.recv().expect("the banner server started");
-    (addr, bg)
-}
-
-/// An in-process sidecar with one explicit inbound forward to `target`.
-fn sidecar(target: SocketAddr) -> (SocketAddr, Background) {
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let bg = Background::spawn("sidecar", move |stop| async move {
-        let sidecar = build(SidecarConfig {
-            transparent: false,
-            admin_listen: vec!["127.0.0.1:0".parse().expect("address")],
-            inbound_forwards: vec![Forward {
-                listen: "127.0.0.1:0".parse().expect("address"),
-                target,
-            }],
-            shutdown_grace: Duration::from_secs(1),
-            ..SidecarConfig::default()
-        })
-        .await
-        .expect("bind the sidecar");
-        let _ = addr_tx.send(sidecar.addrs().inbound_forwards[0].listen);
-        sidecar
-            .run(async {
-                let _ = stop.await;
-            })
-            .await;
-    });
-    let addr = addr_rx.recv().expect("the sidecar started");
-    (addr, bg)
+        let mut sink = [0u8; 64];
+        while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
 }
 
 criterion_group!(benches, ttfb);
