@@ -4,19 +4,20 @@
 //! (`group_spans_by_resource_and_scope`) followed by prost's `encode`.
 //!
 //! The batch is 512 spans (the default `max_batch`), each a realistic HTTP
-//! SERVER span as the trace layer records it: 14 attributes (method, path,
-//! query, scheme, server address and port, protocol version, peer address
-//! and port, client address, user agent, request body size, response
-//! status code, response body size), a W3C parent, status unset; one
-//! instrumentation scope; the sidecar's resource.
+//! SERVER span as the observation layer records it: 14 attributes (method,
+//! path, query, scheme, server address and port, protocol version, peer
+//! address and port, client address, user agent, request body size,
+//! response status code, response body size), a W3C parent, status unset;
+//! the sidecar's resource.
 //!
 //! Cases:
 //! - `hand-written`: [`OtlpEncoder::encode`] from the shared
-//!   `Arc<SpanData>` batch into a reused buffer, as the export task does.
-//! - `opentelemetry-proto+prost`: what the SDK exporter cost: each span
-//!   copied out of its `Arc` (the exporter takes them by value), converted
-//!   into proto structs, encoded into a reused buffer, and the structs
-//!   dropped.
+//!   `Arc<SpanRecord>` batch (typed fields) into a reused buffer, as the
+//!   export task does.
+//! - `opentelemetry-proto+prost`: what the SDK exporter cost for the same
+//!   spans as the SDK's `SpanData` (attribute vectors): each span copied
+//!   out of its `Arc` (the exporter takes them by value), converted into
+//!   proto structs, encoded into a reused buffer, and the structs dropped.
 //!
 //! ```text
 //! cargo bench -p l7inspect-benches --bench otlp_encode
@@ -31,6 +32,7 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use l7inspect_trace::export::{OtlpEncoder, ResourceConfig};
+use l7inspect_trace::span::{HttpFields, NetworkFields, SpanRecord};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
@@ -43,38 +45,55 @@ use prost::Message as _;
 
 const BATCH: usize = 512;
 
-fn span(i: u64, scope: &InstrumentationScope) -> SpanData {
+fn span(i: u64, network: &Arc<NetworkFields>) -> SpanRecord {
     let start = SystemTime::now() + Duration::from_micros(i * 37);
+    let mut span = SpanRecord::new(
+        TraceId::from(0x5b8e_fff7_9803_8103_d269_b633_813f_c60c_u128 ^ u128::from(i)),
+        SpanId::from(0xeee1_9b7e_c3c1_b174 ^ i),
+        SpanKind::Server,
+        "GET",
+        start,
+    );
+    span.parent_span_id = SpanId::from(0x0020_0000_0000_0001 + i);
+    span.parent_is_remote = true;
+    span.end = start + Duration::from_micros(850);
+    span.network = Some(network.clone());
+    span.http = Some(HttpFields {
+        method: "GET",
+        method_original: None,
+        path: format!("/api/v1/orders/{i}"),
+        scheme: "http".into(),
+        query: Some("expand=items&limit=20".into()),
+        server_address: "orders.default.svc.cluster.local".into(),
+        server_port: 8080,
+        protocol_version: "1.1",
+        user_agent: Some("curl/8.5.0".into()),
+        request_body_size: Some(0),
+        response_status_code: Some(200),
+        response_body_size: Some(1432),
+    });
+    span
+}
+
+/// The same span as the SDK's `SpanData`, for the SDK's conversion.
+fn span_data(span: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
+    let mut attributes = Vec::new();
+    span.for_each_attribute(|k, v| attributes.push(KeyValue::new(k.to_owned(), v.to_value())));
     SpanData {
         span_context: SpanContext::new(
-            TraceId::from(0x5b8e_fff7_9803_8103_d269_b633_813f_c60c_u128 ^ u128::from(i)),
-            SpanId::from(0xeee1_9b7e_c3c1_b174 ^ i),
+            span.trace_id,
+            span.span_id,
             TraceFlags::SAMPLED,
             false,
             TraceState::default(),
         ),
-        parent_span_id: SpanId::from(0x0020_0000_0000_0001 + i),
-        parent_span_is_remote: true,
-        span_kind: SpanKind::Server,
-        name: "GET".into(),
-        start_time: start,
-        end_time: start + Duration::from_micros(850),
-        attributes: vec![
-            KeyValue::new("http.request.method", "GET"),
-            KeyValue::new("url.path", format!("/api/v1/orders/{i}")),
-            KeyValue::new("url.query", "expand=items&limit=20"),
-            KeyValue::new("url.scheme", "http"),
-            KeyValue::new("server.address", "orders.default.svc.cluster.local"),
-            KeyValue::new("server.port", 8080_i64),
-            KeyValue::new("network.protocol.version", "1.1"),
-            KeyValue::new("network.peer.address", "10.244.1.17"),
-            KeyValue::new("network.peer.port", 40_000 + (i as i64 % 20_000)),
-            KeyValue::new("client.address", "10.244.1.17"),
-            KeyValue::new("user_agent.original", "curl/8.5.0"),
-            KeyValue::new("http.request.body.size", 0_i64),
-            KeyValue::new("http.response.status_code", 200_i64),
-            KeyValue::new("http.response.body.size", 1432_i64),
-        ],
+        parent_span_id: span.parent_span_id,
+        parent_span_is_remote: span.parent_is_remote,
+        span_kind: span.kind.clone(),
+        name: span.name.clone(),
+        start_time: span.start,
+        end_time: span.end,
+        attributes,
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
         links: SpanLinks::default(),
@@ -89,11 +108,20 @@ fn bench(c: &mut Criterion) {
         attributes: vec![("deployment.environment.name".into(), "prod".into())],
     }
     .to_resource("l7inspect", "0.1.0");
+    // The scope the encoder writes: l7inspect-trace's name and version.
     let scope = InstrumentationScope::builder("l7inspect")
-        .with_version("0.1.0")
+        .with_version(l7inspect_trace_version())
         .build();
-    let batch: Vec<Arc<SpanData>> = (0..BATCH as u64)
-        .map(|i| Arc::new(span(i, &scope)))
+    let network = Arc::new(NetworkFields::new(
+        "10.244.1.17:40000".parse().expect("address"),
+        Some("10.244.1.17".parse().expect("address")),
+    ));
+    let batch: Vec<Arc<SpanRecord>> = (0..BATCH as u64)
+        .map(|i| Arc::new(span(i, &network)))
+        .collect();
+    let sdk_batch: Vec<Arc<SpanData>> = batch
+        .iter()
+        .map(|s| Arc::new(span_data(s, &scope)))
         .collect();
 
     let mut group = c.benchmark_group("otlp_encode");
@@ -113,7 +141,7 @@ fn bench(c: &mut Criterion) {
     let mut out: Vec<u8> = Vec::new();
     group.bench_function("opentelemetry-proto+prost", |b| {
         b.iter(|| {
-            let spans: Vec<SpanData> = black_box(&batch)
+            let spans: Vec<SpanData> = black_box(&sdk_batch)
                 .iter()
                 .map(|s| SpanData::clone(s))
                 .collect();
@@ -130,12 +158,18 @@ fn bench(c: &mut Criterion) {
     // Same bytes, or the comparison is moot.
     buf.clear();
     encoder.encode(&batch, &mut buf);
-    let spans: Vec<SpanData> = batch.iter().map(|s| SpanData::clone(s)).collect();
+    let spans: Vec<SpanData> = sdk_batch.iter().map(|s| SpanData::clone(s)).collect();
     let want = ExportTraceServiceRequest {
         resource_spans: group_spans_by_resource_and_scope(spans, &proto_resource),
     }
     .encode_to_vec();
     assert_eq!(&buf[..], &want[..], "the encoders disagree");
+}
+
+/// The version the encoder puts on its scope: l7inspect-trace's, which is
+/// the workspace's, as is this crate's.
+fn l7inspect_trace_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
 }
 
 criterion_group! {

@@ -1,18 +1,18 @@
-//! One HTTP request's span, start to finish, as the sidecar makes it: the
-//! public [`TraceLayer`] around a trivial in-memory service, `baseline` beside
-//! the traced cases.
+//! One HTTP request's observation, start to finish, as the sidecar makes it:
+//! the public [`ObserveLayer`] (span and request histogram) around a trivial
+//! in-memory service, `baseline` beside the observed cases.
 //!
 //! One iteration is one whole exchange: `poll_ready`, `call` (extract the
-//! caller's context, build the span name and its full attribute set, ask the
-//! sampler, start the span, inject its context into the forwarded request),
-//! the response (status attributes), then the body polled to its end, which
-//! ends the span and hands it to the span processor. The processor is the
-//! sidecar's own [`ExportProcessor`] with no exporter configured, so a
-//! sampled span ends in the in-memory [`RecentSpans`] ring (1000 spans, full
-//! after warm-up, so each push also evicts and frees the oldest span), as it
-//! does in a sidecar that exports nowhere. With an exporter the span would
-//! also be `try_send` into the export queue; that is one more bounded-channel
-//! send, not measured here.
+//! caller's context, classify the request, ask the sampler, build the span
+//! when sampled, inject its context into the forwarded request), the
+//! response (status), then the body polled to its end, which ends the span,
+//! hands it to the span sink and records the histogram entry. The sink is
+//! the sidecar's own with no exporter configured, so a sampled span ends in
+//! the in-memory [`RecentSpans`] ring (1000 spans, full after warm-up, so
+//! each push also evicts and frees the oldest span), as it does in a
+//! sidecar that exports nowhere. With an exporter the span would be
+//! `try_send` into the export queue instead, and the export task would put
+//! it in the ring a batch at a time; not measured here.
 //!
 //! Cases: `server/*` (inbound, SERVER kind) and `client/*` (outbound, CLIENT
 //! kind), each `sampled` (`traceidratio` 1.0) and `unsampled` (`traceidratio`
@@ -30,7 +30,6 @@
 //! cargo bench -p l7inspect-benches --bench span
 //! ```
 //!
-//! [`ExportProcessor`]: l7inspect_trace::export::ExportProcessor
 //! [`Bencher::iter_batched`]: criterion::Bencher::iter_batched
 
 #![forbid(unsafe_code)]
@@ -41,11 +40,10 @@ use http::{Request, Response, header};
 use http_body::Body;
 use http_body_util::{Empty, Full};
 use l7inspect_trace::{
-    Peer, Propagators, TraceConfig, TraceLayer, Tracing,
+    ObserveConfig, ObserveLayer, Observer, Peer, RequestMetrics,
     export::{ExportConfig, ExportPipeline, RecentSpans, ResourceConfig, SamplerConfig},
-    sampling::CallerAwareSampler,
 };
-use opentelemetry::trace::{SpanKind, TracerProvider as _};
+use opentelemetry::trace::SpanKind;
 use std::{
     convert::Infallible,
     fmt::Debug,
@@ -72,7 +70,7 @@ fn span(c: &mut Criterion) {
     });
     for (kind, kind_name) in [(SpanKind::Server, "server"), (SpanKind::Client, "client")] {
         for (ratio, sampled) in [(1.0, "sampled"), (0.0, "unsampled")] {
-            let (layer, recent) = trace_layer(kind.clone(), ratio);
+            let (layer, recent) = observe_layer(kind.clone(), ratio);
             let mut svc = layer.layer(backend());
             group.bench_function(format!("{kind_name}/{sampled}"), |b| {
                 b.iter_batched(
@@ -94,32 +92,24 @@ fn span(c: &mut Criterion) {
     group.finish();
 }
 
-/// A trace layer as the sidecar builds one (`build()` in l7inspect-sidecar):
-/// an export pipeline with no exporter, its tracer provider with the
-/// sidecar's sampler (`parentbased_traceidratio`, B3-aware), the default
-/// propagators; and the pipeline's ring.
-fn trace_layer(kind: SpanKind, ratio: f64) -> (TraceLayer, RecentSpans) {
+/// An observation layer as the sidecar builds one (`build()` in
+/// l7inspect-sidecar): an export pipeline with no exporter, the sidecar's
+/// sampler (`parentbased_traceidratio`, B3-aware), the default propagators,
+/// request histograms; and the pipeline's ring.
+fn observe_layer(kind: SpanKind, ratio: f64) -> (ObserveLayer, RecentSpans) {
     let resource = ResourceConfig::default().to_resource("l7inspect", env!("CARGO_PKG_VERSION"));
     let pipeline =
         ExportPipeline::start(ExportConfig::default(), resource).expect("no exporter to build");
-    let tracer = pipeline
-        .tracer_provider(CallerAwareSampler::new(
-            SamplerConfig::ParentBasedTraceIdRatio(ratio),
-        ))
-        .tracer("l7inspect");
-    let tracing = Tracing::new(
-        tracer,
-        TraceConfig {
-            kind,
-            propagators: Propagators::default(),
-            record_query: false,
-        },
-    );
+    let config = ObserveConfig {
+        sampler: SamplerConfig::ParentBasedTraceIdRatio(ratio),
+        ..ObserveConfig::new(kind)
+    };
+    let observer = Observer::new(config, pipeline.sink(), Some(RequestMetrics::default()));
     let peer = Peer {
         client: "10.0.0.9:40000".parse().expect("address"),
         server: "10.0.0.5:8080".parse().expect("address"),
     };
-    (tracing.layer(peer), pipeline.recent())
+    (observer.layer(peer), pipeline.recent())
 }
 
 /// The trivial service: a small response, ready at once (its future is

@@ -72,9 +72,8 @@ pub use connect::{
     Connect, ConnectConfig, ConnectError, ConnectLayer, Connecting, Connector, Upstream, UpstreamIo,
 };
 pub use http::{
-    DURATION_BUCKETS, Forward, ForwardFuture, Http, HttpConfig, HttpLabels, HttpLayer,
-    MAX_RPC_LABELS, NewRequestService, PlainForward, RecordRequest, RecordedBody, RequestMetrics,
-    RequestMetricsLayer, ResponseBody, RpcLabels, remove_hop_by_hop,
+    Forward, ForwardFuture, Http, HttpConfig, HttpLayer, NewRequestService, PlainForward,
+    ResponseBody, remove_hop_by_hop,
 };
 pub use loop_guard::{Loop, LoopGuard, PendingDial, Registration};
 pub use meta::{Accepted, ConnMeta, Direction};

@@ -58,5 +58,8 @@ pub use layer::{
     Conn, Detect, DetectConfig, DetectIoError, DetectLayer, DetectMeta, Detected, Outcome,
     ResponseFuture, ServerEvent,
 };
-pub use sniff::{Detection, HTTP2_FRAME_HEADER_LEN, Protocol, detect, is_http2_server_preface};
+pub use sniff::{
+    Detection, HTTP2_FRAME_HEADER_LEN, Protocol, detect, is_grpc_content_type,
+    is_http2_server_preface,
+};
 pub use tls::{ClientHello, ParsedHello, parse_client_hello};

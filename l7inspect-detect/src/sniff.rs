@@ -182,6 +182,14 @@ fn http2(buf: &[u8]) -> Step {
     starts_with(buf, H2_PREFACE)
 }
 
+/// Whether an HTTP `content-type` value says gRPC (`application/grpc`,
+/// `application/grpc+proto`, `application/grpc-web`...). The one place
+/// gRPC is recognised: the proxy's error answers and the request spans and
+/// histograms ask here.
+pub fn is_grpc_content_type(value: &[u8]) -> bool {
+    value.starts_with(b"application/grpc")
+}
+
 /// The length of an HTTP/2 frame header.
 pub const HTTP2_FRAME_HEADER_LEN: usize = 9;
 

@@ -1,24 +1,55 @@
 //! Tracing for l7inspect: what turns proxied HTTP requests into spans that
-//! join distributed traces.
+//! join distributed traces, and into request metrics.
 //!
 //! # Layout
+//! - `span`: [`SpanRecord`](span::SpanRecord), the one span model of
+//!   everything the proxy observes (a request, a connection, a command),
+//!   which the exporters and the ring of recent spans read directly.
+//! - `observe`: [`Observer`] and [`Observe`]: one observation per HTTP
+//!   request, making its span and its request-duration histogram entry
+//!   from one classification of the request ([`RequestClass`]).
 //! - `propagation`: extract and inject trace context in W3C `traceparent` /
 //!   `tracestate`, B3 single and multi header, and Jaeger `uber-trace-id`.
-//! - `layer`: [`Tracing`] and [`TraceLayer`]: one span per HTTP request.
-//! - `sampling`: the configured sampler, plus the B3 decisions (sampling-only
-//!   headers, deferred contexts) that the SDK's parent-based sampler cannot
-//!   see.
-//! - `export`: a bounded, non-blocking span queue in front of OTLP (gRPC,
-//!   HTTP/protobuf) and Zipkin exporters.
+//! - `sampling`: [`Sampler`](sampling::Sampler): the configured sampler,
+//!   plus the B3 decisions (sampling-only headers, deferred contexts) a
+//!   parent's flags cannot carry; span and trace ids.
+//! - `export`: a bounded, non-blocking span queue ([`SpanSink`](export::SpanSink))
+//!   in front of OTLP (gRPC, HTTP/protobuf) and Zipkin exporters, and the
+//!   ring of recent spans.
+//!
+//! # Example
+//! A traced service: spans of the requests it answers go to the ring of
+//! recent spans (and to a collector, when the export configuration names
+//! one).
+//! ```
+//! use l7inspect_trace::{Observer, ObserveConfig, Peer, export::{ExportConfig, ExportPipeline, ResourceConfig}};
+//! use opentelemetry::trace::SpanKind;
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pipeline = ExportPipeline::start(ExportConfig::default(), ResourceConfig::default().to_resource("demo", "0.1"))?;
+//! let observer = Observer::new(ObserveConfig::new(SpanKind::Server), pipeline.sink(), None);
+//! let peer = Peer { client: "127.0.0.1:50000".parse()?, server: "127.0.0.1:8080".parse()? };
+//! let svc = observer.layer(peer).layer(service_fn(|_: http::Request<String>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//! }));
+//! drop(svc.oneshot(http::Request::get("/orders").body(String::new())?).await?);
+//! assert_eq!(pipeline.recent().snapshot()[0].name, "GET");
+//! # Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod export;
-mod layer;
+pub mod observe;
 pub mod propagation;
 pub mod sampling;
-pub use layer::{
-    Peer, PropagationStats, ResponseFuture, Trace, TraceConfig, TraceLayer, TracedBody, Tracing,
+pub mod span;
+
+pub use observe::{
+    Observe, ObserveConfig, ObserveLayer, ObservedBody, Observer, Peer, PropagationStats,
+    RequestClass, RequestMetrics, ResponseFuture,
 };
 pub use propagation::{Extracted, Format, FormatSet, ParsePropagatorsError, Propagators};

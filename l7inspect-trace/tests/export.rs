@@ -3,9 +3,14 @@
 //! collector (hyper, protobuf body decoded with opentelemetry-proto/prost),
 //! a Zipkin v2 collector (hyper, JSON parsed with serde_json), and dead
 //! collectors (nothing listening; accepts and never answers).
+//!
+//! Spans are [`SpanRecord`]s handed to the pipeline's [`SpanSink`], as the
+//! proxy's span sources do.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -15,12 +20,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use l7inspect_trace::export::{
     Compression, DropReason, ExportConfig, ExportPipeline, ExporterKind, FlushOutcome, OtlpConfig,
-    OtlpProtocol, ResourceConfig, ZipkinConfig,
+    OtlpProtocol, ResourceConfig, SpanSink, ZipkinConfig,
 };
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, TraceContextExt, Tracer, TracerProvider,
-};
-use opentelemetry::{Context, KeyValue};
+use l7inspect_trace::span::{HttpFields, NetworkFields, SpanRecord};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanId, SpanKind, TraceFlags, TraceId};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -30,7 +34,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue as ProtoKeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode as ProtoStatusCode;
 use prost::Message as _;
 use serde_json::Value as Json;
 use tokio::net::TcpListener;
@@ -162,51 +166,114 @@ fn resource() -> opentelemetry_sdk::Resource {
     .to_resource("l7inspect", env!("CARGO_PKG_VERSION"))
 }
 
-fn start(config: ExportConfig) -> (ExportPipeline, SdkTracerProvider) {
+fn start(config: ExportConfig) -> (ExportPipeline, SpanSink) {
     let pipeline = ExportPipeline::start(config, resource()).unwrap();
-    let provider = pipeline.tracer_provider(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
-    (pipeline, provider)
+    let sink = pipeline.sink();
+    (pipeline, sink)
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh trace id, with hex letters in both halves (so the Zipkin check
+/// has letters to find in lower case).
+fn new_trace_id() -> TraceId {
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    TraceId::from(0xabcd_ef01_0000_0000_fedc_ba98_0000_0000_u128 | u128::from(n))
+}
+
+/// A fresh span id, with hex letters.
+fn new_span_id() -> SpanId {
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    SpanId::from(0xfeed_0000_0000_0000_u64 | n)
 }
 
 /// The ids of a SERVER span and its CLIENT child.
 struct Pair {
-    server: SpanContext,
-    client: SpanContext,
+    trace_id: TraceId,
+    server: SpanId,
+    client: SpanId,
 }
 
-/// Ends a SERVER span "GET" with a CLIENT child "GET /upstream", like an
-/// inbound request proxied outbound.
-fn server_and_client(provider: &SdkTracerProvider) -> Pair {
-    let tracer = provider.tracer("l7inspect-test");
-    let mut server = tracer
-        .span_builder("GET")
-        .with_kind(SpanKind::Server)
-        .with_attributes([
-            KeyValue::new("http.request.method", "GET"),
-            KeyValue::new("http.response.status_code", 200_i64),
-            KeyValue::new("url.path", "/checkout"),
-        ])
-        .start(&tracer);
-    server.add_event("request.head", vec![KeyValue::new("bytes", 42_i64)]);
-    let server_cx = server.span_context().clone();
-    let cx = Context::current_with_span(server);
-    let mut client = tracer
-        .span_builder("GET /upstream")
-        .with_kind(SpanKind::Client)
-        .with_attributes([
-            KeyValue::new("server.address", "backend"),
-            KeyValue::new("server.port", 8080_i64),
-            KeyValue::new("network.peer.address", "127.0.0.1"),
-            KeyValue::new("network.peer.port", 8080_i64),
-        ])
-        .start_with_context(&tracer, &cx);
-    let client_cx = client.span_context().clone();
-    client.end();
-    cx.span().end();
-    Pair {
-        server: server_cx,
-        client: client_cx,
-    }
+/// The inbound request's client.
+const CLIENT_IP: &str = "10.1.2.3";
+const CLIENT_PORT: u16 = 51234;
+
+/// Records a SERVER span "GET" with a CLIENT child "GET /upstream", like an
+/// inbound request proxied outbound: `GET /checkout` from 10.1.2.3 for
+/// `shop.example`, forwarded to `backend` (127.0.0.1:8080), which answered
+/// 404. The 404 is passed back: an error for the CLIENT span (`error.type`
+/// 404), not for the SERVER span (the semantic conventions' rule for 4xx).
+/// The child ends first and is recorded first, as the proxy does.
+fn server_and_client(sink: &SpanSink) -> Pair {
+    let trace_id = new_trace_id();
+    let mut server = SpanRecord::new(
+        trace_id,
+        new_span_id(),
+        SpanKind::Server,
+        "GET",
+        SystemTime::now(),
+    );
+    let client_ip: IpAddr = CLIENT_IP.parse().unwrap();
+    server.network = Some(Arc::new(NetworkFields::new(
+        SocketAddr::new(client_ip, CLIENT_PORT),
+        Some(client_ip),
+    )));
+    server.http = Some(HttpFields {
+        method: "GET",
+        path: "/checkout".into(),
+        scheme: "http".into(),
+        server_address: "shop.example".into(),
+        server_port: 80,
+        protocol_version: "1.1",
+        user_agent: Some("curl/8.5.0".into()),
+        response_status_code: Some(404),
+        response_body_size: Some(9),
+        ..HttpFields::default()
+    });
+    server
+        .attributes
+        .push(KeyValue::new("l7inspect.listener", "inbound"));
+
+    let mut client = SpanRecord::new(
+        trace_id,
+        new_span_id(),
+        SpanKind::Client,
+        "GET /upstream",
+        // Never before its parent, even if the wall clock steps back.
+        SystemTime::now().max(server.start),
+    );
+    client.parent_span_id = server.span_id;
+    client.network = Some(Arc::new(NetworkFields::new(
+        "127.0.0.1:8080".parse().unwrap(),
+        None,
+    )));
+    client.http = Some(HttpFields {
+        method: "GET",
+        path: "/upstream".into(),
+        scheme: "http".into(),
+        server_address: "backend".into(),
+        server_port: 8080,
+        protocol_version: "1.1",
+        response_status_code: Some(404),
+        response_body_size: Some(9),
+        ..HttpFields::default()
+    });
+    client.set_error("404");
+    client
+        .attributes
+        .push(KeyValue::new("l7inspect.attempt", 1_i64));
+
+    let pair = Pair {
+        trace_id,
+        server: server.span_id,
+        client: client.span_id,
+    };
+    client.end = SystemTime::now().max(client.start);
+    let client_end = client.end;
+    sink.record(client);
+    server.end = SystemTime::now().max(client_end);
+    sink.record(server);
+    pair
 }
 
 // ---------------------------------------------------------------------------
@@ -236,8 +303,8 @@ fn int_attr(attrs: &[ProtoKeyValue], key: &str) -> Option<i64> {
         })
 }
 
-/// Checks one OTLP request carries both spans, their resource, kinds,
-/// attributes and parentage.
+/// Checks one OTLP request carries both spans, their resource, scope,
+/// kinds, attributes (typed fields and the rest), status and parentage.
 fn check_otlp(req: &ExportTraceServiceRequest, pair: &Pair) {
     assert_eq!(req.resource_spans.len(), 1);
     let rs = &req.resource_spans[0];
@@ -258,17 +325,23 @@ fn check_otlp(req: &ExportTraceServiceRequest, pair: &Pair) {
         string_attr(&res.attributes, "deployment.environment.name").as_deref(),
         Some("test")
     );
+    // Every span is under the scope `l7inspect`, this crate's version.
+    for ss in &rs.scope_spans {
+        let scope = ss.scope.as_ref().expect("scope");
+        assert_eq!(scope.name, "l7inspect");
+        assert_eq!(scope.version, env!("CARGO_PKG_VERSION"));
+    }
     let spans: Vec<&ProtoSpan> = rs.scope_spans.iter().flat_map(|s| &s.spans).collect();
     assert_eq!(spans.len(), 2);
-    let find = |cx: &SpanContext| {
+    let find = |id: SpanId| {
         *spans
             .iter()
-            .find(|s| s.span_id == cx.span_id().to_bytes())
+            .find(|s| s.span_id == id.to_bytes())
             .expect("span by id")
     };
-    let server = find(&pair.server);
-    let client = find(&pair.client);
-    let trace_id = pair.server.trace_id().to_bytes().to_vec();
+    let server = find(pair.server);
+    let client = find(pair.client);
+    let trace_id = pair.trace_id.to_bytes().to_vec();
     assert_eq!(server.trace_id, trace_id);
     assert_eq!(client.trace_id, trace_id);
 
@@ -280,24 +353,61 @@ fn check_otlp(req: &ExportTraceServiceRequest, pair: &Pair) {
         Some("GET")
     );
     assert_eq!(
-        int_attr(&server.attributes, "http.response.status_code"),
-        Some(200)
+        string_attr(&server.attributes, "url.path").as_deref(),
+        Some("/checkout")
     );
-    assert_eq!(server.events.len(), 1);
-    assert_eq!(server.events[0].name, "request.head");
+    assert_eq!(
+        int_attr(&server.attributes, "http.response.status_code"),
+        Some(404)
+    );
+    assert_eq!(
+        string_attr(&server.attributes, "client.address").as_deref(),
+        Some(CLIENT_IP)
+    );
+    assert_eq!(
+        int_attr(&server.attributes, "network.peer.port"),
+        Some(CLIENT_PORT.into())
+    );
+    assert_eq!(
+        string_attr(&server.attributes, "l7inspect.listener").as_deref(),
+        Some("inbound")
+    );
+    // A 4xx is not an error for a SERVER span: status unset.
+    let status = server.status.as_ref().expect("status");
+    assert_eq!(status.code, ProtoStatusCode::Unset as i32);
+    assert_eq!(string_attr(&server.attributes, "error.type"), None);
+    // The span model has no events or links.
+    assert!(server.events.is_empty());
+    assert!(server.links.is_empty());
 
     assert_eq!(client.name, "GET /upstream");
     assert_eq!(client.kind, ProtoSpanKind::Client as i32);
-    assert_eq!(
-        client.parent_span_id,
-        pair.server.span_id().to_bytes().to_vec()
-    );
+    assert_eq!(client.parent_span_id, pair.server.to_bytes().to_vec());
     assert_eq!(
         string_attr(&client.attributes, "server.address").as_deref(),
         Some("backend")
     );
     assert_eq!(int_attr(&client.attributes, "server.port"), Some(8080));
+    assert_eq!(
+        string_attr(&client.attributes, "network.peer.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        int_attr(&client.attributes, "network.peer.port"),
+        Some(8080)
+    );
+    assert_eq!(int_attr(&client.attributes, "l7inspect.attempt"), Some(1));
+    assert_eq!(
+        string_attr(&client.attributes, "error.type").as_deref(),
+        Some("404")
+    );
+    let status = client.status.as_ref().expect("status");
+    assert_eq!(status.code, ProtoStatusCode::Error as i32);
+    // Both sampled (W3C flags in the low byte).
+    assert_eq!(server.flags & 0xff, 1);
+    assert_eq!(client.flags & 0xff, 1);
     assert!(client.end_time_unix_nano >= client.start_time_unix_nano);
+    assert!(client.start_time_unix_nano >= server.start_time_unix_nano);
     assert!(server.end_time_unix_nano >= client.end_time_unix_nano);
 }
 
@@ -310,12 +420,16 @@ async fn otlp_grpc_delivers_spans_with_headers_and_gzip() {
     let mut otlp = OtlpConfig::new(format!("http://{addr}"), OtlpProtocol::Grpc);
     otlp.headers = vec![("x-api-key".into(), "secret".into())];
     otlp.compression = Some(Compression::Gzip);
-    let (pipeline, provider) = start(ExportConfig {
+    let (pipeline, sink) = start(ExportConfig {
         otlp: Some(otlp),
         ..ExportConfig::default()
     });
 
-    let pair = server_and_client(&provider);
+    // An unsampled span is ignored: not exported, not counted, not kept.
+    let mut unsampled = root_span("unsampled".into());
+    unsampled.trace_flags = TraceFlags::default();
+    sink.record(unsampled);
+    let pair = server_and_client(&sink);
     assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
 
     let (metadata, req) = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
@@ -329,6 +443,15 @@ async fn otlp_grpc_delivers_spans_with_headers_and_gzip() {
     for reason in DropReason::ALL {
         assert_eq!(stats.dropped(reason), 0, "{reason:?}");
     }
+    // The export task put the two spans it took in the ring before the
+    // flush answered.
+    let recent: Vec<SpanId> = pipeline
+        .recent()
+        .snapshot()
+        .iter()
+        .map(|s| s.span_id)
+        .collect();
+    assert_eq!(recent, [pair.client, pair.server]);
     assert_eq!(
         pipeline.shutdown(Duration::from_secs(5)).await,
         FlushOutcome::Complete
@@ -343,12 +466,12 @@ async fn otlp_http_protobuf_delivers_spans() {
         OtlpProtocol::HttpProtobuf,
     );
     otlp.headers = vec![("x-api-key".into(), "secret".into())];
-    let (pipeline, provider) = start(ExportConfig {
+    let (pipeline, sink) = start(ExportConfig {
         otlp: Some(otlp),
         ..ExportConfig::default()
     });
 
-    let pair = server_and_client(&provider);
+    let pair = server_and_client(&sink);
     assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
 
     let got = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
@@ -369,12 +492,12 @@ async fn otlp_http_protobuf_gzip() {
         OtlpProtocol::HttpProtobuf,
     );
     otlp.compression = Some(Compression::Gzip);
-    let (pipeline, provider) = start(ExportConfig {
+    let (pipeline, sink) = start(ExportConfig {
         otlp: Some(otlp),
         ..ExportConfig::default()
     });
 
-    let pair = server_and_client(&provider);
+    let pair = server_and_client(&sink);
     assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
 
     let got = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
@@ -395,11 +518,11 @@ async fn otlp_http_error_status_is_a_failed_export() {
         format!("http://{addr}/v1/traces"),
         OtlpProtocol::HttpProtobuf,
     );
-    let (pipeline, provider) = start(ExportConfig {
+    let (pipeline, sink) = start(ExportConfig {
         otlp: Some(otlp),
         ..ExportConfig::default()
     });
-    server_and_client(&provider);
+    server_and_client(&sink);
     assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
     timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
     let stats = pipeline.stats();
@@ -458,7 +581,7 @@ async fn otlp_grpc_non_ok_status_is_a_failed_export() {
             });
         }
     });
-    let (pipeline, provider) = start(ExportConfig {
+    let (pipeline, sink) = start(ExportConfig {
         otlp: Some(OtlpConfig::new(
             format!("http://{addr}"),
             OtlpProtocol::Grpc,
@@ -467,13 +590,13 @@ async fn otlp_grpc_non_ok_status_is_a_failed_export() {
     });
     let stats = pipeline.stats();
 
-    server_and_client(&provider);
+    server_and_client(&sink);
     assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
     timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
     assert_eq!(stats.exported(ExporterKind::Otlp), 0);
     assert_eq!(stats.dropped(DropReason::ExportFailed), 2);
 
-    let pair = server_and_client(&provider);
+    let pair = server_and_client(&sink);
     assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
     let req = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
     check_otlp(&req, &pair);
@@ -511,17 +634,17 @@ async fn otlp_grpc_reconnects_after_a_timeout() {
     });
     let mut otlp = OtlpConfig::new(format!("http://{addr}"), OtlpProtocol::Grpc);
     otlp.timeout = Duration::from_millis(300);
-    let (pipeline, provider) = start(ExportConfig {
+    let (pipeline, sink) = start(ExportConfig {
         otlp: Some(otlp),
         ..ExportConfig::default()
     });
     let stats = pipeline.stats();
 
-    server_and_client(&provider);
+    server_and_client(&sink);
     assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
     assert_eq!(stats.dropped(DropReason::ExportFailed), 2);
 
-    let pair = server_and_client(&provider);
+    let pair = server_and_client(&sink);
     assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
     let (_, req) = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
     check_otlp(&req, &pair);
@@ -536,7 +659,7 @@ async fn zipkin_v2_json_matches_the_model_alongside_otlp() {
     let (zipkin_addr, mut zipkin_rx) = http_receiver(http::StatusCode::ACCEPTED).await;
     let (otlp_addr, mut otlp_rx) = grpc_receiver().await;
     let before_us = micros_now();
-    let (pipeline, provider) = start(ExportConfig {
+    let (pipeline, sink) = start(ExportConfig {
         otlp: Some(OtlpConfig::new(
             format!("http://{otlp_addr}"),
             OtlpProtocol::Grpc,
@@ -547,7 +670,7 @@ async fn zipkin_v2_json_matches_the_model_alongside_otlp() {
         ..ExportConfig::default()
     });
 
-    let pair = server_and_client(&provider);
+    let pair = server_and_client(&sink);
     let after_us = micros_now();
     assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
 
@@ -601,42 +724,62 @@ async fn zipkin_v2_json_matches_the_model_alongside_otlp() {
         for (k, v) in s["tags"].as_object().unwrap() {
             assert!(v.is_string(), "tag {k} is not a string: {v}");
         }
-        assert_eq!(s["tags"]["otel.scope.name"], "l7inspect-test");
+        // The instrumentation scope: always this crate.
+        assert_eq!(s["tags"]["otel.scope.name"], "l7inspect");
+        assert_eq!(s["tags"]["otel.scope.version"], env!("CARGO_PKG_VERSION"));
+        // The span model has no events: no annotations.
+        assert!(s.get("annotations").is_none(), "{s}");
     }
-    let by_id = |cx: &SpanContext| {
+    let by_id = |id: SpanId| {
         spans
             .iter()
-            .find(|s| s["id"] == cx.span_id().to_string())
+            .find(|s| s["id"] == id.to_string())
             .expect("span by id")
     };
-    let server = by_id(&pair.server);
-    let client = by_id(&pair.client);
-    let trace_id = pair.server.trace_id().to_string();
+    let server = by_id(pair.server);
+    let client = by_id(pair.client);
+    let trace_id = pair.trace_id.to_string();
     assert_eq!(server["traceId"], trace_id);
     assert_eq!(client["traceId"], trace_id);
 
-    // The root: parent_id absent.
+    // The root: parent_id absent; remote_endpoint is the client it served
+    // (network.peer.*), unnamed.
     assert_eq!(server["name"], "GET");
     assert_eq!(server["kind"], "SERVER");
     assert!(server.get("parentId").is_none(), "{server}");
     assert_eq!(server["tags"]["http.request.method"], "GET");
-    assert_eq!(server["tags"]["http.response.status_code"], "200");
+    assert_eq!(server["tags"]["http.response.status_code"], "404");
     assert_eq!(server["tags"]["url.path"], "/checkout");
-    let annotations = server["annotations"].as_array().unwrap();
-    assert_eq!(annotations.len(), 1);
-    assert!(annotations[0]["timestamp"].as_u64().unwrap() >= before_us);
-    assert_eq!(annotations[0]["value"], "\"request.head\":{\"bytes\":42}");
+    assert_eq!(server["tags"]["server.address"], "shop.example");
+    assert_eq!(server["tags"]["client.address"], CLIENT_IP);
+    assert_eq!(server["tags"]["network.peer.port"], CLIENT_PORT.to_string());
+    assert_eq!(server["tags"]["user_agent.original"], "curl/8.5.0");
+    assert_eq!(server["tags"]["l7inspect.listener"], "inbound");
+    assert_eq!(
+        server["remoteEndpoint"],
+        serde_json::json!({ "ipv4": CLIENT_IP, "port": CLIENT_PORT })
+    );
+    // Status unset: no otel.status_code, no error.
+    assert!(server["tags"].get("otel.status_code").is_none(), "{server}");
+    assert!(server["tags"].get("error").is_none(), "{server}");
+    assert!(server["tags"].get("error.type").is_none(), "{server}");
 
     // The child: parent_id is the SERVER span's id; remote_endpoint is the
-    // server it called.
+    // server it called, named by server.address.
     assert_eq!(client["name"], "GET /upstream");
     assert_eq!(client["kind"], "CLIENT");
-    assert_eq!(client["parentId"], pair.server.span_id().to_string());
+    assert_eq!(client["parentId"], pair.server.to_string());
     assert_eq!(client["tags"]["server.port"], "8080");
+    assert_eq!(client["tags"]["l7inspect.attempt"], "1");
     assert_eq!(
         client["remoteEndpoint"],
         serde_json::json!({ "serviceName": "backend", "ipv4": "127.0.0.1", "port": 8080 })
     );
+    // Error status: otel.status_code ERROR and `error` (the description,
+    // empty here), beside error.type.
+    assert_eq!(client["tags"]["otel.status_code"], "ERROR");
+    assert_eq!(client["tags"]["error"], "");
+    assert_eq!(client["tags"]["error.type"], "404");
 
     // The same batch went to OTLP too.
     let (_, req) = timeout(GENEROUS, otlp_rx.recv()).await.unwrap().unwrap();
@@ -661,19 +804,35 @@ fn is_lower_hex(s: &str) -> bool {
 // ---------------------------------------------------------------------------
 // Tests: drops
 
-/// Ends `n` root spans; returns once every `on_end` has returned.
-fn end_spans(provider: &SdkTracerProvider, n: usize) {
-    let tracer = provider.tracer("load");
+/// A sampled root SERVER span that started and ended just now.
+fn root_span(name: String) -> SpanRecord {
+    let now = SystemTime::now();
+    SpanRecord::new(new_trace_id(), new_span_id(), SpanKind::Server, name, now)
+}
+
+/// Records `n` root spans `{prefix}-{i}`; returns once every `record` has
+/// returned.
+fn record_spans(sink: &SpanSink, prefix: &str, n: usize) {
     for i in 0..n {
-        let mut span = tracer
-            .span_builder(format!("span-{i}"))
-            .with_kind(SpanKind::Server)
-            .start(&tracer);
-        span.end();
+        sink.record(root_span(format!("{prefix}-{i}")));
     }
 }
 
-/// A collector that is down or stalled never holds up `on_end`, and every
+/// The names of the spans in the ring, oldest first.
+fn ring_names(pipeline: &ExportPipeline) -> Vec<String> {
+    pipeline
+        .recent()
+        .snapshot()
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect()
+}
+
+fn names(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// A collector that is down or stalled never holds up `record`, and every
 /// span is accounted for: exported or dropped for exactly one reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_collectors_never_block_and_count_drops() {
@@ -733,12 +892,12 @@ async fn dead_collectors_never_block_and_count_drops() {
         ),
     ];
     for (name, config, kind) in cases {
-        let (pipeline, provider) = start(config);
+        let (pipeline, sink) = start(config);
         timeout(GENEROUS, async {
-            end_spans(&provider, N);
+            record_spans(&sink, "span", N);
         })
         .await
-        .unwrap_or_else(|_| panic!("{name}: ending spans hung"));
+        .unwrap_or_else(|_| panic!("{name}: recording spans hung"));
 
         let stats = pipeline.stats();
         // Drops rise while the pipeline runs: at once for a full queue, or
@@ -761,18 +920,20 @@ async fn dead_collectors_never_block_and_count_drops() {
         assert_eq!(dropped, N as u64, "{name}: every span accounted for");
         assert!(stats.dropped(DropReason::ExportFailed) > 0, "{name}");
         // The ring keeps the most recent spans whatever the collector does.
+        // (Queued spans reach it through the export task, dropped ones
+        // through `record`; after shutdown every span has.)
         assert_eq!(pipeline.recent().len(), 1000, "{name}");
-        drop(provider);
+        drop(sink);
     }
 }
 
 /// On a current-thread runtime the export task cannot run while the test
-/// ends spans, so exactly `queue_size` spans are queued and the rest are
+/// records spans, so exactly `queue_size` spans are queued and the rest are
 /// dropped as `queue_full`.
 #[tokio::test(flavor = "current_thread")]
 async fn full_queue_drops_and_counts() {
     let (addr, mut rx) = http_receiver(http::StatusCode::ACCEPTED).await;
-    let (pipeline, provider) = start(ExportConfig {
+    let (pipeline, sink) = start(ExportConfig {
         zipkin: Some(ZipkinConfig::new(format!("http://{addr}/api/v2/spans"))),
         queue_size: 4,
         max_batch: 4,
@@ -781,39 +942,41 @@ async fn full_queue_drops_and_counts() {
         ..ExportConfig::default()
     });
 
-    end_spans(&provider, 100);
+    record_spans(&sink, "span", 100);
     let stats = pipeline.stats();
     assert_eq!(stats.dropped(DropReason::QueueFull), 96);
+    // Dropped spans still go to the ring, put there by `record` itself: it
+    // holds the 10 most recent, oldest first. The 4 queued ones reach it
+    // when the export task takes them, which it has not yet.
+    assert_eq!(ring_names(&pipeline), names("span", 90..100));
 
     assert_eq!(pipeline.flush().await, FlushOutcome::Complete);
     let got = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
     let list: Json = serde_json::from_slice(&got.body).unwrap();
-    let names: Vec<&str> = list
+    let exported: Vec<&str> = list
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["span-0", "span-1", "span-2", "span-3"]);
+    assert_eq!(exported, ["span-0", "span-1", "span-2", "span-3"]);
     assert_eq!(stats.exported(ExporterKind::Zipkin), 4);
 
-    // The ring holds the 10 most recent, oldest first, queue or not.
-    let recent: Vec<String> = pipeline
-        .recent()
-        .snapshot()
-        .iter()
-        .map(|s| s.name.to_string())
-        .collect();
-    let want: Vec<String> = (90..100).map(|i| format!("span-{i}")).collect();
-    assert_eq!(recent, want);
+    // The export task put the 4 it took in the ring after them: the ring is
+    // in the order spans reached it, the 10 most recent of those.
+    let mut want = names("span", 94..100);
+    want.extend(names("span", 0..4));
+    assert_eq!(ring_names(&pipeline), want);
 
-    // After shutdown, ended spans are dropped as `shutdown`.
+    // After shutdown, recorded spans are dropped as `shutdown`, and still
+    // go to the ring.
     assert_eq!(
         pipeline.shutdown(Duration::from_secs(5)).await,
         FlushOutcome::Complete
     );
-    end_spans(&provider, 3);
+    record_spans(&sink, "late", 3);
     assert_eq!(stats.dropped(DropReason::Shutdown), 3);
+    assert_eq!(ring_names(&pipeline)[7..], names("late", 0..3));
     // A second shutdown returns at once.
     assert_eq!(
         pipeline.shutdown(Duration::from_secs(5)).await,
@@ -827,12 +990,12 @@ async fn full_queue_drops_and_counts() {
 #[tokio::test]
 async fn partial_batch_goes_out_after_batch_delay() {
     let (addr, mut rx) = http_receiver(http::StatusCode::ACCEPTED).await;
-    let (pipeline, provider) = start(ExportConfig {
+    let (pipeline, sink) = start(ExportConfig {
         zipkin: Some(ZipkinConfig::new(format!("http://{addr}/api/v2/spans"))),
         batch_delay: Duration::from_millis(50),
         ..ExportConfig::default()
     });
-    end_spans(&provider, 3);
+    record_spans(&sink, "span", 3);
     let got = timeout(GENEROUS, rx.recv()).await.unwrap().unwrap();
     let list: Json = serde_json::from_slice(&got.body).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 3);
@@ -844,25 +1007,40 @@ async fn partial_batch_goes_out_after_batch_delay() {
 }
 
 /// With no exporter there is no task and no runtime is needed: spans are
-/// only kept in the ring; unsampled spans are not kept.
+/// only kept in the ring, put there by `record`; unsampled spans are not
+/// kept.
 #[test]
 fn without_exporters_spans_stay_in_memory() {
     let pipeline = ExportPipeline::start(ExportConfig::default(), resource()).unwrap();
-    let provider = pipeline.tracer_provider(Sampler::AlwaysOn);
-    end_spans(&provider, 5);
+    let sink = pipeline.sink();
+    record_spans(&sink, "span", 4);
+    // `record_shared` too: the same `Arc` is what the ring holds.
+    let shared = Arc::new(root_span("span-4".into()));
+    sink.record_shared(shared.clone());
     let recent = pipeline.recent().snapshot();
     assert_eq!(recent.len(), 5);
     assert_eq!(recent[4].name, "span-4");
+    assert!(Arc::ptr_eq(&recent[4], &shared));
     let stats = pipeline.stats();
     for reason in DropReason::ALL {
         assert_eq!(stats.dropped(reason), 0);
     }
 
-    let off = pipeline.tracer_provider(Sampler::AlwaysOff);
-    end_spans(&off, 5);
-    assert_eq!(pipeline.recent().len(), 5);
-    // The SDK's synchronous shutdown, off any runtime, returns.
-    provider.shutdown().unwrap();
+    // Unsampled: trace flags without SAMPLED.
+    for i in 0..5 {
+        let mut span = root_span(format!("off-{i}"));
+        span.trace_flags = TraceFlags::default();
+        sink.record(span);
+    }
+    assert_eq!(ring_names(&pipeline), names("span", 0..5));
+
+    // Shutdown, off any runtime, returns at once (the first poll).
+    let mut shutdown = std::pin::pin!(pipeline.shutdown(Duration::from_secs(5)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert_eq!(
+        shutdown.as_mut().poll(&mut cx),
+        std::task::Poll::Ready(FlushOutcome::Complete)
+    );
 }
 
 #[test]

@@ -32,18 +32,17 @@ mod telemetry;
 
 use l7inspect_core::{
     Admin, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpConfig, HttpLayer,
-    LoopGuard, Metrics, OrigDstLayer, Passthrough, PassthroughConfig, Readiness, RequestMetrics,
-    TrackLayer, serve,
+    LoopGuard, Metrics, OrigDstLayer, Passthrough, PassthroughConfig, Readiness, TrackLayer, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use l7inspect_trace::{
-    Propagators, TraceConfig, Tracing,
+    ObserveConfig, Observer, Propagators, RequestMetrics,
     export::{
         ExportBuildError, ExportConfig, ExportPipeline, FlushOutcome, ResourceConfig,
         SamplerConfig, UNKNOWN_SERVICE,
     },
 };
-use opentelemetry::trace::{SpanKind, TracerProvider as _};
+use opentelemetry::trace::SpanKind;
 use prometheus_client::registry::Registry;
 use requests::Requests;
 use std::{
@@ -336,21 +335,18 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         .resource
         .to_resource("l7inspect", env!("CARGO_PKG_VERSION"));
     let export = ExportPipeline::start(t.export.clone(), resource)?;
-    let tracer = export
-        .tracer_provider(l7inspect_trace::sampling::CallerAwareSampler::new(
-            t.sampler,
-        ))
-        .tracer("l7inspect");
     let requests = |kind| {
-        let tracing = Tracing::new(
-            tracer.clone(),
-            TraceConfig {
-                kind,
-                propagators: t.propagators,
-                record_query: t.record_query,
-            },
-        );
-        Requests::new(tracing, request_metrics.clone())
+        let config = ObserveConfig {
+            kind,
+            sampler: t.sampler,
+            propagators: t.propagators,
+            record_query: t.record_query,
+        };
+        Requests::new(Observer::new(
+            config,
+            export.sink(),
+            Some(request_metrics.clone()),
+        ))
     };
     let inbound_requests = requests(SpanKind::Server);
     let outbound_requests = requests(SpanKind::Client);

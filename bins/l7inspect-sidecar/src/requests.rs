@@ -1,42 +1,41 @@
-//! The per-request stack of an HTTP connection: request metrics around the
-//! request's span around forwarding.
+//! The per-request stack of an HTTP connection: the request's observation
+//! (span and request metrics) around forwarding.
 
-use l7inspect_core::{
-    ConnMeta, Forward, NewRequestService, RecordRequest, RecordedBody, RequestMetrics, ResponseBody,
-};
-use l7inspect_trace::{Peer, PropagationStats, Trace, TracedBody, Tracing};
+use l7inspect_core::{ConnMeta, Direction, Forward, NewRequestService, ResponseBody};
+use l7inspect_trace::{Observe, ObservedBody, Observer, Peer, PropagationStats};
 use tower::Layer;
 
-/// Builds, per HTTP connection, `RecordRequest<Trace<Forward>>`.
+/// Builds, per HTTP connection, `Observe<Forward>`.
 #[derive(Clone, Debug)]
 pub struct Requests {
-    tracing: Tracing,
-    metrics: RequestMetrics,
+    observer: Observer,
 }
 
 impl Requests {
-    /// Traces with `tracing` (whose span kind matches the direction) and
-    /// times into `metrics`.
-    pub fn new(tracing: Tracing, metrics: RequestMetrics) -> Self {
-        Self { tracing, metrics }
+    /// Observes with `observer` (whose span kind matches the direction).
+    pub fn new(observer: Observer) -> Self {
+        Self { observer }
     }
 
     /// The malformed trace-context header counts of these requests.
     pub fn propagation_stats(&self) -> PropagationStats {
-        self.tracing.stats()
+        self.observer.stats()
     }
 }
 
 impl NewRequestService for Requests {
-    type Service = RecordRequest<Trace<Forward>>;
-    type Body = RecordedBody<TracedBody<ResponseBody>>;
+    type Service = Observe<Forward>;
+    type Body = ObservedBody<ResponseBody>;
 
     fn new_service(&self, meta: &ConnMeta, forward: Forward) -> Self::Service {
+        debug_assert!(matches!(
+            meta.direction,
+            Direction::Inbound | Direction::Outbound
+        ));
         let peer = Peer {
             client: meta.client,
             server: meta.target,
         };
-        let traced = self.tracing.layer(peer).layer(forward);
-        self.metrics.layer(meta).layer(traced)
+        self.observer.layer(peer).layer(forward)
     }
 }

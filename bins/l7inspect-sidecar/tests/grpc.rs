@@ -524,11 +524,15 @@ fn spans(sidecar: &Running) -> Vec<SpanView> {
         .spans
         .snapshot()
         .iter()
-        .map(|s| SpanView {
-            name: s.name.to_string(),
-            kind: s.span_kind.clone(),
-            status: s.status.clone(),
-            attributes: s.attributes.clone(),
+        .map(|s| {
+            let mut attributes = Vec::new();
+            s.for_each_attribute(|k, v| attributes.push(KeyValue::new(k.to_owned(), v.to_value())));
+            SpanView {
+                name: s.name.to_string(),
+                kind: s.kind.clone(),
+                status: s.status.clone(),
+                attributes,
+            }
         })
         .collect()
 }

@@ -315,7 +315,7 @@ async fn tunnel_bytes(
 fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .is_some_and(|v| l7inspect_detect::is_grpc_content_type(v.as_bytes()))
 }
 
 /// The proxy's answer when the server could not: `502 Bad Gateway`, or a

@@ -41,14 +41,9 @@
 
 mod forward;
 mod headers;
-mod metrics;
 
 pub use forward::{Forward, ResponseBody, ResponseFuture as ForwardFuture};
 pub use headers::remove_hop_by_hop;
-pub use metrics::{
-    DURATION_BUCKETS, HttpLabels, MAX_RPC_LABELS, RecordRequest, RecordedBody, RequestMetrics,
-    RequestMetricsLayer, RpcLabels,
-};
 
 use crate::{connect::Connecting, meta::ConnMeta};
 use bytes::Bytes;
@@ -69,7 +64,8 @@ use tokio_util::sync::CancellationToken;
 use tower::{BoxError, Layer, Service};
 
 /// Builds the per-request service of each HTTP connection around its
-/// [`Forward`]: the hook where request-level layers (tracing) go, with the
+/// [`Forward`]: the hook where request-level layers (spans and request
+/// metrics: `l7inspect_trace::Observe`) go, with the
 /// connection's metadata at hand, so nothing is looked up per request.
 pub trait NewRequestService: Clone + Send + Sync + 'static {
     /// The per-request service.

@@ -4,21 +4,23 @@
 //! straight from the finished spans ([`OtlpEncoder`]; Zipkin JSON).
 //!
 //! # How spans flow
-//! [`ExportProcessor`] is an OpenTelemetry SDK [`SpanProcessor`]. Its
-//! `on_end` runs on the thread that ended the span, in the middle of
-//! request handling, so it only does constant-time work: it puts the span
-//! (behind an `Arc`) in the [`RecentSpans`] ring and `try_send`s it into a
-//! bounded queue of [`ExportConfig::queue_size`] spans. A background Tokio
-//! task takes spans off the queue and exports a batch when it holds
-//! [`ExportConfig::max_batch`] spans or its oldest span has waited
+//! Span sources (the request layer [`Observe`](crate::Observe), and any
+//! other) hand each finished, sampled [`SpanRecord`](crate::span::SpanRecord)
+//! to a [`SpanSink`]. [`SpanSink::record`] runs in the middle of request
+//! handling, so it only does constant-time work: one `Arc` and a `try_send`
+//! into a bounded queue of [`ExportConfig::queue_size`] spans. A background
+//! Tokio task takes spans off the queue, puts them in the [`RecentSpans`]
+//! ring (one lock per wake-up, not per span), and exports a batch when it
+//! holds [`ExportConfig::max_batch`] spans or its oldest span has waited
 //! [`ExportConfig::batch_delay`], whichever comes first, to every configured
 //! exporter at once.
 //!
 //! # Hand-off guarantees
-//! - `on_end` never blocks, awaits, allocates more than the one `Arc`, or
+//! - `record` never blocks, awaits, allocates more than the one `Arc`, or
 //!   does I/O; a slow or dead collector cannot slow the caller.
-//! - A span ended while the queue is full is dropped and counted
-//!   (`queue_full`). Nothing ever waits for room.
+//! - A span recorded while the queue is full is dropped for export and
+//!   counted (`queue_full`); it still goes into the ring. Nothing ever waits
+//!   for room.
 //! - Each export is bounded by its exporter's timeout. A batch that fails
 //!   or times out is dropped for that exporter and counted
 //!   (`export_failed`, once per span per exporter); it is not retried.
@@ -27,16 +29,17 @@
 //! - [`ExportPipeline::shutdown`] stops taking spans (later ones count as
 //!   `shutdown`), exports what is queued until its deadline, and counts
 //!   what is left as `shutdown`.
-//! - With no exporter configured there is no queue and no task: spans are
-//!   only kept in the ring.
+//! - With no exporter configured there is no queue and no task: `record`
+//!   puts spans in the ring itself.
 //!
-//! Every sampled span that reaches `on_end` is therefore, per exporter,
+//! Every sampled span that reaches `record` is therefore, per exporter,
 //! either exported or counted in exactly one drop reason.
 //!
 //! # Example
 //! ```
-//! use l7inspect_trace::export::{ExportConfig, ExportPipeline, ResourceConfig, SamplerConfig};
-//! use opentelemetry::trace::{Tracer, TracerProvider};
+//! use l7inspect_trace::export::{ExportConfig, ExportPipeline, ResourceConfig};
+//! use l7inspect_trace::span::SpanRecord;
+//! use opentelemetry::trace::{SpanKind, SpanId, TraceId};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,14 +50,11 @@
 //! }
 //! .to_resource("l7inspect", env!("CARGO_PKG_VERSION"));
 //! let pipeline = ExportPipeline::start(env.export, resource)?;
-//! let sampler = l7inspect_trace::sampling::CallerAwareSampler::new(env.sampler);
-//! let provider = pipeline.tracer_provider(sampler);
-//! provider.tracer("l7inspect").in_span("GET", |_cx| {});
+//! let span = SpanRecord::new(TraceId::from(1u128), SpanId::from(2u64), SpanKind::Server, "GET", std::time::SystemTime::now());
+//! pipeline.sink().record(span);
 //! pipeline.shutdown(std::time::Duration::from_secs(5)).await;
 //! # Ok(()) }
 //! ```
-//!
-//! [`SpanProcessor`]: opentelemetry_sdk::trace::SpanProcessor
 
 mod config;
 pub mod env;
@@ -71,6 +71,6 @@ pub use config::{
 };
 pub use env::{EnvError, OtelEnv, VARIABLES, from_otel_env};
 pub use otlp::OtlpEncoder;
-pub use pipeline::{ExportBuildError, ExportPipeline, ExportProcessor, FlushOutcome};
+pub use pipeline::{ExportBuildError, ExportPipeline, FlushOutcome, SpanSink};
 pub use recent::RecentSpans;
 pub use stats::{DropReason, ExportStats, ExporterKind};

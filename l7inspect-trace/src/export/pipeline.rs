@@ -1,18 +1,13 @@
-//! The span processor, its bounded hand-off queue and the background task
-//! that batches and exports.
+//! The span sink, its bounded hand-off queue and the background task that
+//! batches and exports.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::Context;
 use opentelemetry::Key;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{
-    SdkTracerProvider, ShouldSample, Span, SpanData, SpanLimits, SpanProcessor,
-};
 use opentelemetry_semantic_conventions::resource::SERVICE_NAME;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -22,6 +17,7 @@ use super::otlp::OtlpExporter;
 use super::recent::RecentSpans;
 use super::stats::{DropReason, ExportStats, ExporterKind};
 use super::zipkin::ZipkinExporter;
+use crate::span::SpanRecord;
 
 /// How long the export task keeps flushing when every handle to it was
 /// dropped without an explicit shutdown.
@@ -29,29 +25,30 @@ const DROPPED_HANDLES_DEADLINE: Duration = Duration::from_secs(5);
 /// At most one warning per exporter (and one for a full queue) per interval.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A running export pipeline: the [`ExportProcessor`] to register with a
-/// tracer provider, the background export task behind it, its counters and
-/// its ring of recent spans.
+/// A running export pipeline: the [`SpanSink`] that span sources hand
+/// finished spans to, the background export task behind it, its counters
+/// and its ring of recent spans.
 ///
-/// Dropping every handle (this and all processor clones, including the
-/// provider's) lets the task flush for up to 5 s and stop; call
-/// [`shutdown`](ExportPipeline::shutdown) to choose the deadline and wait.
+/// Dropping every handle (this and all sink clones) lets the task flush for
+/// up to 5 s and stop; call [`shutdown`](ExportPipeline::shutdown) to choose
+/// the deadline and wait.
 #[derive(Debug)]
 pub struct ExportPipeline {
-    processor: ExportProcessor,
-    resource: Resource,
+    sink: SpanSink,
 }
 
-/// The [`SpanProcessor`] that hands finished spans to the export task.
+/// Where finished spans go: [`record`](SpanSink::record) hands a span to
+/// the export task and the ring of recent spans.
 ///
-/// `on_end` never blocks or awaits: it records the span in [`RecentSpans`]
-/// and `try_send`s it into the bounded queue; when the queue is full the
-/// span is dropped and counted as `queue_full`. Unsampled spans (recorded
-/// but not sampled) are ignored, as the SDK's batch processor does.
+/// `record` never blocks or awaits: it `try_send`s the span into the
+/// bounded queue; when the queue is full the span is dropped for export and
+/// counted as `queue_full`. The export task puts what it takes off the
+/// queue into [`RecentSpans`], one lock per wake-up rather than one per
+/// span; with no exporter configured, `record` puts the span there itself.
 ///
 /// Cloning shares the queue, counters and ring.
 #[derive(Clone, Debug)]
-pub struct ExportProcessor {
+pub struct SpanSink {
     inner: Arc<Inner>,
 }
 
@@ -96,7 +93,7 @@ pub enum ExportBuildError {
 
 struct Inner {
     /// `None` when no exporter is configured: spans only go to `recent`.
-    queue: Option<mpsc::Sender<Arc<SpanData>>>,
+    queue: Option<mpsc::Sender<Arc<SpanRecord>>>,
     control: Option<mpsc::UnboundedSender<Control>>,
     recent: RecentSpans,
     stats: ExportStats,
@@ -110,14 +107,11 @@ enum Control {
     Shutdown(Instant, Ack),
 }
 
-enum Ack {
-    Async(oneshot::Sender<FlushOutcome>),
-    Blocking(std::sync::mpsc::SyncSender<FlushOutcome>),
-    None,
-}
+type Ack = oneshot::Sender<FlushOutcome>;
 
 struct Worker {
-    queue: mpsc::Receiver<Arc<SpanData>>,
+    queue: mpsc::Receiver<Arc<SpanRecord>>,
+    recent: RecentSpans,
     control: mpsc::UnboundedReceiver<Control>,
     otlp: Option<(OtlpExporter, Duration)>,
     zipkin: Option<(ZipkinExporter, Duration)>,
@@ -177,10 +171,9 @@ impl ExportPipeline {
                 stats,
             };
             return Ok(Self {
-                processor: ExportProcessor {
+                sink: SpanSink {
                     inner: Arc::new(inner),
                 },
-                resource,
             });
         }
         let runtime =
@@ -207,6 +200,7 @@ impl ExportPipeline {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let worker = Worker {
             queue: queue_rx,
+            recent: recent.clone(),
             control: control_rx,
             otlp,
             zipkin,
@@ -223,50 +217,31 @@ impl ExportPipeline {
             stats,
         };
         Ok(Self {
-            processor: ExportProcessor {
+            sink: SpanSink {
                 inner: Arc::new(inner),
             },
-            resource,
         })
     }
 
-    /// A handle to the processor, to register with a tracer provider.
-    pub fn processor(&self) -> ExportProcessor {
-        self.processor.clone()
-    }
-
-    /// A tracer provider whose spans end in this pipeline, sampled by
-    /// `sampler`, with the pipeline's resource.
-    ///
-    /// It touches no global state (install it globally, or not, as the
-    /// caller chooses), and no environment: the resource and the span
-    /// limits are set explicitly so that the SDK's defaults, which read
-    /// `OTEL_*` variables, do not apply.
-    pub fn tracer_provider(&self, sampler: impl ShouldSample + 'static) -> SdkTracerProvider {
-        SdkTracerProvider::builder()
-            .with_span_processor(self.processor())
-            .with_sampler(sampler)
-            .with_span_limits(SpanLimits::default())
-            .with_resource(self.resource.clone())
-            .build()
+    /// A handle for span sources: where they hand finished spans.
+    pub fn sink(&self) -> SpanSink {
+        self.sink.clone()
     }
 
     /// The export counters.
     pub fn stats(&self) -> ExportStats {
-        self.processor.inner.stats.clone()
+        self.sink.inner.stats.clone()
     }
 
     /// The ring of recent finished spans.
     pub fn recent(&self) -> RecentSpans {
-        self.processor.inner.recent.clone()
+        self.sink.inner.recent.clone()
     }
 
     /// Exports everything queued when called and waits for it (each export
     /// bounded by its exporter's timeout).
     pub async fn flush(&self) -> FlushOutcome {
-        self.processor
-            .request(|ack| Control::Flush(Ack::Async(ack)))
-            .await
+        self.sink.request(Control::Flush).await
     }
 
     /// Stops taking spans (later ones are counted as dropped for
@@ -274,19 +249,52 @@ impl ExportPipeline {
     /// stops the export task. Calling it again returns at once.
     pub async fn shutdown(&self, timeout: Duration) -> FlushOutcome {
         let deadline = Instant::now() + timeout;
-        self.processor
-            .request(|ack| Control::Shutdown(deadline, Ack::Async(ack)))
+        self.sink
+            .request(|ack| Control::Shutdown(deadline, ack))
             .await
     }
 }
 
-// === impl ExportProcessor ===
+// === impl SpanSink ===
 
-impl ExportProcessor {
-    async fn request(
-        &self,
-        control: impl FnOnce(oneshot::Sender<FlushOutcome>) -> Control,
-    ) -> FlushOutcome {
+impl SpanSink {
+    /// Hands a finished span to the exporters and the ring of recent spans.
+    /// Constant time; never blocks. Spans whose trace flags say "not
+    /// sampled" are ignored.
+    pub fn record(&self, span: SpanRecord) {
+        if span.trace_flags.is_sampled() {
+            self.record_shared(Arc::new(span));
+        }
+    }
+
+    /// [`record`](Self::record) for a span already behind an `Arc` (one
+    /// allocation per span: the ring and the queue share it).
+    pub fn record_shared(&self, span: Arc<SpanRecord>) {
+        let Some(queue) = &self.inner.queue else {
+            self.inner.recent.push(span);
+            return;
+        };
+        // Counted here; the export task logs it, rate-limited. The ring
+        // still gets the span: it shows every sampled span.
+        match queue.try_send(span) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(span)) => {
+                self.inner.stats.add_dropped(DropReason::QueueFull, 1);
+                self.inner.recent.push(span);
+            }
+            Err(mpsc::error::TrySendError::Closed(span)) => {
+                self.inner.stats.add_dropped(DropReason::Shutdown, 1);
+                self.inner.recent.push(span);
+            }
+        }
+    }
+
+    /// The export counters.
+    pub fn stats(&self) -> ExportStats {
+        self.inner.stats.clone()
+    }
+
+    async fn request(&self, control: impl FnOnce(Ack) -> Control) -> FlushOutcome {
         let Some(tx) = &self.inner.control else {
             return FlushOutcome::Complete;
         };
@@ -297,104 +305,15 @@ impl ExportProcessor {
         }
         done.await.unwrap_or(FlushOutcome::Complete)
     }
-
-    /// The synchronous SDK entry points may run on a runtime thread, where
-    /// blocking could starve the very task they wait for (on a
-    /// current-thread runtime, forever): there they only ask. Off the
-    /// runtime they wait, up to `wait`.
-    fn request_blocking(
-        &self,
-        wait: Duration,
-        control: impl FnOnce(Ack) -> Control,
-    ) -> OTelSdkResult {
-        let Some(tx) = &self.inner.control else {
-            return Ok(());
-        };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let _ = tx.send(control(Ack::None));
-            return Ok(());
-        }
-        let (ack, done) = std::sync::mpsc::sync_channel(1);
-        if tx.send(control(Ack::Blocking(ack))).is_err() {
-            return Ok(());
-        }
-        match done.recv_timeout(wait) {
-            Ok(FlushOutcome::Complete) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                Ok(())
-            }
-            Ok(FlushOutcome::DeadlineReached) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                Err(OTelSdkError::Timeout(wait))
-            }
-        }
-    }
-}
-
-impl SpanProcessor for ExportProcessor {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
-        // One allocation per span, so that the ring and the queue share it
-        // instead of copying its attributes.
-        let span = Arc::new(span);
-        self.inner.recent.push(span.clone());
-        if let Some(queue) = &self.inner.queue {
-            match queue.try_send(span) {
-                Ok(()) => {}
-                // Counted here; the export task logs it, rate-limited.
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.inner.stats.add_dropped(DropReason::QueueFull, 1)
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.inner.stats.add_dropped(DropReason::Shutdown, 1)
-                }
-            }
-        }
-    }
-
-    /// Off a Tokio runtime, exports what is queued and waits up to 30 s;
-    /// on one, only asks the export task to (use
-    /// [`ExportPipeline::flush`] to wait there).
-    fn force_flush(&self) -> OTelSdkResult {
-        self.request_blocking(Duration::from_secs(30), Control::Flush)
-    }
-
-    /// Off a Tokio runtime, shuts the pipeline down and waits up to
-    /// `timeout`; on one, only starts the shutdown (use
-    /// [`ExportPipeline::shutdown`] to wait there).
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let deadline = Instant::now() + timeout;
-        self.request_blocking(timeout + Duration::from_millis(100), |ack| {
-            Control::Shutdown(deadline, ack)
-        })
-    }
 }
 
 impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ExportProcessor")
+        f.debug_struct("SpanSink")
             .field("exporting", &self.queue.is_some())
             .field("recent_capacity", &self.recent.capacity())
             .field("stats", &self.stats)
             .finish()
-    }
-}
-
-// === impl Ack ===
-
-impl Ack {
-    fn send(self, outcome: FlushOutcome) {
-        match self {
-            Self::Async(tx) => {
-                let _ = tx.send(outcome);
-            }
-            Self::Blocking(tx) => {
-                let _ = tx.try_send(outcome);
-            }
-            Self::None => {}
-        }
     }
 }
 
@@ -403,6 +322,7 @@ impl Ack {
 impl Worker {
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(self.max_batch);
+        let mut incoming = Vec::with_capacity(self.max_batch);
         // When the oldest span of a partial batch has waited `batch_delay`.
         let mut flush_at: Option<Instant> = None;
         loop {
@@ -413,10 +333,10 @@ impl Worker {
                         let queued = self.queue.len();
                         let outcome = self.drain(&mut batch, queued, None).await;
                         flush_at = None;
-                        ack.send(outcome);
+                        let _ = ack.send(outcome);
                     }
                     Some(Control::Shutdown(deadline, ack)) => {
-                        ack.send(self.finish(batch, deadline).await);
+                        let _ = ack.send(self.finish(batch, deadline).await);
                         return;
                     }
                     None => {
@@ -424,8 +344,14 @@ impl Worker {
                         return;
                     }
                 },
-                span = self.queue.recv() => match span {
-                    Some(span) => {
+                n = self.queue.recv_many(&mut incoming, self.max_batch) => {
+                    if n == 0 {
+                        self.finish(batch, Instant::now() + DROPPED_HANDLES_DEADLINE).await;
+                        return;
+                    }
+                    // Into the ring with one lock for all that arrived.
+                    self.recent.extend(&incoming);
+                    for span in incoming.drain(..) {
                         if batch.is_empty() {
                             flush_at = Some(Instant::now() + self.batch_delay);
                         }
@@ -436,11 +362,7 @@ impl Worker {
                             flush_at = None;
                         }
                     }
-                    None => {
-                        self.finish(batch, Instant::now() + DROPPED_HANDLES_DEADLINE).await;
-                        return;
-                    }
-                },
+                }
                 () = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                     let due = std::mem::replace(&mut batch, Vec::with_capacity(self.max_batch));
                     self.export(due, None).await;
@@ -452,7 +374,7 @@ impl Worker {
 
     /// Closes the queue (later `on_end`s count `shutdown` drops), exports
     /// what is left until `deadline`, and shuts the exporters down.
-    async fn finish(&mut self, mut batch: Vec<Arc<SpanData>>, deadline: Instant) -> FlushOutcome {
+    async fn finish(&mut self, mut batch: Vec<Arc<SpanRecord>>, deadline: Instant) -> FlushOutcome {
         self.queue.close();
         let outcome = self.drain(&mut batch, usize::MAX, Some(deadline)).await;
         tracing::debug!(?outcome, "span export stopped");
@@ -462,7 +384,7 @@ impl Worker {
     /// Exports `batch` and up to `budget` queued spans, in batches.
     async fn drain(
         &mut self,
-        batch: &mut Vec<Arc<SpanData>>,
+        batch: &mut Vec<Arc<SpanRecord>>,
         mut budget: usize,
         deadline: Option<Instant>,
     ) -> FlushOutcome {
@@ -470,6 +392,7 @@ impl Worker {
             while batch.len() < self.max_batch && budget > 0 {
                 match self.queue.try_recv() {
                     Ok(span) => {
+                        self.recent.push(span.clone());
                         batch.push(span);
                         budget -= 1;
                     }
@@ -500,7 +423,8 @@ impl Worker {
 
     fn discard_queued(&mut self) -> u64 {
         let mut n = 0;
-        while self.queue.try_recv().is_ok() {
+        while let Ok(span) = self.queue.try_recv() {
+            self.recent.push(span);
             n += 1;
         }
         n
@@ -509,7 +433,7 @@ impl Worker {
     /// Hands one batch to every exporter at once, each bounded by its own
     /// timeout and by `deadline`. Returns whether the deadline cut an
     /// export short.
-    async fn export(&mut self, batch: Vec<Arc<SpanData>>, deadline: Option<Instant>) -> bool {
+    async fn export(&mut self, batch: Vec<Arc<SpanRecord>>, deadline: Option<Instant>) -> bool {
         let n = batch.len() as u64;
         let Self { otlp, zipkin, .. } = self;
         let otlp = async {

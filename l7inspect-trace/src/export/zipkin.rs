@@ -14,18 +14,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::header::CONTENT_TYPE;
+use opentelemetry::Array;
 use opentelemetry::trace::{SpanId, SpanKind, Status};
-use opentelemetry::{Array, Key, Value};
 use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_http::{Bytes, HttpClient};
-use opentelemetry_sdk::trace::SpanData;
-use opentelemetry_semantic_conventions::attribute::{
-    NETWORK_PEER_ADDRESS, NETWORK_PEER_PORT, SERVER_ADDRESS, SERVICE_PEER_NAME,
-};
+use opentelemetry_semantic_conventions::attribute::SERVICE_PEER_NAME;
 use serde_json::{Map, Value as Json, json};
 
 use super::ExportBuildError;
 use super::config::ZipkinConfig;
+use super::otlp::{SCOPE_NAME, SCOPE_VERSION};
+use crate::span::{AttrValue, SpanRecord};
 
 /// POSTs batches as a Zipkin v2 JSON list.
 #[derive(Debug)]
@@ -57,7 +56,7 @@ impl ZipkinExporter {
         })
     }
 
-    pub(crate) async fn export(&self, spans: &[Arc<SpanData>]) -> Result<(), String> {
+    pub(crate) async fn export(&self, spans: &[Arc<SpanRecord>]) -> Result<(), String> {
         let body = encode(&self.service_name, spans.iter().map(|s| &**s));
         let req = http::Request::post(self.endpoint.clone())
             .header(CONTENT_TYPE, "application/json")
@@ -77,23 +76,23 @@ impl ZipkinExporter {
 }
 
 /// Encodes spans as a Zipkin v2 JSON list (`ListOfSpans`).
-pub(crate) fn encode<'a>(service_name: &str, spans: impl Iterator<Item = &'a SpanData>) -> Vec<u8> {
+pub(crate) fn encode<'a>(
+    service_name: &str,
+    spans: impl Iterator<Item = &'a SpanRecord>,
+) -> Vec<u8> {
     let list: Vec<Json> = spans.map(|s| span_json(service_name, s)).collect();
     // Serializing a `serde_json::Value` cannot fail.
     serde_json::to_vec(&list).unwrap_or_default()
 }
 
-fn span_json(service_name: &str, span: &SpanData) -> Json {
+fn span_json(service_name: &str, span: &SpanRecord) -> Json {
     let mut o = Map::new();
-    o.insert(
-        "traceId".into(),
-        span.span_context.trace_id().to_string().into(),
-    );
-    o.insert("id".into(), span.span_context.span_id().to_string().into());
+    o.insert("traceId".into(), span.trace_id.to_string().into());
+    o.insert("id".into(), span.span_id.to_string().into());
     if span.parent_span_id != SpanId::INVALID {
         o.insert("parentId".into(), span.parent_span_id.to_string().into());
     }
-    let kind = match span.span_kind {
+    let kind = match span.kind {
         SpanKind::Client => Some("CLIENT"),
         SpanKind::Server => Some("SERVER"),
         SpanKind::Producer => Some("PRODUCER"),
@@ -104,13 +103,10 @@ fn span_json(service_name: &str, span: &SpanData) -> Json {
         o.insert("kind".into(), kind.into());
     }
     o.insert("name".into(), span.name.as_ref().into());
-    o.insert(
-        "timestamp".into(),
-        micros_since_epoch(span.start_time).into(),
-    );
+    o.insert("timestamp".into(), micros_since_epoch(span.start).into());
     let duration = span
-        .end_time
-        .duration_since(span.start_time)
+        .end
+        .duration_since(span.start)
         .unwrap_or(Duration::ZERO);
     // "Durations of less than one are rounded up": ceil, at least 1.
     let micros = duration.as_nanos().div_ceil(1000).max(1);
@@ -125,37 +121,12 @@ fn span_json(service_name: &str, span: &SpanData) -> Json {
     if let Some(remote) = remote_endpoint(span) {
         o.insert("remoteEndpoint".into(), remote);
     }
-    if !span.events.events.is_empty() {
-        let annotations: Vec<Json> = span
-            .events
-            .iter()
-            .map(|e| {
-                let value = if e.attributes.is_empty() {
-                    e.name.to_string()
-                } else {
-                    let attrs: Map<String, Json> = e
-                        .attributes
-                        .iter()
-                        .map(|kv| (kv.key.to_string(), value_json(&kv.value)))
-                        .collect();
-                    format!("\"{}\":{}", e.name, Json::Object(attrs))
-                };
-                json!({ "timestamp": micros_since_epoch(e.timestamp), "value": value })
-            })
-            .collect();
-        o.insert("annotations".into(), annotations.into());
-    }
     let mut tags = Map::new();
-    for kv in &span.attributes {
-        tags.insert(kv.key.to_string(), tag_string(&kv.value).into());
-    }
-    let scope = &span.instrumentation_scope;
-    if !scope.name().is_empty() {
-        tags.insert("otel.scope.name".into(), scope.name().into());
-    }
-    if let Some(v) = scope.version() {
-        tags.insert("otel.scope.version".into(), v.into());
-    }
+    span.for_each_attribute(|key, value| {
+        tags.insert(key.to_owned(), tag_string(value).into());
+    });
+    tags.insert("otel.scope.name".into(), SCOPE_NAME.into());
+    tags.insert("otel.scope.version".into(), SCOPE_VERSION.into());
     match &span.status {
         Status::Unset => {}
         Status::Ok => {
@@ -166,45 +137,28 @@ fn span_json(service_name: &str, span: &SpanData) -> Json {
             tags.insert("error".into(), description.as_ref().into());
         }
     }
-    if span.dropped_attributes_count > 0 {
-        tags.insert(
-            "otel.dropped_attributes_count".into(),
-            span.dropped_attributes_count.to_string().into(),
-        );
-    }
-    if span.events.dropped_count > 0 {
-        tags.insert(
-            "otel.dropped_events_count".into(),
-            span.events.dropped_count.to_string().into(),
-        );
-    }
-    if !tags.is_empty() {
-        o.insert("tags".into(), tags.into());
-    }
+    o.insert("tags".into(), tags.into());
     Json::Object(o)
 }
 
-/// The peer: its address and port from `network.peer.*`, and for CLIENT and
+/// The peer: its address and port (`network.peer.*`), and for CLIENT and
 /// PRODUCER spans its name from `service.peer.name` or `server.address`.
-fn remote_endpoint(span: &SpanData) -> Option<Json> {
-    if span.span_kind == SpanKind::Internal {
+fn remote_endpoint(span: &SpanRecord) -> Option<Json> {
+    if span.kind == SpanKind::Internal {
         return None;
     }
-    let attr = |key: &'static str| {
-        let key = Key::from_static_str(key);
-        span.attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .map(|kv| &kv.value)
-    };
     let mut o = Map::new();
-    if matches!(span.span_kind, SpanKind::Client | SpanKind::Producer)
-        && let Some(name) = attr(SERVICE_PEER_NAME).or_else(|| attr(SERVER_ADDRESS))
-    {
-        o.insert("serviceName".into(), name.as_str().into_owned().into());
+    if matches!(span.kind, SpanKind::Client | SpanKind::Producer) {
+        let name = span
+            .attribute(SERVICE_PEER_NAME)
+            .map(|v| v.as_str().into_owned())
+            .or_else(|| span.http.as_ref().map(|h| h.server_address.to_string()));
+        if let Some(name) = name {
+            o.insert("serviceName".into(), name.into());
+        }
     }
-    if let Some(ip) = attr(NETWORK_PEER_ADDRESS).and_then(|v| v.as_str().parse::<IpAddr>().ok()) {
-        match ip {
+    if let Some(network) = &span.network {
+        match network.peer.ip() {
             IpAddr::V4(v4) => o.insert("ipv4".into(), v4.to_string().into()),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 // zipkin.proto: "Prefer using the ipv4 field for mapped addresses."
@@ -212,38 +166,28 @@ fn remote_endpoint(span: &SpanData) -> Option<Json> {
                 None => o.insert("ipv6".into(), v6.to_string().into()),
             },
         };
-    }
-    let port = attr(NETWORK_PEER_PORT).and_then(|v| match v {
-        Value::I64(p) => u16::try_from(*p).ok(),
-        Value::String(s) => s.as_str().parse::<u16>().ok(),
-        _ => None,
-    });
-    if let Some(port) = port {
-        o.insert("port".into(), port.into());
+        o.insert("port".into(), network.peer.port().into());
     }
     (!o.is_empty()).then_some(Json::Object(o))
 }
 
 /// Tags are strings: scalars as their text, arrays as a JSON list (the
 /// OpenTelemetry Zipkin mapping).
-fn tag_string(v: &Value) -> String {
+fn tag_string(v: AttrValue<'_>) -> String {
     match v {
-        Value::Array(_) => value_json(v).to_string(),
-        other => other.as_str().into_owned(),
-    }
-}
-
-fn value_json(v: &Value) -> Json {
-    match v {
-        Value::Bool(b) => (*b).into(),
-        Value::I64(i) => (*i).into(),
-        Value::F64(f) => (*f).into(),
-        Value::String(s) => s.as_str().into(),
-        Value::Array(Array::Bool(a)) => a.clone().into(),
-        Value::Array(Array::I64(a)) => a.clone().into(),
-        Value::Array(Array::F64(a)) => a.clone().into(),
-        Value::Array(Array::String(a)) => a.iter().map(|s| s.as_str()).collect::<Vec<_>>().into(),
-        other => other.as_str().into_owned().into(),
+        AttrValue::Str(s) => s.to_owned(),
+        AttrValue::Int(i) => i.to_string(),
+        AttrValue::Other(v @ opentelemetry::Value::Array(a)) => {
+            let list: Json = match a {
+                Array::Bool(a) => a.clone().into(),
+                Array::I64(a) => a.clone().into(),
+                Array::F64(a) => a.clone().into(),
+                Array::String(a) => a.iter().map(|s| s.as_str()).collect::<Vec<_>>().into(),
+                _ => return v.as_str().into_owned(),
+            };
+            list.to_string()
+        }
+        AttrValue::Other(v) => v.as_str().into_owned(),
     }
 }
 

@@ -1,0 +1,244 @@
+//! [`RequestClass`]: what a request is, read once from its head. The span
+//! and the request histograms both read it, so they cannot disagree.
+
+use http::{HeaderMap, Method, Request, Version};
+
+/// gRPC status CANCELLED: what a call whose response was dropped before
+/// its status arrived is recorded as.
+pub const GRPC_CANCELLED: i64 = 1;
+
+/// What a request is, from its head.
+///
+/// The cheap facts every request needs (method, version, gRPC call, the
+/// server the client named) are read when it is built; the ones only a
+/// recorded span needs (user agent, body size, scheme) are read when
+/// asked, from the same head.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestClass<'a> {
+    head: Head<'a>,
+    /// The method's semantic-convention value (`GET`...), or `_OTHER`.
+    pub method: &'static str,
+    /// Whether the method is one of the known ones (RFC 9110, PATCH, QUERY).
+    pub method_known: bool,
+    /// `network.protocol.version`: `1.0`, `1.1`, `2`, `3`.
+    pub version: &'static str,
+    /// The gRPC service and method, for a gRPC call (`content-type:
+    /// application/grpc...` and a `/package.Service/Method` path).
+    pub grpc: Option<GrpcCall<'a>>,
+    /// The server as the client named it: the authority (HTTP/2, absolute
+    /// form) or the `Host` header, with its port if it had one.
+    pub server: Option<(&'a str, Option<u16>)>,
+}
+
+/// The parts of a request head a class reads.
+#[derive(Clone, Copy, Debug)]
+struct Head<'a> {
+    method: &'a Method,
+    uri: &'a http::Uri,
+    headers: &'a HeaderMap,
+}
+
+/// A gRPC call's service and method (`/shop.Orders/Get` → `shop.Orders`, `Get`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrpcCall<'a> {
+    /// `package.Service`.
+    pub service: &'a str,
+    /// The method.
+    pub method: &'a str,
+}
+
+// === impl RequestClass ===
+
+impl<'a> RequestClass<'a> {
+    /// Classifies `req` from its head.
+    pub fn of<B>(req: &'a Request<B>) -> Self {
+        let headers = req.headers();
+        let (method, method_known) = method_name(req.method());
+        let grpc = is_grpc(headers)
+            .then(|| grpc_service_method(req.uri().path()))
+            .flatten();
+        let server = match req.uri().authority() {
+            Some(a) => Some((a.host(), a.port_u16())),
+            None => headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .and_then(split_host_port),
+        };
+        Self {
+            head: Head {
+                method: req.method(),
+                uri: req.uri(),
+                headers,
+            },
+            method,
+            method_known,
+            version: match req.version() {
+                Version::HTTP_10 => "1.0",
+                Version::HTTP_2 => "2",
+                Version::HTTP_3 => "3",
+                _ => "1.1",
+            },
+            grpc,
+            server,
+        }
+    }
+
+    /// The method as sent, for `http.request.method_original`.
+    pub fn method_original(&self) -> &'a str {
+        self.head.method.as_str()
+    }
+
+    /// `url.path`.
+    pub fn path(&self) -> &'a str {
+        self.head.uri.path()
+    }
+
+    /// `url.query`, if any.
+    pub fn query(&self) -> Option<&'a str> {
+        self.head.uri.query()
+    }
+
+    /// `url.scheme`: the request's, `http` when it names none.
+    pub fn scheme(&self) -> &'a str {
+        self.head.uri.scheme_str().unwrap_or("http")
+    }
+
+    /// `user_agent.original`.
+    pub fn user_agent(&self) -> Option<&'a str> {
+        self.head
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// `http.request.body.size`, from `Content-Length`.
+    pub fn request_body_size(&self) -> Option<u64> {
+        self.head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+    }
+}
+
+/// Whether `headers` say gRPC (`content-type: application/grpc...`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| l7inspect_detect::is_grpc_content_type(v.as_bytes()))
+}
+
+/// `grpc-status` in `headers` (a trailers-only response's headers, or the
+/// trailers), if there and numeric.
+pub fn grpc_status(headers: &HeaderMap) -> Option<i64> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// The method's semantic-convention value and whether it is a known one
+/// (unknown methods are `_OTHER`, so label values stay bounded).
+pub fn method_name(method: &Method) -> (&'static str, bool) {
+    use http::Method as M;
+    let known = match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::CONNECT => "CONNECT",
+        M::OPTIONS => "OPTIONS",
+        M::TRACE => "TRACE",
+        M::PATCH => "PATCH",
+        _ if method.as_str() == "QUERY" => "QUERY",
+        _ => return ("_OTHER", false),
+    };
+    (known, true)
+}
+
+/// `/package.Service/Method` → (`package.Service`, `Method`); anything
+/// else (`/a/b/c`, `/a/`, `//m`) is not a gRPC method path.
+fn grpc_service_method(path: &str) -> Option<GrpcCall<'_>> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some(GrpcCall { service, method })
+}
+
+/// `host[:port]` or `[v6]:port` from a `Host` header, without allocating
+/// (unlike parsing it as a URI authority). `None` when it is not one.
+fn split_host_port(value: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = match value.strip_prefix('[') {
+        // An IPv6 literal: the brackets belong to the authority, as in
+        // http::uri::Authority::host.
+        Some(rest) => {
+            let (_, after) = rest.split_once(']')?;
+            let host = &value[..value.len() - after.len()];
+            match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None if after.is_empty() => (host, None),
+                None => return None,
+            }
+        }
+        None => match value.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        },
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_ascii_whitespace() || c == '@' || c == '/') {
+        return None;
+    }
+    match port {
+        None => Some((host, None)),
+        Some(p) => Some((host, Some(p.parse().ok()?))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_host_port_reads_host_headers_as_authorities_do() {
+        for (value, want) in [
+            ("example.com", Some(("example.com", None))),
+            ("example.com:8080", Some(("example.com", Some(8080)))),
+            ("10.0.0.1:80", Some(("10.0.0.1", Some(80)))),
+            ("[::1]", Some(("[::1]", None))),
+            ("[::1]:9000", Some(("[::1]", Some(9000)))),
+            ("example.com:http", None),
+            ("example.com:70000", None),
+            ("[::1", None),
+            ("[::1]x", None),
+            ("", None),
+            ("user@example.com", None),
+        ] {
+            assert_eq!(split_host_port(value), want, "{value:?}");
+            // Where both accept the value, they agree.
+            if let (Some((host, port)), Ok(a)) = (want, value.parse::<http::uri::Authority>()) {
+                assert_eq!((host, port), (a.host(), a.port_u16()), "{value:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn grpc_paths() {
+        let call = |service, method| Some(GrpcCall { service, method });
+        assert_eq!(
+            grpc_service_method("/shop.Orders/Get"),
+            call("shop.Orders", "Get")
+        );
+        for path in ["/a/b/c", "/a/", "//m", "/a", "a/b", "/"] {
+            assert_eq!(grpc_service_method(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(method_name(&Method::GET), ("GET", true));
+        assert_eq!(
+            method_name(&Method::from_bytes(b"QUERY").unwrap()),
+            ("QUERY", true)
+        );
+        assert_eq!(
+            method_name(&Method::from_bytes(b"PROPFIND").unwrap()),
+            ("_OTHER", false)
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! [`Observe`]: one observation per HTTP request, which makes both its span
+//! (SERVER kind on inbound, CLIENT on outbound, joined to the caller's
+//! trace) and its request-duration histogram entry.
+//!
+//! # Behaviour
+//!
+//! - **One classification**: the request head is read once into a
+//!   [`RequestClass`] (method and whether it is known, version, gRPC service
+//!   and method, the server the client named); the span's attributes and
+//!   the histogram labels both come from it, and a gRPC status is parsed in
+//!   one place.
+//! - **When**: the observation starts when the request head reaches the
+//!   layer and ends when the response body and trailers are done, when the
+//!   response is dropped unfinished (the client went away, the stream was
+//!   reset), or, when the response carries a
+//!   [`CancellationToken`](tokio_util::sync::CancellationToken) in its
+//!   extensions (the proxy's sign that the exchange became a tunnel: a
+//!   WebSocket `101`, a `CONNECT`), when the token is cancelled. The span
+//!   and the histogram end at that same instant, so a span's duration is its
+//!   histogram observation. An error from the inner service (no response at
+//!   all) ends the span with `error.type` `_OTHER` and records no histogram
+//!   entry (it has no status code).
+//! - **Context**: the caller's context is extracted with the configured
+//!   [`Propagators`] and becomes the parent; the new span's context is
+//!   injected into the forwarded request in the formats the request arrived
+//!   with (the first configured format if none), so the next hop, or the
+//!   application behind an inbound sidecar, continues the trace. This
+//!   happens for unsampled requests too. Malformed headers are ignored,
+//!   counted ([`PropagationStats`]) and logged at debug.
+//! - **Sampling**: the [`Sampler`] decides per request; only a sampled
+//!   request builds a [`SpanRecord`] (one allocation). An unsampled request
+//!   allocates nothing for its observation.
+//! - **Names and attributes** follow the OpenTelemetry semantic conventions
+//!   for HTTP and RPC spans: name `{method}` (`HTTP` for unknown methods), or
+//!   `{rpc.service}/{rpc.method}` for gRPC.
+//! - **Status**: Error for 5xx on SERVER spans, for 4xx and 5xx on CLIENT
+//!   spans; for gRPC per the RPC conventions (`grpc-status` from the
+//!   trailers, or from the headers of a trailers-only response). A gRPC call
+//!   whose response is dropped before its status arrived is recorded as
+//!   CANCELLED (1), in the span and in the histogram.
+//!
+//! # Example
+//! ```
+//! use l7inspect_trace::{Observer, ObserveConfig, Peer, RequestMetrics};
+//! use l7inspect_trace::export::{ExportConfig, ExportPipeline, ResourceConfig, SamplerConfig};
+//! use opentelemetry::trace::SpanKind;
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let resource = ResourceConfig::default().to_resource("my-proxy", "0.1.0");
+//! let pipeline = ExportPipeline::start(ExportConfig::default(), resource)?;
+//! let observer = Observer::new(
+//!     ObserveConfig::new(SpanKind::Server),
+//!     pipeline.sink(),
+//!     Some(RequestMetrics::default()),
+//! );
+//! let peer = Peer { client: "10.0.0.9:40000".parse()?, server: "10.0.0.5:8080".parse()? };
+//! let svc = observer.layer(peer).layer(service_fn(|_req: http::Request<String>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hi")))
+//! }));
+//! let resp = svc.oneshot(http::Request::new(String::new())).await?;
+//! drop(resp); // the observation ends with the response body
+//! assert_eq!(pipeline.recent().len(), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `classify`: [`RequestClass`], [`grpc_status`].
+//! - `metrics`: [`RequestMetrics`], the histograms.
+//! - `pending`: an observation in flight and how it ends.
+//! - `service`: [`Observe`] and its [`ResponseFuture`].
+//! - `body`: [`ObservedBody`].
+
+mod body;
+mod classify;
+mod metrics;
+mod pending;
+mod service;
+#[cfg(test)]
+mod tests;
+
+pub use body::ObservedBody;
+pub use classify::{GRPC_CANCELLED, GrpcCall, RequestClass, grpc_status, is_grpc, method_name};
+pub use metrics::{DURATION_BUCKETS, HttpLabels, MAX_RPC_LABELS, RequestMetrics, RpcLabels};
+pub use service::{Observe, ResponseFuture};
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use opentelemetry::trace::SpanKind;
+use tower::Layer;
+
+use crate::{
+    export::{SamplerConfig, SpanSink},
+    propagation::{Format, FormatSet, Propagators},
+    sampling::Sampler,
+    span::NetworkFields,
+};
+
+#[cfg(doc)]
+use crate::span::SpanRecord;
+
+/// What every observed request of one direction shares.
+#[derive(Clone, Debug)]
+pub struct ObserveConfig {
+    /// `Server` for inbound requests, `Client` for outbound.
+    pub kind: SpanKind,
+    /// Which requests are sampled.
+    pub sampler: SamplerConfig,
+    /// The formats extracted and injected.
+    pub propagators: Propagators,
+    /// Record `url.query` (off by default: queries carry secrets).
+    pub record_query: bool,
+}
+
+/// The two ends of the connection a request arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Where the request goes: the connection's target.
+    pub server: SocketAddr,
+}
+
+/// The spans and metrics of one direction's requests, shared by every
+/// connection; [`Observer::layer`] makes the per-connection layer. Cheap to
+/// clone.
+#[derive(Clone, Debug)]
+pub struct Observer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ObserveConfig,
+    sampler: Sampler,
+    sink: SpanSink,
+    metrics: Option<RequestMetrics>,
+    stats: PropagationStats,
+}
+
+/// Counts of trace-context headers that were present but malformed (and
+/// ignored), per format. Cheap to clone; shared by the layers of an
+/// [`Observer`].
+#[derive(Clone, Debug, Default)]
+pub struct PropagationStats {
+    malformed: Arc<[AtomicU64; Format::ALL.len()]>,
+}
+
+/// A [`Layer`] that observes the requests of one connection.
+#[derive(Clone, Debug)]
+pub struct ObserveLayer {
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+}
+
+/// What the requests of one connection share.
+#[derive(Debug)]
+struct Conn {
+    peer: Peer,
+    /// The span's network fields, formatted on the first sampled request.
+    network: OnceLock<Arc<NetworkFields>>,
+    /// The target, for `server.address` when the request names no server;
+    /// formatted on the first sampled request that needs it.
+    target_address: OnceLock<Arc<str>>,
+}
+
+// === impl ObserveConfig ===
+
+impl ObserveConfig {
+    /// `kind`'s spans, sampled parent-based (roots always), W3C
+    /// propagation, no queries.
+    pub fn new(kind: SpanKind) -> Self {
+        Self {
+            kind,
+            sampler: SamplerConfig::default(),
+            propagators: Propagators::default(),
+            record_query: false,
+        }
+    }
+}
+
+// === impl Observer ===
+
+impl Observer {
+    /// Observes with `config`, hands sampled spans to `sink`, and records
+    /// the request histograms in `metrics` (none: no metrics).
+    pub fn new(config: ObserveConfig, sink: SpanSink, metrics: Option<RequestMetrics>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                sampler: Sampler::new(config.sampler),
+                config,
+                sink,
+                metrics,
+                stats: PropagationStats::default(),
+            }),
+        }
+    }
+
+    /// Counts of malformed trace-context headers seen by every layer made
+    /// from this `Observer` (and its clones).
+    pub fn stats(&self) -> PropagationStats {
+        self.shared.stats.clone()
+    }
+
+    /// The layer for the requests of the connection between `peer`'s ends.
+    pub fn layer(&self, peer: Peer) -> ObserveLayer {
+        ObserveLayer {
+            shared: self.shared.clone(),
+            conn: Arc::new(Conn {
+                peer,
+                network: OnceLock::new(),
+                target_address: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn is_server(&self) -> bool {
+        matches!(self.config.kind, SpanKind::Server)
+    }
+}
+
+// === impl Conn ===
+
+impl Conn {
+    fn network(&self, server: bool) -> Arc<NetworkFields> {
+        self.network
+            .get_or_init(|| {
+                // The network peer is the other end of this hop: the client
+                // for a SERVER span, the server for a CLIENT span.
+                let fields = if server {
+                    NetworkFields::new(self.peer.client, Some(self.peer.client.ip()))
+                } else {
+                    NetworkFields::new(self.peer.server, None)
+                };
+                Arc::new(fields)
+            })
+            .clone()
+    }
+
+    fn target_address(&self) -> Arc<str> {
+        self.target_address
+            .get_or_init(|| self.peer.server.ip().to_string().into())
+            .clone()
+    }
+}
+
+// === impl PropagationStats ===
+
+impl PropagationStats {
+    /// How many requests carried a malformed header of `format`.
+    pub fn malformed(&self, format: Format) -> u64 {
+        self.malformed[index(format)].load(Ordering::Relaxed)
+    }
+
+    fn record(&self, formats: FormatSet) {
+        for f in formats.iter() {
+            self.malformed[index(f)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `format`'s position in [`Format::ALL`].
+fn index(format: Format) -> usize {
+    Format::ALL
+        .iter()
+        .position(|f| *f == format)
+        .expect("Format::ALL lists every format")
+}
+
+// === impl ObserveLayer ===
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe::new(inner, self.shared.clone(), self.conn.clone())
+    }
+}

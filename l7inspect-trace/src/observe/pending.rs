@@ -1,0 +1,169 @@
+//! An observation in flight: the request's start, its histogram labels and,
+//! when sampled, its span; and how it ends (once, whatever ends it).
+
+use std::{borrow::Cow, sync::Arc, time::Instant};
+
+use http::HeaderMap;
+use opentelemetry::trace::SpanKind;
+
+use super::{
+    GRPC_CANCELLED, Shared,
+    classify::grpc_status,
+    metrics::{HttpLabels, RpcLabels},
+};
+use crate::span::SpanRecord;
+
+/// gRPC codes that are errors on a SERVER span (RPC semantic conventions);
+/// on a CLIENT span every code but OK is.
+const GRPC_SERVER_ERRORS: [i64; 6] = [2, 4, 12, 13, 14, 15];
+
+/// A request being observed.
+pub(super) struct Pending {
+    pub(super) shared: Arc<Shared>,
+    pub(super) start: Instant,
+    /// The histogram entry's labels; `None` without metrics.
+    pub(super) labels: Option<Labels>,
+    /// Whether the request is a gRPC call (its status is awaited).
+    pub(super) grpc: bool,
+    /// The gRPC status, once known.
+    pub(super) grpc_status: Option<i64>,
+    /// The span, when sampled. Not shared until the end, so it is written
+    /// in place.
+    pub(super) span: Option<Arc<SpanRecord>>,
+    /// Response body bytes so far.
+    pub(super) response_bytes: u64,
+}
+
+/// The labels of the histogram entry a request makes.
+pub(super) enum Labels {
+    Http(HttpLabels),
+    Rpc(RpcLabels),
+}
+
+/// How an observation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum End {
+    /// The response body (and trailers) ended, or the tunnel closed.
+    Complete,
+    /// The response was dropped before its end.
+    Dropped,
+    /// The response body failed.
+    BodyError,
+    /// The inner service failed: there is no response.
+    NoResponse,
+}
+
+// === impl Pending ===
+
+impl Pending {
+    fn span_mut(&mut self) -> Option<&mut SpanRecord> {
+        // Only this observation holds the span until `finish` hands it on.
+        self.span.as_mut().and_then(Arc::get_mut)
+    }
+
+    fn is_server(&self) -> bool {
+        self.shared.is_server()
+    }
+
+    /// The response head arrived.
+    pub(super) fn on_response(&mut self, status: u16, headers: &HeaderMap) {
+        if let Some(Labels::Http(labels)) = &mut self.labels {
+            labels.http_response_status_code = status;
+        }
+        let error = if self.is_server() {
+            status >= 500
+        } else {
+            status >= 400
+        };
+        if let Some(span) = self.span_mut() {
+            if let Some(http) = &mut span.http {
+                http.response_status_code = Some(status);
+            }
+            if error {
+                span.set_error(status.to_string());
+            }
+        }
+        // A trailers-only gRPC response carries its status in the headers.
+        if self.grpc
+            && let Some(code) = grpc_status(headers)
+        {
+            self.on_grpc_status(code);
+        }
+    }
+
+    /// A frame of `n` data bytes went by.
+    pub(super) fn on_data(&mut self, n: usize) {
+        self.response_bytes += n as u64;
+    }
+
+    /// The trailers arrived.
+    pub(super) fn on_trailers(&mut self, trailers: &HeaderMap) {
+        if self.grpc
+            && self.grpc_status.is_none()
+            && let Some(code) = grpc_status(trailers)
+        {
+            self.on_grpc_status(code);
+        }
+    }
+
+    /// The call's gRPC status is `code`; later ones do not override it.
+    fn on_grpc_status(&mut self, code: i64) {
+        if self.grpc_status.is_some() {
+            return;
+        }
+        self.grpc_status = Some(code);
+        let error = if self.is_server() {
+            GRPC_SERVER_ERRORS.contains(&code)
+        } else {
+            code != 0
+        };
+        if let Some(span) = self.span_mut() {
+            if let Some(rpc) = &mut span.rpc {
+                rpc.grpc_status_code = Some(code);
+            }
+            if error {
+                span.set_error(code.to_string());
+            }
+        }
+    }
+
+    /// Ends the observation: the span gets its end time and goes to the
+    /// sink, and the histogram gets the same duration.
+    pub(super) fn finish(mut self, end: End) {
+        let elapsed = self.start.elapsed();
+        // A call that ended without a status: CANCELLED, in both.
+        if self.grpc && self.grpc_status.is_none() && end != End::NoResponse {
+            self.on_grpc_status(GRPC_CANCELLED);
+        }
+        let bytes = self.response_bytes;
+        if let Some(span) = self.span_mut() {
+            span.end = span.start + elapsed;
+            match end {
+                End::Complete | End::Dropped => {
+                    if let Some(http) = &mut span.http {
+                        http.response_body_size = Some(bytes);
+                    }
+                }
+                End::BodyError | End::NoResponse => span.set_error(Cow::Borrowed("_OTHER")),
+            }
+        }
+        if let Some(span) = self.span.take() {
+            self.shared.sink.record_shared(span);
+        }
+        if end == End::NoResponse {
+            return;
+        }
+        let (Some(metrics), Some(labels)) = (&self.shared.metrics, self.labels.take()) else {
+            return;
+        };
+        let server = matches!(self.shared.config.kind, SpanKind::Server);
+        let seconds = elapsed.as_secs_f64();
+        match labels {
+            Labels::Http(labels) => metrics.http(server).get_or_create(&labels).observe(seconds),
+            Labels::Rpc(mut labels) => {
+                labels.rpc_grpc_status_code = self.grpc_status.unwrap_or(GRPC_CANCELLED);
+                metrics.rpc(server).get_or_create(&labels).observe(seconds);
+            }
+        }
+    }
+}

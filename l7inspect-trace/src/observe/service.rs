@@ -1,0 +1,267 @@
+//! [`Observe`]: the service that starts each request's observation, and
+//! its [`ResponseFuture`].
+
+use std::{
+    borrow::Cow,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::{Instant, SystemTime},
+};
+
+use http::{Request, Response};
+use opentelemetry::trace::{SpanContext, TraceFlags, TraceState};
+use pin_project::pin_project;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+use super::{
+    Conn, Shared,
+    body::ObservedBody,
+    classify::RequestClass,
+    metrics::{HttpLabels, RpcLabels},
+    pending::{End, Labels, Pending},
+};
+use crate::{
+    sampling::{CallerSampling, new_span_id, new_trace_id},
+    span::{HttpFields, RpcFields, SpanRecord},
+};
+
+/// Observes each request (span and request histogram) and calls the inner
+/// service with the request's span context injected. See the [module
+/// docs](super).
+#[derive(Clone, Debug)]
+pub struct Observe<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+}
+
+/// The future of [`Observe`]: the inner future, then the response with its
+/// body wrapped in an [`ObservedBody`].
+#[pin_project]
+pub struct ResponseFuture<F> {
+    #[pin]
+    inner: F,
+    pending: Option<Pending>,
+}
+
+// === impl Observe ===
+
+impl<S> Observe<S> {
+    pub(super) fn new(inner: S, shared: Arc<Shared>, conn: Arc<Conn>) -> Self {
+        Self {
+            inner,
+            shared,
+            conn,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Observe<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ObservedBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let shared = &self.shared;
+        let config = &shared.config;
+        let server = shared.is_server();
+        let start = Instant::now();
+
+        let extracted = config.propagators.extract(req.headers());
+        if !extracted.malformed.is_empty() {
+            shared.stats.record(extracted.malformed);
+            tracing::debug!(formats = ?extracted.malformed, "ignoring malformed trace context headers");
+        }
+        let parent = extracted.parent.as_ref();
+        // B3 decisions the parent's flags cannot carry (`crate::sampling`).
+        let hint = match (parent, extracted.sampled) {
+            (None, Some(sampled)) => Some(CallerSampling::Decided(sampled)),
+            (Some(_), None) => Some(CallerSampling::Deferred),
+            _ => None,
+        };
+        let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id());
+        let sampled = shared.sampler.should_sample(parent, hint, trace_id);
+        let span_id = new_span_id();
+        let flags = parent
+            .map_or(TraceFlags::default(), |p| p.trace_flags())
+            .with_sampled(sampled);
+        // A deferred B3 context is decided as a root: no state of its own.
+        let trace_state = match (parent, hint) {
+            (Some(p), None) => p.trace_state().clone(),
+            _ => TraceState::NONE,
+        };
+
+        let class = RequestClass::of(&req);
+        let labels = shared.metrics.as_ref().map(|m| match class.grpc {
+            Some(call) => Labels::Rpc(RpcLabels {
+                rpc_service: m.intern(call.service),
+                rpc_method: m.intern(call.method),
+                rpc_grpc_status_code: 0,
+            }),
+            None => {
+                // Client side only: the server as the client named it.
+                let (server_address, server_port) = match (server, class.server) {
+                    (true, _) => (None, None),
+                    (false, Some((host, port))) => (
+                        Some(m.intern(host)),
+                        Some(port.unwrap_or(self.conn.peer.server.port())),
+                    ),
+                    (false, None) => (None, Some(self.conn.peer.server.port())),
+                };
+                Labels::Http(HttpLabels {
+                    http_request_method: class.method,
+                    http_response_status_code: 0,
+                    network_protocol_version: class.version,
+                    server_address,
+                    server_port,
+                })
+            }
+        });
+        // Per request: a span (one allocation, and its strings) only when
+        // sampled.
+        let span = sampled.then(|| {
+            let mut span = SpanRecord::new(
+                trace_id,
+                span_id,
+                config.kind.clone(),
+                span_name(&class),
+                SystemTime::now(),
+            );
+            span.trace_flags = flags;
+            span.trace_state = trace_state.clone();
+            if let Some(p) = parent {
+                span.parent_span_id = p.span_id();
+                span.parent_is_remote = p.is_remote();
+            }
+            span.network = Some(self.conn.network(server));
+            span.http = Some(http_fields(&class, &self.conn, config.record_query));
+            span.rpc = class.grpc.map(|call| RpcFields {
+                system: "grpc",
+                service: call.service.to_owned(),
+                method: call.method.to_owned(),
+                grpc_status_code: None,
+            });
+            Arc::new(span)
+        });
+        let grpc = class.grpc.is_some();
+
+        let cx = SpanContext::new(trace_id, span_id, flags, false, trace_state);
+        config
+            .propagators
+            .inject(req.headers_mut(), &cx, extracted.carried);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            pending: Some(Pending {
+                shared: shared.clone(),
+                start,
+                labels,
+                grpc,
+                grpc_status: None,
+                span,
+                response_bytes: 0,
+            }),
+        }
+    }
+}
+
+/// `{rpc.service}/{rpc.method}` for gRPC, else the method (`HTTP` for an
+/// unknown one).
+fn span_name(class: &RequestClass<'_>) -> Cow<'static, str> {
+    match class.grpc {
+        Some(call) => format!("{}/{}", call.service, call.method).into(),
+        None if class.method_known => class.method.into(),
+        None => "HTTP".into(),
+    }
+}
+
+/// The span's HTTP attributes, from the request's class.
+fn http_fields(class: &RequestClass<'_>, conn: &Conn, record_query: bool) -> HttpFields {
+    // server.address/port: the host the client named; else the target.
+    let (server_address, server_port) = match class.server {
+        Some((host, port)) => (Arc::from(host), port.unwrap_or(conn.peer.server.port())),
+        None => (conn.target_address(), conn.peer.server.port()),
+    };
+    HttpFields {
+        method: class.method,
+        method_original: (!class.method_known).then(|| class.method_original().to_owned()),
+        path: class.path().to_owned(),
+        scheme: match class.scheme() {
+            "http" => Cow::Borrowed("http"),
+            "https" => Cow::Borrowed("https"),
+            other => Cow::Owned(other.to_owned()),
+        },
+        query: record_query
+            .then(|| class.query())
+            .flatten()
+            .map(str::to_owned),
+        server_address,
+        server_port,
+        protocol_version: class.version,
+        user_agent: class.user_agent().map(str::to_owned),
+        request_body_size: class.request_body_size(),
+        response_status_code: None,
+        response_body_size: None,
+    }
+}
+
+// === impl ResponseFuture ===
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ObservedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut pending = this.pending.take().expect("polled after completion");
+        Poll::Ready(match result {
+            Ok(resp) => {
+                pending.on_response(resp.status().as_u16(), resp.headers());
+                let pending = match resp.extensions().get::<CancellationToken>() {
+                    // A tunnel: observed until it closes.
+                    Some(tunnel_closed) => {
+                        let closed = tunnel_closed.clone();
+                        tokio::spawn(async move {
+                            closed.cancelled().await;
+                            pending.finish(End::Complete);
+                        });
+                        None
+                    }
+                    None => Some(pending),
+                };
+                Ok(resp.map(|inner| ObservedBody::new(inner, pending)))
+            }
+            Err(e) => {
+                pending.finish(End::NoResponse);
+                Err(e)
+            }
+        })
+    }
+}
