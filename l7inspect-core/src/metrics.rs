@@ -1,7 +1,9 @@
 //! The proxy's Prometheus metrics: [`Metrics`] and the process collector.
 //!
-//! Every metric is registered here, in one place, so that the README's table
-//! can be checked against one file. Names follow `l7inspect_<noun>_<unit>`;
+//! Every metric of this crate is registered here, in one place, so that the
+//! README's table can be checked against it; the request-duration
+//! histograms are `l7inspect_trace::RequestMetrics`, made by the layer that
+//! makes the request's span. Names follow `l7inspect_<noun>_<unit>`;
 //! counters get their `_total` suffix from the OpenMetrics encoder.
 
 use crate::meta::Direction;

@@ -1,5 +1,5 @@
 //! The OpenTelemetry SDK environment variables, mapped to
-//! [`ExportConfig`], [`ResourceConfig`] parts and [`SamplerConfig`].
+//! [`ExportConfig`], [`ResourceConfig`](super::ResourceConfig) parts and [`SamplerConfig`].
 //!
 //! Pure: [`from_otel_env`] reads variables only through the lookup closure
 //! it is given, so the library never touches the process environment and

@@ -146,8 +146,7 @@ impl ExportPipeline {
     ///
     /// `resource` names this process in exported spans (Zipkin's
     /// `localEndpoint.serviceName` is its `service.name`); build it with
-    /// [`super::ResourceConfig::to_resource`] and pass the same resource to
-    /// nothing else: [`tracer_provider`](Self::tracer_provider) uses it.
+    /// [`super::ResourceConfig::to_resource`].
     ///
     /// Endpoints must be `http://` for now (no TLS to collectors).
     pub fn start(config: ExportConfig, resource: Resource) -> Result<Self, ExportBuildError> {
