@@ -2,24 +2,42 @@
 """End-to-end benchmark: l7inspect beside direct, haproxy and nginx on loopback.
 
     python3 benches/e2e/run.py            # full run (about 15 minutes)
-    python3 benches/e2e/run.py --duration 2 --only direct,l7-1hop-off --soak 0   # smoke test
+    python3 benches/e2e/run.py --duration 3 --soak 0 --only direct,haproxy,l7-1hop-off --tests h1   # smoke test
+    python3 benches/e2e/run.py --tests callgrind,syscalls --only haproxy,l7-1hop-off,l7-1hop-ring,l7-1hop-otlp
 
 Installs its tools with apt-get when missing (haproxy, nginx and its stream
-module, wrk, h2load), builds the sidecar and the load tool (cargo build
---release -p l7inspect-sidecar; -p l7inspect-benches --bin l7bench), then for
-each target in turn: starts it, measures, stops it. Traffic: HTTP/1.1
-keep-alive (open-loop latency, saturating throughput), HTTP/1.1 with a new
-connection per request, HTTP/2, gRPC unary, opaque TCP bulk, time to first
-byte from a server that speaks first; memory idle, with idle connections,
-peak, and over a long run at constant load (--soak). Everything listens on
-127.0.0.1; every process it starts is stopped by PID when it exits (also on
-Ctrl-C). Results: tables on stdout, and benches/e2e/results/latest.{json,md}.
+module, wrk, h2load; valgrind for --tests callgrind), builds the sidecar and
+the load tool (cargo build --release -p l7inspect-sidecar; -p
+l7inspect-benches --bin l7bench; $CARGO_TARGET_DIR is honoured), then, as
+root, re-runs itself in a private network namespace (unshare -n, loopback
+only; --netns no to stay on the host's), and for each target in turn:
+starts it, measures, stops it. The proxy runs alone on --proxy-cpu (0); the
+load, the backends and the OTLP sink on --load-cpu (1).
 
-Standard library only. `otlp-receiver PORT` (a tiny OTLP/HTTP receiver:
-200 to POST /v1/traces, counts requests and bytes, GET /stats) is a
-subcommand of this file, run as a child process; the gRPC, TCP sink and
-banner servers and the open-loop/gRPC/TCP load are `l7bench` subcommands
-(benches/src/bin/l7bench/).
+Traffic: HTTP/1.1 keep-alive (open-loop latency, saturating throughput),
+HTTP/1.1 with a new connection per request, HTTP/2, gRPC unary, opaque TCP
+bulk, time to first byte from a server that speaks first; memory idle, with
+idle connections, peak, and over a long run at constant load (--soak).
+
+Every saturating run reports the proxy's CPU over its measured window
+(utime+stime of all the target's processes from /proc/PID/stat, as % of one
+core) and CPU µs per request. A proxy under 90% was not the bottleneck: its
+row is marked `load-bound` (or `contended` when its core was busy with
+something else) and left out of the ratios against haproxy. Direct's rate
+over the fastest proxy's is reported, with a warning under 1.3x.
+
+Profile modes, not in the default run: --tests callgrind (instructions per
+request: the proxy under valgrind --tool=callgrind, warm-up, counters
+zeroed, a fixed number of h2load requests, counters dumped) and --tests
+syscalls (system calls and context switches per request over a fixed number
+of requests, perf stat on the syscall tracepoints, else strace -c), for
+haproxy and the one-hop l7inspect targets.
+
+Everything listens on 127.0.0.1; every process it starts is stopped by PID
+when it exits (also on Ctrl-C). Results: tables on stdout, and
+benches/e2e/results/latest.{json,md}. Standard library only; the gRPC, TCP
+sink, banner and OTLP sink servers and the open-loop/gRPC/TCP load are
+`l7bench` subcommands (benches/src/bin/l7bench/).
 """
 
 import argparse
@@ -1223,10 +1241,10 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each measurement N times and report the median (all runs kept in the JSON)")
     ap.add_argument("--only", default="", help="comma-separated target names (default: all)")
-    ap.add_argument("--tests", default=ALL_TESTS, help=f"comma-separated measurements (default: {ALL_TESTS})")
-    ap.add_argument("--proxy-cpu", type=int, default=0)
+    ap.add_argument("--tests", default=ALL_TESTS, help=f"comma-separated measurements (default: {ALL_TESTS}; also {PROFILE_TESTS}, not in the default)")
+    ap.add_argument("--proxy-cpu", type=int, default=0, help="CPU of the proxy, alone (default 0)")
     ap.add_argument("--load-cpu", type=int, default=1, help="CPU for the load generators, backends and OTLP receiver")
-    ap.add_argument("--port-base", type=int, default=18400, help="ports used: BASE to BASE+79 (default 18400)")
+    ap.add_argument("--port-base", type=int, default=18400, help="ports used: BASE to BASE+99 (default 18400)")
     ap.add_argument("--h1-rate", type=int, default=4000, help="total req/s of the open-loop HTTP/1.1 run")
     ap.add_argument("--lat-conns", type=int, default=8, help="connections of the open-loop HTTP/1.1 run")
     ap.add_argument("--sat-conns", type=int, default=32, help="connections of the saturating HTTP/1.1 run (wrk -t1)")
