@@ -1010,7 +1010,8 @@ def tables(results):
                 "marked and left out of the ratios)", hdr, rows_of(lambda r, g, gd: (
                     sat(g("h1_sat")) + sat(g("h2_sat")) + sat(g("grpc_sat"))
                     + [" / ".join(fmt(g(k).get("load_core_pct"), ".0f") for k in ("h1_sat", "h2_sat", "grpc_sat"))
-                       if r["target"] == "direct" else "—"]))))
+                       if r["target"] == "direct" and any(g(k) for k in ("h1_sat", "h2_sat", "grpc_sat"))
+                       else "—"]))))
     hdr = ["target", f"open-loop {ARGS.h1_rate}/s p50 / p99 / p99.9 ms", "added p50 / p99 / p99.9 ms",
            "new conn per req: req/s (sat)", "CPU %", "CPU µs/req", "fds left open 2 s after"]
     out.append(("HTTP/1.1", hdr, rows_of(lambda r, g, gd: [
