@@ -2,24 +2,42 @@
 """End-to-end benchmark: l7inspect beside direct, haproxy and nginx on loopback.
 
     python3 benches/e2e/run.py            # full run (about 15 minutes)
-    python3 benches/e2e/run.py --duration 2 --only direct,l7-1hop-off --soak 0   # smoke test
+    python3 benches/e2e/run.py --duration 3 --soak 0 --only direct,haproxy,l7-1hop-off --tests h1   # smoke test
+    python3 benches/e2e/run.py --tests callgrind,syscalls --only haproxy,l7-1hop-off,l7-1hop-ring,l7-1hop-otlp
 
 Installs its tools with apt-get when missing (haproxy, nginx and its stream
-module, wrk, h2load), builds the sidecar and the load tool (cargo build
---release -p l7inspect-sidecar; -p l7inspect-benches --bin l7bench), then for
-each target in turn: starts it, measures, stops it. Traffic: HTTP/1.1
-keep-alive (open-loop latency, saturating throughput), HTTP/1.1 with a new
-connection per request, HTTP/2, gRPC unary, opaque TCP bulk, time to first
-byte from a server that speaks first; memory idle, with idle connections,
-peak, and over a long run at constant load (--soak). Everything listens on
-127.0.0.1; every process it starts is stopped by PID when it exits (also on
-Ctrl-C). Results: tables on stdout, and benches/e2e/results/latest.{json,md}.
+module, wrk, h2load; valgrind for --tests callgrind), builds the sidecar and
+the load tool (cargo build --release -p l7inspect-sidecar; -p
+l7inspect-benches --bin l7bench; $CARGO_TARGET_DIR is honoured), then, as
+root, re-runs itself in a private network namespace (unshare -n, loopback
+only; --netns no to stay on the host's), and for each target in turn:
+starts it, measures, stops it. The proxy runs alone on --proxy-cpu (0); the
+load, the backends and the OTLP sink on --load-cpu (1).
 
-Standard library only. `otlp-receiver PORT` (a tiny OTLP/HTTP receiver:
-200 to POST /v1/traces, counts requests and bytes, GET /stats) is a
-subcommand of this file, run as a child process; the gRPC, TCP sink and
-banner servers and the open-loop/gRPC/TCP load are `l7bench` subcommands
-(benches/src/bin/l7bench/).
+Traffic: HTTP/1.1 keep-alive (open-loop latency, saturating throughput),
+HTTP/1.1 with a new connection per request, HTTP/2, gRPC unary, opaque TCP
+bulk, time to first byte from a server that speaks first; memory idle, with
+idle connections, peak, and over a long run at constant load (--soak).
+
+Every saturating run reports the proxy's CPU over its measured window
+(utime+stime of all the target's processes from /proc/PID/stat, as % of one
+core) and CPU µs per request. A proxy under 90% was not the bottleneck: its
+row is marked `load-bound` (or `contended` when its core was busy with
+something else) and left out of the ratios against haproxy. Direct's rate
+over the fastest proxy's is reported, with a warning under 1.3x.
+
+Profile modes, not in the default run: --tests callgrind (instructions per
+request: the proxy under valgrind --tool=callgrind, warm-up, counters
+zeroed, a fixed number of h2load requests, counters dumped) and --tests
+syscalls (system calls and context switches per request over a fixed number
+of requests, perf stat on the syscall tracepoints, else strace -c), for
+haproxy and the one-hop l7inspect targets.
+
+Everything listens on 127.0.0.1; every process it starts is stopped by PID
+when it exits (also on Ctrl-C). Results: tables on stdout, and
+benches/e2e/results/latest.{json,md}. Standard library only; the gRPC, TCP
+sink, banner and OTLP sink servers and the open-loop/gRPC/TCP load are
+`l7bench` subcommands (benches/src/bin/l7bench/).
 """
 
 import argparse
@@ -43,7 +61,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-BODY = b"l7inspect e2e benchmark: a small static response.\n" * 2  # 104 bytes
+BODY = b"l7inspect e2e ok\n"  # 17 bytes: nginx-backend.conf's `return 200`
 BANNER = "SSH-2.0-l7bench\r\n"
 STREAM_MODULES = ["/usr/lib/nginx/modules/ngx_stream_module.so",
                   "/usr/share/nginx/modules/ngx_stream_module.so"]
@@ -52,12 +70,13 @@ STREAM_MODULES = ["/usr/lib/nginx/modules/ngx_stream_module.so",
 # target (and the backend) has five: h1, h2 (h2c), grpc (h2c), tcp (opaque
 # bulk) and banner (a server that speaks first).
 KINDS = ("h1", "h2", "grpc", "tcp", "banner")
-OFFSETS = {"otlp": 60}
-for _prefix, _base in (("backend", 0), ("l7off", 10), ("l7tr", 20), ("l7hop", 30),
-                       ("haproxy", 40), ("nginx", 50), ("l7hop_in", 70)):
+OFFSETS = {"otlp": 60}  # the OTLP sink: OTLP/HTTP and OTLP/gRPC on one port
+L7_PREFIXES = (("l7off", 10), ("l7tr", 20), ("l7hop", 30), ("l7hop_in", 70),
+               ("l7ring", 80), ("l7grpc", 90))
+for _prefix, _base in (("backend", 0), ("haproxy", 40), ("nginx", 50)) + L7_PREFIXES:
     for _i, _kind in enumerate(KINDS):
         OFFSETS[f"{_prefix}_{_kind}"] = _base + _i
-for _prefix, _base in (("l7off", 10), ("l7tr", 20), ("l7hop", 30), ("l7hop_in", 70)):
+for _prefix, _base in L7_PREFIXES:
     OFFSETS[f"{_prefix}_admin"] = _base + 9
 P = {}  # filled in main() from --port-base
 
@@ -224,33 +243,129 @@ def load_cmd(cmd):
     return ["taskset", "-c", str(ARGS.load_cpu)] + cmd
 
 
-def wrk(port, conns, duration, close=False):
+def core_ticks():
+    """{cpu: (busy, total, tasks)} clock ticks from /proc/stat (busy: all but
+    idle and iowait; tasks: user, nice, system and steal, without interrupts)."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                vals = [int(v) for v in vals]
+                out[int(name[3:])] = (sum(vals) - vals[3] - vals[4], sum(vals),
+                                      vals[0] + vals[1] + vals[2] + vals[7])
+    return out
+
+
+def snapshot(pids):
+    return time.monotonic(), (cpu_seconds(pids) if pids else 0.0), core_ticks()
+
+
+def sleep_until(t):
+    while True:
+        left = t - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.5))
+
+
+# A proxy whose CPU is under this (% of one core) during a saturating run is
+# not the bottleneck: its row is marked and left out of the ratios.
+CPU_BOUND_PCT = 90.0
+# ... and if other tasks (or the hypervisor's steal) took at least this much
+# of the proxy's core meanwhile, the proxy was crowded out, not starved of load.
+CONTENDED_OTHER_PCT = 10.0
+
+
+def window_cpu(s0, s1, pids):
+    """Proxy CPU (% of one core) and core busy % between two snapshots."""
+    wall = s1[0] - s0[0]
+
+    def core(c, i=0):
+        if c not in s0[2] or c not in s1[2]:
+            return None
+        b = s1[2][c][i] - s0[2][c][i]
+        t = s1[2][c][1] - s0[2][c][1]
+        return 100.0 * b / t if t else None
+    out = {"cpu_window_s": round(wall, 3), "proxy_core_pct": core(ARGS.proxy_cpu),
+           "load_core_pct": core(ARGS.load_cpu)}
+    if pids:
+        out["proxy_cpu_pct"] = 100.0 * (s1[1] - s0[1]) / wall
+        tasks = core(ARGS.proxy_cpu, 2)
+        if tasks is not None:
+            out["others_on_proxy_core_pct"] = max(0.0, tasks - out["proxy_cpu_pct"])
+    return out
+
+
+def classify(r, rate_key="rps"):
+    """Per-request CPU and whether the proxy was the bottleneck (`bound`):
+    proxy (CPU ≥ 90% of a core), load-bound (the proxy waited for the load
+    side), contended (other tasks took ≥ 10% of the proxy's core)."""
+    pct = r.get("proxy_cpu_pct")
+    if pct is None:
+        return r
+    rate = r.get(rate_key)
+    if rate_key == "rps" and rate:
+        r["cpu_us_per_req"] = pct / 100.0 / rate * 1e6
+    elif rate_key == "gib_per_s" and rate:
+        r["cpu_s_per_gib"] = pct / 100.0 / rate
+    if pct >= CPU_BOUND_PCT:
+        r["bound"] = "proxy"
+    elif (r.get("others_on_proxy_core_pct") or 0) >= CONTENDED_OTHER_PCT:
+        r["bound"] = "contended"
+    else:
+        r["bound"] = "load-bound"
+    return r
+
+
+def run_load(cmd, pids, start, length, timeout):
+    """Run a load command on the load CPU. The proxy's CPU is read over the
+    tool's measured window (from `start` s after launch for `length` s),
+    trimmed by a quarter second at each end so that connection setup and
+    teardown are outside it. Returns (stdout, stderr, exit code, CPU dict)."""
+    p = subprocess.Popen(load_cmd(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, text=True)
+    p._e2e_name = cmd[0]
+    CHILDREN.append(p)
+    try:
+        t = time.monotonic()
+        margin = min(0.25, length / 10.0)
+        sleep_until(t + start + margin)
+        s0 = snapshot(pids)
+        sleep_until(t + start + length - margin)
+        s1 = snapshot(pids)
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        stop(p)
+    return out, err, p.returncode, window_cpu(s0, s1, pids)
+
+
+def wrk(port, conns, duration, close=False, pids=None):
     """wrk, closed loop at full speed; close: a new connection per request."""
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
            "-H", "Host: bench.local", "-s", os.path.join(HERE, "wrk-report.lua")]
     if close:
         cmd += ["-H", "Connection: close"]
-    out = subprocess.run(load_cmd(cmd + [f"http://127.0.0.1:{port}/"]),
-                         capture_output=True, text=True, timeout=duration + 60)
-    m = re.search(r"^WRKJSON (.*)$", out.stdout, re.M)
+    out, err, _, cpu = run_load(cmd + [f"http://127.0.0.1:{port}/"], pids, 0, duration, duration + 60)
+    m = re.search(r"^WRKJSON (.*)$", out, re.M)
     if not m:
-        raise RuntimeError("wrk: " + out.stdout[-500:] + out.stderr[-500:])
+        raise RuntimeError("wrk: " + out[-500:] + err[-500:])
     r = json.loads(m.group(1))
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-    return r
+    r.update(cpu)
+    return classify(r)
 
 
-def h2load(port, conns, streams, duration, logfile, rps_per_conn=0):
+def h2load(port, conns, streams, duration, logfile, rps_per_conn=0, pids=None):
     cmd = ["h2load", "-t1", f"-c{conns}", f"-m{streams}", f"-D{duration}",
            "--warm-up-time=1", f"--log-file={logfile}"]
     if rps_per_conn:
         cmd.append(f"--rps={rps_per_conn}")
-    out = subprocess.run(load_cmd(cmd + [f"http://127.0.0.1:{port}/"]),
-                         capture_output=True, text=True, timeout=duration + 60)
-    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out.stdout)
-    m2 = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out.stdout)
+    out, err, _, cpu = run_load(cmd + [f"http://127.0.0.1:{port}/"], pids, 1, duration, duration + 60)
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    m2 = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
     if not m or not m2:
-        raise RuntimeError("h2load: " + out.stdout[-800:] + out.stderr[-500:])
+        raise RuntimeError("h2load: " + out[-800:] + err[-500:])
     lat = []
     with open(logfile) as f:
         for line in f:
@@ -262,18 +377,26 @@ def h2load(port, conns, streams, duration, logfile, rps_per_conn=0):
 
     def pct(q):
         return lat[min(len(lat) - 1, int(q / 100.0 * len(lat)))] if lat else None
-    return {"requests": int(m.group(4)), "failed": int(m.group(5)) + int(m.group(6)),
-            "rps": float(m2.group(2)), "p50_us": pct(50), "p99_us": pct(99),
-            "p999_us": pct(99.9)}
+    r = {"requests": int(m.group(4)), "failed": int(m.group(5)) + int(m.group(6)),
+         "rps": float(m2.group(2)), "p50_us": pct(50), "p99_us": pct(99),
+         "p999_us": pct(99.9)}
+    r.update(cpu)
+    return classify(r)
 
 
-def l7bench(args, budget):
-    """An l7bench load subcommand on the load CPU; its one JSON line."""
-    out = subprocess.run(load_cmd([L7BENCH] + [str(a) for a in args]),
-                         capture_output=True, text=True, timeout=budget + 60)
-    if out.returncode != 0 or not out.stdout.strip():
-        raise RuntimeError(f"l7bench {args[0]}: exit {out.returncode}: " + out.stderr[-500:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def l7bench(args, budget, pids=None, window=None, rate_key="rps"):
+    """An l7bench load subcommand on the load CPU; its one JSON line.
+    window: (start, length) of its measurement, for the proxy's CPU."""
+    start, length = window or (0, 0)
+    out, err, rc, cpu = run_load([L7BENCH] + [str(a) for a in args], pids if window else None,
+                                 start, length, budget + 60)
+    if rc != 0 or not out.strip():
+        raise RuntimeError(f"l7bench {args[0]}: exit {rc}: " + err[-500:])
+    r = json.loads(out.strip().splitlines()[-1])
+    if window:
+        r.update(cpu)
+        classify(r, rate_key)
+    return r
 
 # ----------------------------------------------------------- repetitions
 
@@ -291,22 +414,13 @@ def median_of(runs):
     return out
 
 
-def repeated(fn, pids, per=None):
-    """fn() --repeat times, each with the proxy CPU it cost; the medians.
-
-    per: "requests" adds cpu_s_per_100k, "bytes" cpu_s_per_gib."""
-    runs = []
-    for _ in range(ARGS.repeat):
-        c0 = cpu_seconds(pids) if pids else None
-        r = fn()
-        if pids and per:
-            r["proxy_cpu_s"] = cpu_seconds(pids) - c0
-            if per == "requests":
-                r["cpu_s_per_100k"] = r["proxy_cpu_s"] / max(1, r["requests"]) * 1e5
-            else:
-                r["cpu_s_per_gib"] = r["proxy_cpu_s"] / max(1, r["bytes"]) * (1 << 30)
-        runs.append(r)
-    return median_of(runs)
+def repeated(fn, rate_key="rps"):
+    """fn() --repeat times; the medians (`bound` from the median CPU)."""
+    out = median_of([fn() for _ in range(ARGS.repeat)])
+    if ARGS.repeat > 1 and "proxy_cpu_pct" in out:
+        out.pop("bound", None)
+        classify(out, rate_key)
+    return out
 
 # ----------------------------------------------------------------- targets
 
@@ -321,20 +435,30 @@ def render(template, out, **kw):
     return out
 
 
-def sidecar_cmd(admin, inbound=(), outbound=(), otlp=False, tracing=True):
+def sidecar_cmd(admin, inbound=(), outbound=(), trace="off"):
+    """trace: off (--sample-ratio 0), ring (every request sampled, no
+    exporter: spans only into the in-memory ring of recent spans),
+    otlp-http or otlp-grpc (every request sampled, exported to the sink)."""
     cmd = [SIDECAR, "--no-transparent", "--admin-listen", f"127.0.0.1:{admin}",
            "--log-level", "warn", "--service-name", "e2e-bench"]
     for lp, tp in inbound:
         cmd += ["--inbound-forward", f"127.0.0.1:{lp}=127.0.0.1:{tp}"]
     for lp, tp in outbound:
         cmd += ["--outbound-forward", f"127.0.0.1:{lp}=127.0.0.1:{tp}"]
-    if not tracing:
+    if trace == "off":
         # Tracing off: no span is recorded (the trace context is still
         # propagated, as a sidecar at sample ratio 0 does).
         cmd += ["--sample-ratio", "0"]
-    if otlp:
+    elif trace == "ring":
+        cmd += ["--sample-ratio", "1.0"]
+    elif trace == "otlp-http":
         cmd += ["--sample-ratio", "1.0", "--otlp-protocol", "http/protobuf",
                 "--otlp-endpoint", f"http://127.0.0.1:{P['otlp']}/v1/traces"]
+    elif trace == "otlp-grpc":
+        cmd += ["--sample-ratio", "1.0", "--otlp-protocol", "grpc",
+                "--otlp-endpoint", f"http://127.0.0.1:{P['otlp']}"]
+    else:
+        raise ValueError(trace)
     return cmd
 
 
@@ -355,21 +479,30 @@ TARGETS = [
     ("haproxy", "haproxy 1 hop, nbthread 1; HTTP mode with keep-alive to the backend (h2 and gRPC: proto h2 both sides); TCP mode for tcp/banner", "haproxy"),
     ("nginx", "nginx 1 hop, 1 worker; upstream keepalive (h2c in, HTTP/1.1 upstream); grpc_pass (h2c both sides); stream module for tcp/banner", "nginx"),
     ("l7-1hop-off", "l7inspect 1 hop, inbound forward, tracing off (--sample-ratio 0: no spans recorded, context still propagated)", "l7off"),
-    ("l7-1hop-otlp", "l7inspect 1 hop, 100% sampled, OTLP/HTTP to a live local receiver", "l7tr"),
+    ("l7-1hop-ring", "l7inspect 1 hop, 100% sampled, no exporter (spans only into the in-memory ring)", "l7ring"),
+    ("l7-1hop-otlp", "l7inspect 1 hop, 100% sampled, OTLP/HTTP to a live local sink", "l7tr"),
+    ("l7-1hop-otlp-grpc", "l7inspect 1 hop, 100% sampled, OTLP/gRPC to a live local sink", "l7grpc"),
     ("l7-2hop-otlp", "l7inspect 2 hops (outbound forward -> inbound forward), both 100% sampled to OTLP", "l7hop"),
 ]
 
 
-def start_target(name, tmp):
-    """Start a target's processes; return (PIDs to measure, admin ports)."""
+# The one-process l7inspect targets: name -> (port prefix, tracing).
+L7_ONE_HOP = {"l7-1hop-off": ("l7off", "off"), "l7-1hop-ring": ("l7ring", "ring"),
+              "l7-1hop-otlp": ("l7tr", "otlp-http"), "l7-1hop-otlp-grpc": ("l7grpc", "otlp-grpc")}
+
+
+def start_target(name, tmp, wrap=()):
+    """Start a target's processes; return (PIDs to measure, admin ports).
+    wrap: a command the proxy runs under (valgrind for callgrind)."""
     c = ARGS.proxy_cpu
+    wrap = list(wrap)
     if name == "direct":
         return [], []
     if name == "haproxy":
         kw = {f"{k.upper()}_PORT": P[f"haproxy_{k}"] for k in KINDS}
         kw.update({f"BACKEND_{k.upper()}_PORT": P[f"backend_{k}"] for k in KINDS})
         cfg = render("haproxy.cfg", os.path.join(tmp, "haproxy.cfg"), **kw)
-        p = start(["haproxy", "-db", "-f", cfg], c, "haproxy", tmp)
+        p = start(wrap + ["haproxy", "-db", "-f", cfg], c, "haproxy", tmp)
         return [p], []
     if name == "nginx":
         kw = {f"{k.upper()}_PORT": P[f"nginx_{k}"] for k in KINDS}
@@ -379,20 +512,17 @@ def start_target(name, tmp):
         p = start(["nginx", "-p", tmp, "-c", cfg, "-g", "daemon off;"], c, "nginx-proxy", tmp)
         return [p], []
     env = sidecar_env()
-    if name == "l7-1hop-off":
-        p = start(sidecar_cmd(P["l7off_admin"], inbound=forwards("l7off", "backend"), tracing=False),
-                  c, "l7-1hop-off", tmp, env)
-        return [p], [P["l7off_admin"]]
-    if name == "l7-1hop-otlp":
-        p = start(sidecar_cmd(P["l7tr_admin"], inbound=forwards("l7tr", "backend"), otlp=True),
-                  c, "l7-1hop-otlp", tmp, env)
-        return [p], [P["l7tr_admin"]]
+    if name in L7_ONE_HOP:
+        prefix, trace = L7_ONE_HOP[name]
+        p = start(wrap + sidecar_cmd(P[f"{prefix}_admin"], inbound=forwards(prefix, "backend"), trace=trace),
+                  c, name, tmp, env)
+        return [p], [P[f"{prefix}_admin"]]
     if name == "l7-2hop-otlp":
-        pin = start(sidecar_cmd(P["l7hop_in_admin"], inbound=forwards("l7hop_in", "backend"), otlp=True),
+        pin = start(sidecar_cmd(P["l7hop_in_admin"], inbound=forwards("l7hop_in", "backend"), trace="otlp-http"),
                     c, "l7-2hop-inbound", tmp, env)
         for k in KINDS:
             wait_port(P[f"l7hop_in_{k}"], pin)
-        pout = start(sidecar_cmd(P["l7hop_admin"], outbound=forwards("l7hop", "l7hop_in"), otlp=True),
+        pout = start(sidecar_cmd(P["l7hop_admin"], outbound=forwards("l7hop", "l7hop_in"), trace="otlp-http"),
                      c, "l7-2hop-outbound", tmp, env)
         return [pout, pin], [P["l7hop_admin"], P["l7hop_in_admin"]]
     raise ValueError(name)
@@ -518,7 +648,7 @@ def measure(name, desc, prefix, tmp):
                         s.close()
                     time.sleep(1.0)
                     return {"kib": kib}
-                res["rss_1k_idle_conns_kib"] = repeated(idle_conns, [])["kib"]
+                res["rss_1k_idle_conns_kib"] = repeated(idle_conns)["kib"]
         d = ARGS.duration
         otlp0 = otlp_stats() if admins else None
         h1 = ["--addr", f"127.0.0.1:{port['h1']}", "--expect-len", len(BODY)]
@@ -526,11 +656,11 @@ def measure(name, desc, prefix, tmp):
         # (its own 1 s warm-up), then saturating (wrk) for throughput and CPU.
         step("h1_lat", lambda: repeated(lambda: l7bench(
             ["http1", "--rate", ARGS.h1_rate, "--conns", ARGS.lat_conns, "--duration", d, "--warmup", 1] + h1,
-            d + 7), pids))
+            d + 7)))
 
         def h1_sat():
             wrk(port["h1"], ARGS.sat_conns, 1)  # warm-up
-            return repeated(lambda: wrk(port["h1"], ARGS.sat_conns, d), pids, "requests")
+            return repeated(lambda: wrk(port["h1"], ARGS.sat_conns, d, pids=pids))
         step("h1_sat", h1_sat)
 
         # HTTP/2 (h2c prior knowledge): a fixed-rate run for latency, then a
@@ -538,19 +668,20 @@ def measure(name, desc, prefix, tmp):
         log_file = os.path.join(tmp, "h2load.log")
         step("h2_rate", lambda: repeated(lambda: h2load(
             port["h2"], ARGS.h2_conns, 100, d, log_file,
-            rps_per_conn=max(1, ARGS.h2_rate // ARGS.h2_conns)), pids))
+            rps_per_conn=max(1, ARGS.h2_rate // ARGS.h2_conns))))
         step("h2_sat", lambda: repeated(lambda: h2load(
-            port["h2"], ARGS.h2_conns, ARGS.h2_streams, d, log_file), pids, "requests"))
+            port["h2"], ARGS.h2_sat_conns, ARGS.h2_streams, d, log_file, pids=pids)))
 
         # gRPC unary: open loop at a fixed rate, then closed loop (saturating).
-        grpc = ["grpc", "--addr", f"127.0.0.1:{port['grpc']}", "--conns", ARGS.h2_conns]
+        grpc = ["grpc", "--addr", f"127.0.0.1:{port['grpc']}"]
         step("grpc_rate", lambda: repeated(lambda: l7bench(
-            grpc + ["--rate", ARGS.grpc_rate, "--duration", d, "--warmup", 1], d + 7), pids))
+            grpc + ["--conns", ARGS.h2_conns, "--rate", ARGS.grpc_rate, "--duration", d, "--warmup", 1], d + 7)))
 
         def grpc_sat():
-            l7bench(grpc + ["--streams", ARGS.h2_streams, "--duration", 1, "--warmup", 0], 7)  # warm-up
+            sat = grpc + ["--conns", ARGS.grpc_conns, "--streams", ARGS.grpc_streams]
+            l7bench(sat + ["--duration", 1, "--warmup", 0], 7)  # warm-up
             return repeated(lambda: l7bench(
-                grpc + ["--streams", ARGS.h2_streams, "--duration", d, "--warmup", 0], d + 7), pids, "requests")
+                sat + ["--duration", d, "--warmup", 0], d + 7, pids, (0, d)))
         step("grpc_sat", grpc_sat)
 
         # Opaque TCP bulk upload into the sink.
@@ -558,13 +689,14 @@ def measure(name, desc, prefix, tmp):
 
         def tcp_bulk():
             l7bench(tcp + ["--duration", 1, "--warmup", 0], 3)  # warm-up
-            return repeated(lambda: l7bench(tcp + ["--duration", d, "--warmup", 0], d + 3), pids, "bytes")
+            return repeated(lambda: l7bench(tcp + ["--duration", d, "--warmup", 0], d + 3, pids, (0, d),
+                                            rate_key="gib_per_s"), rate_key="gib_per_s")
         step("tcp_bulk", tcp_bulk)
 
         # Time to first byte from a server that speaks first.
         step("ttfb", lambda: repeated(lambda: l7bench(
             ["ttfb", "--addr", f"127.0.0.1:{port['banner']}", "--count", ARGS.ttfb_count,
-             "--expect", BANNER], 120), pids))
+             "--expect", BANNER], 120)))
 
         # HTTP/1.1, a new connection per request (Connection: close),
         # saturating. Last, with the proxy's open descriptors counted before
@@ -573,7 +705,7 @@ def measure(name, desc, prefix, tmp):
         def h1_close():
             fds0 = open_fds(pids)
             wrk(port["h1"], ARGS.close_conns, 1, close=True)  # warm-up
-            r = repeated(lambda: wrk(port["h1"], ARGS.close_conns, d, close=True), pids, "requests")
+            r = repeated(lambda: wrk(port["h1"], ARGS.close_conns, d, close=True, pids=pids))
             time.sleep(2.0)
             if pids:
                 r["fds_before"], r["fds_after"] = fds0, open_fds(pids)
@@ -581,6 +713,10 @@ def measure(name, desc, prefix, tmp):
         if pids:
             res["rss_peak_before_close_kib"] = mem_kib(pids, "VmHWM")
         step("h1close_sat", h1_close)
+
+        # System calls and context switches per request (--tests syscalls).
+        if pids:
+            step("syscalls", lambda: syscalls_profile(pids, port))
 
         if pids:
             res["rss_peak_kib"] = mem_kib(pids, "VmHWM")
@@ -592,7 +728,7 @@ def measure(name, desc, prefix, tmp):
             exp, drop = span_counters(admins)
             res["spans_exported"], res["spans_dropped"] = exp, drop
             otlp1 = otlp_stats()
-            if name != "l7-1hop-off" and otlp0 and otlp1:
+            if name.startswith("l7-") and "otlp" in name and otlp0 and otlp1:
                 res["otlp_posts"] = otlp1["posts"] - otlp0["posts"]
                 res["otlp_bytes"] = otlp1["bytes"] - otlp0["bytes"]
         for p in procs:
@@ -620,6 +756,202 @@ def measure(name, desc, prefix, tmp):
         for p in procs:
             stop(p)
     return res
+
+# ------------------------------------------------------ callgrind, syscalls
+
+
+def h2load_count(port, n, h1, conns, timeout=600):
+    """h2load, a fixed number of requests (HTTP/1.1 with --h1, else h2c with
+    16 streams per connection); the number that succeeded."""
+    cmd = ["h2load", "-t1", f"-n{n}", f"-c{conns}"] + (["--h1"] if h1 else ["-m16"])
+    out = subprocess.run(load_cmd(cmd + [f"http://127.0.0.1:{port}/"]), capture_output=True,
+                         text=True, timeout=timeout)
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out.stdout)
+    if not m:
+        raise RuntimeError("h2load: " + out.stdout[-500:] + out.stderr[-300:])
+    if int(m.group(1)) != n:
+        raise RuntimeError(f"h2load: {m.group(1)} of {n} requests succeeded")
+    return n
+
+
+# Targets of the profile modes: one process each.
+PROFILED = ("haproxy",) + tuple(L7_ONE_HOP)
+FLUSH_S = 2.5  # the sidecar's batch exporter sends every second
+
+
+def callgrind_totals(path):
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path}")
+
+
+def callgrind_profile(name, prefix, tmp):
+    """Instructions per request: the proxy under callgrind; warm-up; counters
+    zeroed; a fixed number of requests; the exporter given time to send their
+    spans; counters dumped. Ir is user-space instructions of all the
+    proxy's threads, the same for the same binary and load on any machine."""
+    out_tpl = os.path.join(tmp, f"callgrind.{name}.out")
+    wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_tpl}"]
+    procs, _ = start_target(name, tmp, wrap=wrap)
+    p = procs[0]
+    res = {"requests": ARGS.profile_requests}
+    try:
+        for k in ("h1", "h2"):
+            wait_port(P[f"{prefix}_{k}"], p, timeout=300)
+        http_get_ok(P[f"{prefix}_h1"])
+        for proto, h1 in (("h1", True), ("h2", False)):
+            port = P[f"{prefix}_{proto}"]
+            h2load_count(port, ARGS.profile_warmup, h1, ARGS.profile_conns)
+            subprocess.run(["callgrind_control", "--zero", str(p.pid)], check=True, capture_output=True, timeout=120)
+            h2load_count(port, ARGS.profile_requests, h1, ARGS.profile_conns)
+            time.sleep(FLUSH_S)  # the spans of these requests exported, if they are
+            before = set(os.listdir(tmp))
+            subprocess.run(["callgrind_control", "--dump", str(p.pid)], check=True, capture_output=True, timeout=120)
+            deadline = time.time() + 60
+            new = []
+            while time.time() < deadline and not new:
+                new = [f for f in set(os.listdir(tmp)) - before if f.startswith(f"callgrind.{name}.out")]
+                time.sleep(0.2)
+            if not new:
+                raise RuntimeError("callgrind_control --dump wrote no file")
+            time.sleep(0.5)  # let the dump finish writing
+            path = os.path.join(tmp, sorted(new)[-1])
+            ir = callgrind_totals(path)
+            res[proto] = {"ir": ir, "ir_per_req": ir / ARGS.profile_requests, "file": path}
+            os.unlink(path)
+    finally:
+        stop(p, timeout=30)
+        for f in os.listdir(tmp):
+            if f.startswith(f"callgrind.{name}.out"):
+                os.unlink(os.path.join(tmp, f))
+    return res
+
+
+SYSCALLS = ("read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
+            "epoll_wait", "epoll_pwait", "epoll_ctl", "futex", "sched_yield", "accept4", "close",
+            "connect", "setsockopt", "getsockopt", "shutdown", "timerfd_settime")
+
+
+def perf_events():
+    """The syscall tracepoints perf can count here (None: perf unusable)."""
+    if not shutil.which("perf"):
+        return None
+    o = subprocess.run(["perf", "list", "tracepoint"], capture_output=True, text=True, timeout=60)
+    have = set(re.findall(r"syscalls:sys_enter_(\w+)", o.stdout))
+    ev = [f"syscalls:sys_enter_{s}" for s in SYSCALLS if s in have]
+    if not ev or subprocess.run(["perf", "stat", "-e", "raw_syscalls:sys_enter", "true"],
+                                capture_output=True).returncode != 0:
+        return None
+    return ["raw_syscalls:sys_enter", "context-switches"] + ev
+
+
+def ctx_switches(pids):
+    total = 0
+    for p in tree(pids):
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def syscalls_profile(pids, port):
+    """System calls and context switches per request over a fixed number of
+    requests (HTTP/1.1 and h2c), counted by `perf stat` on the syscall
+    tracepoints (attached to the proxy's threads), else by `strace -c -f`."""
+    events = perf_events()
+    n = ARGS.syscall_requests
+    res = {"requests": n, "counter": "perf" if events else "strace"}
+    for proto, h1 in (("h1", True), ("h2", False)):
+        h2load_count(port[proto], min(n, 2000), h1, ARGS.profile_conns)  # warm-up
+        outf = os.path.join(tempfile.gettempdir(), f"l7e2e-sys-{os.getpid()}.txt")
+        pid_list = ",".join(str(p) for p in tree(pids))
+        if events:
+            cmd = ["perf", "stat", "-x,", "-o", outf, "-e", ",".join(events), "-p", pid_list]
+        else:
+            cmd = ["strace", "-c", "-f", "-o", outf] + sum((["-p", str(p)] for p in tree(pids)), [])
+        cs0 = ctx_switches(pids)
+        counter = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        counter._e2e_name = cmd[0]
+        CHILDREN.append(counter)
+        try:
+            time.sleep(1.0)  # attached
+            h2load_count(port[proto], n, h1, ARGS.profile_conns)
+        finally:
+            counter.send_signal(signal.SIGINT)
+            try:
+                counter.wait(30)
+            finally:
+                stop(counter)
+        cs = ctx_switches(pids) - cs0
+        counts = {}
+        with open(outf) as f:
+            text = f.read()
+        os.unlink(outf)
+        if events:
+            for line in text.splitlines():
+                parts = line.split(",")
+                if len(parts) >= 3 and parts[0].strip().isdigit():
+                    ev = parts[2]
+                    key = ("total" if ev == "raw_syscalls:sys_enter" else
+                           "perf_context_switches" if ev == "context-switches" else ev.split("sys_enter_")[-1])
+                    counts[key] = int(parts[0])
+        else:
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                    counts[parts[-1]] = int(parts[3])
+            counts["total"] = sum(counts.values())
+        res[proto] = {"per_req": {k: v / n for k, v in counts.items() if v},
+                      "context_switches_per_req": cs / n}
+    return res
+
+
+def profile_tables(results):
+    out = []
+    rows = []
+    for r in results:
+        c = r.get("callgrind")
+        if isinstance(c, dict) and "h1" in c:
+            rows.append([r["target"], f"{c['h1']['ir_per_req'] / 1000:.1f}k",
+                         f"{c['h2']['ir_per_req'] / 1000:.1f}k" if "h2" in c else "—"])
+        elif isinstance(c, dict):
+            rows.append([r["target"], "not measured: " + c.get("error", "?"), "—"])
+    if rows:
+        out.append((f"Instructions per request (callgrind, {ARGS.profile_requests} requests after "
+                    f"{ARGS.profile_warmup} warm-up, h2load -c{ARGS.profile_conns}; HTTP/2 -m16)",
+                    ["target", "HTTP/1.1 Ir/req", "HTTP/2 Ir/req"], rows))
+    got = [r for r in results if isinstance(r.get("syscalls"), dict) and "h1" in r["syscalls"]]
+    for proto, label in (("h1", "HTTP/1.1"), ("h2", "HTTP/2")):
+        if not got:
+            break
+        names = set()
+        for r in got:
+            names |= set(r["syscalls"][proto]["per_req"])
+        names.discard("total")
+        names.discard("perf_context_switches")
+        # Calls under 0.005 per request for every target are left out of
+        # the rows (still in the total and in the JSON).
+        order = [s for s in SYSCALLS if s in names] + sorted(names - set(SYSCALLS))
+        order = [s for s in order if any(r["syscalls"][proto]["per_req"].get(s, 0) >= 0.005 for r in got)]
+        hdr = ["per request"] + [r["target"] for r in got]
+        rows = [[s] + [fmt(r["syscalls"][proto]["per_req"].get(s, 0), ".2f") for r in got] for s in order]
+        rows.append(["other"] + [fmt(r["syscalls"][proto]["per_req"].get("total", 0) - sum(
+            v for k, v in r["syscalls"][proto]["per_req"].items() if k in order), ".2f") for r in got])
+        rows.append(["all system calls"] + [fmt(r["syscalls"][proto]["per_req"].get("total"), ".2f") for r in got])
+        rows.append(["context switches"] + [fmt(r["syscalls"][proto]["context_switches_per_req"], ".3f")
+                                            for r in got])
+        out.append((f"System calls per {label} request ({got[0]['syscalls']['counter']}, "
+                    f"{ARGS.syscall_requests} requests, h2load -c{ARGS.profile_conns}"
+                    f"{'' if proto == 'h1' else ' -m16'})", hdr, rows))
+    return out
+
 
 # ------------------------------------------------------------------ output
 
@@ -666,40 +998,113 @@ def tables(results):
     def mib(r, k):
         return fmt(r[k] / 1024, ".1f") if r.get(k) is not None else "—"
 
-    hdr = ["target", "keep-alive req/s (sat)", "CPU s/100k req",
-           f"open-loop {ARGS.h1_rate}/s p50 / p99 / p99.9 ms", "added p50 / p99 / p99.9 ms",
-           "new conn per req: req/s (sat)", "CPU s/100k req", "fds left open 2 s after"]
+    def sat(x):
+        """req/s, proxy CPU % and CPU µs/req of a saturating run."""
+        return [rate_cell(x), fmt(x.get("proxy_cpu_pct"), ".0f"), fmt(x.get("cpu_us_per_req"), ".1f")]
+
+    hdr = ["target"]
+    for what in ("HTTP/1.1 keep-alive", "h2c", "gRPC unary"):
+        hdr += [f"{what} req/s", "CPU %", "CPU µs/req"]
+    hdr.append("load CPU % (direct)")
+    out.append(("Throughput, saturating (proxy CPU % of one core; under 90%: not the bottleneck, "
+                "marked and left out of the ratios)", hdr, rows_of(lambda r, g, gd: (
+                    sat(g("h1_sat")) + sat(g("h2_sat")) + sat(g("grpc_sat"))
+                    + [" / ".join(fmt(g(k).get("load_core_pct"), ".0f") for k in ("h1_sat", "h2_sat", "grpc_sat"))
+                       if r["target"] == "direct" and any(g(k) for k in ("h1_sat", "h2_sat", "grpc_sat"))
+                       else "—"]))))
+    hdr = ["target", f"open-loop {ARGS.h1_rate}/s p50 / p99 / p99.9 ms", "added p50 / p99 / p99.9 ms",
+           "new conn per req: req/s (sat)", "CPU %", "CPU µs/req", "fds left open 2 s after"]
     out.append(("HTTP/1.1", hdr, rows_of(lambda r, g, gd: [
-        fmt(g("h1_sat").get("rps"), ".0f"), fmt(g("h1_sat").get("cpu_s_per_100k"), ".2f"),
         us3(g("h1_lat")), added(g("h1_lat"), gd("h1_lat")),
-        fmt(g("h1close_sat").get("rps"), ".0f"), fmt(g("h1close_sat").get("cpu_s_per_100k"), ".2f"),
+        *sat(g("h1close_sat")),
         (fmt(g("h1close_sat")["fds_after"] - g("h1close_sat")["fds_before"], ".0f")
          if "fds_after" in g("h1close_sat") else "—"),
     ])))
-    hdr = ["target", "h2 req/s (sat)", "CPU s/100k req",
-           f"h2 {ARGS.h2_rate}/s p50 / p99 / p99.9 ms", "added p50 / p99 ms",
-           "gRPC req/s (sat)", "CPU s/100k req",
+    hdr = ["target", f"h2 {ARGS.h2_rate}/s p50 / p99 / p99.9 ms", "added p50 / p99 ms",
            f"gRPC {ARGS.grpc_rate}/s p50 / p99 / p99.9 ms", "added p50 / p99 ms", "gRPC not OK"]
     two = ("p50_us", "p99_us")
-    out.append(("HTTP/2 and gRPC unary", hdr, rows_of(lambda r, g, gd: [
-        fmt(g("h2_sat").get("rps"), ".0f"), fmt(g("h2_sat").get("cpu_s_per_100k"), ".2f"),
+    out.append(("HTTP/2 and gRPC unary, fixed rate", hdr, rows_of(lambda r, g, gd: [
         us3(g("h2_rate")), added(g("h2_rate"), gd("h2_rate"), keys=two),
-        fmt(g("grpc_sat").get("rps"), ".0f"), fmt(g("grpc_sat").get("cpu_s_per_100k"), ".2f"),
         us3(g("grpc_rate")), added(g("grpc_rate"), gd("grpc_rate"), keys=two),
         grpc_bad(r),
     ])))
     hdr = ["target", f"TCP bulk GiB/s ({ARGS.tcp_streams} stream{'s' if ARGS.tcp_streams > 1 else ''})",
-           "CPU s/GiB", "TTFB p50 / p99 / p99.9 µs", "added p50 / p99 µs",
+           "CPU %", "CPU s/GiB", "TTFB p50 / p99 / p99.9 µs", "added p50 / p99 µs",
            "RSS idle MiB", f"RSS {ARGS.idle_conns} idle conns MiB", "peak RSS MiB",
            "soak RSS first / last / max MiB", "soak slope KiB/min"]
     out.append(("Opaque TCP, server-speaks-first, memory", hdr, rows_of(lambda r, g, gd: [
-        fmt(g("tcp_bulk").get("gib_per_s"), ".2f"), fmt(g("tcp_bulk").get("cpu_s_per_gib"), ".2f"),
+        rate_cell(g("tcp_bulk"), "gib_per_s", ".2f"), fmt(g("tcp_bulk").get("proxy_cpu_pct"), ".0f"),
+        fmt(g("tcp_bulk").get("cpu_s_per_gib"), ".2f"),
         us3(g("ttfb"), unit=1, spec=".0f"), added(g("ttfb"), gd("ttfb"), unit=1, spec=".0f", keys=two),
         mib(r, "rss_idle_kib"), mib(r, "rss_1k_idle_conns_kib"), mib(r, "rss_peak_kib"),
         (" / ".join(fmt(g("soak").get(k) / 1024, ".1f") for k in ("rss_first_kib", "rss_last_kib", "rss_max_kib"))
          if g("soak").get("rss_first_kib") is not None else "—"),
         fmt(g("soak").get("slope_kib_per_min"), ".0f"),
     ])))
+    out += ratio_tables(results) + profile_tables(results)
+    # Tables with nothing measured (e.g. --tests callgrind only) are left out.
+    return [t for t in out if any(c != "—" for row in t[2] for c in row[1:])]
+
+
+def rate_cell(x, key="rps", spec=".0f"):
+    """A saturating run's rate, marked when the proxy was not the bottleneck."""
+    v = x.get(key)
+    if v is None:
+        return "—"
+    b = x.get("bound")
+    return format(v, spec) + (f" ({b})" if b and b != "proxy" else "")
+
+
+SAT_TESTS = (("h1_sat", "HTTP/1.1 keep-alive"), ("h2_sat", "h2c"), ("grpc_sat", "gRPC unary"))
+HEADROOM_WARN = 1.3  # direct should be at least this many times the best proxy
+
+
+def headroom(results):
+    """Per saturating test: (label, direct rps, best proxy name, its rps, ratio)."""
+    out = []
+    for key, label in SAT_TESTS:
+        d = next((r[key].get("rps") for r in results if r["ok"] and r["target"] == "direct"
+                  and isinstance(r.get(key), dict)), None)
+        best = max(((r[key]["rps"], r["target"]) for r in results if r["ok"] and r["target"] != "direct"
+                    and isinstance(r.get(key), dict) and r[key].get("rps")), default=None)
+        if d and best:
+            out.append((label, d, best[1], best[0], d / best[0]))
+    return out
+
+
+def ratio_tables(results):
+    """Direct's headroom over the best proxy, and each target against haproxy
+    (req/s and CPU per request) from CPU-bound rows only."""
+    out = []
+    rows = [[label, format(d, ".0f"), f"{name} {b:.0f}", f"{ratio:.2f}×",
+             "ok" if ratio >= HEADROOM_WARN else f"WARNING: under {HEADROOM_WARN}×, the load side may be the limit"]
+            for label, d, name, b, ratio in headroom(results)]
+    if rows:
+        out.append(("Load headroom: direct ÷ the fastest proxy",
+                    ["test", "direct req/s", "fastest proxy req/s", "direct ÷ fastest", ""], rows))
+    ha = next((r for r in results if r["ok"] and r["target"] == "haproxy"), None)
+    rows = []
+    for r in results:
+        if not r["ok"] or r["target"] in ("direct", "haproxy") or not ha:
+            continue
+        row = [r["target"]]
+        for key, _ in SAT_TESTS:
+            x, h = r.get(key), ha.get(key)
+            if not (isinstance(x, dict) and isinstance(h, dict) and x.get("rps") and h.get("rps")):
+                row += ["—", "—"]
+            elif x.get("bound") != "proxy" or h.get("bound") != "proxy":
+                why = ", ".join(f"{n} {b}" for n, b in ((r["target"], x.get("bound")), ("haproxy", h.get("bound")))
+                                if b != "proxy")
+                row += [f"— ({why})", "—"]
+            else:
+                row += [f"{x['rps'] / h['rps']:.2f}×",
+                        f"{x['cpu_us_per_req'] / h['cpu_us_per_req']:.2f}×"]
+        rows.append(row)
+    if rows:
+        hdr = ["target"]
+        for _, label in SAT_TESTS:
+            hdr += [f"{label} req/s ÷ haproxy", "CPU/req ÷ haproxy"]
+        out.append(("Against haproxy (CPU-bound rows only)", hdr, rows))
     return out
 
 
@@ -788,8 +1193,37 @@ def machine():
 # -------------------------------------------------------------------- main
 
 
+NETNS_ENV = "L7E2E_IN_NETNS"
+
+
+def enter_netns():
+    """Re-run this script in a private network namespace (unshare -n, only
+    loopback, brought up on entry): nothing else's traffic or ports on the
+    machine's loopback, and no port clash with another run. Needs root."""
+    if ARGS.netns == "no":
+        return
+    ok = shutil.which("unshare") and subprocess.run(
+        ["unshare", "-n", "true"], capture_output=True).returncode == 0
+    if not ok:
+        if ARGS.netns == "yes":
+            sys.exit("--netns yes: `unshare -n` failed (not root?)")
+        log("no private network namespace (unshare -n failed; not root?): using the host's loopback")
+        return
+    log("entering a private network namespace (unshare -n)")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[NETNS_ENV] = "1"
+    os.execvp("unshare", ["unshare", "-n", "--", sys.executable, os.path.abspath(__file__)]
+              + sys.argv[1:] + ["--no-build"])
+
+
 def ensure_tools():
     need = {"haproxy": "haproxy", "nginx": "nginx", "wrk": "wrk", "h2load": "nghttp2-client", "taskset": "util-linux"}
+    tests = ARGS.tests.split(",")
+    if "callgrind" in tests:
+        need["valgrind"] = "valgrind"
+    if "syscalls" in tests:
+        need["perf" if shutil.which("perf") else "strace"] = "strace"  # perf if there, else strace
     missing = {pkg for tool, pkg in need.items() if shutil.which(tool) is None}
     if not any(os.path.exists(p) for p in STREAM_MODULES):
         missing.add("libnginx-mod-stream")
@@ -803,42 +1237,8 @@ def ensure_tools():
                    check=True, env=env)
 
 
-def otlp_receiver(port):
-    """Tiny OTLP/HTTP receiver: 200 (empty ExportTraceServiceResponse) to POST /v1/traces."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    stats = {"posts": 0, "bytes": 0}
-
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            n = int(self.headers.get("Content-Length") or 0)
-            data = self.rfile.read(n)
-            if self.path == "/v1/traces":
-                stats["posts"] += 1
-                stats["bytes"] += len(data)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-            else:
-                self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def do_GET(self):
-            body = json.dumps(stats).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-
-
 ALL_TESTS = "mem,h1,h1close,h2,grpc,tcp,ttfb,soak"
+PROFILE_TESTS = "callgrind,syscalls"  # not in the default run: --tests callgrind,syscalls
 
 
 def main():
@@ -848,18 +1248,22 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each measurement N times and report the median (all runs kept in the JSON)")
     ap.add_argument("--only", default="", help="comma-separated target names (default: all)")
-    ap.add_argument("--tests", default=ALL_TESTS, help=f"comma-separated measurements (default: {ALL_TESTS})")
-    ap.add_argument("--proxy-cpu", type=int, default=0)
+    ap.add_argument("--tests", default=ALL_TESTS, help=f"comma-separated measurements (default: {ALL_TESTS}; also {PROFILE_TESTS}, not in the default)")
+    ap.add_argument("--proxy-cpu", type=int, default=0, help="CPU of the proxy, alone (default 0)")
     ap.add_argument("--load-cpu", type=int, default=1, help="CPU for the load generators, backends and OTLP receiver")
-    ap.add_argument("--port-base", type=int, default=18400, help="ports used: BASE to BASE+79 (default 18400)")
+    ap.add_argument("--port-base", type=int, default=18400, help="ports used: BASE to BASE+99 (default 18400)")
     ap.add_argument("--h1-rate", type=int, default=4000, help="total req/s of the open-loop HTTP/1.1 run")
     ap.add_argument("--lat-conns", type=int, default=8, help="connections of the open-loop HTTP/1.1 run")
-    ap.add_argument("--sat-conns", type=int, default=64, help="connections of the saturating HTTP/1.1 run")
+    ap.add_argument("--sat-conns", type=int, default=32, help="connections of the saturating HTTP/1.1 run (wrk -t1)")
     ap.add_argument("--close-conns", type=int, default=16,
                     help="concurrent connections of the new-connection-per-request run")
-    ap.add_argument("--h2-conns", type=int, default=8, help="connections of the h2 and gRPC runs")
-    ap.add_argument("--h2-streams", type=int, default=16,
-                    help="concurrent streams per connection of the saturating h2 and gRPC runs")
+    ap.add_argument("--h2-conns", type=int, default=8, help="connections of the fixed-rate h2 and gRPC runs")
+    ap.add_argument("--h2-sat-conns", type=int, default=10, help="connections of the saturating h2 run (h2load -c)")
+    ap.add_argument("--h2-streams", type=int, default=10,
+                    help="concurrent streams per connection of the saturating h2 run (h2load -m)")
+    ap.add_argument("--grpc-conns", type=int, default=8, help="connections of the saturating gRPC run")
+    ap.add_argument("--grpc-streams", type=int, default=16,
+                    help="calls in flight per connection of the saturating gRPC run")
     ap.add_argument("--h2-rate", type=int, default=4000, help="total req/s of the fixed-rate h2 run")
     ap.add_argument("--grpc-rate", type=int, default=4000, help="total calls/s of the open-loop gRPC run")
     ap.add_argument("--tcp-streams", type=int, default=1, help="connections of the TCP bulk run")
@@ -870,23 +1274,39 @@ def main():
     ap.add_argument("--soak-rate", type=int, default=2000, help="keep-alive req/s during the soak")
     ap.add_argument("--soak-conn-rate", type=int, default=100, help="new connections/s during the soak")
     ap.add_argument("--soak-all", action="store_true", help="soak haproxy and nginx too")
+    ap.add_argument("--profile-requests", type=int, default=5000,
+                    help="measured requests per protocol of --tests callgrind (default 5000)")
+    ap.add_argument("--profile-warmup", type=int, default=500, help="warm-up requests before them")
+    ap.add_argument("--syscall-requests", type=int, default=20000,
+                    help="measured requests per protocol of --tests syscalls (default 20000)")
+    ap.add_argument("--profile-conns", type=int, default=8,
+                    help="connections of the callgrind and syscalls runs (h2load -c; -m16 for HTTP/2)")
+    ap.add_argument("--netns", choices=("auto", "yes", "no"), default="auto",
+                    help="run everything in a private network namespace with only loopback "
+                         "(unshare -n; needs root). auto: when possible (default)")
     ap.add_argument("--no-build", action="store_true", help="use the existing target/release binaries")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ARGS = ap.parse_args()
     if ARGS.repeat < 1:
         sys.exit("--repeat must be at least 1")
-    unknown = set(ARGS.tests.split(",")) - set(ALL_TESTS.split(","))
+    known = ALL_TESTS + "," + PROFILE_TESTS
+    unknown = set(ARGS.tests.split(",")) - set(known.split(","))
     if unknown:
-        sys.exit(f"--tests: unknown {sorted(unknown)}; known: {ALL_TESTS}")
+        sys.exit(f"--tests: unknown {sorted(unknown)}; known: {known}")
     P = {k: ARGS.port_base + off for k, off in OFFSETS.items()}
 
-    ensure_tools()
-    if not ARGS.no_build:
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "l7inspect-sidecar"], cwd=REPO, check=True)
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "l7inspect-benches", "--bin", "l7bench"],
-                       cwd=REPO, check=True)
-    SIDECAR = os.path.join(REPO, "target", "release", "l7inspect-sidecar")
-    L7BENCH = os.path.join(REPO, "target", "release", "l7bench")
+    if os.environ.get(NETNS_ENV) != "1":
+        ensure_tools()
+        if not ARGS.no_build:
+            subprocess.run(["cargo", "build", "--release", "-q", "-p", "l7inspect-sidecar"], cwd=REPO, check=True)
+            subprocess.run(["cargo", "build", "--release", "-q", "-p", "l7inspect-benches", "--bin", "l7bench"],
+                           cwd=REPO, check=True)
+        enter_netns()  # returns only if not entering one
+    else:
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    target_dir = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+    SIDECAR = os.path.join(target_dir, "release", "l7inspect-sidecar")
+    L7BENCH = os.path.join(target_dir, "release", "l7bench")
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 16384 if hard == resource.RLIM_INFINITY else min(hard, 16384)
@@ -908,9 +1328,6 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="l7e2e-")
     os.chmod(tmp, 0o755)  # nginx workers run as nobody
-    os.makedirs(os.path.join(tmp, "www"))
-    with open(os.path.join(tmp, "www", "index.html"), "wb") as f:
-        f.write(BODY)
     log("work dir", tmp)
 
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -922,8 +1339,10 @@ def main():
                      "--sink", f"127.0.0.1:{P['backend_tcp']}",
                      "--banner", f"127.0.0.1:{P['backend_banner']}", "--banner-text", BANNER],
                     ARGS.load_cpu, "l7bench-serve", tmp)
-    receiver = start([sys.executable, os.path.abspath(__file__), "otlp-receiver", str(P["otlp"])],
-                     ARGS.load_cpu, "otlp-receiver", tmp)
+    # The OTLP sink (OTLP/HTTP and OTLP/gRPC): a separate process so that its
+    # CPU can be read on its own; it reads and drops bodies, cheap on CPU 1.
+    receiver = start([L7BENCH, "serve", "--otlp", f"127.0.0.1:{P['otlp']}"],
+                     ARGS.load_cpu, "otlp-sink", tmp)
     for k in ("h1", "h2"):
         wait_port(P[f"backend_{k}"], backend)
     for k in ("grpc", "tcp", "banner"):
@@ -936,15 +1355,29 @@ def main():
         if only and name not in only:
             continue
         log(f"target {name}")
-        results.append(measure(name, desc, prefix, tmp))
+        standard = set(ARGS.tests.split(",")) - {"callgrind"}
+        if standard:
+            res = measure(name, desc, prefix, tmp)
+        else:
+            res = {"target": name, "description": desc, "ok": True, "error": None, "notes": []}
+        if "callgrind" in ARGS.tests.split(",") and name in PROFILED:
+            log(f"{name}: under callgrind")
+            try:
+                res["callgrind"] = callgrind_profile(name, prefix, tmp)
+            except Exception as e:
+                res["callgrind"] = {"error": str(e)[:300]}
+                log(f"{name}: callgrind failed: {e}")
+        results.append(res)
     stop_all()
 
     tabs = tables(results)
     finished = datetime.datetime.now(datetime.timezone.utc)
     params = {k: getattr(ARGS, k) for k in (
         "duration", "repeat", "proxy_cpu", "load_cpu", "h1_rate", "lat_conns", "sat_conns", "close_conns",
-        "h2_conns", "h2_streams", "h2_rate", "grpc_rate", "tcp_streams", "ttfb_count", "idle_conns",
-        "soak", "soak_rate", "soak_conn_rate", "tests")}
+        "h2_conns", "h2_sat_conns", "h2_streams", "h2_rate", "grpc_conns", "grpc_streams", "grpc_rate",
+        "tcp_streams", "ttfb_count", "idle_conns", "soak", "soak_rate", "soak_conn_rate", "tests",
+        "profile_requests", "profile_warmup", "syscall_requests", "profile_conns")}
+    params["netns"] = os.environ.get(NETNS_ENV) == "1"
     os.makedirs(ARGS.out, exist_ok=True)
     with open(os.path.join(ARGS.out, "latest.json"), "w") as f:
         json.dump({"started": started.isoformat(timespec="seconds"), "finished": finished.isoformat(timespec="seconds"),
@@ -963,13 +1396,14 @@ def main():
         print(plain(hdr, rows))
         print()
     print("\n".join(notes))
+    for label, d, best, b, ratio in headroom(results):
+        if ratio < HEADROOM_WARN:
+            log(f"WARNING: {label}: direct {d:.0f} req/s is only {ratio:.2f}× the fastest proxy ({best}, {b:.0f}); "
+                f"the load side may be the limit")
     print(f"\nwritten: {ARGS.out}/latest.json, {ARGS.out}/latest.md")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0 if all(r["ok"] for r in results) else 1
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "otlp-receiver":
-        otlp_receiver(int(sys.argv[2]))
-    else:
-        sys.exit(main())
+    sys.exit(main())

@@ -2,7 +2,9 @@
 //! benchmark (`benches/e2e/run.py`), for what Debian's tools cannot do.
 //!
 //! - `serve`: a gRPC unary server (tonic over hyper h2c), a TCP sink and a
-//!   server that speaks first (writes a banner on accept, as sshd does).
+//!   server that speaks first (writes a banner on accept, as sshd does),
+//!   and an OTLP sink (OTLP/HTTP and OTLP/gRPC exports answered with
+//!   success and counted, bodies dropped unread).
 //! - `http1`: open-loop HTTP/1.1 load at a fixed rate, timed from each
 //!   request's *intended* send time, as wrk2 does (wrk2 is not in Debian):
 //!   a stall is counted against every request it delays, not just the one
@@ -19,12 +21,13 @@
 //! # Layout
 //! - `pace`: CLOCK_MONOTONIC nanoseconds and a timerfd-backed sleep.
 //! - `stats`: latency samples → percentiles as JSON.
-//! - `http1`, `grpc`, `tcp`: one module per kind of traffic.
+//! - `http1`, `grpc`, `tcp`: one module per kind of traffic; `otlp`: the sink.
 
 #![forbid(unsafe_code)]
 
 mod grpc;
 mod http1;
+mod otlp;
 mod pace;
 mod stats;
 mod tcp;

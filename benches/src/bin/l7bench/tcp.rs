@@ -1,7 +1,7 @@
-//! The servers (`serve`), opaque TCP bulk upload (`bulk`) and time to first
+//! The servers (`serve`; the OTLP sink is in `otlp`), opaque TCP bulk upload (`bulk`) and time to first
 //! byte from a server that speaks first (`ttfb`).
 
-use crate::{grpc, pace::now_ns, stats::Samples};
+use crate::{grpc, otlp, pace::now_ns, stats::Samples};
 use clap::Args;
 use serde_json::{Map, Value, json};
 use std::{
@@ -36,6 +36,10 @@ pub struct ServeArgs {
     banner: Option<SocketAddr>,
     #[arg(long, default_value = "SSH-2.0-l7bench\r\n")]
     banner_text: String,
+    /// OTLP sink (OTLP/HTTP and OTLP/gRPC on one port, HTTP/1.1 and h2c):
+    /// answers every export with success, counts them; GET /stats, ip:port.
+    #[arg(long, value_parser = crate::parse_addr)]
+    otlp: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -83,9 +87,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let l = bind(addr).await?;
         servers.spawn(banner(l, args.banner_text.into_bytes()));
     }
+    if let Some(addr) = args.otlp {
+        let l = bind(addr).await?;
+        servers.spawn(otlp::serve(l));
+    }
     anyhow::ensure!(
         !servers.is_empty(),
-        "nothing to serve: give --grpc, --sink or --banner"
+        "nothing to serve: give --grpc, --sink, --banner or --otlp"
     );
     if let Some(r) = servers.join_next().await {
         r??;
