@@ -7,7 +7,7 @@ use http::HeaderMap;
 use opentelemetry::trace::SpanKind;
 
 use super::{
-    GRPC_CANCELLED, Shared,
+    Conn, GRPC_CANCELLED, Shared,
     classify::grpc_status,
     metrics::{HttpLabels, RpcLabels},
 };
@@ -20,6 +20,7 @@ const GRPC_SERVER_ERRORS: [i64; 6] = [2, 4, 12, 13, 14, 15];
 /// A request being observed.
 pub(super) struct Pending {
     pub(super) shared: Arc<Shared>,
+    pub(super) conn: Arc<Conn>,
     pub(super) start: Instant,
     /// The histogram entry's labels; `None` without metrics.
     pub(super) labels: Option<Labels>,
@@ -159,10 +160,12 @@ impl Pending {
         let server = matches!(self.shared.config.kind, SpanKind::Server);
         let seconds = elapsed.as_secs_f64();
         match labels {
-            Labels::Http(labels) => metrics.http(server).get_or_create(&labels).observe(seconds),
+            Labels::Http(labels) => self
+                .conn
+                .observe_http(metrics.http(server), labels, seconds),
             Labels::Rpc(mut labels) => {
                 labels.rpc_grpc_status_code = self.grpc_status.unwrap_or(GRPC_CANCELLED);
-                metrics.rpc(server).get_or_create(&labels).observe(seconds);
+                self.conn.observe_rpc(metrics.rpc(server), labels, seconds);
             }
         }
     }

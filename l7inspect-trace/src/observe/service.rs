@@ -117,6 +117,17 @@ where
         };
 
         let class = RequestClass::of(&req);
+        // The named host, shared: for the span's server.address (when
+        // sampled) and the outbound label (when counted).
+        let host = match class.server {
+            Some((host, _))
+                if sampled || (!server && shared.metrics.is_some() && class.grpc.is_none()) =>
+            {
+                let metrics = shared.metrics.as_ref().filter(|_| !server);
+                Some(self.conn.host(host, metrics))
+            }
+            _ => None,
+        };
         let labels = shared.metrics.as_ref().map(|m| match class.grpc {
             Some(call) => Labels::Rpc(RpcLabels {
                 rpc_service: m.intern(call.service),
@@ -127,8 +138,8 @@ where
                 // Client side only: the server as the client named it.
                 let (server_address, server_port) = match (server, class.server) {
                     (true, _) => (None, None),
-                    (false, Some((host, port))) => (
-                        Some(m.intern(host)),
+                    (false, Some((_, port))) => (
+                        host.as_ref().and_then(|(_, label)| label.clone()),
                         Some(port.unwrap_or(self.conn.peer.server.port())),
                     ),
                     (false, None) => (None, Some(self.conn.peer.server.port())),
@@ -159,7 +170,8 @@ where
                 span.parent_is_remote = p.is_remote();
             }
             span.network = Some(self.conn.network(server));
-            span.http = Some(http_fields(&class, &self.conn, config.record_query));
+            let named = host.as_ref().map(|(named, _)| named.clone());
+            span.http = Some(http_fields(&class, named, &self.conn, config.record_query));
             span.rpc = class.grpc.map(|call| RpcFields {
                 system: "grpc",
                 service: call.service.to_owned(),
@@ -178,6 +190,7 @@ where
             inner: self.inner.call(req),
             pending: Some(Pending {
                 shared: shared.clone(),
+                conn: self.conn.clone(),
                 start,
                 labels,
                 grpc,
@@ -199,12 +212,18 @@ fn span_name(class: &RequestClass<'_>) -> Cow<'static, str> {
     }
 }
 
-/// The span's HTTP attributes, from the request's class.
-fn http_fields(class: &RequestClass<'_>, conn: &Conn, record_query: bool) -> HttpFields {
+/// The span's HTTP attributes, from the request's class (and `host`, its
+/// named host, shared).
+fn http_fields(
+    class: &RequestClass<'_>,
+    host: Option<Arc<str>>,
+    conn: &Conn,
+    record_query: bool,
+) -> HttpFields {
     // server.address/port: the host the client named; else the target.
-    let (server_address, server_port) = match class.server {
-        Some((host, port)) => (Arc::from(host), port.unwrap_or(conn.peer.server.port())),
-        None => (conn.target_address(), conn.peer.server.port()),
+    let (server_address, server_port) = match (class.server, host) {
+        (Some((_, port)), Some(host)) => (host, port.unwrap_or(conn.peer.server.port())),
+        _ => (conn.target_address(), conn.peer.server.port()),
     };
     HttpFields {
         method: class.method,

@@ -15,7 +15,7 @@ use opentelemetry::{
 use opentelemetry_semantic_conventions::attribute as semconv;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;
 use crate::{
@@ -493,4 +493,78 @@ async fn metrics_are_optional() {
         .unwrap();
     resp.into_body().collect().await.unwrap();
     assert_eq!(pipeline.recent().len(), 1);
+}
+
+/// The requests of one connection share its last host and series, but a
+/// request that differs gets its own: nothing of one request leaks into
+/// the next.
+#[tokio::test]
+async fn one_connection_different_requests() {
+    let h = harness(SpanKind::Client);
+    let statuses = Arc::new(Mutex::new(vec![200u16, 404, 200]));
+    let inner = {
+        let statuses = statuses.clone();
+        service_fn(move |_req: Request<Full<Bytes>>| {
+            let status = statuses.lock().unwrap().remove(0);
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .body(Full::new(Bytes::from_static(b"x")))
+                        .unwrap(),
+                )
+            }
+        })
+    };
+    let mut svc = h.observer.layer(peer()).layer(inner);
+    for host in ["a.example", "b.example:81", "a.example"] {
+        let req = Request::get("/")
+            .header("host", host)
+            .body(Full::default())
+            .unwrap();
+        let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let spans = h.spans();
+    let hosts: Vec<_> = spans
+        .iter()
+        .map(|s| {
+            let http = s.http.as_ref().unwrap();
+            (
+                http.server_address.to_string(),
+                http.server_port,
+                http.response_status_code,
+            )
+        })
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("a.example".to_owned(), 8080, Some(200)),
+            ("b.example".to_owned(), 81, Some(404)),
+            ("a.example".to_owned(), 8080, Some(200)),
+        ]
+    );
+    let text = h.metrics_text();
+    let counts: Vec<_> = text
+        .lines()
+        .filter(|l| l.starts_with("http_client_request_duration_seconds_count"))
+        .collect();
+    assert_eq!(counts.len(), 2, "{text}");
+    assert!(
+        counts
+            .iter()
+            .any(|l| l.contains(r#"http_response_status_code="200""#)
+                && l.contains(r#"server_address="a.example",server_port="8080""#)
+                && l.ends_with(" 2")),
+        "{text}"
+    );
+    assert!(
+        counts
+            .iter()
+            .any(|l| l.contains(r#"http_response_status_code="404""#)
+                && l.contains(r#"server_address="b.example",server_port="81""#)
+                && l.ends_with(" 1")),
+        "{text}"
+    );
 }

@@ -917,6 +917,15 @@ fn hex_helpers() {
     let mut buf = [0u8; 4];
     put_hex(&mut buf, 0xab);
     assert_eq!(&buf, b"00ab");
+    // Every length, odd ones too, against the formatter.
+    for v in [0u128, 0xab, 0x0123_4567_89ab_cdef, u128::MAX, 7 << 100] {
+        for len in 1..=32 {
+            let mut buf = [0u8; 32];
+            put_hex(&mut buf[..len], v);
+            let want = format!("{v:032x}");
+            assert_eq!(&buf[..len], want[32 - len..].as_bytes(), "{v:x} in {len}");
+        }
+    }
     assert_eq!(trim_ows(b" \t a b\t "), b"a b");
     assert_eq!(trim_ows(b"  "), b"");
 }

@@ -193,6 +193,53 @@ fn put_kv(out: &mut BytesMut, key: u8, k: &str, value: AttrValue<'_>) {
     } else {
         1 + varint_len(k.len() as u64) + k.len()
     };
+    let (any_len, tail) = match value {
+        // The typed fields' kinds, most of every span: tags and lengths
+        // gathered on the stack and written with one copy per piece
+        // instead of one buffer call per byte and varint.
+        AttrValue::Str(v) => (1 + varint_len(v.len() as u64) + v.len(), Some(v.as_bytes())),
+        AttrValue::Int(i) => (1 + varint_len(i as u64), None),
+        AttrValue::Other(_) => {
+            put_kv_other(out, key, k, value);
+            return;
+        }
+    };
+    out.reserve(2 * Small::CAPACITY + key_len + any_len);
+    let mut head = Small::default();
+    head.byte(key);
+    head.varint((key_len + 1 + varint_len(any_len as u64) + any_len) as u64);
+    if !k.is_empty() {
+        head.byte(0x0a);
+        head.varint(k.len() as u64);
+    }
+    out.extend_from_slice(head.as_slice());
+    out.extend_from_slice(k.as_bytes());
+    let mut any = Small::default();
+    any.byte(0x12);
+    any.varint(any_len as u64);
+    match (value, tail) {
+        (AttrValue::Int(i), _) => {
+            any.byte(0x18);
+            any.varint(i as u64);
+            out.extend_from_slice(any.as_slice());
+        }
+        (_, Some(v)) => {
+            any.byte(0x0a);
+            any.varint(v.len() as u64);
+            out.extend_from_slice(any.as_slice());
+            out.extend_from_slice(v);
+        }
+        (_, None) => {}
+    }
+}
+
+/// [`put_kv`] for any OpenTelemetry value, arrays included.
+fn put_kv_other(out: &mut BytesMut, key: u8, k: &str, value: AttrValue<'_>) {
+    let key_len = if k.is_empty() {
+        0
+    } else {
+        1 + varint_len(k.len() as u64) + k.len()
+    };
     match scalar_len(value) {
         Some(any_len) => {
             out.put_u8(key);
@@ -215,6 +262,35 @@ fn put_kv(out: &mut BytesMut, key: u8, k: &str, value: AttrValue<'_>) {
             end(out, any);
             end(out, m);
         }
+    }
+}
+
+/// A few tags and varints gathered before one copy into the buffer.
+#[derive(Default)]
+struct Small {
+    buf: [u8; Self::CAPACITY],
+    len: usize,
+}
+
+impl Small {
+    /// Two tags and two varints.
+    const CAPACITY: usize = 2 * (1 + 10);
+
+    fn byte(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
