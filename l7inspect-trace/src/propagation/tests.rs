@@ -923,7 +923,7 @@ fn hex_helpers() {
             let mut buf = [0u8; 32];
             put_hex(&mut buf[..len], v);
             let want = format!("{v:032x}");
-            assert_eq!(&buf[..len], want[32 - len..].as_bytes(), "{v:x} in {len}");
+            assert_eq!(&buf[..len], &want.as_bytes()[32 - len..], "{v:x} in {len}");
         }
     }
     assert_eq!(trim_ows(b" \t a b\t "), b"a b");
