@@ -318,6 +318,15 @@ def classify(r, rate_key="rps"):
     return r
 
 
+def at_rate(r):
+    """A fixed-rate run: the proxy's CPU per request at that rate (every
+    proxy serves the same requests per second, so this compares their cost
+    whatever the load side can do); saturation does not apply."""
+    for k in ("bound",):
+        r.pop(k, None)
+    return r
+
+
 def run_load(cmd, pids, start, length, timeout):
     """Run a load command on the load CPU. The proxy's CPU is read over the
     tool's measured window (from `start` s after launch for `length` s),
@@ -654,9 +663,9 @@ def measure(name, desc, prefix, tmp):
         h1 = ["--addr", f"127.0.0.1:{port['h1']}", "--expect-len", len(BODY)]
         # HTTP/1.1 keep-alive: open loop at a moderate fixed rate for latency
         # (its own 1 s warm-up), then saturating (wrk) for throughput and CPU.
-        step("h1_lat", lambda: repeated(lambda: l7bench(
+        step("h1_lat", lambda: repeated(lambda: at_rate(l7bench(
             ["http1", "--rate", ARGS.h1_rate, "--conns", ARGS.lat_conns, "--duration", d, "--warmup", 1] + h1,
-            d + 7)))
+            d + 7, pids, (1, d)))))
 
         def h1_sat():
             wrk(port["h1"], ARGS.sat_conns, 1)  # warm-up
@@ -666,16 +675,17 @@ def measure(name, desc, prefix, tmp):
         # HTTP/2 (h2c prior knowledge): a fixed-rate run for latency, then a
         # saturating multiplexed run for throughput and CPU.
         log_file = os.path.join(tmp, "h2load.log")
-        step("h2_rate", lambda: repeated(lambda: h2load(
+        step("h2_rate", lambda: repeated(lambda: at_rate(h2load(
             port["h2"], ARGS.h2_conns, 100, d, log_file,
-            rps_per_conn=max(1, ARGS.h2_rate // ARGS.h2_conns))))
+            rps_per_conn=max(1, ARGS.h2_rate // ARGS.h2_conns), pids=pids))))
         step("h2_sat", lambda: repeated(lambda: h2load(
             port["h2"], ARGS.h2_sat_conns, ARGS.h2_streams, d, log_file, pids=pids)))
 
         # gRPC unary: open loop at a fixed rate, then closed loop (saturating).
         grpc = ["grpc", "--addr", f"127.0.0.1:{port['grpc']}"]
-        step("grpc_rate", lambda: repeated(lambda: l7bench(
-            grpc + ["--conns", ARGS.h2_conns, "--rate", ARGS.grpc_rate, "--duration", d, "--warmup", 1], d + 7)))
+        step("grpc_rate", lambda: repeated(lambda: at_rate(l7bench(
+            grpc + ["--conns", ARGS.h2_conns, "--rate", ARGS.grpc_rate, "--duration", d, "--warmup", 1], d + 7,
+            pids, (1, d)))))
 
         def grpc_sat():
             sat = grpc + ["--conns", ARGS.grpc_conns, "--streams", ARGS.grpc_streams]
@@ -1105,7 +1115,31 @@ def ratio_tables(results):
         for _, label in SAT_TESTS:
             hdr += [f"{label} req/s ÷ haproxy", "CPU/req ÷ haproxy"]
         out.append(("Against haproxy (CPU-bound rows only)", hdr, rows))
+    rows = []
+    for r in results:
+        if not r["ok"] or r["target"] == "direct":
+            continue
+        row = [r["target"]]
+        for key in RATE_TESTS:
+            x, h = r.get(key), (ha or {}).get(key)
+            us = x.get("cpu_us_per_req") if isinstance(x, dict) else None
+            hus = h.get("cpu_us_per_req") if isinstance(h, dict) else None
+            row += [fmt(us, ".1f") if us else "—",
+                    f"{us / hus:.2f}×" if us and hus and r["target"] != "haproxy" else "—"]
+        rows.append(row)
+    if any(any(c != "—" for c in row[1:]) for row in rows):
+        hdr = ["target"]
+        for key in RATE_TESTS:
+            label = {"h1_lat": f"HTTP/1.1 {ARGS.h1_rate}/s", "h2_rate": f"h2c {ARGS.h2_rate}/s",
+                     "grpc_rate": f"gRPC {ARGS.grpc_rate}/s"}[key]
+            hdr += [f"{label} CPU µs/req", "÷ haproxy"]
+        out.append(("Proxy CPU per request at a fixed rate (the same load for every proxy; "
+                    "not limited by the load side)", hdr, rows))
     return out
+
+
+# The fixed-rate runs, whose proxy CPU per request is compared.
+RATE_TESTS = ("h1_lat", "h2_rate", "grpc_rate")
 
 
 def grpc_bad(r):
