@@ -118,13 +118,14 @@ where
 
         let class = RequestClass::of(&req);
         // The named host, shared: for the span's server.address (when
-        // sampled) and the outbound label (when counted).
+        // sampled) and the HTTP client histogram's label (when counted).
+        let labelled = shared
+            .metrics
+            .as_ref()
+            .filter(|_| !server && class.grpc.is_none());
         let host = match class.server {
-            Some((host, _))
-                if sampled || (!server && shared.metrics.is_some() && class.grpc.is_none()) =>
-            {
-                let metrics = shared.metrics.as_ref().filter(|_| !server);
-                Some(self.conn.host(host, metrics))
+            Some((host, _)) if sampled || labelled.is_some() => {
+                Some(self.conn.host(host, labelled))
             }
             _ => None,
         };
