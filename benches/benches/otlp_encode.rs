@@ -33,14 +33,11 @@ use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use l7inspect_trace::export::{OtlpEncoder, ResourceConfig};
 use l7inspect_trace::span::{HttpFields, NetworkFields, SpanRecord};
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use opentelemetry_sdk::trace::SpanData;
 use prost::Message as _;
 
 const BATCH: usize = 512;
@@ -75,43 +72,12 @@ fn span(i: u64, network: &Arc<NetworkFields>) -> SpanRecord {
     span
 }
 
-/// The same span as the SDK's `SpanData`, for the SDK's conversion.
-fn span_data(span: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
-    let mut attributes = Vec::new();
-    span.for_each_attribute(|k, v| attributes.push(KeyValue::new(k.to_owned(), v.to_value())));
-    SpanData {
-        span_context: SpanContext::new(
-            span.trace_id,
-            span.span_id,
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::default(),
-        ),
-        parent_span_id: span.parent_span_id,
-        parent_span_is_remote: span.parent_is_remote,
-        span_kind: span.kind.clone(),
-        name: span.name.clone(),
-        start_time: span.start,
-        end_time: span.end,
-        attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: Status::Unset,
-        instrumentation_scope: scope.clone(),
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let resource = ResourceConfig {
         service_name: "orders".into(),
         attributes: vec![("deployment.environment.name".into(), "prod".into())],
     }
     .to_resource("l7inspect", "0.1.0");
-    // The scope the encoder writes: l7inspect-trace's name and version.
-    let scope = InstrumentationScope::builder("l7inspect")
-        .with_version(l7inspect_trace_version())
-        .build();
     let network = Arc::new(NetworkFields::new(
         "10.244.1.17:40000".parse().expect("address"),
         Some("10.244.1.17".parse().expect("address")),
@@ -119,10 +85,7 @@ fn bench(c: &mut Criterion) {
     let batch: Vec<Arc<SpanRecord>> = (0..BATCH as u64)
         .map(|i| Arc::new(span(i, &network)))
         .collect();
-    let sdk_batch: Vec<Arc<SpanData>> = batch
-        .iter()
-        .map(|s| Arc::new(span_data(s, &scope)))
-        .collect();
+    let sdk_batch: Vec<Arc<SpanData>> = batch.iter().map(|s| Arc::new(s.to_sdk())).collect();
 
     let mut group = c.benchmark_group("otlp_encode");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -164,12 +127,6 @@ fn bench(c: &mut Criterion) {
     }
     .encode_to_vec();
     assert_eq!(&buf[..], &want[..], "the encoders disagree");
-}
-
-/// The version the encoder puts on its scope: l7inspect-trace's, which is
-/// the workspace's, as is this crate's.
-fn l7inspect_trace_version() -> &'static str {
-    env!("CARGO_PKG_VERSION")
 }
 
 criterion_group! {

@@ -23,8 +23,7 @@ use serde_json::{Map, Value as Json, json};
 
 use super::ExportBuildError;
 use super::config::ZipkinConfig;
-use super::otlp::{SCOPE_NAME, SCOPE_VERSION};
-use crate::span::{AttrValue, SpanRecord};
+use crate::span::{AttrValue, SCOPE_NAME, SCOPE_VERSION, SpanRecord};
 
 /// POSTs batches as a Zipkin v2 JSON list.
 #[derive(Debug)]

@@ -295,22 +295,14 @@ impl Conn {
         (named, label)
     }
 
-    /// Observes `seconds` in `family`'s series for `labels`.
+    /// Observes `seconds` in `family`'s series for `labels` (HTTP).
     fn observe_http(
         &self,
         family: &Family<metrics::HttpLabels, Histogram>,
         labels: metrics::HttpLabels,
         seconds: f64,
     ) {
-        let mut last = self.last();
-        match &last.http {
-            Some((l, h)) if *l == labels => h.observe(seconds),
-            _ => {
-                let h = family.get_or_create(&labels).clone();
-                h.observe(seconds);
-                last.http = Some((labels, h));
-            }
-        }
+        observe(&mut self.last().http, family, labels, seconds);
     }
 
     /// [`observe_http`](Self::observe_http) for gRPC calls.
@@ -320,14 +312,26 @@ impl Conn {
         labels: metrics::RpcLabels,
         seconds: f64,
     ) {
-        let mut last = self.last();
-        match &last.rpc {
-            Some((l, h)) if *l == labels => h.observe(seconds),
-            _ => {
-                let h = family.get_or_create(&labels).clone();
-                h.observe(seconds);
-                last.rpc = Some((labels, h));
-            }
+        observe(&mut self.last().rpc, family, labels, seconds);
+    }
+}
+
+/// Observes `seconds` in the series for `labels`: `last`'s when it is that
+/// series, else `family`'s, which becomes `last`.
+fn observe<L>(
+    last: &mut Option<(L, Histogram)>,
+    family: &Family<L, Histogram>,
+    labels: L,
+    seconds: f64,
+) where
+    L: Clone + std::hash::Hash + Eq,
+{
+    match last {
+        Some((l, h)) if *l == labels => h.observe(seconds),
+        _ => {
+            let h = family.get_or_create(&labels).clone();
+            h.observe(seconds);
+            *last = Some((labels, h));
         }
     }
 }

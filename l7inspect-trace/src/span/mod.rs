@@ -296,6 +296,46 @@ impl SpanRecord {
     }
 }
 
+impl SpanRecord {
+    /// The same span as the OpenTelemetry SDK's `SpanData` (attributes in
+    /// [`for_each_attribute`](Self::for_each_attribute) order, the
+    /// `l7inspect` instrumentation scope), for code that speaks the SDK's
+    /// exporter interface. Copies every string: not for the hot path.
+    pub fn to_sdk(&self) -> opentelemetry_sdk::trace::SpanData {
+        use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+        let mut attributes = Vec::new();
+        self.for_each_attribute(|k, v| attributes.push(KeyValue::new(k.to_owned(), v.to_value())));
+        SpanData {
+            span_context: opentelemetry::trace::SpanContext::new(
+                self.trace_id,
+                self.span_id,
+                self.trace_flags,
+                false,
+                self.trace_state.clone(),
+            ),
+            parent_span_id: self.parent_span_id,
+            parent_span_is_remote: self.parent_is_remote,
+            span_kind: self.kind.clone(),
+            name: self.name.clone(),
+            start_time: self.start,
+            end_time: self.end,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: self.status.clone(),
+            instrumentation_scope: opentelemetry::InstrumentationScope::builder(SCOPE_NAME)
+                .with_version(SCOPE_VERSION)
+                .build(),
+        }
+    }
+}
+
+/// The instrumentation scope of every span: this crate.
+pub(crate) const SCOPE_NAME: &str = "l7inspect";
+/// The scope's version: this crate's.
+pub(crate) const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -10,16 +10,12 @@ use opentelemetry::trace::{SpanId, SpanKind, Status, TraceState};
 use opentelemetry::{Array, Value};
 use opentelemetry_sdk::Resource;
 
-use crate::span::{AttrValue, SpanRecord};
+use crate::span::{AttrValue, SCOPE_NAME, SCOPE_VERSION, SpanRecord};
 
 /// `SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`.
 const CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
 /// `SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`.
 const CONTEXT_IS_REMOTE: u32 = 0x200;
-/// The instrumentation scope of every span: this crate.
-pub(crate) const SCOPE_NAME: &str = "l7inspect";
-/// The scope's version: this crate's.
-pub(crate) const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Encodes batches of spans as an OTLP `ExportTraceServiceRequest`
 /// (protobuf), for one resource, under the instrumentation scope

@@ -47,7 +47,6 @@ mod encode;
 mod transport;
 
 pub use encode::OtlpEncoder;
-pub(crate) use encode::{SCOPE_NAME, SCOPE_VERSION};
 pub(crate) use transport::OtlpExporter;
 
 #[cfg(test)]

@@ -6,53 +6,22 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, BytesMut};
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
+use opentelemetry::{Array, KeyValue, StringValue, Value};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use prost::Message as _;
 
+use super::OtlpEncoder;
 use super::encode::{put_varint, varint_len};
-use super::{OtlpEncoder, SCOPE_NAME, SCOPE_VERSION};
 use crate::span::{HttpFields, NetworkFields, RpcFields, SpanRecord, TlsFields};
-
-/// The same span as the SDK's `SpanData`, attributes in
-/// `for_each_attribute` order.
-fn span_data(span: &SpanRecord) -> SpanData {
-    let mut attributes = Vec::new();
-    span.for_each_attribute(|k, v| attributes.push(KeyValue::new(k.to_owned(), v.to_value())));
-    SpanData {
-        span_context: opentelemetry::trace::SpanContext::new(
-            span.trace_id,
-            span.span_id,
-            span.trace_flags,
-            false,
-            span.trace_state.clone(),
-        ),
-        parent_span_id: span.parent_span_id,
-        parent_span_is_remote: span.parent_is_remote,
-        span_kind: span.kind.clone(),
-        name: span.name.clone(),
-        start_time: span.start,
-        end_time: span.end,
-        attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: span.status.clone(),
-        instrumentation_scope: InstrumentationScope::builder(SCOPE_NAME)
-            .with_version(SCOPE_VERSION)
-            .build(),
-    }
-}
 
 /// What opentelemetry-proto's own conversion makes of the batch.
 fn reference(spans: &[SpanRecord], resource: &Resource) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: group_spans_by_resource_and_scope(
-            spans.iter().map(span_data).collect(),
+            spans.iter().map(SpanRecord::to_sdk).collect(),
             &ResourceAttributesWithSchema::from(resource),
         ),
     }
