@@ -1,7 +1,7 @@
 //! The per-request stack of an HTTP connection: the request's observation
 //! (span and request metrics) around forwarding.
 
-use l7inspect_core::{ConnMeta, Direction, Forward, NewRequestService, ResponseBody};
+use l7inspect_core::{ConnMeta, Forward, NewRequestService, ResponseBody};
 use l7inspect_trace::{Observe, ObservedBody, Observer, Peer, PropagationStats};
 use tower::Layer;
 
@@ -28,10 +28,6 @@ impl NewRequestService for Requests {
     type Body = ObservedBody<ResponseBody>;
 
     fn new_service(&self, meta: &ConnMeta, forward: Forward) -> Self::Service {
-        debug_assert!(matches!(
-            meta.direction,
-            Direction::Inbound | Direction::Outbound
-        ));
         let peer = Peer {
             client: meta.client,
             server: meta.target,

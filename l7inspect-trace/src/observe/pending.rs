@@ -4,7 +4,6 @@
 use std::{borrow::Cow, sync::Arc, time::Instant};
 
 use http::HeaderMap;
-use opentelemetry::trace::SpanKind;
 
 use super::{
     Conn, GRPC_CANCELLED, Shared,
@@ -157,7 +156,7 @@ impl Pending {
         let (Some(metrics), Some(labels)) = (&self.shared.metrics, self.labels.take()) else {
             return;
         };
-        let server = matches!(self.shared.config.kind, SpanKind::Server);
+        let server = self.is_server();
         let seconds = elapsed.as_secs_f64();
         match labels {
             Labels::Http(labels) => self
