@@ -814,6 +814,10 @@ def callgrind_profile(name, prefix, tmp):
         for proto, h1 in (("h1", True), ("h2", False)):
             port = P[f"{prefix}_{proto}"]
             h2load_count(port, ARGS.profile_warmup, h1, ARGS.profile_conns)
+            # The warm-up's spans exported before the counters are zeroed,
+            # so that the measured window holds the spans of its own
+            # requests only (one each), not a tenth more.
+            time.sleep(FLUSH_S)
             subprocess.run(["callgrind_control", "--zero", str(p.pid)], check=True, capture_output=True, timeout=120)
             h2load_count(port, ARGS.profile_requests, h1, ARGS.profile_conns)
             time.sleep(FLUSH_S)  # the spans of these requests exported, if they are
@@ -829,8 +833,14 @@ def callgrind_profile(name, prefix, tmp):
             time.sleep(0.5)  # let the dump finish writing
             path = os.path.join(tmp, sorted(new)[-1])
             ir = callgrind_totals(path)
-            res[proto] = {"ir": ir, "ir_per_req": ir / ARGS.profile_requests, "file": path}
-            os.unlink(path)
+            res[proto] = {"ir": ir, "ir_per_req": ir / ARGS.profile_requests}
+            if ARGS.profile_dir:  # kept for callgrind_annotate
+                os.makedirs(ARGS.profile_dir, exist_ok=True)
+                kept = os.path.join(ARGS.profile_dir, f"callgrind.{name}.{proto}.out")
+                shutil.move(path, kept)
+                res[proto]["file"] = kept
+            else:
+                os.unlink(path)
     finally:
         stop(p, timeout=30)
         for f in os.listdir(tmp):
@@ -1310,6 +1320,8 @@ def main():
     ap.add_argument("--soak-all", action="store_true", help="soak haproxy and nginx too")
     ap.add_argument("--profile-requests", type=int, default=5000,
                     help="measured requests per protocol of --tests callgrind (default 5000)")
+    ap.add_argument("--profile-dir", default="",
+                    help="keep --tests callgrind's profiles there (callgrind.TARGET.h1|h2.out, for callgrind_annotate); default: deleted")
     ap.add_argument("--profile-warmup", type=int, default=500, help="warm-up requests before them")
     ap.add_argument("--syscall-requests", type=int, default=20000,
                     help="measured requests per protocol of --tests syscalls (default 20000)")
