@@ -184,49 +184,75 @@ fn put_trace_state(out: &mut BytesMut, key: u8, state: &TraceState) {
 
 /// One `KeyValue` (`key` is the field's tag byte), value always present.
 fn put_kv(out: &mut BytesMut, key: u8, k: &str, value: AttrValue<'_>) {
-    let key_len = if k.is_empty() {
-        0
-    } else {
-        1 + varint_len(k.len() as u64) + k.len()
-    };
+    // The typed fields' kinds, most of every span: sized first, then
+    // written with plain stores (see below), not through `BufMut` a piece
+    // at a time (each call checks capacity and moves the length). The
+    // attributes are most of the encoder's cost per span
+    // (docs/benchmarks.md).
     let (any_len, tail) = match value {
-        // The typed fields' kinds, most of every span: tags and lengths
-        // gathered on the stack and written with one copy per piece
-        // instead of one buffer call per byte and varint.
-        AttrValue::Str(v) => (1 + varint_len(v.len() as u64) + v.len(), Some(v.as_bytes())),
-        AttrValue::Int(i) => (1 + varint_len(i as u64), None),
+        AttrValue::Str(v) => (1 + varint_len(v.len() as u64) + v.len(), v.as_bytes()),
+        AttrValue::Int(i) => (1 + varint_len(i as u64), &[][..]),
         AttrValue::Other(_) => {
             put_kv_other(out, key, k, value);
             return;
         }
     };
-    out.reserve(2 * Small::CAPACITY + key_len + any_len);
-    let mut head = Small::default();
-    head.byte(key);
-    head.varint((key_len + 1 + varint_len(any_len as u64) + any_len) as u64);
+    let key_len = if k.is_empty() {
+        0
+    } else {
+        1 + varint_len(k.len() as u64) + k.len()
+    };
+    let kv_len = key_len + 1 + varint_len(any_len as u64) + any_len;
+    if kv_len < 0x80 && !k.is_empty() {
+        // The usual attribute: every length fits one byte, so the tags
+        // and lengths are two 4-byte stores around the key, and the value
+        // follows (no per-byte stores, no zero-fill).
+        out.reserve(2 + kv_len);
+        out.extend_from_slice(&[key, kv_len as u8, 0x0a, k.len() as u8]);
+        out.extend_from_slice(k.as_bytes());
+        match value {
+            AttrValue::Int(i) => {
+                out.extend_from_slice(&[0x12, any_len as u8, 0x18]);
+                put_varint(out, i as u64);
+            }
+            _ => {
+                out.extend_from_slice(&[0x12, any_len as u8, 0x0a, tail.len() as u8]);
+                out.extend_from_slice(tail);
+            }
+        }
+        return;
+    }
+    let total = 1 + varint_len(kv_len as u64) + kv_len;
+    // One length change and one zero-fill, then plain stores: `resize`
+    // costs a short memset, less than a capacity check and length update
+    // for each of the pieces.
+    let at = out.len();
+    out.resize(at + total, 0);
+    let mut w = Cursor {
+        buf: &mut out[at..],
+        pos: 0,
+    };
+    w.byte(key);
+    w.varint(kv_len as u64);
     if !k.is_empty() {
-        head.byte(0x0a);
-        head.varint(k.len() as u64);
+        w.byte(0x0a);
+        w.varint(k.len() as u64);
+        w.slice(k.as_bytes());
     }
-    out.extend_from_slice(head.as_slice());
-    out.extend_from_slice(k.as_bytes());
-    let mut any = Small::default();
-    any.byte(0x12);
-    any.varint(any_len as u64);
-    match (value, tail) {
-        (AttrValue::Int(i), _) => {
-            any.byte(0x18);
-            any.varint(i as u64);
-            out.extend_from_slice(any.as_slice());
+    w.byte(0x12);
+    w.varint(any_len as u64);
+    match value {
+        AttrValue::Int(i) => {
+            w.byte(0x18);
+            w.varint(i as u64);
         }
-        (_, Some(v)) => {
-            any.byte(0x0a);
-            any.varint(v.len() as u64);
-            out.extend_from_slice(any.as_slice());
-            out.extend_from_slice(v);
+        _ => {
+            w.byte(0x0a);
+            w.varint(tail.len() as u64);
+            w.slice(tail);
         }
-        (_, None) => {}
     }
+    debug_assert_eq!(w.pos, total);
 }
 
 /// [`put_kv`] for any OpenTelemetry value, arrays included.
@@ -261,22 +287,20 @@ fn put_kv_other(out: &mut BytesMut, key: u8, k: &str, value: AttrValue<'_>) {
     }
 }
 
-/// A few tags and varints gathered before one copy into the buffer.
-#[derive(Default)]
-struct Small {
-    buf: [u8; Self::CAPACITY],
-    len: usize,
+/// Writes into a slice sized beforehand.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
 }
 
-impl Small {
-    /// Two tags and two varints.
-    const CAPACITY: usize = 2 * (1 + 10);
-
+impl Cursor<'_> {
+    #[inline]
     fn byte(&mut self, b: u8) {
-        self.buf[self.len] = b;
-        self.len += 1;
+        self.buf[self.pos] = b;
+        self.pos += 1;
     }
 
+    #[inline]
     fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.byte((v as u8) | 0x80);
@@ -285,8 +309,10 @@ impl Small {
         self.byte(v as u8);
     }
 
-    fn as_slice(&self) -> &[u8] {
-        &self.buf[..self.len]
+    #[inline]
+    fn slice(&mut self, s: &[u8]) {
+        self.buf[self.pos..self.pos + s.len()].copy_from_slice(s);
+        self.pos += s.len();
     }
 }
 
@@ -383,9 +409,16 @@ fn put_any_array(out: &mut BytesMut, value: &Value) {
 
 // Wire primitives. `key` is the field's tag byte: (field << 3) | wire type.
 
+#[inline]
 pub(super) fn varint_len(v: u64) -> usize {
-    // 1 byte per 7 significant bits, at least 1.
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    // Nearly every length and tag here is under 128: one compare for them,
+    // instead of a bit count and a division.
+    if v < 0x80 {
+        1
+    } else {
+        // 1 byte per 7 significant bits.
+        (64 - v.leading_zeros() as usize).div_ceil(7)
+    }
 }
 
 pub(super) fn put_varint(out: &mut BytesMut, mut v: u64) {

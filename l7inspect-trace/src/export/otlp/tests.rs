@@ -137,7 +137,7 @@ fn http_fields() -> HttpFields {
         server_address: "shop.example".into(),
         server_port: 8080,
         protocol_version: "1.1",
-        user_agent: Some(long(130)),
+        user_agent: Some(long(130).into()),
         request_body_size: Some(u64::MAX),
         response_status_code: Some(503),
         response_body_size: Some(0),
