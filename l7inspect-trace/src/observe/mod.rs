@@ -186,6 +186,8 @@ struct Conn {
 struct Last {
     /// The host as named, and its interned label value (outbound metrics).
     host: Option<(Arc<str>, Option<Arc<str>>)>,
+    /// The `User-Agent`, for spans.
+    user_agent: Option<Arc<str>>,
     http: Option<(metrics::HttpLabels, Histogram)>,
     rpc: Option<(metrics::RpcLabels, Histogram)>,
 }
@@ -293,6 +295,20 @@ impl Conn {
         let label = metrics.map(|m| m.intern(host));
         last.host = Some((named.clone(), label.clone()));
         (named, label)
+    }
+
+    /// `ua` shared: the last request's when it is the same (a span would
+    /// otherwise copy it per request).
+    fn user_agent(&self, ua: &str) -> Arc<str> {
+        let mut last = self.last();
+        if let Some(same) = &last.user_agent
+            && &**same == ua
+        {
+            return same.clone();
+        }
+        let ua: Arc<str> = Arc::from(ua);
+        last.user_agent = Some(ua.clone());
+        ua
     }
 
     /// Observes `seconds` in `family`'s series for `labels` (HTTP).

@@ -242,7 +242,7 @@ fn http_fields(
         server_address,
         server_port,
         protocol_version: class.version,
-        user_agent: class.user_agent().map(str::to_owned),
+        user_agent: class.user_agent().map(|ua| conn.user_agent(ua)),
         request_body_size: class.request_body_size(),
         response_status_code: None,
         response_body_size: None,

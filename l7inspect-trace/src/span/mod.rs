@@ -121,8 +121,9 @@ pub struct HttpFields {
     pub server_port: u16,
     /// `network.protocol.version`: `1.0`, `1.1`, `2`.
     pub protocol_version: &'static str,
-    /// `user_agent.original`.
-    pub user_agent: Option<String>,
+    /// `user_agent.original` (shared: a connection's requests usually
+    /// carry the same one).
+    pub user_agent: Option<Arc<str>>,
     /// `http.request.body.size`, from `Content-Length`.
     pub request_body_size: Option<u64>,
     /// `http.response.status_code`.
