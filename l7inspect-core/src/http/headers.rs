@@ -59,6 +59,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> ConnectionOptions {
         // allocated only when a message lists one.
         let mut listed = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
+            // Most responses' whole value, answered without tokenizing.
+            if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
             let Ok(value) = value.to_str() else { continue };
             for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 if token.eq_ignore_ascii_case("upgrade") {
@@ -66,7 +70,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> ConnectionOptions {
                 } else if token.eq_ignore_ascii_case("close") {
                     opts.close = true;
                 } else if token.eq_ignore_ascii_case("keep-alive") {
-                    present.keep_alive = true;
+                    // A `Keep-Alive` header is removed below whether or
+                    // not this names it (the pass above saw it if present).
                 } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                     listed.push(name);
                 }
