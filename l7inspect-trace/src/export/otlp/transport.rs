@@ -184,7 +184,7 @@ impl OtlpExporter {
                 let c = client.take().unwrap_or_else(|| {
                     Client::builder(TokioExecutor::new())
                         .http2_only(true)
-                        .build_http()
+                        .build(grpc_connector())
                 });
                 let mut req = http::Request::post(uri.clone())
                     .body(Full::new(body))
@@ -238,6 +238,26 @@ impl OtlpExporter {
             Ok(buf.split().freeze())
         }
     }
+}
+
+/// The gRPC client's connector: plain TCP with `TCP_NODELAY`, as tonic
+/// (and so `opentelemetry-otlp`), grpc-go and gRPC C core set it.
+///
+/// Without it, Nagle's algorithm stalled exports: h2 writes a batch (about
+/// 230 KB for 512 spans) as one write per DATA frame, 16 KiB each by the
+/// peer's default `SETTINGS_MAX_FRAME_SIZE`. Each write ends in a partial
+/// segment (on loopback the whole write is one, its MSS being larger), so
+/// Nagle held the next write until that segment was ACKed, and a
+/// collector with nothing to send back yet (no answer before the whole
+/// message, no WINDOW_UPDATE before half of a 1 MiB window is used) delays
+/// its ACKs, up to 40 ms on Linux. Measured against `l7bench serve --otlp`:
+/// 17 ms per 512-span export back to back instead of 2.7, and 23% of spans
+/// dropped as `queue_full` at 38,000 spans/s. OTLP/HTTP/1.1 writes the
+/// whole request in one `writev`, where Nagle holds nothing back.
+fn grpc_connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector
 }
 
 /// Fills in the 5-byte gRPC message prefix at the start of `frame`:
@@ -317,6 +337,21 @@ mod tests {
         Resource::builder_empty()
             .with_attributes([KeyValue::new("service.name", "checkout")])
             .build()
+    }
+
+    /// The connection the gRPC client dials has Nagle's algorithm off
+    /// (see [`grpc_connector`]).
+    #[tokio::test]
+    async fn grpc_connections_set_nodelay() {
+        use tower::Service as _;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let (dialled, accepted) = tokio::join!(grpc_connector().call(uri), listener.accept());
+        let (_peer, _) = accepted.unwrap();
+        assert!(dialled.unwrap().inner().nodelay().unwrap());
     }
 
     #[test]
