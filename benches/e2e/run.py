@@ -427,10 +427,16 @@ def sleep_until(t):
 # one core) during a saturating run is not the bottleneck: its row is marked
 # and left out of the ratios.
 CPU_BOUND_PCT = 90.0
-# ... and if other tasks (or the hypervisor's steal) took so much of the
-# proxy's core meanwhile that what they left was under that 90% of its limit
-# (other tasks ≥ 100 - 90 × limit %: with no limit, ≥ 10%; with 0.5 core,
-# ≥ 55%), the proxy was crowded out, not starved of load.
+# Under a limit, the quota must also have held it: throttled in at least this
+# share of the CFS periods of the window (a proxy that wants more than its
+# quota is throttled in nearly every one). A proxy near its limit but rarely
+# throttled got that CPU from sharing its core with another task (CFS gives
+# two busy tasks half each), not from the quota.
+THROTTLED_PCT = 50.0
+# ... and if it was not the bottleneck while other tasks (or the hypervisor's
+# steal) took at least this much of its core, it may have been crowded out
+# rather than starved of load.
+CONTENDED_OTHER_PCT = 10.0
 
 
 def window_cpu(s0, s1, pids):
@@ -466,8 +472,9 @@ def classify(r, rate_key="rps"):
     """Per-request CPU (absolute: CPU time over requests, whatever the
     limit) and whether the proxy was the bottleneck (`bound`): proxy (CPU
     ≥ 90% of its limit, or of a core without one), load-bound (the proxy
-    waited for the load side), contended (other tasks left the proxy's core
-    less than 90% of its limit: they took ≥ 10% of it without a limit)."""
+    waited for the load side), contended (other tasks took ≥ 10% of its
+    core). Under a limit, `proxy` also needs the quota to have throttled it
+    in ≥ 50% of the CFS periods."""
     pct = r.get("proxy_cpu_pct")
     if pct is None:
         return r
@@ -476,11 +483,12 @@ def classify(r, rate_key="rps"):
         r["cpu_us_per_req"] = pct / 100.0 / rate * 1e6
     elif rate_key == "gib_per_s" and rate:
         r["cpu_s_per_gib"] = pct / 100.0 / rate
-    limit = r.get("cpu_limit") or 1.0
-    r["proxy_cpu_pct_of_limit"] = pct / limit
-    if r["proxy_cpu_pct_of_limit"] >= CPU_BOUND_PCT:
+    limit = r.get("cpu_limit")
+    r["proxy_cpu_pct_of_limit"] = pct / (limit or 1.0)
+    held = not limit or (r.get("throttled_periods_pct") or 0) >= THROTTLED_PCT
+    if r["proxy_cpu_pct_of_limit"] >= CPU_BOUND_PCT and held:
         r["bound"] = "proxy"
-    elif (r.get("others_on_proxy_core_pct") or 0) >= 100.0 - CPU_BOUND_PCT * min(limit, 1.0):
+    elif (r.get("others_on_proxy_core_pct") or 0) >= CONTENDED_OTHER_PCT:
         r["bound"] = "contended"
     else:
         r["bound"] = "load-bound"
