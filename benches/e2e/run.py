@@ -12,7 +12,12 @@ l7inspect-benches --bin l7bench; $CARGO_TARGET_DIR is honoured), then, as
 root, re-runs itself in a private network namespace (unshare -n, loopback
 only; --netns no to stay on the host's), and for each target in turn:
 starts it, measures, stops it. The proxy runs alone on --proxy-cpu (0); the
-load, the backends and the OTLP sink on --load-cpu (1).
+load, the backends and the OTLP sink on --load-cpu (1). During the
+saturating runs the proxy (all its processes together) is held to
+--proxy-cpu-limit cores (0.5, as a Kubernetes sidecar with a 500m CPU
+limit) by a CFS quota on a cgroup this script creates and removes; the
+other runs are unlimited. On 2 vCPUs the load side, with one core, cannot
+outrun a proxy with a whole core; it can outrun one held to half of it.
 
 Traffic: HTTP/1.1 keep-alive (open-loop latency, saturating throughput),
 HTTP/1.1 with a new connection per request, HTTP/2, gRPC unary, opaque TCP
@@ -20,11 +25,13 @@ bulk, time to first byte from a server that speaks first; memory idle, with
 idle connections, peak, and over a long run at constant load (--soak).
 
 Every saturating run reports the proxy's CPU over its measured window
-(utime+stime of all the target's processes from /proc/PID/stat, as % of one
-core) and CPU µs per request. A proxy under 90% was not the bottleneck: its
-row is marked `load-bound` (or `contended` when its core was busy with
-something else) and left out of the ratios against haproxy. Direct's rate
-over the fastest proxy's is reported, with a warning under 1.3x.
+(utime+stime of all the target's processes from /proc/PID/stat, as % of its
+limit; of one core with --proxy-cpu-limit 0) and CPU µs per request
+(absolute). A proxy under 90% of its limit, or one the quota did not
+throttle in at least half the CFS periods, was not the bottleneck: its row
+is marked `load-bound` (or `contended` when other tasks took 10% of its
+core) and left out of the ratios against haproxy. Direct's rate over the
+fastest proxy's is reported, with a warning under 1.3x.
 
 Profile modes, not in the default run: --tests callgrind (instructions per
 request: the proxy under valgrind --tool=callgrind, warm-up, counters
