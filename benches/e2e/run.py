@@ -866,6 +866,7 @@ def measure(name, desc, prefix, tmp):
         step("h2_rate", lambda: repeated(lambda: at_rate(h2load(
             port["h2"], ARGS.h2_conns, 100, d, log_file,
             rps_per_conn=max(1, ARGS.h2_rate // ARGS.h2_conns), pids=pids))))
+
         def h2_sat():
             with limited():
                 return repeated(lambda: h2load(
