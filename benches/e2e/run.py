@@ -12,7 +12,12 @@ l7inspect-benches --bin l7bench; $CARGO_TARGET_DIR is honoured), then, as
 root, re-runs itself in a private network namespace (unshare -n, loopback
 only; --netns no to stay on the host's), and for each target in turn:
 starts it, measures, stops it. The proxy runs alone on --proxy-cpu (0); the
-load, the backends and the OTLP sink on --load-cpu (1).
+load, the backends and the OTLP sink on --load-cpu (1). During the
+saturating runs the proxy (all its processes together) is held to
+--proxy-cpu-limit cores (0.5, as a Kubernetes sidecar with a 500m CPU
+limit) by a CFS quota on a cgroup this script creates and removes; the
+other runs are unlimited. On 2 vCPUs the load side, with one core, cannot
+outrun a proxy with a whole core; it can outrun one held to half of it.
 
 Traffic: HTTP/1.1 keep-alive (open-loop latency, saturating throughput),
 HTTP/1.1 with a new connection per request, HTTP/2, gRPC unary, opaque TCP
@@ -20,11 +25,13 @@ bulk, time to first byte from a server that speaks first; memory idle, with
 idle connections, peak, and over a long run at constant load (--soak).
 
 Every saturating run reports the proxy's CPU over its measured window
-(utime+stime of all the target's processes from /proc/PID/stat, as % of one
-core) and CPU µs per request. A proxy under 90% was not the bottleneck: its
-row is marked `load-bound` (or `contended` when its core was busy with
-something else) and left out of the ratios against haproxy. Direct's rate
-over the fastest proxy's is reported, with a warning under 1.3x.
+(utime+stime of all the target's processes from /proc/PID/stat, as % of its
+limit; of one core with --proxy-cpu-limit 0) and CPU µs per request
+(absolute). A proxy under 90% of its limit, or one the quota did not
+throttle in at least half the CFS periods, was not the bottleneck: its row
+is marked `load-bound` (or `contended` when other tasks took 10% of its
+core) and left out of the ratios against haproxy. Direct's rate over the
+fastest proxy's is reported, with a warning under 1.3x.
 
 Profile modes, not in the default run: --tests callgrind (instructions per
 request: the proxy under valgrind --tool=callgrind, warm-up, counters
@@ -42,6 +49,7 @@ sink, banner and OTLP sink servers and the open-loop/gRPC/TCP load are
 
 import argparse
 import atexit
+import contextlib
 import datetime
 import http.client
 import json
@@ -89,11 +97,14 @@ def log(*a):
     print("[e2e]", *a, file=sys.stderr, flush=True)
 
 
-def start(cmd, cpu, name, logdir, env=None):
+def start(cmd, cpu, name, logdir, env=None, cgroup=None):
+    """Start cmd pinned to cpu; cgroup: a CpuLimit whose group the process
+    joins before it execs (its threads and children stay in it)."""
     full = ["taskset", "-c", str(cpu)] + cmd  # taskset execs: same PID
     out = open(os.path.join(logdir, name + ".log"), "ab")
+    join = cgroup.join if cgroup is not None else None
     p = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, env=env)
+                         stdin=subprocess.DEVNULL, env=env, preexec_fn=join)
     p._e2e_name = name
     CHILDREN.append(p)
     return p
@@ -147,6 +158,155 @@ def port_free(port):
         return False
     finally:
         s.close()
+
+# ----------------------------------------------------------- CPU limit
+
+
+class CgroupError(Exception):
+    pass
+
+
+class CpuLimit:
+    """A cgroup of its own (unique name) that every proxy process is started
+    in, with a CFS CPU quota of --proxy-cpu-limit cores switched on only
+    around the saturating runs (`with LIMIT.applied():`) and unlimited
+    otherwise, as a Kubernetes sidecar with a CPU limit runs. cgroup v1
+    (the `cpu` controller: cpu.cfs_quota_us, cpu.cfs_period_us) or v2
+    (cpu.max, at the root of the unified hierarchy). Removed at exit."""
+
+    PERIOD_US = 100000  # the kernel's and Kubernetes' default CFS period
+
+    def __init__(self, cores):
+        self.cores = cores
+        self.version, root = self.find()
+        self.path = os.path.join(root, f"l7e2e-{os.getpid()}-{os.urandom(3).hex()}")
+        try:
+            if self.version == 2:
+                self.enable_v2(root)
+            os.mkdir(self.path)
+            self.set(None)
+        except OSError as e:
+            self.remove()
+            raise CgroupError(f"cannot create a cgroup under {root}: {e.strerror}") from e
+        self.on = False
+
+    @staticmethod
+    def find():
+        """(version, directory to create the group in): the v1 `cpu`
+        hierarchy if mounted, else a cgroup2 mount."""
+        v1 = v2 = None
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                _dev, mnt, fstype, opts = line.split()[:4]
+                if fstype == "cgroup" and "cpu" in opts.split(",") and v1 is None:
+                    v1 = mnt
+                elif fstype == "cgroup2" and v2 is None:
+                    v2 = mnt
+        if v1:
+            return 1, v1
+        if v2 and os.path.exists(os.path.join(v2, "cgroup.controllers")):
+            with open(os.path.join(v2, "cgroup.controllers")) as f:
+                if "cpu" in f.read().split():
+                    return 2, v2
+        raise CgroupError("no cgroup with the cpu controller is mounted "
+                          "(looked for a v1 `cpu` hierarchy and cgroup2 cpu.max)")
+
+    @staticmethod
+    def enable_v2(root):
+        path = os.path.join(root, "cgroup.subtree_control")
+        with open(path) as f:
+            if "cpu" in f.read().split():
+                return
+        with open(path, "w") as f:
+            f.write("+cpu")
+
+    def write(self, name, value):
+        with open(os.path.join(self.path, name), "w") as f:
+            f.write(value)
+
+    def set(self, cores):
+        """Limit the group to `cores` CPUs (None: unlimited)."""
+        q = -1 if cores is None else max(1000, round(cores * self.PERIOD_US))
+        if self.version == 1:
+            self.write("cpu.cfs_period_us", str(self.PERIOD_US))
+            self.write("cpu.cfs_quota_us", str(q))
+        else:
+            self.write("cpu.max", f"{'max' if q < 0 else q} {self.PERIOD_US}")
+
+    def join(self):
+        """In a forked child before exec: move this process into the group."""
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The quota on for the duration of a saturating run."""
+        self.set(self.cores)
+        self.on = True
+        try:
+            yield
+        finally:
+            self.set(None)
+            self.on = False
+
+    def quota(self):
+        """The quota in force now, read back from the kernel (cores; None:
+        unlimited)."""
+        if self.version == 1:
+            with open(os.path.join(self.path, "cpu.cfs_quota_us")) as f:
+                q = int(f.read())
+            with open(os.path.join(self.path, "cpu.cfs_period_us")) as f:
+                per = int(f.read())
+            return None if q < 0 else q / per
+        with open(os.path.join(self.path, "cpu.max")) as f:
+            q, per = f.read().split()
+        return None if q == "max" else int(q) / int(per)
+
+    def stat(self):
+        """(periods, throttled periods, throttled seconds) from cpu.stat."""
+        d = {}
+        try:
+            with open(os.path.join(self.path, "cpu.stat")) as f:
+                for line in f:
+                    k, v = line.split()
+                    d[k] = int(v)
+        except OSError:
+            return None
+        thr = d["throttled_time"] / 1e9 if "throttled_time" in d else d.get("throttled_usec", 0) / 1e6
+        return d.get("nr_periods", 0), d.get("nr_throttled", 0), thr
+
+    def remove(self):
+        """Remove the group. Every process this script started in it has
+        been stopped by then; one still there (an orphaned nginx worker, say)
+        can only be one of ours, and is killed by PID."""
+        if not os.path.isdir(self.path):
+            return
+        for _ in range(50):
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                pass
+            try:
+                with open(os.path.join(self.path, "cgroup.procs")) as f:
+                    left = [int(x) for x in f.read().split()]
+            except OSError:
+                left = []
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        log(f"could not remove the cgroup {self.path}; remove it with rmdir")
+
+
+LIMIT = None  # a CpuLimit when --proxy-cpu-limit is on
+
+
+def limited():
+    """The proxy's CPU limit around a saturating run (nothing when off)."""
+    return LIMIT.applied() if LIMIT else contextlib.nullcontext()
 
 # ----------------------------------------------------------- /proc readings
 
@@ -258,7 +418,8 @@ def core_ticks():
 
 
 def snapshot(pids):
-    return time.monotonic(), (cpu_seconds(pids) if pids else 0.0), core_ticks()
+    thr = LIMIT.stat() if (LIMIT and pids) else None
+    return time.monotonic(), (cpu_seconds(pids) if pids else 0.0), core_ticks(), thr
 
 
 def sleep_until(t):
@@ -269,16 +430,26 @@ def sleep_until(t):
         time.sleep(min(left, 0.5))
 
 
-# A proxy whose CPU is under this (% of one core) during a saturating run is
-# not the bottleneck: its row is marked and left out of the ratios.
+# A proxy whose CPU is under this (% of what it may use: its limit, else
+# one core) during a saturating run is not the bottleneck: its row is marked
+# and left out of the ratios.
 CPU_BOUND_PCT = 90.0
-# ... and if other tasks (or the hypervisor's steal) took at least this much
-# of the proxy's core meanwhile, the proxy was crowded out, not starved of load.
+# Under a limit, the quota must also have held it: throttled in at least this
+# share of the CFS periods of the window (a proxy that wants more than its
+# quota is throttled in nearly every one). A proxy near its limit but rarely
+# throttled got that CPU from sharing its core with another task (CFS gives
+# two busy tasks half each), not from the quota.
+THROTTLED_PCT = 50.0
+# ... and if it was not the bottleneck while other tasks (or the hypervisor's
+# steal) took at least this much of its core, it may have been crowded out
+# rather than starved of load.
 CONTENDED_OTHER_PCT = 10.0
 
 
 def window_cpu(s0, s1, pids):
-    """Proxy CPU (% of one core) and core busy % between two snapshots."""
+    """Proxy CPU (% of one core), core busy % and, under a CPU limit, the
+    limit read back from the kernel and the share of CFS periods in which
+    the proxy was throttled, between two snapshots."""
     wall = s1[0] - s0[0]
 
     def core(c, i=0):
@@ -294,13 +465,23 @@ def window_cpu(s0, s1, pids):
         tasks = core(ARGS.proxy_cpu, 2)
         if tasks is not None:
             out["others_on_proxy_core_pct"] = max(0.0, tasks - out["proxy_cpu_pct"])
+        if LIMIT and LIMIT.on:
+            out["cpu_limit"] = LIMIT.quota()
+        if s0[3] and s1[3]:
+            periods = s1[3][0] - s0[3][0]
+            if periods:
+                out["throttled_periods_pct"] = 100.0 * (s1[3][1] - s0[3][1]) / periods
+            out["throttled_s"] = s1[3][2] - s0[3][2]
     return out
 
 
 def classify(r, rate_key="rps"):
-    """Per-request CPU and whether the proxy was the bottleneck (`bound`):
-    proxy (CPU ≥ 90% of a core), load-bound (the proxy waited for the load
-    side), contended (other tasks took ≥ 10% of the proxy's core)."""
+    """Per-request CPU (absolute: CPU time over requests, whatever the
+    limit) and whether the proxy was the bottleneck (`bound`): proxy (CPU
+    ≥ 90% of its limit, or of a core without one), load-bound (the proxy
+    waited for the load side), contended (other tasks took ≥ 10% of its
+    core). Under a limit, `proxy` also needs the quota to have throttled it
+    in ≥ 50% of the CFS periods."""
     pct = r.get("proxy_cpu_pct")
     if pct is None:
         return r
@@ -309,7 +490,10 @@ def classify(r, rate_key="rps"):
         r["cpu_us_per_req"] = pct / 100.0 / rate * 1e6
     elif rate_key == "gib_per_s" and rate:
         r["cpu_s_per_gib"] = pct / 100.0 / rate
-    if pct >= CPU_BOUND_PCT:
+    limit = r.get("cpu_limit")
+    r["proxy_cpu_pct_of_limit"] = pct / (limit or 1.0)
+    held = not limit or (r.get("throttled_periods_pct") or 0) >= THROTTLED_PCT
+    if r["proxy_cpu_pct_of_limit"] >= CPU_BOUND_PCT and held:
         r["bound"] = "proxy"
     elif (r.get("others_on_proxy_core_pct") or 0) >= CONTENDED_OTHER_PCT:
         r["bound"] = "contended"
@@ -322,7 +506,7 @@ def at_rate(r):
     """A fixed-rate run: the proxy's CPU per request at that rate (every
     proxy serves the same requests per second, so this compares their cost
     whatever the load side can do); saturation does not apply."""
-    for k in ("bound",):
+    for k in ("bound", "proxy_cpu_pct_of_limit"):
         r.pop(k, None)
     return r
 
@@ -501,8 +685,9 @@ L7_ONE_HOP = {"l7-1hop-off": ("l7off", "off"), "l7-1hop-ring": ("l7ring", "ring"
 
 
 def start_target(name, tmp, wrap=()):
-    """Start a target's processes; return (PIDs to measure, admin ports).
-    wrap: a command the proxy runs under (valgrind for callgrind)."""
+    """Start a target's processes, in the CPU-limit cgroup if there is one
+    (unlimited until a saturating run); return (PIDs to measure, admin
+    ports). wrap: a command the proxy runs under (valgrind for callgrind)."""
     c = ARGS.proxy_cpu
     wrap = list(wrap)
     if name == "direct":
@@ -511,28 +696,28 @@ def start_target(name, tmp, wrap=()):
         kw = {f"{k.upper()}_PORT": P[f"haproxy_{k}"] for k in KINDS}
         kw.update({f"BACKEND_{k.upper()}_PORT": P[f"backend_{k}"] for k in KINDS})
         cfg = render("haproxy.cfg", os.path.join(tmp, "haproxy.cfg"), **kw)
-        p = start(wrap + ["haproxy", "-db", "-f", cfg], c, "haproxy", tmp)
+        p = start(wrap + ["haproxy", "-db", "-f", cfg], c, "haproxy", tmp, cgroup=LIMIT)
         return [p], []
     if name == "nginx":
         kw = {f"{k.upper()}_PORT": P[f"nginx_{k}"] for k in KINDS}
         kw.update({f"BACKEND_{k.upper()}_PORT": P[f"backend_{k}"] for k in KINDS})
         cfg = render("nginx-proxy.conf", os.path.join(tmp, "nginx-proxy.conf"),
                      DIR=tmp, STREAM_MODULE=stream_module(), **kw)
-        p = start(["nginx", "-p", tmp, "-c", cfg, "-g", "daemon off;"], c, "nginx-proxy", tmp)
+        p = start(["nginx", "-p", tmp, "-c", cfg, "-g", "daemon off;"], c, "nginx-proxy", tmp, cgroup=LIMIT)
         return [p], []
     env = sidecar_env()
     if name in L7_ONE_HOP:
         prefix, trace = L7_ONE_HOP[name]
         p = start(wrap + sidecar_cmd(P[f"{prefix}_admin"], inbound=forwards(prefix, "backend"), trace=trace),
-                  c, name, tmp, env)
+                  c, name, tmp, env, cgroup=LIMIT)
         return [p], [P[f"{prefix}_admin"]]
     if name == "l7-2hop-otlp":
         pin = start(sidecar_cmd(P["l7hop_in_admin"], inbound=forwards("l7hop_in", "backend"), trace="otlp-http"),
-                    c, "l7-2hop-inbound", tmp, env)
+                    c, "l7-2hop-inbound", tmp, env, cgroup=LIMIT)
         for k in KINDS:
             wait_port(P[f"l7hop_in_{k}"], pin)
         pout = start(sidecar_cmd(P["l7hop_admin"], outbound=forwards("l7hop", "l7hop_in"), trace="otlp-http"),
-                     c, "l7-2hop-outbound", tmp, env)
+                     c, "l7-2hop-outbound", tmp, env, cgroup=LIMIT)
         return [pout, pin], [P["l7hop_admin"], P["l7hop_in_admin"]]
     raise ValueError(name)
 
@@ -663,13 +848,16 @@ def measure(name, desc, prefix, tmp):
         h1 = ["--addr", f"127.0.0.1:{port['h1']}", "--expect-len", len(BODY)]
         # HTTP/1.1 keep-alive: open loop at a moderate fixed rate for latency
         # (its own 1 s warm-up), then saturating (wrk) for throughput and CPU.
+        # The saturating runs (and their warm-ups) run under the proxy's CPU
+        # limit (--proxy-cpu-limit), everything else without.
         step("h1_lat", lambda: repeated(lambda: at_rate(l7bench(
             ["http1", "--rate", ARGS.h1_rate, "--conns", ARGS.lat_conns, "--duration", d, "--warmup", 1] + h1,
             d + 7, pids, (1, d)))))
 
         def h1_sat():
-            wrk(port["h1"], ARGS.sat_conns, 1)  # warm-up
-            return repeated(lambda: wrk(port["h1"], ARGS.sat_conns, d, pids=pids))
+            with limited():
+                wrk(port["h1"], ARGS.sat_conns, 1)  # warm-up
+                return repeated(lambda: wrk(port["h1"], ARGS.sat_conns, d, pids=pids))
         step("h1_sat", h1_sat)
 
         # HTTP/2 (h2c prior knowledge): a fixed-rate run for latency, then a
@@ -678,8 +866,12 @@ def measure(name, desc, prefix, tmp):
         step("h2_rate", lambda: repeated(lambda: at_rate(h2load(
             port["h2"], ARGS.h2_conns, 100, d, log_file,
             rps_per_conn=max(1, ARGS.h2_rate // ARGS.h2_conns), pids=pids))))
-        step("h2_sat", lambda: repeated(lambda: h2load(
-            port["h2"], ARGS.h2_sat_conns, ARGS.h2_streams, d, log_file, pids=pids)))
+
+        def h2_sat():
+            with limited():
+                return repeated(lambda: h2load(
+                    port["h2"], ARGS.h2_sat_conns, ARGS.h2_streams, d, log_file, pids=pids))
+        step("h2_sat", h2_sat)
 
         # gRPC unary: open loop at a fixed rate, then closed loop (saturating).
         grpc = ["grpc", "--addr", f"127.0.0.1:{port['grpc']}"]
@@ -689,18 +881,20 @@ def measure(name, desc, prefix, tmp):
 
         def grpc_sat():
             sat = grpc + ["--conns", ARGS.grpc_conns, "--streams", ARGS.grpc_streams]
-            l7bench(sat + ["--duration", 1, "--warmup", 0], 7)  # warm-up
-            return repeated(lambda: l7bench(
-                sat + ["--duration", d, "--warmup", 0], d + 7, pids, (0, d)))
+            with limited():
+                l7bench(sat + ["--duration", 1, "--warmup", 0], 7)  # warm-up
+                return repeated(lambda: l7bench(
+                    sat + ["--duration", d, "--warmup", 0], d + 7, pids, (0, d)))
         step("grpc_sat", grpc_sat)
 
         # Opaque TCP bulk upload into the sink.
         tcp = ["bulk", "--addr", f"127.0.0.1:{port['tcp']}", "--streams", ARGS.tcp_streams]
 
         def tcp_bulk():
-            l7bench(tcp + ["--duration", 1, "--warmup", 0], 3)  # warm-up
-            return repeated(lambda: l7bench(tcp + ["--duration", d, "--warmup", 0], d + 3, pids, (0, d),
-                                            rate_key="gib_per_s"), rate_key="gib_per_s")
+            with limited():
+                l7bench(tcp + ["--duration", 1, "--warmup", 0], 3)  # warm-up
+                return repeated(lambda: l7bench(tcp + ["--duration", d, "--warmup", 0], d + 3, pids, (0, d),
+                                                rate_key="gib_per_s"), rate_key="gib_per_s")
         step("tcp_bulk", tcp_bulk)
 
         # Time to first byte from a server that speaks first.
@@ -714,8 +908,9 @@ def measure(name, desc, prefix, tmp):
         # (tens of thousands in 10 s) and would spoil the runs after it.
         def h1_close():
             fds0 = open_fds(pids)
-            wrk(port["h1"], ARGS.close_conns, 1, close=True)  # warm-up
-            r = repeated(lambda: wrk(port["h1"], ARGS.close_conns, d, close=True, pids=pids))
+            with limited():
+                wrk(port["h1"], ARGS.close_conns, 1, close=True)  # warm-up
+                r = repeated(lambda: wrk(port["h1"], ARGS.close_conns, d, close=True, pids=pids))
             time.sleep(2.0)
             if pids:
                 r["fds_before"], r["fds_after"] = fds0, open_fds(pids)
@@ -1019,14 +1214,14 @@ def tables(results):
         return fmt(r[k] / 1024, ".1f") if r.get(k) is not None else "—"
 
     def sat(x):
-        """req/s, proxy CPU % and CPU µs/req of a saturating run."""
-        return [rate_cell(x), fmt(x.get("proxy_cpu_pct"), ".0f"), fmt(x.get("cpu_us_per_req"), ".1f")]
+        """req/s, proxy CPU % (of its limit) and CPU µs/req of a saturating run."""
+        return [rate_cell(x), cpu_cell(x), fmt(x.get("cpu_us_per_req"), ".1f")]
 
     hdr = ["target"]
     for what in ("HTTP/1.1 keep-alive", "h2c", "gRPC unary"):
         hdr += [f"{what} req/s", "CPU %", "CPU µs/req"]
     hdr.append("load CPU % (direct)")
-    out.append(("Throughput, saturating (proxy CPU % of one core; under 90%: not the bottleneck, "
+    out.append((f"Throughput, saturating (proxy CPU % {cpu_of()}; under 90%: not the bottleneck, "
                 "marked and left out of the ratios)", hdr, rows_of(lambda r, g, gd: (
                     sat(g("h1_sat")) + sat(g("h2_sat")) + sat(g("grpc_sat"))
                     + [" / ".join(fmt(g(k).get("load_core_pct"), ".0f") for k in ("h1_sat", "h2_sat", "grpc_sat"))
@@ -1036,7 +1231,7 @@ def tables(results):
            "new conn per req: req/s (sat)", "CPU %", "CPU µs/req", "fds left open 2 s after"]
     out.append(("HTTP/1.1", hdr, rows_of(lambda r, g, gd: [
         us3(g("h1_lat")), added(g("h1_lat"), gd("h1_lat")),
-        *sat(g("h1close_sat")),
+        *sat(g("h1close_sat")),  # CPU % of the limit, as in the throughput table
         (fmt(g("h1close_sat")["fds_after"] - g("h1close_sat")["fds_before"], ".0f")
          if "fds_after" in g("h1close_sat") else "—"),
     ])))
@@ -1053,7 +1248,7 @@ def tables(results):
            "RSS idle MiB", f"RSS {ARGS.idle_conns} idle conns MiB", "peak RSS MiB",
            "soak RSS first / last / max MiB", "soak slope KiB/min"]
     out.append(("Opaque TCP, server-speaks-first, memory", hdr, rows_of(lambda r, g, gd: [
-        rate_cell(g("tcp_bulk"), "gib_per_s", ".2f"), fmt(g("tcp_bulk").get("proxy_cpu_pct"), ".0f"),
+        rate_cell(g("tcp_bulk"), "gib_per_s", ".2f"), cpu_cell(g("tcp_bulk")),
         fmt(g("tcp_bulk").get("cpu_s_per_gib"), ".2f"),
         us3(g("ttfb"), unit=1, spec=".0f"), added(g("ttfb"), gd("ttfb"), unit=1, spec=".0f", keys=two),
         mib(r, "rss_idle_kib"), mib(r, "rss_1k_idle_conns_kib"), mib(r, "rss_peak_kib"),
@@ -1064,6 +1259,18 @@ def tables(results):
     out += ratio_tables(results) + profile_tables(results)
     # Tables with nothing measured (e.g. --tests callgrind only) are left out.
     return [t for t in out if any(c != "—" for row in t[2] for c in row[1:])]
+
+
+def cpu_of():
+    """What a saturating run's CPU % is a percentage of."""
+    lim = ARGS.proxy_cpu_limit
+    return f"of its {lim:g}-core limit, CPU µs/req absolute" if lim else "of one core"
+
+
+def cpu_cell(x):
+    """A saturating run's proxy CPU %, of its limit (of one core without)."""
+    v = x.get("proxy_cpu_pct_of_limit", x.get("proxy_cpu_pct"))
+    return fmt(v, ".0f")
 
 
 def rate_cell(x, key="rps", spec=".0f"):
@@ -1205,6 +1412,13 @@ def notes_of(r):
         extra.append(f"soak {s['seconds']} s on a fresh process: keep-alive {ka['rps']:.0f} req/s (p99 {ka['p99_us'] or 0:.0f} µs, "
                      f"{ka['errors']} errors, {ka['unfinished']} unfinished), new-conn {nc['rps']:.0f} req/s "
                      f"({nc['errors']} errors, {nc['unfinished']} unfinished)")
+    lim = [(k, r[k]) for k in ("h1_sat", "h2_sat", "grpc_sat", "tcp_bulk", "h1close_sat")
+           if isinstance(r.get(k), dict) and r[k].get("cpu_limit")]
+    if lim:
+        extra.append(f"under a {lim[0][1]['cpu_limit']:g}-core CPU limit ({', '.join(k for k, _ in lim)}): "
+                     f"CPU % of one core {' / '.join(fmt(x.get('proxy_cpu_pct'), '.0f') for _, x in lim)}, "
+                     f"throttled in {' / '.join(fmt(x.get('throttled_periods_pct'), '.0f') for _, x in lim)}% "
+                     "of CFS periods")
     extra += r["notes"]
     return f"- **{r['target']}** ({r['description']}): " + "; ".join(extra)
 
@@ -1238,6 +1452,14 @@ def machine():
 
 
 NETNS_ENV = "L7E2E_IN_NETNS"
+
+
+def make_limit():
+    try:
+        return CpuLimit(ARGS.proxy_cpu_limit)
+    except (CgroupError, OSError) as e:
+        sys.exit(f"--proxy-cpu-limit {ARGS.proxy_cpu_limit:g}: {e} (needs root and a writable cgroup "
+                 "cpu controller); run with --proxy-cpu-limit 0 for no limit")
 
 
 def enter_netns():
@@ -1286,7 +1508,7 @@ PROFILE_TESTS = "callgrind,syscalls"  # not in the default run: --tests callgrin
 
 
 def main():
-    global ARGS, SIDECAR, L7BENCH, P
+    global ARGS, SIDECAR, L7BENCH, P, LIMIT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
     ap.add_argument("--repeat", type=int, default=1,
@@ -1295,6 +1517,10 @@ def main():
     ap.add_argument("--tests", default=ALL_TESTS, help=f"comma-separated measurements (default: {ALL_TESTS}; also {PROFILE_TESTS}, not in the default)")
     ap.add_argument("--proxy-cpu", type=int, default=0, help="CPU of the proxy, alone (default 0)")
     ap.add_argument("--load-cpu", type=int, default=1, help="CPU for the load generators, backends and OTLP receiver")
+    ap.add_argument("--proxy-cpu-limit", type=float, default=0.5,
+                    help="CPU limit of the proxy (all its processes together) during the saturating runs, in "
+                         "cores, as a Kubernetes sidecar's CPU limit: a cgroup CFS quota, unlimited during the "
+                         "other runs (default 0.5; 0: no limit, the proxy may use all of its core)")
     ap.add_argument("--port-base", type=int, default=18400, help="ports used: BASE to BASE+99 (default 18400)")
     ap.add_argument("--h1-rate", type=int, default=4000, help="total req/s of the open-loop HTTP/1.1 run")
     ap.add_argument("--lat-conns", type=int, default=8, help="connections of the open-loop HTTP/1.1 run")
@@ -1335,6 +1561,8 @@ def main():
     ARGS = ap.parse_args()
     if ARGS.repeat < 1:
         sys.exit("--repeat must be at least 1")
+    if not 0 <= ARGS.proxy_cpu_limit <= 1:
+        sys.exit("--proxy-cpu-limit must be between 0 (off) and 1 core (the proxy has one core)")
     known = ALL_TESTS + "," + PROFILE_TESTS
     unknown = set(ARGS.tests.split(",")) - set(known.split(","))
     if unknown:
@@ -1342,6 +1570,8 @@ def main():
     P = {k: ARGS.port_base + off for k, off in OFFSETS.items()}
 
     if os.environ.get(NETNS_ENV) != "1":
+        if ARGS.proxy_cpu_limit:
+            make_limit().remove()  # fail now rather than after the build
         ensure_tools()
         if not ARGS.no_build:
             subprocess.run(["cargo", "build", "--release", "-q", "-p", "l7inspect-sidecar"], cwd=REPO, check=True)
@@ -1364,6 +1594,13 @@ def main():
     if busy:
         sys.exit(f"ports in use on 127.0.0.1: {busy} (another run? try --port-base)")
 
+    if ARGS.proxy_cpu_limit:
+        LIMIT = make_limit()
+        # Registered before stop_all, so run after it (atexit is last in,
+        # first out): the group is empty when it is removed.
+        atexit.register(LIMIT.remove)
+        log(f"proxy CPU limit {ARGS.proxy_cpu_limit:g} core during the saturating runs: "
+            f"cgroup v{LIMIT.version} {LIMIT.path}")
     atexit.register(stop_all)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -1419,11 +1656,12 @@ def main():
     tabs = tables(results)
     finished = datetime.datetime.now(datetime.timezone.utc)
     params = {k: getattr(ARGS, k) for k in (
-        "duration", "repeat", "proxy_cpu", "load_cpu", "h1_rate", "lat_conns", "sat_conns", "close_conns",
+        "duration", "repeat", "proxy_cpu", "proxy_cpu_limit", "load_cpu", "h1_rate", "lat_conns", "sat_conns", "close_conns",
         "h2_conns", "h2_sat_conns", "h2_streams", "h2_rate", "grpc_conns", "grpc_streams", "grpc_rate",
         "tcp_streams", "ttfb_count", "idle_conns", "soak", "soak_rate", "soak_conn_rate", "tests",
         "profile_requests", "profile_warmup", "syscall_requests", "profile_conns")}
     params["netns"] = os.environ.get(NETNS_ENV) == "1"
+    params["cgroup"] = f"v{LIMIT.version}, CFS period {LIMIT.PERIOD_US} µs" if LIMIT else None
     os.makedirs(ARGS.out, exist_ok=True)
     with open(os.path.join(ARGS.out, "latest.json"), "w") as f:
         json.dump({"started": started.isoformat(timespec="seconds"), "finished": finished.isoformat(timespec="seconds"),
