@@ -268,7 +268,10 @@ where
             let sniffed = if opaque {
                 Sniffed::new(Outcome::Opaque, BytesMut::new())
             } else {
-                sniff(&config, &mut meta, &mut io).await?
+                // Boxed on its own and freed once detection ends: this future
+                // lives as long as the connection, and would otherwise keep
+                // room for the sniffing state (reads, timers) all that time.
+                Box::pin(sniff(&config, &mut meta, &mut io)).await?
             };
             let detected = Detected {
                 outcome: sniffed.outcome,

@@ -180,6 +180,11 @@ impl Forward {
         self.inner.upstream_closed.cancelled().await
     }
 
+    /// [`Forward::upstream_closed`] as a future that owns what it waits on.
+    pub(crate) fn upstream_closed_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.inner.upstream_closed.clone().cancelled_owned()
+    }
+
     /// Sends `req` upstream. A request that the upstream connection could
     /// not take (it was closed while idle) goes over a new connection once.
     async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
