@@ -6,7 +6,15 @@
 
 use crate::{meta::Accepted, meta::Direction, ratelimit::RateLimited};
 use l7inspect_detect::Conn;
-use std::{future::Future, io, net::SocketAddr, time::Duration};
+use pin_project::pin_project;
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::task::TaskTracker;
 use tower::{BoxError, Service, ServiceExt};
@@ -93,16 +101,40 @@ pub async fn serve<S>(
         };
         let svc = service.clone();
         let span = tracing::debug_span!("conn", %direction, %client);
-        tracker.spawn(
-            async move {
-                if let Err(e) = svc.oneshot(conn).await {
-                    tracing::debug!("connection ended: {}", e.into());
-                }
-            }
-            .instrument(span),
-        );
+        tracker.spawn(LogError::new(svc.oneshot(conn)).instrument(span));
     }
     tracing::debug!(%local, %direction, "stopped accepting");
+}
+
+/// A connection's future, logging how it failed. A named future rather than
+/// an async block, which would hold the service and the connection twice
+/// (captured, and again inside the `Oneshot` it awaits) in a task that lives
+/// as long as the connection.
+#[pin_project]
+struct LogError<F> {
+    #[pin]
+    inner: F,
+}
+
+impl<F> LogError<F> {
+    fn new(inner: F) -> Self {
+        Self { inner }
+    }
+}
+
+impl<F, E> Future for LogError<F>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Err(e) = ready!(self.project().inner.poll(cx)) {
+            tracing::debug!("connection ended: {}", e.into());
+        }
+        Poll::Ready(())
+    }
 }
 
 /// Errors that concern one connection only, not the listener.
