@@ -12,7 +12,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll, Waker, ready},
     time::Duration,
 };
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -61,7 +61,7 @@ pub async fn serve<S>(
 ) where
     S: Service<Conn<Accepted, TcpStream>, Response = ()> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
-    S::Future: Send,
+    S::Future: Send + 'static,
 {
     let local = match listener.local_addr() {
         Ok(addr) => addr,
@@ -99,9 +99,21 @@ pub async fn serve<S>(
             },
             io: stream,
         };
-        let svc = service.clone();
+        let mut svc = service.clone();
         let span = tracing::debug_span!("conn", %direction, %client);
-        tracker.spawn(LogError::new(svc.oneshot(conn)).instrument(span));
+        // A service that is ready at once (ours always are) is called here, so
+        // that the task, which lives as long as the connection, holds only its
+        // future and not also room for a clone of the whole service stack.
+        // One that is not ready waits on the task, boxed.
+        let fut = match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Started::Called(svc.call(conn)),
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(parent: &span, "connection ended: {}", e.into());
+                continue;
+            }
+            Poll::Pending => Started::Waiting(Box::pin(svc.oneshot(conn))),
+        };
+        tracker.spawn(LogError::new(fut).instrument(span));
     }
     tracing::debug!(%local, %direction, "stopped accepting");
 }
@@ -114,6 +126,29 @@ pub async fn serve<S>(
 struct LogError<F> {
     #[pin]
     inner: F,
+}
+
+/// A connection's future: the service's, or, when the service was not ready
+/// at accept, the wait for it and then its future (boxed: the rare case).
+#[pin_project(project = StartedProj)]
+enum Started<F, W> {
+    Called(#[pin] F),
+    Waiting(#[pin] W),
+}
+
+impl<F, W> Future for Started<F, W>
+where
+    F: Future,
+    W: Future<Output = F::Output>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            StartedProj::Called(f) => f.poll(cx),
+            StartedProj::Waiting(w) => w.poll(cx),
+        }
+    }
 }
 
 impl<F> LogError<F> {
