@@ -6,7 +6,15 @@
 
 use crate::{meta::Accepted, meta::Direction, ratelimit::RateLimited};
 use l7inspect_detect::Conn;
-use std::{future::Future, io, net::SocketAddr, time::Duration};
+use pin_project::pin_project;
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll, Waker, ready},
+    time::Duration,
+};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::task::TaskTracker;
 use tower::{BoxError, Service, ServiceExt};
@@ -53,7 +61,7 @@ pub async fn serve<S>(
 ) where
     S: Service<Conn<Accepted, TcpStream>, Response = ()> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
-    S::Future: Send,
+    S::Future: Send + 'static,
 {
     let local = match listener.local_addr() {
         Ok(addr) => addr,
@@ -91,18 +99,77 @@ pub async fn serve<S>(
             },
             io: stream,
         };
-        let svc = service.clone();
+        let mut svc = service.clone();
         let span = tracing::debug_span!("conn", %direction, %client);
-        tracker.spawn(
-            async move {
-                if let Err(e) = svc.oneshot(conn).await {
-                    tracing::debug!("connection ended: {}", e.into());
-                }
+        // A service that is ready at once (ours always are) is called here, so
+        // that the task, which lives as long as the connection, holds only its
+        // future and not also room for a clone of the whole service stack.
+        // One that is not ready waits on the task, boxed.
+        let fut = match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Started::Called(svc.call(conn)),
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(parent: &span, "connection ended: {}", e.into());
+                continue;
             }
-            .instrument(span),
-        );
+            Poll::Pending => Started::Waiting(Box::pin(svc.oneshot(conn))),
+        };
+        tracker.spawn(LogError::new(fut).instrument(span));
     }
     tracing::debug!(%local, %direction, "stopped accepting");
+}
+
+/// A connection's future, logging how it failed. A named future rather than
+/// an async block, which would hold the service and the connection twice
+/// (captured, and again inside the `Oneshot` it awaits) in a task that lives
+/// as long as the connection.
+#[pin_project]
+struct LogError<F> {
+    #[pin]
+    inner: F,
+}
+
+/// A connection's future: the service's, or, when the service was not ready
+/// at accept, the wait for it and then its future (boxed: the rare case).
+#[pin_project(project = StartedProj)]
+enum Started<F, W> {
+    Called(#[pin] F),
+    Waiting(#[pin] W),
+}
+
+impl<F, W> Future for Started<F, W>
+where
+    F: Future,
+    W: Future<Output = F::Output>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            StartedProj::Called(f) => f.poll(cx),
+            StartedProj::Waiting(w) => w.poll(cx),
+        }
+    }
+}
+
+impl<F> LogError<F> {
+    fn new(inner: F) -> Self {
+        Self { inner }
+    }
+}
+
+impl<F, E> Future for LogError<F>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Err(e) = ready!(self.project().inner.poll(cx)) {
+            tracing::debug!("connection ended: {}", e.into());
+        }
+        Poll::Ready(())
+    }
 }
 
 /// Errors that concern one connection only, not the listener.

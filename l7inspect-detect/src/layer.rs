@@ -259,26 +259,44 @@ where
         // Take the service that was made ready; leave a clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let config = self.config.clone();
+        // Detection runs in a box of its own that owns the connection and
+        // is freed once detection ends. The returned future lives as long as
+        // the connection: it captures only that box and the inner service,
+        // not room for the sniffing state (reads, timers) or a second copy
+        // of the connection.
+        let detecting = Box::pin(detect_conn(self.config.clone(), conn));
         Box::pin(async move {
-            let Conn { mut meta, mut io } = conn;
-            let opaque = meta
-                .target_port()
-                .is_some_and(|p| config.opaque_ports.contains(&p));
-            let sniffed = if opaque {
-                Sniffed::new(Outcome::Opaque, BytesMut::new())
-            } else {
-                sniff(&config, &mut meta, &mut io).await?
-            };
-            let detected = Detected {
-                outcome: sniffed.outcome,
-                client_hello: sniffed.client_hello,
-                meta,
-                io: PrefixedIo::new(sniffed.prefix.freeze(), io),
-            };
+            let detected = detecting.await?;
             inner.call(detected).await.map_err(Into::into)
         })
     }
+}
+
+/// Detects the protocol of `conn`: [`Outcome::Opaque`] for an opaque port,
+/// else what [`sniff`] decides.
+async fn detect_conn<M, I>(
+    config: Arc<DetectConfig>,
+    conn: Conn<M, I>,
+) -> Result<Detected<M, I>, DetectIoError>
+where
+    M: DetectMeta,
+    I: AsyncRead + Unpin,
+{
+    let Conn { mut meta, mut io } = conn;
+    let opaque = meta
+        .target_port()
+        .is_some_and(|p| config.opaque_ports.contains(&p));
+    let sniffed = if opaque {
+        Sniffed::new(Outcome::Opaque, BytesMut::new())
+    } else {
+        sniff(&config, &mut meta, &mut io).await?
+    };
+    Ok(Detected {
+        outcome: sniffed.outcome,
+        client_hello: sniffed.client_hello,
+        meta,
+        io: PrefixedIo::new(sniffed.prefix.freeze(), io),
+    })
 }
 
 /// What [`sniff`] read and decided.

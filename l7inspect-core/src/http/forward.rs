@@ -180,6 +180,11 @@ impl Forward {
         self.inner.upstream_closed.cancelled().await
     }
 
+    /// [`Forward::upstream_closed`] as a future that owns what it waits on.
+    pub(crate) fn upstream_closed_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.inner.upstream_closed.clone().cancelled_owned()
+    }
+
     /// Sends `req` upstream. A request that the upstream connection could
     /// not take (it was closed while idle) goes over a new connection once.
     async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
@@ -267,26 +272,56 @@ async fn handshake(io: UpstreamIo, inner: &Arc<Inner>) -> Result<Sender, BoxErro
                 .preserve_header_case(inner.config.preserve_header_case)
                 .handshake(io)
                 .await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!("upstream HTTP/1 connection: {e}");
-                }
-                closed();
-            });
+            tokio::spawn(Driver::new(conn.with_upgrades(), "HTTP/1", closed));
             Ok(Sender::Http1(sender))
         }
         Version::Http2 => {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .handshake(io)
                 .await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("upstream HTTP/2 connection: {e}");
-                }
-                closed();
-            });
+            tokio::spawn(Driver::new(conn, "HTTP/2", closed));
             Ok(Sender::Http2(sender))
         }
+    }
+}
+
+/// Drives an upstream connection on its own task, then calls `ended`. A
+/// named future rather than an async block, which would hold the connection
+/// twice (captured, and again where it is awaited) for as long as it is open.
+#[pin_project::pin_project]
+struct Driver<C, F> {
+    #[pin]
+    conn: C,
+    version: &'static str,
+    ended: Option<F>,
+}
+
+impl<C, F> Driver<C, F> {
+    fn new(conn: C, version: &'static str, ended: F) -> Self {
+        Self {
+            conn,
+            version,
+            ended: Some(ended),
+        }
+    }
+}
+
+impl<C, F> Future for Driver<C, F>
+where
+    C: Future<Output = hyper::Result<()>>,
+    F: FnOnce(),
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if let Err(e) = std::task::ready!(this.conn.poll(cx)) {
+            tracing::debug!("upstream {} connection: {e}", this.version);
+        }
+        if let Some(ended) = this.ended.take() {
+            ended();
+        }
+        Poll::Ready(())
     }
 }
 

@@ -60,7 +60,8 @@ use std::{
     task::{Context, Poll},
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
+use pin_project::pin_project;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{BoxError, Layer, Service};
 
 /// Builds the per-request service of each HTTP connection around its
@@ -117,6 +118,23 @@ pub struct Http<S, N = PlainForward> {
 
 /// The future of [`Http`]: one box per connection.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+/// Serves one HTTP connection until it closes, closing it gracefully when
+/// the proxy drains or the upstream connection ends.
+#[pin_project]
+struct Serving<C> {
+    #[pin]
+    conn: C,
+    #[pin]
+    drain: WaitForCancellationFutureOwned,
+    #[pin]
+    upstream_closed: WaitForCancellationFutureOwned,
+    /// The connection's `graceful_shutdown` (HTTP/1 and HTTP/2 have one each).
+    shutdown: fn(Pin<&mut C>),
+    /// The graceful shutdown has started.
+    closing: bool,
+}
+
 
 // === impl PlainForward ===
 
@@ -198,58 +216,71 @@ where
                 return Box::pin(async move { fut.await.map_err(Into::into) });
             }
         };
-        Box::pin(serve(
-            d,
-            version,
-            self.config,
-            self.drain.clone(),
-            self.requests.clone(),
-        ))
+        // One box per version, each the size of its own connection: an
+        // HTTP/1 connection does not carry room for an HTTP/2 server's state
+        // (one async fn over both would be the size of the larger) for as
+        // long as it stays open, idle or not. The connection is built here
+        // and moved into the box once: an async fn would hold it twice (its
+        // argument and the pinned local).
+        let Detected { meta, io, .. } = d;
+        let conn_meta = meta.meta;
+        let forward = Forward::new(meta, version, self.config);
+        let upstream_closed = forward.upstream_closed_owned();
+        let svc = TowerToHyperService::new(self.requests.new_service(&conn_meta, forward));
+        let io = TokioIo::new(io);
+        let drain = self.drain.clone().cancelled_owned();
+        match version {
+            Version::Http1 => {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .preserve_header_case(self.config.preserve_header_case)
+                    .serve_connection(io, svc)
+                    .with_upgrades();
+                Box::pin(Serving::new(conn, drain, upstream_closed, |c| c.graceful_shutdown()))
+            }
+            Version::Http2 => {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, svc);
+                Box::pin(Serving::new(conn, drain, upstream_closed, |c| c.graceful_shutdown()))
+            }
+        }
     }
 }
 
-/// Serves one HTTP connection until it closes.
-async fn serve<I, N>(
-    d: Detected<Connecting, I>,
-    version: Version,
-    config: HttpConfig,
-    drain: CancellationToken,
-    requests: N,
-) -> Result<(), BoxError>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    N: NewRequestService,
-{
-    let Detected { meta, io, .. } = d;
-    let conn_meta = meta.meta;
-    let forward = Forward::new(meta, version, config);
-    let closed = forward.clone();
-    let svc = TowerToHyperService::new(requests.new_service(&conn_meta, forward));
-    let io = TokioIo::new(io);
-    match version {
-        Version::Http1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .preserve_header_case(config.preserve_header_case)
-                .serve_connection(io, svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => return res.map_err(Into::into),
-                () = drain.cancelled() => conn.as_mut().graceful_shutdown(),
-                () = closed.upstream_closed() => conn.as_mut().graceful_shutdown(),
-            }
-            conn.await.map_err(Into::into)
+// === impl Serving ===
+
+impl<C> Serving<C> {
+    fn new(
+        conn: C,
+        drain: WaitForCancellationFutureOwned,
+        upstream_closed: WaitForCancellationFutureOwned,
+        shutdown: fn(Pin<&mut C>),
+    ) -> Self {
+        Self {
+            conn,
+            drain,
+            upstream_closed,
+            shutdown,
+            closing: false,
         }
-        Version::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(io, svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => return res.map_err(Into::into),
-                () = drain.cancelled() => conn.as_mut().graceful_shutdown(),
-                () = closed.upstream_closed() => conn.as_mut().graceful_shutdown(),
-            }
-            conn.await.map_err(Into::into)
+    }
+}
+
+impl<C: Future<Output = hyper::Result<()>>> Future for Serving<C> {
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(res) = this.conn.as_mut().poll(cx) {
+            return Poll::Ready(res.map_err(Into::into));
         }
+        if !*this.closing
+            && (this.drain.poll(cx).is_ready() || this.upstream_closed.poll(cx).is_ready())
+        {
+            *this.closing = true;
+            (this.shutdown)(this.conn.as_mut());
+            // Polled again so that the shutdown starts (and registers its wakeups).
+            return this.conn.poll(cx).map_err(Into::into);
+        }
+        Poll::Pending
     }
 }
