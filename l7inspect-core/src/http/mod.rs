@@ -53,6 +53,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use l7inspect_detect::{Detected, Outcome, Protocol};
+use pin_project::pin_project;
 use std::convert::Infallible;
 use std::{
     future::Future,
@@ -60,7 +61,6 @@ use std::{
     task::{Context, Poll},
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use pin_project::pin_project;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{BoxError, Layer, Service};
 
@@ -134,7 +134,6 @@ struct Serving<C> {
     /// The graceful shutdown has started.
     closing: bool,
 }
-
 
 // === impl PlainForward ===
 
@@ -235,12 +234,16 @@ where
                     .preserve_header_case(self.config.preserve_header_case)
                     .serve_connection(io, svc)
                     .with_upgrades();
-                Box::pin(Serving::new(conn, drain, upstream_closed, |c| c.graceful_shutdown()))
+                Box::pin(Serving::new(conn, drain, upstream_closed, |c| {
+                    c.graceful_shutdown()
+                }))
             }
             Version::Http2 => {
                 let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(io, svc);
-                Box::pin(Serving::new(conn, drain, upstream_closed, |c| c.graceful_shutdown()))
+                Box::pin(Serving::new(conn, drain, upstream_closed, |c| {
+                    c.graceful_shutdown()
+                }))
             }
         }
     }
