@@ -172,6 +172,9 @@ fn split_host_port(value: &str) -> Option<(&str, Option<u16>)> {
         // An IPv6 literal: the brackets belong to the authority, as in
         // http::uri::Authority::host.
         let close = bytes.iter().position(|&b| b == b']')?;
+        if bytes[..close].iter().any(|&b| not_in_host(b)) {
+            return None;
+        }
         match bytes.get(close + 1) {
             None | Some(b':') => close + 1,
             Some(_) => return None,
@@ -184,24 +187,26 @@ fn split_host_port(value: &str) -> Option<(&str, Option<u16>)> {
                 // not an authority.
                 b':' if colon.is_some() => return None,
                 b':' => colon = Some(i),
-                // Whitespace and controls (a header value holds no other
-                // byte under b' '), userinfo, a path.
-                0..=b' ' | b'@' | b'/' => return None,
+                b if not_in_host(b) => return None,
                 _ => {}
             }
         }
         colon.unwrap_or(bytes.len())
     };
     let host = &value[..host_end];
-    if host.is_empty()
-        || (host.starts_with('[') && host.bytes().any(|b| b <= b' ' || b == b'@' || b == b'/'))
-    {
+    if host.is_empty() {
         return None;
     }
     match value.get(host_end + 1..) {
         None => Some((host, None)),
         Some(port) => Some((host, Some(parse_port(port.as_bytes())?))),
     }
+}
+
+/// Whitespace and controls (a header value holds no other byte under
+/// `b' '`), userinfo, a path: bytes an authority's host cannot hold.
+fn not_in_host(b: u8) -> bool {
+    b <= b' ' || b == b'@' || b == b'/'
 }
 
 /// A port: 1-5 ASCII digits, at most 65535 (no sign, unlike `u16`'s
