@@ -184,78 +184,38 @@ fn put_trace_state(out: &mut BytesMut, key: u8, state: &TraceState) {
 
 /// One `KeyValue` (`key` is the field's tag byte), value always present.
 fn put_kv(out: &mut BytesMut, key: u8, k: &str, value: AttrValue<'_>) {
-    // The typed fields' kinds, most of every span: sized first, then
-    // written with plain stores (see below), not through `BufMut` a piece
-    // at a time (each call checks capacity and moves the length). The
-    // attributes are most of the encoder's cost per span
-    // (docs/benchmarks.md).
+    // The typed fields' kinds, most of every span, when every length fits
+    // one byte (nearly always): the tags and lengths are two short stores
+    // around the key, then the value. The attributes are most of the
+    // encoder's cost per span (docs/benchmarks.md); anything else goes the
+    // general way.
     let (any_len, tail) = match value {
         AttrValue::Str(v) => (1 + varint_len(v.len() as u64) + v.len(), v.as_bytes()),
         AttrValue::Int(i) => (1 + varint_len(i as u64), &[][..]),
-        AttrValue::Other(_) => {
-            put_kv_other(out, key, k, value);
-            return;
-        }
+        AttrValue::Other(_) => return put_kv_other(out, key, k, value),
     };
-    let key_len = if k.is_empty() {
-        0
-    } else {
-        1 + varint_len(k.len() as u64) + k.len()
-    };
-    let kv_len = key_len + 1 + varint_len(any_len as u64) + any_len;
-    if kv_len < 0x80 && !k.is_empty() {
-        // The usual attribute: every length fits one byte, so the tags
-        // and lengths are two 4-byte stores around the key, and the value
-        // follows (no per-byte stores, no zero-fill).
-        out.reserve(2 + kv_len);
-        out.extend_from_slice(&[key, kv_len as u8, 0x0a, k.len() as u8]);
-        out.extend_from_slice(k.as_bytes());
-        match value {
-            AttrValue::Int(i) => {
-                out.extend_from_slice(&[0x12, any_len as u8, 0x18]);
-                put_varint(out, i as u64);
-            }
-            _ => {
-                out.extend_from_slice(&[0x12, any_len as u8, 0x0a, tail.len() as u8]);
-                out.extend_from_slice(tail);
-            }
-        }
-        return;
+    let kv_len =
+        1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(any_len as u64) + any_len;
+    if kv_len >= 0x80 || k.is_empty() {
+        return put_kv_other(out, key, k, value);
     }
-    let total = 1 + varint_len(kv_len as u64) + kv_len;
-    // One length change and one zero-fill, then plain stores: `resize`
-    // costs a short memset, less than a capacity check and length update
-    // for each of the pieces.
-    let at = out.len();
-    out.resize(at + total, 0);
-    let mut w = Cursor {
-        buf: &mut out[at..],
-        pos: 0,
-    };
-    w.byte(key);
-    w.varint(kv_len as u64);
-    if !k.is_empty() {
-        w.byte(0x0a);
-        w.varint(k.len() as u64);
-        w.slice(k.as_bytes());
-    }
-    w.byte(0x12);
-    w.varint(any_len as u64);
+    out.reserve(2 + kv_len);
+    out.extend_from_slice(&[key, kv_len as u8, 0x0a, k.len() as u8]);
+    out.extend_from_slice(k.as_bytes());
     match value {
         AttrValue::Int(i) => {
-            w.byte(0x18);
-            w.varint(i as u64);
+            out.extend_from_slice(&[0x12, any_len as u8, 0x18]);
+            put_varint(out, i as u64);
         }
         _ => {
-            w.byte(0x0a);
-            w.varint(tail.len() as u64);
-            w.slice(tail);
+            out.extend_from_slice(&[0x12, any_len as u8, 0x0a, tail.len() as u8]);
+            out.extend_from_slice(tail);
         }
     }
-    debug_assert_eq!(w.pos, total);
 }
 
-/// [`put_kv`] for any OpenTelemetry value, arrays included.
+/// [`put_kv`] for any value: OpenTelemetry ones, arrays included, and
+/// attributes with a length over one byte.
 fn put_kv_other(out: &mut BytesMut, key: u8, k: &str, value: AttrValue<'_>) {
     let key_len = if k.is_empty() {
         0
@@ -284,35 +244,6 @@ fn put_kv_other(out: &mut BytesMut, key: u8, k: &str, value: AttrValue<'_>) {
             end(out, any);
             end(out, m);
         }
-    }
-}
-
-/// Writes into a slice sized beforehand.
-struct Cursor<'a> {
-    buf: &'a mut [u8],
-    pos: usize,
-}
-
-impl Cursor<'_> {
-    #[inline]
-    fn byte(&mut self, b: u8) {
-        self.buf[self.pos] = b;
-        self.pos += 1;
-    }
-
-    #[inline]
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.byte((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.byte(v as u8);
-    }
-
-    #[inline]
-    fn slice(&mut self, s: &[u8]) {
-        self.buf[self.pos..self.pos + s.len()].copy_from_slice(s);
-        self.pos += s.len();
     }
 }
 
