@@ -175,13 +175,10 @@ impl Forward {
 
     /// Completes when an upstream connection has ended (the server closed
     /// it, or it failed). The caller closes the client connection gracefully
-    /// then, so the client sees the close it would have seen directly.
-    pub async fn upstream_closed(&self) {
-        self.inner.upstream_closed.cancelled().await
-    }
-
-    /// [`Forward::upstream_closed`] as a future that owns what it waits on.
-    pub(crate) fn upstream_closed_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+    /// then, so the client sees the close it would have seen directly. The
+    /// future owns what it waits on, so a connection's future can hold it
+    /// beside the `Forward` it came from.
+    pub fn upstream_closed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
         self.inner.upstream_closed.clone().cancelled_owned()
     }
 

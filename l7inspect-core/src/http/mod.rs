@@ -224,7 +224,7 @@ where
         let Detected { meta, io, .. } = d;
         let conn_meta = meta.meta;
         let forward = Forward::new(meta, version, self.config);
-        let upstream_closed = forward.upstream_closed_owned();
+        let upstream_closed = forward.upstream_closed();
         let svc = TowerToHyperService::new(self.requests.new_service(&conn_meta, forward));
         let io = TokioIo::new(io);
         let drain = self.drain.clone().cancelled_owned();
