@@ -64,7 +64,8 @@ async fn proxy_with(target: SocketAddr, http: HttpConfig) -> SocketAddr {
 
 /// A hyper backend (HTTP/1 and HTTP/2) that describes each request in its
 /// response body: method, target, version, headers in order, body length.
-/// `/trailers` answers with a trailer; `/ws` upgrades (HTTP/1) and echoes.
+/// `/trailers` answers with a trailer; `/echo` streams the request body
+/// back; `/ws` upgrades (HTTP/1) and echoes.
 /// Returns its address and a count of the connections it accepted.
 async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -109,6 +110,11 @@ async fn describe(
             .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
             .unwrap();
         return Ok(resp);
+    }
+    if req.uri().path() == "/echo" {
+        // Streams the body back as it arrives: the response starts before
+        // the request has ended.
+        return Ok(Response::new(req.into_body().boxed()));
     }
     let mut text = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
     for (k, v) in req.headers() {
@@ -273,6 +279,80 @@ async fn large_post_with_expect_100_continue_streams_through() {
     let text = stdout(&out);
     assert!(text.contains("POST /upload HTTP/1.1\n"), "{text}");
     assert!(text.contains(&format!("body {}\n", 5 << 20)), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_bodies_larger_than_the_windows_stream_both_ways() {
+    // 12 MiB each way over HTTP/2, more than the stream (2 MiB) and
+    // connection (5 MiB) windows of the proxy's upstream connection, echoed
+    // while it is still being sent: the request body goes on streaming
+    // after the response's head has come back. (`--max-time`: a stalled
+    // stream fails the test instead of hanging it.)
+    let (backend, _) = backend().await;
+    let proxy = proxy(backend).await;
+    let dir = std::env::temp_dir().join(format!("l7inspect-h2echo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sent, got) = (dir.join("sent.bin"), dir.join("got.bin"));
+    let body: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(7) % 251) as u8)
+        .collect();
+    std::fs::write(&sent, &body).unwrap();
+    let out = run_async(
+        "http2_bodies_larger_than_the_windows",
+        "curl",
+        vec![
+            "-sS".into(),
+            "--max-time".into(),
+            "120".into(),
+            "--http2-prior-knowledge".into(),
+            "--data-binary".into(),
+            format!("@{}", sent.display()),
+            "-o".into(),
+            got.display().to_string(),
+            "-w".into(),
+            "%{http_code} %{http_version}".into(),
+            format!("http://{proxy}/echo"),
+        ],
+    )
+    .await;
+    let echoed = std::fs::read(&got).unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let Some(out) = out else { return };
+    assert_eq!(
+        stdout(&out),
+        "200 2",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(echoed.len(), body.len());
+    assert!(echoed == body, "the echoed body differs from the one sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_empty_post_is_announced_empty() {
+    // A POST whose body is known empty when it is forwarded goes with
+    // `content-length: 0`, as hyper's client sends it.
+    let (backend, _) = backend().await;
+    let proxy = proxy(backend).await;
+    let Some(out) = run_async(
+        "http2_empty_post",
+        "curl",
+        vec![
+            "-s".into(),
+            "--http2-prior-knowledge".into(),
+            "-X".into(),
+            "POST".into(),
+            format!("http://{proxy}/empty"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let text = stdout(&out);
+    assert!(text.contains("POST http://"), "{text}");
+    assert!(text.contains("content-length: 0\n"), "{text}");
+    assert!(text.ends_with("body 0\n"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

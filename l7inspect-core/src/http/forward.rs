@@ -2,7 +2,7 @@
 //! connection's upstream connection, and answers for the server when it
 //! cannot be reached.
 
-use super::{HttpConfig, headers::remove_hop_by_hop};
+use super::{HttpConfig, body::ResponseBody, headers::remove_hop_by_hop, upstream_h2};
 use crate::{
     connect::{Connecting, Connector, Upstream, UpstreamIo},
     meta::ConnMeta,
@@ -10,12 +10,8 @@ use crate::{
 };
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{Either, Full};
-use hyper::{
-    body::Incoming,
-    client::conn::{http1, http2},
-};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{body::Incoming, client::conn::http1};
+use hyper_util::rt::TokioIo;
 use std::{
     convert::Infallible,
     future::Future,
@@ -29,10 +25,6 @@ use std::{
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tower::BoxError;
-
-/// The body of a forwarded response: the server's own, or one the proxy
-/// wrote when the server could not answer.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
 /// The HTTP version of a proxied connection (the same on both sides).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +65,7 @@ enum State {
 #[derive(Debug)]
 enum Sender {
     Http1(http1::SendRequest<Incoming>),
-    Http2(http2::SendRequest<Incoming>),
+    Http2(h2::client::SendRequest<Bytes>),
 }
 
 /// The future of [`Forward`] as a Tower service: one box per request, since
@@ -170,7 +162,7 @@ impl Forward {
             // the proxy, so the client sees what it would have seen.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        Ok(resp.map(Either::Left))
+        Ok(resp)
     }
 
     /// Completes when an upstream connection has ended (the server closed
@@ -184,19 +176,27 @@ impl Forward {
 
     /// Sends `req` upstream. A request that the upstream connection could
     /// not take (it was closed while idle) goes over a new connection once.
-    async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
+    async fn send(&self, req: Request<Incoming>) -> Result<Response<ResponseBody>, BoxError> {
         let mut req = req;
         for attempt in 0..2 {
             let sent = {
                 let mut state = self.inner.state.lock().await;
                 let sender = self.ready_sender(&mut state, attempt > 0).await?;
                 match sender {
-                    Sender::Http1(s) => futures_either::Left(s.try_send_request(req)),
-                    Sender::Http2(s) => futures_either::Right(s.try_send_request(req)),
+                    Sender::Http1(s) => s.try_send_request(req),
+                    // A request h2 refused once the sender was ready is not
+                    // retried: the head went with it (a closed or draining
+                    // connection is caught by `ready` above, and redialled).
+                    Sender::Http2(s) => {
+                        let exchange = upstream_h2::send(s, req)?;
+                        drop(state);
+                        let resp = exchange.await?;
+                        return Ok(resp.map(ResponseBody::http2));
+                    }
                 }
             };
             match sent.await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok(resp.map(ResponseBody::http1)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if attempt == 0 => {
                         tracing::debug!(
@@ -251,7 +251,6 @@ impl Forward {
 /// task and, when the connection ends, tells the client side (see
 /// [`Forward::upstream_closed`]).
 async fn handshake(io: UpstreamIo, inner: &Arc<Inner>) -> Result<Sender, BoxError> {
-    let io = TokioIo::new(io);
     // Weak: `Inner` owns the connection's sender, and a connection whose
     // sender is alive never ends; a strong reference here would keep the
     // upstream connection open after the client's had closed.
@@ -267,15 +266,13 @@ async fn handshake(io: UpstreamIo, inner: &Arc<Inner>) -> Result<Sender, BoxErro
         Version::Http1 => {
             let (sender, conn) = http1::Builder::new()
                 .preserve_header_case(inner.config.preserve_header_case)
-                .handshake(io)
+                .handshake(TokioIo::new(io))
                 .await?;
             tokio::spawn(Driver::new(conn.with_upgrades(), "HTTP/1", closed));
             Ok(Sender::Http1(sender))
         }
         Version::Http2 => {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .handshake(io)
-                .await?;
+            let (sender, conn) = upstream_h2::handshake(io).await?;
             tokio::spawn(Driver::new(conn, "HTTP/2", closed));
             Ok(Sender::Http2(sender))
         }
@@ -303,9 +300,10 @@ impl<C, F> Driver<C, F> {
     }
 }
 
-impl<C, F> Future for Driver<C, F>
+impl<C, E, F> Future for Driver<C, F>
 where
-    C: Future<Output = hyper::Result<()>>,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
     F: FnOnce(),
 {
     type Output = ();
@@ -359,14 +357,12 @@ fn unavailable(grpc: bool, error: &BoxError) -> Response<ResponseBody> {
             .header(header::CONTENT_TYPE, "application/grpc")
             .header("grpc-status", "14")
             .header("grpc-message", "upstream%20unavailable")
-            .body(Either::Right(Full::new(Bytes::new())))
+            .body(ResponseBody::empty())
     } else {
         builder
             .status(StatusCode::BAD_GATEWAY)
             .header(header::CONTENT_TYPE, "text/plain")
-            .body(Either::Right(Full::new(Bytes::from(format!(
-                "502 Bad Gateway: {error}\n"
-            )))))
+            .body(ResponseBody::full(format!("502 Bad Gateway: {error}\n")))
     };
     resp.expect("static header names and values are valid")
 }
@@ -374,50 +370,20 @@ fn unavailable(grpc: bool, error: &BoxError) -> Response<ResponseBody> {
 // === impl Sender ===
 
 impl Sender {
+    /// Known closed without asking (HTTP/2 finds out in [`Self::ready`]).
     fn is_closed(&self) -> bool {
         match self {
             Sender::Http1(s) => s.is_closed(),
-            Sender::Http2(s) => s.is_closed(),
+            Sender::Http2(_) => false,
         }
     }
 
-    async fn ready(&mut self) -> hyper::Result<()> {
+    async fn ready(&mut self) -> Result<(), BoxError> {
         match self {
-            Sender::Http1(s) => s.ready().await,
-            Sender::Http2(s) => s.ready().await,
-        }
-    }
-}
-
-/// Two futures of different types behind one (no box per request).
-mod futures_either {
-    use pin_project::pin_project;
-    use std::{
-        future::Future,
-        pin::Pin,
-        task::{Context, Poll},
-    };
-
-    #[pin_project(project = EitherProj)]
-    pub(super) enum Either<A, B> {
-        Left(#[pin] A),
-        Right(#[pin] B),
-    }
-
-    pub(super) use Either::{Left, Right};
-
-    impl<A, B, T> Future for Either<A, B>
-    where
-        A: Future<Output = T>,
-        B: Future<Output = T>,
-    {
-        type Output = T;
-
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-            match self.project() {
-                EitherProj::Left(a) => a.poll(cx),
-                EitherProj::Right(b) => b.poll(cx),
-            }
+            Sender::Http1(s) => s.ready().await.map_err(Into::into),
+            Sender::Http2(s) => std::future::poll_fn(|cx| s.poll_ready(cx))
+                .await
+                .map_err(Into::into),
         }
     }
 }

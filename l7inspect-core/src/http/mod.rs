@@ -39,10 +39,13 @@
 //!   connections close after their in-flight request and HTTP/2 connections
 //!   send GOAWAY.
 
+mod body;
 mod forward;
 mod headers;
+mod upstream_h2;
 
-pub use forward::{Forward, ResponseBody, ResponseFuture as ForwardFuture};
+pub use body::ResponseBody;
+pub use forward::{Forward, ResponseFuture as ForwardFuture};
 pub use headers::remove_hop_by_hop;
 
 use crate::{connect::Connecting, meta::ConnMeta};
