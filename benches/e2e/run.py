@@ -979,6 +979,19 @@ def h2load_count(port, n, h1, conns, timeout=600):
     return n
 
 
+def grpc_count(port, n, _h1, conns):
+    """About n unary gRPC calls (l7bench grpc, open loop at a rate the proxy
+    keeps up with under valgrind); the number that succeeded, all of them or
+    an error."""
+    rate = 500
+    r = l7bench(["grpc", "--addr", f"127.0.0.1:{port}", "--conns", conns, "--rate", rate,
+                 "--duration", max(1.0, n / rate), "--warmup", 0, "--grace", 30], n / rate + 40)
+    if r.get("errors") or r.get("unfinished") or r.get("grpc_not_ok"):
+        raise RuntimeError(f"l7bench grpc: {r.get('errors')} errors, {r.get('unfinished')} unfinished, "
+                           f"{r.get('grpc_not_ok')} not OK")
+    return r["requests"]
+
+
 # Targets of the profile modes: one process each.
 PROFILED = ("haproxy",) + tuple(L7_ONE_HOP)
 FLUSH_S = 2.5  # the sidecar's batch exporter sends every second
@@ -1003,18 +1016,19 @@ def callgrind_profile(name, prefix, tmp):
     p = procs[0]
     res = {"requests": ARGS.profile_requests}
     try:
-        for k in ("h1", "h2"):
+        for k in ("h1", "h2", "grpc"):
             wait_port(P[f"{prefix}_{k}"], p, timeout=300)
         http_get_ok(P[f"{prefix}_h1"])
-        for proto, h1 in (("h1", True), ("h2", False)):
+        for proto in ("h1", "h2", "grpc"):
             port = P[f"{prefix}_{proto}"]
-            h2load_count(port, ARGS.profile_warmup, h1, ARGS.profile_conns)
+            load = grpc_count if proto == "grpc" else h2load_count
+            load(port, ARGS.profile_warmup, proto == "h1", ARGS.profile_conns)
             # The warm-up's spans exported before the counters are zeroed,
             # so that the measured window holds the spans of its own
             # requests only (one each), not a tenth more.
             time.sleep(FLUSH_S)
             subprocess.run(["callgrind_control", "--zero", str(p.pid)], check=True, capture_output=True, timeout=120)
-            h2load_count(port, ARGS.profile_requests, h1, ARGS.profile_conns)
+            n = load(port, ARGS.profile_requests, proto == "h1", ARGS.profile_conns)
             time.sleep(FLUSH_S)  # the spans of these requests exported, if they are
             before = set(os.listdir(tmp))
             subprocess.run(["callgrind_control", "--dump", str(p.pid)], check=True, capture_output=True, timeout=120)
@@ -1028,7 +1042,7 @@ def callgrind_profile(name, prefix, tmp):
             time.sleep(0.5)  # let the dump finish writing
             path = os.path.join(tmp, sorted(new)[-1])
             ir = callgrind_totals(path)
-            res[proto] = {"ir": ir, "ir_per_req": ir / ARGS.profile_requests}
+            res[proto] = {"ir": ir, "requests": n, "ir_per_req": ir / n}
             if ARGS.profile_dir:  # kept for callgrind_annotate
                 os.makedirs(ARGS.profile_dir, exist_ok=True)
                 kept = os.path.join(ARGS.profile_dir, f"callgrind.{name}.{proto}.out")
@@ -1134,14 +1148,15 @@ def profile_tables(results):
     for r in results:
         c = r.get("callgrind")
         if isinstance(c, dict) and "h1" in c:
-            rows.append([r["target"], f"{c['h1']['ir_per_req'] / 1000:.1f}k",
-                         f"{c['h2']['ir_per_req'] / 1000:.1f}k" if "h2" in c else "—"])
+            rows.append([r["target"]] + [f"{c[k]['ir_per_req'] / 1000:.1f}k" if k in c else "—"
+                                         for k in ("h1", "h2", "grpc")])
         elif isinstance(c, dict):
-            rows.append([r["target"], "not measured: " + c.get("error", "?"), "—"])
+            rows.append([r["target"], "not measured: " + c.get("error", "?"), "—", "—"])
     if rows:
         out.append((f"Instructions per request (callgrind, {ARGS.profile_requests} requests after "
-                    f"{ARGS.profile_warmup} warm-up, h2load -c{ARGS.profile_conns}; HTTP/2 -m16)",
-                    ["target", "HTTP/1.1 Ir/req", "HTTP/2 Ir/req"], rows))
+                    f"{ARGS.profile_warmup} warm-up, h2load -c{ARGS.profile_conns}; HTTP/2 -m16; "
+                    f"gRPC unary: l7bench grpc, open loop, {ARGS.profile_conns} connections)",
+                    ["target", "HTTP/1.1 Ir/req", "HTTP/2 Ir/req", "gRPC Ir/req"], rows))
     got = [r for r in results if isinstance(r.get("syscalls"), dict) and "h1" in r["syscalls"]]
     for proto, label in (("h1", "HTTP/1.1"), ("h2", "HTTP/2")):
         if not got:
@@ -1547,7 +1562,7 @@ def main():
     ap.add_argument("--profile-requests", type=int, default=5000,
                     help="measured requests per protocol of --tests callgrind (default 5000)")
     ap.add_argument("--profile-dir", default="",
-                    help="keep --tests callgrind's profiles there (callgrind.TARGET.h1|h2.out, for callgrind_annotate); default: deleted")
+                    help="keep --tests callgrind's profiles there (callgrind.TARGET.h1|h2|grpc.out, for callgrind_annotate); default: deleted")
     ap.add_argument("--profile-warmup", type=int, default=500, help="warm-up requests before them")
     ap.add_argument("--syscall-requests", type=int, default=20000,
                     help="measured requests per protocol of --tests syscalls (default 20000)")

@@ -218,20 +218,20 @@ impl Forward {
         state: &'a mut State,
         redial: bool,
     ) -> Result<&'a mut Sender, BoxError> {
-        let inner = &self.inner;
-        let io = match state {
+        // Dialling and handshaking are boxed: they happen once per
+        // connection (or after the upstream closed), and inline they would
+        // make every request's future as large as theirs, to be moved into
+        // its box on every request.
+        match state {
             // The connection dialled at accept; if it failed, a new attempt.
-            State::First(upstream) => Some(match upstream.take() {
-                Some(upstream) => upstream.established().await?,
-                None => inner.connector.connect(&inner.meta).await?,
-            }),
-            State::Ready(sender) if redial || sender.is_closed() => {
-                Some(inner.connector.connect(&inner.meta).await?)
+            State::First(upstream) => {
+                let upstream = upstream.take();
+                *state = State::Ready(Box::pin(self.dial(upstream)).await?);
             }
-            State::Ready(_) => None,
-        };
-        if let Some(io) = io {
-            *state = State::Ready(handshake(io, inner).await?);
+            State::Ready(sender) if redial || sender.is_closed() => {
+                *state = State::Ready(Box::pin(self.dial(None)).await?);
+            }
+            State::Ready(_) => {}
         }
         let State::Ready(sender) = state else {
             unreachable!("a sender was just made ready")
@@ -239,11 +239,21 @@ impl Forward {
         if let Err(e) = sender.ready().await {
             // Closed between requests: one fresh connection.
             tracing::debug!("upstream connection not ready ({e}); reconnecting");
-            let io = inner.connector.connect(&inner.meta).await?;
-            *sender = handshake(io, inner).await?;
+            *sender = Box::pin(self.dial(None)).await?;
             sender.ready().await?;
         }
         Ok(sender)
+    }
+
+    /// A new upstream connection with its HTTP client: `upstream` (the one
+    /// dialled at accept) once it is established, else a new dial.
+    async fn dial(&self, upstream: Option<Upstream>) -> Result<Sender, BoxError> {
+        let inner = &self.inner;
+        let io = match upstream {
+            Some(upstream) => upstream.established().await?,
+            None => inner.connector.connect(&inner.meta).await?,
+        };
+        handshake(io, inner).await
     }
 }
 
