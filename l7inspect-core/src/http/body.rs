@@ -1,6 +1,7 @@
-//! [`ResponseBody`]: the body of a response the proxy returns to its client.
+//! The bodies of the messages the proxy forwards: [`RequestBody`] from the
+//! client, [`ResponseBody`] back to it.
 
-use super::upstream_h2::H2Body;
+use super::http2::RecvBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -29,7 +30,7 @@ pub struct ResponseBody {
 #[derive(Debug)]
 enum Kind {
     Http1(#[pin] Incoming),
-    Http2(#[pin] H2Body),
+    Http2(#[pin] RecvBody),
     Local(#[pin] Full<Bytes>),
 }
 
@@ -54,7 +55,7 @@ impl ResponseBody {
     }
 
     /// The body of a response from an HTTP/2 upstream connection.
-    pub(crate) fn http2(body: H2Body) -> Self {
+    pub(crate) fn http2(body: RecvBody) -> Self {
         Self {
             kind: Kind::Http2(body),
         }
@@ -95,6 +96,64 @@ impl Body for ResponseBody {
             Kind::Http1(b) => b.size_hint(),
             Kind::Http2(b) => b.size_hint(),
             Kind::Local(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The body of a request from the client, as the proxy received it
+/// (HTTP/1 or HTTP/2), streamed.
+#[derive(Debug)]
+pub struct RequestBody {
+    kind: RequestKind,
+}
+
+#[derive(Debug)]
+enum RequestKind {
+    Http1(Incoming),
+    Http2(RecvBody),
+}
+
+impl RequestBody {
+    /// The body of a request received over HTTP/1.
+    pub(crate) fn http1(body: Incoming) -> Self {
+        Self {
+            kind: RequestKind::Http1(body),
+        }
+    }
+
+    /// The body of a request received over HTTP/2.
+    pub(crate) fn http2(body: RecvBody) -> Self {
+        Self {
+            kind: RequestKind::Http2(body),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.kind {
+            RequestKind::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestKind::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RequestKind::Http1(b) => b.is_end_stream(),
+            RequestKind::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RequestKind::Http1(b) => b.size_hint(),
+            RequestKind::Http2(b) => b.size_hint(),
         }
     }
 }

@@ -2,7 +2,12 @@
 //! connection's upstream connection, and answers for the server when it
 //! cannot be reached.
 
-use super::{HttpConfig, body::ResponseBody, headers::remove_hop_by_hop, upstream_h2};
+use super::{
+    HttpConfig,
+    body::{RequestBody, ResponseBody},
+    headers::remove_hop_by_hop,
+    http2,
+};
 use crate::{
     connect::{Connecting, Connector, Upstream, UpstreamIo},
     meta::ConnMeta,
@@ -10,7 +15,7 @@ use crate::{
 };
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::{body::Incoming, client::conn::http1};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::{
     convert::Infallible,
@@ -64,7 +69,7 @@ enum State {
 
 #[derive(Debug)]
 enum Sender {
-    Http1(http1::SendRequest<Incoming>),
+    Http1(http1::SendRequest<RequestBody>),
     Http2(h2::client::SendRequest<Bytes>),
 }
 
@@ -76,7 +81,7 @@ pub type ResponseFuture =
 
 // === impl Forward ===
 
-impl tower::Service<Request<Incoming>> for Forward {
+impl tower::Service<Request<RequestBody>> for Forward {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = ResponseFuture;
@@ -85,7 +90,7 @@ impl tower::Service<Request<Incoming>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> ResponseFuture {
+    fn call(&mut self, req: Request<RequestBody>) -> ResponseFuture {
         Box::pin(self.clone().forward(req))
     }
 }
@@ -109,7 +114,7 @@ impl Forward {
     /// response is the proxy's own 502 (or gRPC UNAVAILABLE).
     pub async fn forward(
         self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let grpc = is_grpc(&req);
         let upgrade = req.headers().get(header::UPGRADE).cloned();
@@ -176,7 +181,7 @@ impl Forward {
 
     /// Sends `req` upstream. A request that the upstream connection could
     /// not take (it was closed while idle) goes over a new connection once.
-    async fn send(&self, req: Request<Incoming>) -> Result<Response<ResponseBody>, BoxError> {
+    async fn send(&self, req: Request<RequestBody>) -> Result<Response<ResponseBody>, BoxError> {
         let mut req = req;
         for attempt in 0..2 {
             let sent = {
@@ -188,7 +193,7 @@ impl Forward {
                     // retried: the head went with it (a closed or draining
                     // connection is caught by `ready` above, and redialled).
                     Sender::Http2(s) => {
-                        let exchange = upstream_h2::send(s, req)?;
+                        let exchange = http2::client::send(s, req)?;
                         drop(state);
                         let resp = exchange.await?;
                         return Ok(resp.map(ResponseBody::http2));
@@ -282,7 +287,7 @@ async fn handshake(io: UpstreamIo, inner: &Arc<Inner>) -> Result<Sender, BoxErro
             Ok(Sender::Http1(sender))
         }
         Version::Http2 => {
-            let (sender, conn) = upstream_h2::handshake(io).await?;
+            let (sender, conn) = http2::client::handshake(io).await?;
             tokio::spawn(Driver::new(conn, "HTTP/2", closed));
             Ok(Sender::Http2(sender))
         }

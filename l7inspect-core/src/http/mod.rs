@@ -42,9 +42,9 @@
 mod body;
 mod forward;
 mod headers;
-mod upstream_h2;
+mod http2;
 
-pub use body::ResponseBody;
+pub use body::{RequestBody, ResponseBody};
 pub use forward::{Forward, ResponseFuture as ForwardFuture};
 pub use headers::remove_hop_by_hop;
 
@@ -53,7 +53,7 @@ use bytes::Bytes;
 use forward::Version;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use l7inspect_detect::{Detected, Outcome, Protocol};
 use pin_project::pin_project;
@@ -74,7 +74,7 @@ use tower::{BoxError, Layer, Service};
 pub trait NewRequestService: Clone + Send + Sync + 'static {
     /// The per-request service.
     type Service: Service<
-            Request<Incoming>,
+            Request<RequestBody>,
             Response = Response<Self::Body>,
             Error = Infallible,
             Future: Send + 'static,
@@ -228,27 +228,45 @@ where
         let conn_meta = meta.meta;
         let forward = Forward::new(meta, version, self.config);
         let upstream_closed = forward.upstream_closed();
-        let svc = TowerToHyperService::new(self.requests.new_service(&conn_meta, forward));
-        let io = TokioIo::new(io);
+        let svc = self.requests.new_service(&conn_meta, forward);
         let drain = self.drain.clone().cancelled_owned();
         match version {
             Version::Http1 => {
+                let svc = TowerToHyperService::new(Http1Requests(svc));
                 let conn = hyper::server::conn::http1::Builder::new()
                     .preserve_header_case(self.config.preserve_header_case)
-                    .serve_connection(io, svc)
+                    .serve_connection(TokioIo::new(io), svc)
                     .with_upgrades();
                 Box::pin(Serving::new(conn, drain, upstream_closed, |c| {
                     c.graceful_shutdown()
                 }))
             }
             Version::Http2 => {
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, svc);
+                let conn = http2::server::Server::new(io, svc);
                 Box::pin(Serving::new(conn, drain, upstream_closed, |c| {
-                    c.graceful_shutdown()
+                    c.get_mut().graceful_shutdown()
                 }))
             }
         }
+    }
+}
+
+/// The per-request service seen by hyper's HTTP/1 server: the request's
+/// body becomes a [`RequestBody`], the type every request service takes.
+#[derive(Clone)]
+struct Http1Requests<S>(S);
+
+impl<S: Service<Request<RequestBody>>> Service<Request<Incoming>> for Http1Requests<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> S::Future {
+        self.0.call(req.map(RequestBody::http1))
     }
 }
 
@@ -271,7 +289,11 @@ impl<C> Serving<C> {
     }
 }
 
-impl<C: Future<Output = hyper::Result<()>>> Future for Serving<C> {
+impl<C, E> Future for Serving<C>
+where
+    C: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
     type Output = Result<(), BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
