@@ -43,6 +43,7 @@ mod body;
 mod forward;
 mod headers;
 mod http2;
+mod wake;
 
 pub use body::{RequestBody, ResponseBody};
 pub use forward::{Forward, ResponseFuture as ForwardFuture};
@@ -66,6 +67,7 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{BoxError, Layer, Service};
+use wake::WakeFlag;
 
 /// Builds the per-request service of each HTTP connection around its
 /// [`Forward`]: the hook where request-level layers (spans and request
@@ -136,6 +138,9 @@ struct Serving<C> {
     shutdown: fn(Pin<&mut C>),
     /// The graceful shutdown has started.
     closing: bool,
+    /// Polls `drain` and `upstream_closed` only when one of them woke the
+    /// task (an HTTP/2 connection's task is woken for each of its streams).
+    signals: WakeFlag,
 }
 
 // === impl PlainForward ===
@@ -285,6 +290,7 @@ impl<C> Serving<C> {
             upstream_closed,
             shutdown,
             closing: false,
+            signals: WakeFlag::new(),
         }
     }
 }
@@ -301,8 +307,16 @@ where
         if let Poll::Ready(res) = this.conn.as_mut().poll(cx) {
             return Poll::Ready(res.map_err(Into::into));
         }
-        if !*this.closing
-            && (this.drain.poll(cx).is_ready() || this.upstream_closed.poll(cx).is_ready())
+        if *this.closing {
+            return Poll::Pending;
+        }
+        this.signals.register(cx.waker());
+        if !this.signals.take() {
+            return Poll::Pending;
+        }
+        let mut signals = this.signals.context();
+        if this.drain.poll(&mut signals).is_ready()
+            || this.upstream_closed.poll(&mut signals).is_ready()
         {
             *this.closing = true;
             (this.shutdown)(this.conn.as_mut());

@@ -2,7 +2,7 @@
 //! connection's own task.
 
 use super::{RecvBody, SendBody};
-use crate::http::{body::RequestBody, headers::remove_hop_by_hop};
+use crate::http::{body::RequestBody, headers::remove_hop_by_hop, wake::WakeFlag};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::{Connection, Handshake, SendResponse};
@@ -36,9 +36,14 @@ where
     state: State<I>,
     service: S,
     streams: FuturesUnordered<Stream<S::Future, B>>,
+    /// The waker the connection is polled with: it notes that the
+    /// connection asked to be polled, so that a wake-up for a stream alone
+    /// (an upstream answered) does not also poll the connection.
+    conn_wake: WakeFlag,
     /// A graceful shutdown was asked for (possibly before the handshake).
     closing: bool,
 }
+
 
 enum State<I> {
     Handshaking(Handshake<I, Bytes>),
@@ -66,6 +71,7 @@ where
             state: State::Handshaking(handshake),
             service,
             streams: FuturesUnordered::new(),
+            conn_wake: WakeFlag::new(),
             closing: false,
         }
     }
@@ -90,6 +96,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        this.conn_wake.register(cx.waker());
         loop {
             let conn = match &mut this.state {
                 State::Handshaking(handshake) => {
@@ -106,12 +113,20 @@ where
             // The streams first, so that what they have ready is queued
             // before the connection writes.
             while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+            // The connection only if it asked (its I/O is ready, or a
+            // stream queued frames), as hyper's connection task is.
+            if !this.conn_wake.take() {
+                return Poll::Pending;
+            }
+            let mut conn_cx = this.conn_wake.context();
             let accepted = match this.service.poll_ready(cx) {
-                Poll::Ready(Ok(())) => conn.poll_accept(cx),
+                Poll::Ready(Ok(())) => conn.poll_accept(&mut conn_cx),
                 Poll::Ready(Err(never)) => match never {},
                 // Not ready for another request: the connection is still
                 // driven for the streams in flight.
-                Poll::Pending => conn.poll_closed(cx).map(|r| r.err().map(Err)),
+                Poll::Pending => conn
+                    .poll_closed(&mut conn_cx)
+                    .map(|r| r.err().map(Err)),
             };
             match accepted {
                 Poll::Ready(Some(Ok((req, respond)))) => {
@@ -122,6 +137,8 @@ where
                         state: StreamState::Responding { fut },
                         respond: Some(respond),
                     });
+                    // More streams may be buffered: accept again.
+                    this.conn_wake.set();
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.state = State::Closed;
