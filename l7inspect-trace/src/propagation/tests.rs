@@ -736,6 +736,23 @@ fn inject_writes_each_format() {
 }
 
 #[test]
+fn injected_ids_are_never_indexed_by_hpack() {
+    // Values new on every request: HTTP/2 sends them as never-indexed
+    // literals instead of inserting each into the peer's HPACK table.
+    let mut map = HeaderMap::new();
+    Propagators::default().inject(&mut map, &cx(TRACE, SPAN, true), FormatSet::CONTEXT);
+    for name in [
+        "traceparent",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "uber-trace-id",
+    ] {
+        assert!(map[name].is_sensitive(), "{name}");
+    }
+}
+
+#[test]
 fn inject_round_trips_through_extract() {
     for format in FormatSet::CONTEXT.iter() {
         for sampled in [true, false] {

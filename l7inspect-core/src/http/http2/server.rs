@@ -44,7 +44,6 @@ where
     closing: bool,
 }
 
-
 enum State<I> {
     Handshaking(Handshake<I, Bytes>),
     Serving(Connection<I, Bytes>),
@@ -124,9 +123,7 @@ where
                 Poll::Ready(Err(never)) => match never {},
                 // Not ready for another request: the connection is still
                 // driven for the streams in flight.
-                Poll::Pending => conn
-                    .poll_closed(&mut conn_cx)
-                    .map(|r| r.err().map(Err)),
+                Poll::Pending => conn.poll_closed(&mut conn_cx).map(|r| r.err().map(Err)),
             };
             match accepted {
                 Poll::Ready(Some(Ok((req, respond)))) => {
