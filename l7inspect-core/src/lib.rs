@@ -9,7 +9,7 @@
 //!   -> ConnectLayer                     dial the target now, 1:1, beside detection
 //!   -> l7inspect_detect::DetectLayer    what it speaks (server-first aware)
 //!   -> TrackLayer                       connection and byte metrics
-//!   -> HttpLayer                        HTTP/1 and HTTP/2: hyper both ways, 1:1 upstream
+//!   -> HttpLayer                        HTTP/1: hyper both ways; HTTP/2: h2 both ways; 1:1 upstream
 //!   -> Passthrough                      everything else: bytes both ways, half-close, idle timeout
 //! ```
 //!
@@ -73,7 +73,7 @@ pub use connect::{
 };
 pub use http::{
     Forward, ForwardFuture, Http, HttpConfig, HttpLayer, NewRequestService, PlainForward,
-    ResponseBody, remove_hop_by_hop,
+    RequestBody, ResponseBody, remove_hop_by_hop,
 };
 pub use loop_guard::{Loop, LoopGuard, PendingDial, Registration};
 pub use meta::{Accepted, ConnMeta, Direction};

@@ -1,6 +1,9 @@
-//! [`HttpLayer`]: serves connections detected as HTTP/1 or HTTP/2 with hyper
-//! and forwards each request over the connection's own upstream connection;
-//! every other connection goes to the inner service (passthrough).
+//! [`HttpLayer`]: serves connections detected as HTTP/1 (with hyper) or
+//! HTTP/2 (with `h2` directly: no task per request; see `http2`) and
+//! forwards each request over the connection's own upstream connection;
+//! every other connection goes to the inner service (passthrough). Request
+//! services take a [`RequestBody`] and answer with a body of their choice;
+//! [`Forward`]'s is a [`ResponseBody`].
 //!
 //! # Behaviour on the wire
 //!
