@@ -38,6 +38,15 @@ async fn proxy(target: SocketAddr) -> SocketAddr {
 }
 
 async fn proxy_with(target: SocketAddr, http: HttpConfig) -> SocketAddr {
+    proxy_draining(target, http, CancellationToken::new()).await
+}
+
+/// The proxy stack, draining its connections once `drain` is cancelled.
+async fn proxy_draining(
+    target: SocketAddr,
+    http: HttpConfig,
+    drain: CancellationToken,
+) -> SocketAddr {
     let metrics = Metrics::default();
     let stack = ServiceBuilder::new()
         .layer(FixedTargetLayer::new(target))
@@ -48,7 +57,7 @@ async fn proxy_with(target: SocketAddr, http: HttpConfig) -> SocketAddr {
         ))
         .layer(DetectLayer::new(DetectConfig::default()))
         .layer(TrackLayer::new(metrics.clone()))
-        .layer(HttpLayer::new(CancellationToken::new()).with_config(http))
+        .layer(HttpLayer::new(drain).with_config(http))
         .service(Passthrough::new(PassthroughConfig::default(), metrics));
     let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -556,6 +565,32 @@ async fn server_closing_an_idle_connection_closes_the_client_connection() {
         "{resp}"
     );
     closed.recv().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_an_idle_http2_connection() {
+    // On drain, an idle HTTP/2 client gets GOAWAY and its connection ends,
+    // with nothing else happening on it to wake the connection up.
+    let (backend, _) = backend().await;
+    let drain = CancellationToken::new();
+    let proxy = proxy_draining(backend, HttpConfig::default(), drain.clone()).await;
+    let io = TokioIo::new(TcpStream::connect(proxy).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://{proxy}/idle"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    drain.cancel();
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the idle HTTP/2 connection ends once the proxy drains")
+        .unwrap()
+        .ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

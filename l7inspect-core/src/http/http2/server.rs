@@ -82,6 +82,10 @@ where
         if let State::Serving(conn) = &mut self.state {
             conn.graceful_shutdown();
         }
+        // The GOAWAY is written when the connection is next polled, which
+        // must not wait for the connection to wake us (an idle one never
+        // would).
+        self.conn_wake.set();
     }
 }
 
@@ -122,8 +126,14 @@ where
                 Poll::Ready(Ok(())) => conn.poll_accept(&mut conn_cx),
                 Poll::Ready(Err(never)) => match never {},
                 // Not ready for another request: the connection is still
-                // driven for the streams in flight.
-                Poll::Pending => conn.poll_closed(&mut conn_cx).map(|r| r.err().map(Err)),
+                // driven for the streams in flight, and polled again once
+                // the service is ready (the service's wake-up, not the
+                // connection's).
+                Poll::Pending => {
+                    let closed = conn.poll_closed(&mut conn_cx);
+                    this.conn_wake.set();
+                    closed.map(|r| r.err().map(Err))
+                }
             };
             match accepted {
                 Poll::Ready(Some(Ok((req, respond)))) => {
