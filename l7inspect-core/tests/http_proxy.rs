@@ -705,3 +705,285 @@ async fn pipelined_http1_requests_keep_their_order() {
     assert_eq!(all.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{all}");
     assert_eq!(conns.load(Ordering::SeqCst), 1);
 }
+
+/// A raw HTTP/1 backend for the proxy's own HTTP/1 client: on each
+/// connection, for each request (a head, then a body per `Content-Length`
+/// or chunked framing), sends what `answer` returns for the request's
+/// bytes; `None` closes the connection after the last answer. Reports the
+/// bytes of every request, and counts connections.
+async fn scripted_backend(
+    answer: fn(&[u8]) -> (Vec<u8>, bool),
+) -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let count = conns.clone();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let Some(len) = complete_request(&seen) else {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let req: Vec<u8> = seen.drain(..len).collect();
+                    let (resp, close) = answer(&req);
+                    let _ = tx.send(req);
+                    if s.write_all(&resp).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, rx)
+}
+
+/// The length of the first complete request in `buf` (head and body).
+fn complete_request(buf: &[u8]) -> Option<usize> {
+    let head = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+    if text.contains("transfer-encoding: chunked") {
+        // Walk the chunks to the last one, then to the end of the trailers.
+        let mut at = head;
+        loop {
+            let line = buf[at..].windows(2).position(|w| w == b"\r\n")?;
+            let size = std::str::from_utf8(&buf[at..at + line]).unwrap();
+            let size = usize::from_str_radix(size.split(';').next().unwrap(), 16).unwrap();
+            at += line + 2;
+            if size == 0 {
+                let end = buf[at - 2..].windows(4).position(|w| w == b"\r\n\r\n")?;
+                return Some(at - 2 + end + 4);
+            }
+            if buf.len() < at + size + 2 {
+                return None;
+            }
+            at += size + 2;
+        }
+    }
+    let len = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    (buf.len() >= head + len).then_some(head + len)
+}
+
+/// Sends `req` on a hyper HTTP/1 client connection and returns status,
+/// body and trailers.
+async fn exchange_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, Bytes, Option<http::HeaderMap>) {
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    (status, collected.to_bytes(), trailers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_response_framings_all_reuse_one_upstream_connection() {
+    fn answer(req: &[u8]) -> (Vec<u8>, bool) {
+        let line = String::from_utf8_lossy(req);
+        let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+        let resp: &[u8] = match path.as_str() {
+            "/chunked" => b"HTTP/1.1 200 OK\r\nTrailer: x-trailer\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+            "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+            "/204" => b"HTTP/1.1 204 No Content\r\n\r\n",
+            "/304" => b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+            "/continue" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+        };
+        (resp.to_vec(), false)
+    }
+    let (backend, conns, _) = scripted_backend(answer).await;
+    let proxy = proxy(backend).await;
+    let io = TokioIo::new(TcpStream::connect(proxy).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        Request::get(path)
+            .header("host", "a")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let (status, body, trailers) = exchange_on(&mut sender, get("/chunked")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello world"[..]));
+    assert_eq!(trailers.expect("trailers forwarded")["x-trailer"], "t");
+    let head = Request::head("/head")
+        .header("host", "a")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(head).await.unwrap();
+    assert_eq!(resp.headers()["content-length"], "1000");
+    assert!(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+    for (path, status) in [
+        ("/204", StatusCode::NO_CONTENT),
+        ("/304", StatusCode::NOT_MODIFIED),
+    ] {
+        let (got, body, _) = exchange_on(&mut sender, get(path)).await;
+        assert_eq!((got, body.len()), (status, 0), "{path}");
+    }
+    let (status, body, _) = exchange_on(&mut sender, get("/continue")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"abc"[..]));
+    let (status, body, _) = exchange_on(&mut sender, get("/last")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"final"[..]));
+    // Every framing left the upstream connection reusable.
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_close_delimited_response_is_whole_and_the_client_is_closed_after() {
+    fn answer(_: &[u8]) -> (Vec<u8>, bool) {
+        (
+            b"HTTP/1.1 200 OK\r\n\r\neverything until the close".to_vec(),
+            true,
+        )
+    }
+    let (backend, _, _) = scripted_backend(answer).await;
+    let proxy = proxy(backend).await;
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut resp))
+        .await
+        .expect("the proxy closes the client connection after the response")
+        .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    assert!(resp.contains("everything until the close"), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_chunked_upload_arrives_chunked_with_its_trailers() {
+    fn answer(_: &[u8]) -> (Vec<u8>, bool) {
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            false,
+        )
+    }
+    let (backend, _, mut requests) = scripted_backend(answer).await;
+    let proxy = proxy(backend).await;
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n4\r\nabcd\r\n3\r\nefg\r\n0\r\nx-sum: 7\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = vec![0u8; 1024];
+    let n = c.read(&mut resp).await.unwrap();
+    assert!(resp[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+    let req = requests.recv().await.unwrap();
+    let req = String::from_utf8(req).unwrap();
+    assert!(req.starts_with("POST /up HTTP/1.1\r\n"), "{req}");
+    assert!(req.contains("transfer-encoding: chunked\r\n"), "{req}");
+    let body = &req[req.find("\r\n\r\n").unwrap() + 4..];
+    // The data and the trailer arrive; chunk boundaries are the proxy's.
+    let data: String = body
+        .split("\r\n")
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .take_while(|c| c[0] != "0")
+        .map(|c| c[1])
+        .collect();
+    assert_eq!(data, "abcdefg", "{body:?}");
+    assert!(body.ends_with("0\r\nx-sum: 7\r\n\r\n"), "{body:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_early_response_to_an_upload_reaches_the_client() {
+    // The server refuses the upload after its head, without reading the
+    // body, and closes.
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    let proxy = proxy(backend).await;
+    let c = TcpStream::connect(proxy).await.unwrap();
+    let (mut rd, mut wr) = c.into_split();
+    let size = 64 << 20;
+    let upload = tokio::spawn(async move {
+        let head = format!("PUT /big HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            wr.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut resp))
+        .await
+        .expect("the early response, then the close")
+        .ok();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(
+        resp.starts_with("HTTP/1.1 413 Content Too Large\r\n"),
+        "{resp}"
+    );
+    assert!(resp.ends_with("too big\n"), "{resp}");
+    upload.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_invalid_upstream_responses_are_502() {
+    fn answer(req: &[u8]) -> (Vec<u8>, bool) {
+        let resp: &[u8] = if req.starts_with(b"GET /garbage ") {
+            b"SSH-2.0-OpenSSH_9.2\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+        };
+        (resp.to_vec(), true)
+    }
+    let (backend, _, _) = scripted_backend(answer).await;
+    let proxy = proxy(backend).await;
+    for path in ["/garbage", "/two-lengths"] {
+        let mut c = TcpStream::connect(proxy).await.unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut resp = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut resp))
+            .await
+            .unwrap()
+            .unwrap();
+        let resp = String::from_utf8_lossy(&resp[..n]);
+        assert!(
+            resp.starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+            "{path}: {resp}"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! The bodies of the messages the proxy forwards: [`RequestBody`] from the
 //! client, [`ResponseBody`] back to it.
 
-use super::http2::RecvBody;
+use super::{http1::client::ClientBody, http2::RecvBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -29,6 +29,8 @@ pub struct ResponseBody(Kind);
 #[derive(Debug)]
 enum Kind {
     Streamed(Streamed),
+    /// From our own HTTP/1 client (see `http1::client`).
+    Http1Upstream(ClientBody),
     Local(Full<Bytes>),
 }
 
@@ -96,6 +98,11 @@ impl ResponseBody {
     pub(crate) fn http2(body: RecvBody) -> Self {
         Self(Kind::Streamed(Streamed::Http2(body)))
     }
+
+    /// The body of a response read by our own HTTP/1 client.
+    pub(crate) fn http1_upstream(body: ClientBody) -> Self {
+        Self(Kind::Http1Upstream(body))
+    }
 }
 
 impl Default for ResponseBody {
@@ -114,6 +121,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.0 {
             Kind::Streamed(b) => b.poll_frame(cx),
+            Kind::Http1Upstream(b) => Pin::new(b).poll_frame(cx),
             Kind::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
         }
     }
@@ -121,6 +129,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Streamed(b) => b.is_end_stream(),
+            Kind::Http1Upstream(b) => b.is_end_stream(),
             Kind::Local(b) => b.is_end_stream(),
         }
     }
@@ -128,6 +137,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Kind::Streamed(b) => b.size_hint(),
+            Kind::Http1Upstream(b) => b.size_hint(),
             Kind::Local(b) => b.size_hint(),
         }
     }

@@ -6,6 +6,7 @@ use super::{
     HttpConfig,
     body::{RequestBody, ResponseBody},
     headers::remove_hop_by_hop,
+    http1::client::{self as http1_client, Conn, Slot},
     http2,
 };
 use crate::{
@@ -28,7 +29,7 @@ use std::{
     task::{Context, Poll},
 };
 use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::BoxError;
 
 /// The HTTP version of a proxied connection (the same on both sides).
@@ -57,6 +58,10 @@ struct Inner {
     upstream_closed: CancellationToken,
     /// Set when a request asked for a tunnel.
     tunnel_requested: AtomicBool,
+    /// HTTP/1 with our own client (`http1::client`): where the upstream
+    /// connection waits between requests. `None` for HTTP/2, and for HTTP/1
+    /// with `preserve_header_case` (hyper's client).
+    slot: Option<Arc<Slot>>,
 }
 
 #[derive(Debug)]
@@ -65,6 +70,8 @@ enum State {
     First(Option<Upstream>),
     /// An HTTP client connection over the upstream.
     Ready(Sender),
+    /// Our own HTTP/1 client: the connection is in `Inner::slot` when idle.
+    Slot,
 }
 
 #[derive(Debug)]
@@ -97,6 +104,9 @@ impl tower::Service<Request<RequestBody>> for Forward {
 
 impl Forward {
     pub(crate) fn new(conn: Connecting, version: Version, config: HttpConfig) -> Self {
+        let upstream_closed = CancellationToken::new();
+        let slot = (version == Version::Http1 && !config.preserve_header_case)
+            .then(|| Arc::new(Slot::new(upstream_closed.clone())));
         Self {
             inner: Arc::new(Inner {
                 meta: conn.meta,
@@ -104,8 +114,9 @@ impl Forward {
                 config,
                 connector: conn.connector,
                 state: Mutex::new(State::First(Some(conn.upstream))),
-                upstream_closed: CancellationToken::new(),
+                upstream_closed,
                 tunnel_requested: AtomicBool::new(false),
+                slot,
             }),
         }
     }
@@ -133,8 +144,8 @@ impl Forward {
         }
         let is_connect = req.method() == Method::CONNECT;
 
-        let mut resp = match self.send(req).await {
-            Ok(resp) => resp,
+        let (mut resp, tunnel_conn) = match self.send(req).await {
+            Ok(sent) => sent,
             Err(e) => {
                 tracing::debug!(target = %self.inner.meta.target, "upstream failed before responding: {e}");
                 return Ok(unavailable(grpc, &e));
@@ -147,7 +158,10 @@ impl Forward {
                     || (is_connect && resp.status().is_success()) =>
             {
                 let upgrade = resp.headers().get(header::UPGRADE).cloned();
-                let server = hyper::upgrade::on(&mut resp);
+                let server = match tunnel_conn {
+                    Some(conn) => ServerSide::Own(conn),
+                    None => ServerSide::Hyper(hyper::upgrade::on(&mut resp)),
+                };
                 // Cancelled when the tunnel closes, so that request layers
                 // (the request's span) can last as long as the exchange.
                 let closed = CancellationToken::new();
@@ -175,13 +189,65 @@ impl Forward {
     /// then, so the client sees the close it would have seen directly. The
     /// future owns what it waits on, so a connection's future can hold it
     /// beside the `Forward` it came from.
-    pub fn upstream_closed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
-        self.inner.upstream_closed.clone().cancelled_owned()
+    pub fn upstream_closed(&self) -> UpstreamClosed {
+        UpstreamClosed {
+            cancelled: self.inner.upstream_closed.clone().cancelled_owned(),
+            slot: self.inner.slot.clone(),
+        }
     }
 
-    /// Sends `req` upstream. A request that the upstream connection could
-    /// not take (it was closed while idle) goes over a new connection once.
-    async fn send(&self, req: Request<RequestBody>) -> Result<Response<ResponseBody>, BoxError> {
+    /// Sends `req` upstream; the response, and for a tunnel over our own
+    /// HTTP/1 client the upstream connection.
+    async fn send(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<ResponseBody>, Option<Conn>), BoxError> {
+        match &self.inner.slot {
+            Some(slot) => self.send_http1(slot, req).await,
+            None => Ok((self.send_hyper_or_h2(req).await?, None)),
+        }
+    }
+
+    /// Sends `req` with our own HTTP/1 client, over the idle connection or,
+    /// when there is none (it ended, or is still busy), a new one.
+    async fn send_http1(
+        &self,
+        slot: &Arc<Slot>,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<ResponseBody>, Option<Conn>), BoxError> {
+        let first = {
+            let mut state = self.inner.state.lock().await;
+            match std::mem::replace(&mut *state, State::Slot) {
+                State::First(upstream) => upstream,
+                _ => None,
+            }
+        };
+        let conn = match first {
+            // The connection dialled at accept; if it failed, a new attempt.
+            Some(upstream) => match Box::pin(upstream.established()).await {
+                Ok(io) => Some(Conn::new(io)),
+                Err(e) => return Err(e.into()),
+            },
+            None => slot.take(),
+        };
+        let conn = match conn {
+            Some(conn) => conn,
+            None => {
+                let inner = &self.inner;
+                Conn::new(Box::pin(inner.connector.connect(&inner.meta)).await?)
+            }
+        };
+        let (resp, tunnel) = http1_client::send(conn, req, slot).await?;
+        Ok((resp.map(ResponseBody::http1_upstream), tunnel))
+    }
+
+    /// Sends `req` over hyper's HTTP/1 client or our HTTP/2 one. A request
+    /// that the upstream connection could not take (it was closed while
+    /// idle) goes over a new connection once.
+    async fn send_hyper_or_h2(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<ResponseBody>, BoxError> {
         let mut req = req;
         for attempt in 0..2 {
             let sent = {
@@ -237,6 +303,7 @@ impl Forward {
                 *state = State::Ready(Box::pin(self.dial(None)).await?);
             }
             State::Ready(_) => {}
+            State::Slot => unreachable!("only HTTP/1 with our own client has a slot"),
         }
         let State::Ready(sender) = state else {
             unreachable!("a sender was just made ready")
@@ -335,24 +402,76 @@ where
     }
 }
 
+/// The server's side of a tunnel.
+enum ServerSide {
+    /// From our own HTTP/1 client: the connection, with any bytes the server
+    /// sent right after its response head.
+    Own(Conn),
+    /// From hyper's client.
+    Hyper(hyper::upgrade::OnUpgrade),
+}
+
 /// Copies bytes both ways between the client's and the server's upgraded
 /// connections until both sides are done, then cancels `closed`.
 async fn tunnel_bytes(
     client: hyper::upgrade::OnUpgrade,
-    server: hyper::upgrade::OnUpgrade,
+    server: ServerSide,
     closed: CancellationToken,
 ) {
+    use tokio::io::AsyncWriteExt;
     let _closed = closed.drop_guard();
-    let (client, server) = match tokio::try_join!(client, server) {
-        Ok(both) => both,
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
             tracing::debug!("upgrade failed: {e}");
             return;
         }
     };
-    let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-    if let Err(e) = relay(&mut client, &mut server, None).await {
+    let mut client = TokioIo::new(client);
+    let relayed = match server {
+        ServerSide::Own(conn) => {
+            let (mut server, early) = conn.into_parts();
+            match client.write_all(&early).await {
+                Ok(()) => relay(&mut client, &mut server, None).await,
+                Err(e) => Err(e),
+            }
+        }
+        ServerSide::Hyper(server) => match server.await {
+            Ok(server) => relay(&mut client, &mut TokioIo::new(server), None).await,
+            Err(e) => {
+                tracing::debug!("upgrade failed: {e}");
+                return;
+            }
+        },
+    };
+    if let Err(e) = relayed {
         tracing::debug!("upgraded connection: {e}");
+    }
+}
+
+/// The future of [`Forward::upstream_closed`].
+#[pin_project::pin_project]
+#[derive(Debug)]
+pub struct UpstreamClosed {
+    #[pin]
+    cancelled: WaitForCancellationFutureOwned,
+    /// With our own HTTP/1 client, the idle connection is watched here: no
+    /// task drives it between requests.
+    slot: Option<Arc<Slot>>,
+}
+
+impl Future for UpstreamClosed {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.cancelled.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        match this.slot {
+            Some(slot) => slot.poll_idle_ended(cx),
+            None => Poll::Pending,
+        }
     }
 }
 

@@ -45,11 +45,12 @@
 mod body;
 mod forward;
 mod headers;
+mod http1;
 mod http2;
 mod wake;
 
 pub use body::{RequestBody, ResponseBody};
-pub use forward::{Forward, ResponseFuture as ForwardFuture};
+pub use forward::{Forward, ResponseFuture as ForwardFuture, UpstreamClosed};
 pub use headers::remove_hop_by_hop;
 
 use crate::{connect::Connecting, meta::ConnMeta};
@@ -136,7 +137,7 @@ struct Serving<C> {
     #[pin]
     drain: WaitForCancellationFutureOwned,
     #[pin]
-    upstream_closed: WaitForCancellationFutureOwned,
+    upstream_closed: UpstreamClosed,
     /// The connection's `graceful_shutdown` (HTTP/1 and HTTP/2 have one each).
     shutdown: fn(Pin<&mut C>),
     /// The graceful shutdown has started.
@@ -284,7 +285,7 @@ impl<C> Serving<C> {
     fn new(
         conn: C,
         drain: WaitForCancellationFutureOwned,
-        upstream_closed: WaitForCancellationFutureOwned,
+        upstream_closed: UpstreamClosed,
         shutdown: fn(Pin<&mut C>),
     ) -> Self {
         Self {
