@@ -58,7 +58,8 @@ pub(crate) struct Slot {
 #[derive(Debug, Default)]
 struct Idle {
     conn: Option<Conn>,
-    /// The task watching the idle connection, woken when one is put back.
+    /// The waker of the task watching the idle connection: registered with
+    /// each connection put back.
     watcher: Option<Waker>,
 }
 
@@ -196,26 +197,41 @@ impl Slot {
             self.closed.cancel();
             return;
         };
+        let mut conn = conn;
         let mut idle = self.lock();
         // A request that found the slot empty dialled a connection of its
         // own; the first one back stays, any other closes.
-        if idle.conn.is_none() {
-            idle.conn = Some(conn);
-            if let Some(w) = idle.watcher.take() {
-                w.wake();
-            }
+        if idle.conn.is_some() {
+            return;
         }
+        // The watcher's wake-up is registered with the connection here,
+        // rather than by waking the watcher to do it: that would poll the
+        // client connection's task once more per request.
+        if let Some(watcher) = &idle.watcher
+            && conn
+                .poll_ended(&mut Context::from_waker(watcher))
+                .is_ready()
+        {
+            drop(idle);
+            self.closed.cancel();
+            return;
+        }
+        idle.conn = Some(conn);
     }
 
     /// Completes when the idle connection ends. While a request uses the
     /// connection, the watcher is woken when it is put back.
     pub(crate) fn poll_idle_ended(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut idle = self.lock();
+        if !idle
+            .watcher
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            idle.watcher = Some(cx.waker().clone());
+        }
         match idle.conn.as_mut() {
-            None => {
-                idle.watcher = Some(cx.waker().clone());
-                Poll::Pending
-            }
+            None => Poll::Pending,
             Some(conn) => {
                 ready!(conn.poll_ended(cx));
                 idle.conn = None;
