@@ -789,6 +789,9 @@ async fn exchange_on(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     req: Request<Full<Bytes>>,
 ) -> (StatusCode, Bytes, Option<http::HeaderMap>) {
+    // Ready once the previous exchange is over (an error if the proxy
+    // closed the connection).
+    sender.ready().await.unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status();
     let collected = resp.into_body().collect().await.unwrap();
@@ -830,6 +833,7 @@ async fn http1_response_framings_all_reuse_one_upstream_connection() {
         .header("host", "a")
         .body(Full::new(Bytes::new()))
         .unwrap();
+    sender.ready().await.unwrap();
     let resp = sender.send_request(head).await.unwrap();
     assert_eq!(resp.headers()["content-length"], "1000");
     assert!(

@@ -15,9 +15,10 @@ use std::mem::MaybeUninit;
 /// The most header fields a response head may have (hyper's and Envoy's
 /// default).
 pub(crate) const MAX_HEADERS: usize = 100;
-/// The largest response head, or trailer section, in bytes (Envoy's default
-/// is 60 KiB); past it the response is refused with a 502.
-pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// The largest response head, or trailer section, in bytes: hyper's client
+/// limit (8 KiB and 4 KiB per header field), which the proxy used before it
+/// had a client of its own; past it the response is refused with a 502.
+pub(crate) const MAX_HEAD: usize = 8192 + 4096 * MAX_HEADERS;
 
 /// Why a response could not be read.
 #[derive(Debug, thiserror::Error)]
