@@ -1,5 +1,7 @@
-//! [`HttpLayer`]: serves connections detected as HTTP/1 (with hyper) or
-//! HTTP/2 (with `h2` directly: no task per request; see `http2`) and
+//! [`HttpLayer`]: serves connections detected as HTTP/1 (hyper's server,
+//! and towards the server a client of our own, driven by the requests
+//! themselves: see `http1`) or HTTP/2 (with `h2` directly on both sides: no
+//! task per request; see `http2`) and
 //! forwards each request over the connection's own upstream connection;
 //! every other connection goes to the inner service (passthrough). Request
 //! services take a [`RequestBody`] and answer with a body of their choice;
@@ -33,6 +35,15 @@
 //!   a direct connection. A request that arrives in between, and that the
 //!   closed connection never took, goes over a new connection to the same
 //!   target instead of failing.
+//! - **HTTP/1 responses** are framed per RFC 9112 6.3 (none for `HEAD`,
+//!   `204` and `304`; chunked, `Content-Length`, or until the server
+//!   closes); interim `1xx` responses other than `101` are not passed on (as
+//!   with hyper's client); a reason phrase other than the standard one is.
+//!   An invalid head, conflicting `Content-Length` values or a head over
+//!   408 KiB get `502`. A server that answers before it has read the whole
+//!   request body gets the rest of it while its answer streams back; if the
+//!   answer ends first, that upstream connection is closed rather than
+//!   reused, and the client's after the answer.
 //! - **Failures**: when the server cannot be reached or fails before it
 //!   answers, the client gets `502 Bad Gateway`, or for gRPC a trailers-only
 //!   response with `grpc-status: 14` (UNAVAILABLE). A failure after the

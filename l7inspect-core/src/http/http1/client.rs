@@ -193,11 +193,10 @@ impl Slot {
     /// Puts a connection back after an exchange, or, if it cannot carry
     /// another, closes it and says so.
     fn put(&self, conn: Option<Conn>) {
-        let Some(conn) = conn.and_then(Conn::into_idle) else {
+        let Some(mut conn) = conn.and_then(Conn::into_idle) else {
             self.closed.cancel();
             return;
         };
-        let mut conn = conn;
         let mut idle = self.lock();
         // A request that found the slot empty dialled a connection of its
         // own; the first one back stays, any other closes.
@@ -220,7 +219,8 @@ impl Slot {
     }
 
     /// Completes when the idle connection ends. While a request uses the
-    /// connection, the watcher is woken when it is put back.
+    /// connection, `cx`'s waker is kept, and registered with the connection
+    /// when it is put back.
     pub(crate) fn poll_idle_ended(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut idle = self.lock();
         if !idle
