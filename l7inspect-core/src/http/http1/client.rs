@@ -12,7 +12,7 @@
 //! hyper's client is still used with `preserve_header_case`, which needs
 //! the header-case map that only hyper's server and client share.
 
-use super::decode::{BodyDecoder, DecodeError, Decoded, Framing, Head, parse_head};
+use super::decode::{BodyDecoder, DecodeError, Decoded, Framing, Head, content_length, parse_head};
 use crate::{connect::UpstreamIo, http::body::RequestBody};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, Version, header, request::Parts};
@@ -258,9 +258,9 @@ pub(crate) async fn send(
     req: Request<RequestBody>,
     slot: &Arc<Slot>,
 ) -> Result<(Response<ClientBody>, Option<Conn>), SendError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let upgrade = parts.headers.contains_key(header::UPGRADE);
-    let mut writer = Some(BodyWriter::new(&parts, body));
+    let mut writer = Some(BodyWriter::new(&mut parts, body));
     let mut write_error = None;
     let head = poll_fn(|cx| {
         if let Some(w) = writer.as_mut() {
@@ -446,8 +446,13 @@ enum WriteError {
 }
 
 impl BodyWriter {
-    fn new(parts: &Parts, body: RequestBody) -> Self {
-        let length = content_length(&parts.headers);
+    fn new(parts: &mut Parts, body: RequestBody) -> Self {
+        // The length as hyper's server read it (`5, 5` is 5). A value it
+        // could not have accepted is not passed on beside chunked framing.
+        let length = content_length(&parts.headers).unwrap_or_else(|_| {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            None
+        });
         let ended = body.is_end_stream();
         let chunked = length.is_none() && !ended && parts.version != Version::HTTP_10;
         let mut out = BytesMut::with_capacity(128 + parts.headers.len() * 32);
@@ -566,17 +571,6 @@ impl BodyWriter {
         self.out.put_slice(b"\r\n");
         self.ended = true;
     }
-}
-
-/// The request's `Content-Length`, when it has one valid value (hyper's
-/// server has checked it already).
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(header::CONTENT_LENGTH)?;
-    std::str::from_utf8(value.as_bytes())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Writes the request line and the header fields (names lowercase, as the

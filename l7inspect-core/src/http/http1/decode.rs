@@ -209,7 +209,7 @@ fn framing(
 
 /// The `Content-Length`, if any: every field and every comma-separated
 /// value in them must be the same number (RFC 9110 8.6).
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, DecodeError> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, DecodeError> {
     let mut found = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.as_bytes().split(|&b| b == b',') {
