@@ -223,11 +223,9 @@ impl Forward {
             }
         };
         let conn = match first {
-            // The connection dialled at accept; if it failed, a new attempt.
-            Some(upstream) => match Box::pin(upstream.established()).await {
-                Ok(io) => Some(Conn::new(io)),
-                Err(e) => return Err(e.into()),
-            },
+            // The connection dialled at accept (if it failed, this request
+            // gets the 502 and the next one dials again).
+            Some(upstream) => Some(Conn::new(Box::pin(upstream.established()).await?)),
             None => slot.take(),
         };
         let conn = match conn {
