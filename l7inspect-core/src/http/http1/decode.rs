@@ -38,6 +38,10 @@ pub(crate) enum DecodeError {
     /// The chunked framing is malformed.
     #[error("invalid chunked framing: {0}")]
     Chunked(&'static str),
+    /// The server closed the connection before the body's framing ended
+    /// (a `Content-Length` or chunked body cut short).
+    #[error("upstream closed the connection before the body ended")]
+    Truncated,
 }
 
 /// How the body of a response is delimited.
@@ -375,9 +379,7 @@ impl BodyDecoder {
                 self.state = State::Done;
                 Ok(())
             }
-            _ => Err(DecodeError::Chunked(
-                "connection closed before the body ended",
-            )),
+            _ => Err(DecodeError::Truncated),
         }
     }
 }
