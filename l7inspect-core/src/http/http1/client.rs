@@ -447,8 +447,9 @@ enum WriteError {
 
 impl BodyWriter {
     fn new(parts: &mut Parts, body: RequestBody) -> Self {
-        // The length as hyper's server read it (`5, 5` is 5). A value it
-        // could not have accepted is not passed on beside chunked framing.
+        // The length, read as the response's is (hyper's server has already
+        // refused lists and bad values); a value that does not read as one
+        // number is not passed on beside chunked framing.
         let length = content_length(&parts.headers).unwrap_or_else(|_| {
             parts.headers.remove(header::CONTENT_LENGTH);
             None
