@@ -4,6 +4,7 @@
     python3 benches/e2e/run.py            # full run (about 15 minutes)
     python3 benches/e2e/run.py --duration 3 --soak 0 --only direct,haproxy,l7-1hop-off --tests h1   # smoke test
     python3 benches/e2e/run.py --tests callgrind,syscalls --only haproxy,l7-1hop-off,l7-1hop-ring,l7-1hop-otlp
+    python3 benches/e2e/run.py --tests rounds --rounds 5 --only direct,haproxy,l7-1hop-off,l7-1hop-otlp
 
 Installs its tools with apt-get when missing (haproxy, nginx and its stream
 module, wrk, h2load; valgrind for --tests callgrind), builds the sidecar and
@@ -38,7 +39,11 @@ request: the proxy under valgrind --tool=callgrind, warm-up, counters
 zeroed, a fixed number of h2load requests, counters dumped) and --tests
 syscalls (system calls and context switches per request over a fixed number
 of requests, perf stat on the syscall tracepoints, else strace -c), for
-haproxy and the one-hop l7inspect targets.
+haproxy and the one-hop l7inspect targets; --tests rounds (the saturating
+HTTP/1.1 run with every selected target running at once, in --rounds rounds
+of one run per target, order rotated each round; ratios to haproxy taken
+within a round, then their median: drift over a long run lands on both sides
+of a ratio, not on one target).
 
 Everything listens on 127.0.0.1; every process it starts is stopped by PID
 when it exits (also on Ctrl-C). Results: tables on stdout, and
@@ -330,16 +335,22 @@ def tree(pids):
     return out
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_split(pids):
+    """(user, system) CPU seconds of the PIDs and their descendants."""
+    user = system = 0
     for p in tree(pids):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
         except OSError:
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids):
+    return sum(cpu_split(pids))
 
 
 def open_fds(pids):
@@ -418,8 +429,12 @@ def core_ticks():
 
 
 def snapshot(pids):
+    """(time, proxy CPU s, core ticks, throttling, (user s, system s,
+    context switches))."""
     thr = LIMIT.stat() if (LIMIT and pids) else None
-    return time.monotonic(), (cpu_seconds(pids) if pids else 0.0), core_ticks(), thr
+    split = cpu_split(pids) if pids else (0.0, 0.0)
+    return (time.monotonic(), sum(split), core_ticks(), thr,
+            split + (ctx_switches(pids) if pids else 0,))
 
 
 def sleep_until(t):
@@ -462,6 +477,9 @@ def window_cpu(s0, s1, pids):
            "load_core_pct": core(ARGS.load_cpu)}
     if pids:
         out["proxy_cpu_pct"] = 100.0 * (s1[1] - s0[1]) / wall
+        out["proxy_user_pct"] = 100.0 * (s1[4][0] - s0[4][0]) / wall
+        out["proxy_sys_pct"] = 100.0 * (s1[4][1] - s0[4][1]) / wall
+        out["context_switches_per_s"] = (s1[4][2] - s0[4][2]) / wall
         tasks = core(ARGS.proxy_cpu, 2)
         if tasks is not None:
             out["others_on_proxy_core_pct"] = max(0.0, tasks - out["proxy_cpu_pct"])
@@ -488,6 +506,10 @@ def classify(r, rate_key="rps"):
     rate = r.get(rate_key)
     if rate_key == "rps" and rate:
         r["cpu_us_per_req"] = pct / 100.0 / rate * 1e6
+        if "proxy_user_pct" in r:
+            r["user_us_per_req"] = r["proxy_user_pct"] / 100.0 / rate * 1e6
+            r["sys_us_per_req"] = r["proxy_sys_pct"] / 100.0 / rate * 1e6
+            r["context_switches_per_req"] = r["context_switches_per_s"] / rate
     elif rate_key == "gib_per_s" and rate:
         r["cpu_s_per_gib"] = pct / 100.0 / rate
     limit = r.get("cpu_limit")
@@ -1147,6 +1169,88 @@ def syscalls_profile(pids, port):
     return res
 
 
+def rounds_profile(results, tmp):
+    """--tests rounds: the saturating HTTP/1.1 run of h1_sat (wrk, under the
+    CPU limit), with every selected target running at once and measured in
+    --rounds rounds of one run each, the order rotated every round. Each
+    target's ratio to haproxy is taken within a round (its run and haproxy's
+    at most a few runs apart) and the median of those ratios is reported:
+    the machine's drift over a long run then moves both sides of a ratio
+    alike, where target after target it lands on one of them."""
+    prefix = {name: pre for name, _, pre in TARGETS}
+    names = [r["target"] for r in results if r["ok"]]
+    running, procs = {}, []
+    try:
+        for name in names:
+            ps, _ = start_target(name, tmp)
+            procs += ps
+            for p in ps:
+                for k in KINDS:
+                    wait_port(P[f"{prefix[name]}_{k}"], p)
+            port = P[f"{prefix[name]}_h1"]
+            http_get_ok(port)
+            running[name] = (port, [p.pid for p in ps])
+        runs = {n: [] for n in names}
+        with limited():
+            for i in range(ARGS.rounds):
+                k = i % len(names)
+                for n in names[k:] + names[:k]:
+                    port, pids = running[n]
+                    wrk(port, ARGS.sat_conns, 1)  # warm-up
+                    runs[n].append(wrk(port, ARGS.sat_conns, ARGS.duration, pids=pids))
+                log(f"rounds: {i + 1} of {ARGS.rounds} done")
+    finally:
+        for p in procs:
+            stop(p)
+    ha = runs.get("haproxy")
+    for r in results:
+        n = r["target"]
+        if n not in runs:
+            continue
+        out = {"runs": runs[n], "median": median_of(runs[n]) if len(runs[n]) > 1 else dict(runs[n][0])}
+        if len(runs[n]) > 1 and "proxy_cpu_pct" in out["median"]:
+            out["median"].pop("bound", None)
+            classify(out["median"])
+        out["median"].pop("runs", None)
+        if ha and n not in ("haproxy", "direct"):
+            rps, cpu = [], []
+            for x, h in zip(runs[n], ha):
+                if x.get("bound") == "proxy" and h.get("bound") == "proxy":
+                    rps.append(x["rps"] / h["rps"])
+                    cpu.append(x["cpu_us_per_req"] / h["cpu_us_per_req"])
+                else:
+                    rps.append(None)
+                    cpu.append(None)
+            out["rps_ratio_per_round"], out["cpu_ratio_per_round"] = rps, cpu
+            ok = [v for v in rps if v is not None]
+            if ok:
+                out["rps_ratio_median"] = statistics.median(ok)
+                out["cpu_ratio_median"] = statistics.median(v for v in cpu if v is not None)
+        r["rounds"] = out
+
+
+def rounds_table(results):
+    got = [r for r in results if isinstance(r.get("rounds"), dict)]
+    if not got:
+        return []
+    rows = []
+    for r in got:
+        x = r["rounds"]
+        m = x["median"]
+        per = x.get("rps_ratio_per_round")
+        rows.append([r["target"], rate_cell(m), cpu_cell(m), fmt(m.get("cpu_us_per_req"), ".2f"),
+                     fmt(m.get("user_us_per_req"), ".2f"), fmt(m.get("sys_us_per_req"), ".2f"),
+                     fmt(m.get("context_switches_per_req"), ".3f"),
+                     f"{x['rps_ratio_median']:.3f}×" if "rps_ratio_median" in x else "—",
+                     f"{x['cpu_ratio_median']:.3f}×" if "cpu_ratio_median" in x else "—",
+                     " ".join("—" if v is None else f"{v:.2f}" for v in per) if per else "—"])
+    return [(f"HTTP/1.1 keep-alive, saturating, interleaved: every target running at once, {ARGS.rounds} rounds "
+             f"of one {ARGS.duration} s wrk -c{ARGS.sat_conns} run each (order rotated per round); medians over "
+             f"the rounds; ratios to haproxy taken within each round (CPU-bound runs only), then their median",
+             ["target", "req/s", "proxy CPU %", "CPU µs/req", "user µs/req", "system µs/req",
+              "context switches/req", "req/s ÷ haproxy", "CPU/req ÷ haproxy", "req/s ÷ haproxy per round"], rows)]
+
+
 def profile_tables(results):
     out = []
     rows = []
@@ -1276,7 +1380,7 @@ def tables(results):
          if g("soak").get("rss_first_kib") is not None else "—"),
         fmt(g("soak").get("slope_kib_per_min"), ".0f"),
     ])))
-    out += ratio_tables(results) + profile_tables(results)
+    out += ratio_tables(results) + rounds_table(results) + profile_tables(results)
     # Tables with nothing measured (e.g. --tests callgrind only) are left out.
     return [t for t in out if any(c != "—" for row in t[2] for c in row[1:])]
 
@@ -1524,7 +1628,7 @@ def ensure_tools():
 
 
 ALL_TESTS = "mem,h1,h1close,h2,grpc,tcp,ttfb,soak"
-PROFILE_TESTS = "callgrind,syscalls"  # not in the default run: --tests callgrind,syscalls
+PROFILE_TESTS = "callgrind,syscalls,rounds"  # not in the default run: --tests callgrind,syscalls
 
 
 def main():
@@ -1564,6 +1668,8 @@ def main():
     ap.add_argument("--soak-rate", type=int, default=2000, help="keep-alive req/s during the soak")
     ap.add_argument("--soak-conn-rate", type=int, default=100, help="new connections/s during the soak")
     ap.add_argument("--soak-all", action="store_true", help="soak haproxy and nginx too")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds of --tests rounds (every target once per round; default 5)")
     ap.add_argument("--profile-requests", type=int, default=5000,
                     help="measured requests per protocol of --tests callgrind (default 5000)")
     ap.add_argument("--profile-dir", default="",
@@ -1658,7 +1764,7 @@ def main():
         if only and name not in only:
             continue
         log(f"target {name}")
-        standard = set(ARGS.tests.split(",")) - {"callgrind"}
+        standard = set(ARGS.tests.split(",")) - {"callgrind", "rounds"}
         if standard:
             res = measure(name, desc, prefix, tmp)
         else:
@@ -1671,6 +1777,9 @@ def main():
                 res["callgrind"] = {"error": str(e)[:300]}
                 log(f"{name}: callgrind failed: {e}")
         results.append(res)
+    if "rounds" in ARGS.tests.split(","):
+        log("interleaved rounds")
+        rounds_profile(results, tmp)
     stop_all()
 
     tabs = tables(results)
@@ -1679,7 +1788,7 @@ def main():
         "duration", "repeat", "proxy_cpu", "proxy_cpu_limit", "load_cpu", "h1_rate", "lat_conns", "sat_conns", "close_conns",
         "h2_conns", "h2_sat_conns", "h2_streams", "h2_rate", "grpc_conns", "grpc_streams", "grpc_rate",
         "tcp_streams", "ttfb_count", "idle_conns", "soak", "soak_rate", "soak_conn_rate", "tests",
-        "profile_requests", "profile_warmup", "syscall_requests", "profile_conns")}
+        "rounds", "profile_requests", "profile_warmup", "syscall_requests", "profile_conns")}
     params["netns"] = os.environ.get(NETNS_ENV) == "1"
     params["cgroup"] = f"v{LIMIT.version}, CFS period {LIMIT.PERIOD_US} µs" if LIMIT else None
     os.makedirs(ARGS.out, exist_ok=True)
