@@ -58,6 +58,9 @@ struct Inner {
     upstream_closed: CancellationToken,
     /// Set when a request asked for a tunnel.
     tunnel_requested: AtomicBool,
+    /// Our own HTTP/1 client: the connection dialled at accept is still in
+    /// `state` (cleared when the first request takes it).
+    first_pending: AtomicBool,
     /// HTTP/1 with our own client (`http1::client`): where the upstream
     /// connection waits between requests. `None` for HTTP/2, and for HTTP/1
     /// with `preserve_header_case` (hyper's client).
@@ -116,6 +119,7 @@ impl Forward {
                 state: Mutex::new(State::First(Some(conn.upstream))),
                 upstream_closed,
                 tunnel_requested: AtomicBool::new(false),
+                first_pending: AtomicBool::new(slot.is_some()),
                 slot,
             }),
         }
@@ -123,10 +127,15 @@ impl Forward {
 
     /// Forwards one request. Never fails: when the server cannot answer, the
     /// response is the proxy's own 502 (or gRPC UNAVAILABLE).
-    pub async fn forward(
+    ///
+    /// The request's head is prepared before the returned future is first
+    /// polled. (A plain function returning an `async` block rather than an
+    /// `async fn`, whose state would hold `self` and the request twice:
+    /// the future is moved whole into its box on every request.)
+    pub fn forward(
         self,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<ResponseBody>, Infallible> {
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
         let grpc = is_grpc(&req);
         let upgrade = req.headers().get(header::UPGRADE).cloned();
         let opts = remove_hop_by_hop(req.headers_mut());
@@ -143,45 +152,62 @@ impl Forward {
             self.inner.tunnel_requested.store(true, Ordering::Release);
         }
         let is_connect = req.method() == Method::CONNECT;
-
-        let (mut resp, tunnel_conn) = match self.send(req).await {
-            Ok(sent) => sent,
-            Err(e) => {
-                tracing::debug!(target = %self.inner.meta.target, "upstream failed before responding: {e}");
-                return Ok(unavailable(grpc, &e));
-            }
-        };
-
-        let upgraded = match client_upgrade {
-            Some(client)
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                    || (is_connect && resp.status().is_success()) =>
-            {
-                let upgrade = resp.headers().get(header::UPGRADE).cloned();
-                let server = match tunnel_conn {
-                    Some(conn) => ServerSide::Own(conn),
-                    None => ServerSide::Hyper(hyper::upgrade::on(&mut resp)),
+        async move {
+            // The two clients' futures are awaited here rather than in a common
+            // `async fn send`: each level of async fn holds the request again
+            // and moves it into the next.
+            let sent = 'sent: {
+                let Some(slot) = &self.inner.slot else {
+                    break 'sent self.send_hyper_or_h2(req).await.map(|resp| (resp, None));
                 };
-                // Cancelled when the tunnel closes, so that request layers
-                // (the request's span) can last as long as the exchange.
-                let closed = CancellationToken::new();
-                resp.extensions_mut().insert(closed.clone());
-                tokio::spawn(tunnel_bytes(client, server, closed));
-                upgrade
+                let conn = match self.http1_conn(slot).await {
+                    Ok(conn) => conn,
+                    Err(e) => break 'sent Err(e),
+                };
+                http1_client::send(conn, req, slot)
+                    .await
+                    .map(|(resp, tunnel)| (resp.map(ResponseBody::http1_upstream), tunnel))
+                    .map_err(BoxError::from)
+            };
+            let (mut resp, tunnel_conn) = match sent {
+                Ok(sent) => sent,
+                Err(e) => {
+                    tracing::debug!(target = %self.inner.meta.target, "upstream failed before responding: {e}");
+                    return Ok(unavailable(grpc, &e));
+                }
+            };
+
+            let upgraded = match client_upgrade {
+                Some(client)
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        || (is_connect && resp.status().is_success()) =>
+                {
+                    let upgrade = resp.headers().get(header::UPGRADE).cloned();
+                    let server = match tunnel_conn {
+                        Some(conn) => ServerSide::Own(conn),
+                        None => ServerSide::Hyper(hyper::upgrade::on(&mut resp)),
+                    };
+                    // Cancelled when the tunnel closes, so that request layers
+                    // (the request's span) can last as long as the exchange.
+                    let closed = CancellationToken::new();
+                    resp.extensions_mut().insert(closed.clone());
+                    tokio::spawn(tunnel_bytes(client, server, closed));
+                    upgrade
+                }
+                _ => None,
+            };
+            let resp_opts = remove_hop_by_hop(resp.headers_mut());
+            let h = resp.headers_mut();
+            if let Some(upgrade) = upgraded {
+                h.insert(header::UPGRADE, upgrade);
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            } else if resp_opts.close && self.inner.version == Version::Http1 {
+                // The server closes its connection after this response; so does
+                // the proxy, so the client sees what it would have seen.
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            _ => None,
-        };
-        let resp_opts = remove_hop_by_hop(resp.headers_mut());
-        let h = resp.headers_mut();
-        if let Some(upgrade) = upgraded {
-            h.insert(header::UPGRADE, upgrade);
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        } else if resp_opts.close && self.inner.version == Version::Http1 {
-            // The server closes its connection after this response; so does
-            // the proxy, so the client sees what it would have seen.
-            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Ok(resp)
         }
-        Ok(resp)
     }
 
     /// Completes when an upstream connection has ended (the server closed
@@ -196,31 +222,22 @@ impl Forward {
         }
     }
 
-    /// Sends `req` upstream; the response, and for a tunnel over our own
-    /// HTTP/1 client the upstream connection.
-    async fn send(
-        &self,
-        req: Request<RequestBody>,
-    ) -> Result<(Response<ResponseBody>, Option<Conn>), BoxError> {
-        match &self.inner.slot {
-            Some(slot) => self.send_http1(slot, req).await,
-            None => Ok((self.send_hyper_or_h2(req).await?, None)),
-        }
-    }
-
-    /// Sends `req` with our own HTTP/1 client, over the idle connection or,
-    /// when there is none (it ended, or is still busy), a new one.
-    async fn send_http1(
-        &self,
-        slot: &Arc<Slot>,
-        req: Request<RequestBody>,
-    ) -> Result<(Response<ResponseBody>, Option<Conn>), BoxError> {
-        let first = {
-            let mut state = self.inner.state.lock().await;
+    /// The upstream connection for a request over our own HTTP/1 client:
+    /// the one dialled at accept for the first request, then the idle one,
+    /// or, when there is none (it ended, or is still busy), a new one.
+    async fn http1_conn(&self, slot: &Slot) -> Result<Conn, BoxError> {
+        let inner = &self.inner;
+        // The state is looked at only until the first connection is taken:
+        // no lock per request.
+        let first = if inner.first_pending.load(Ordering::Acquire) {
+            let mut state = inner.state.lock().await;
+            inner.first_pending.store(false, Ordering::Release);
             match std::mem::replace(&mut *state, State::Slot) {
                 State::First(upstream) => upstream,
                 _ => None,
             }
+        } else {
+            None
         };
         let conn = match first {
             // The connection dialled at accept (if it failed, this request
@@ -228,56 +245,54 @@ impl Forward {
             Some(upstream) => Some(Conn::new(Box::pin(upstream.established()).await?)),
             None => slot.take(),
         };
-        let conn = match conn {
+        Ok(match conn {
             Some(conn) => conn,
-            None => {
-                let inner = &self.inner;
-                Conn::new(Box::pin(inner.connector.connect(&inner.meta)).await?)
-            }
-        };
-        let (resp, tunnel) = http1_client::send(conn, req, slot).await?;
-        Ok((resp.map(ResponseBody::http1_upstream), tunnel))
+            None => Conn::new(Box::pin(inner.connector.connect(&inner.meta)).await?),
+        })
     }
 
     /// Sends `req` over hyper's HTTP/1 client or our HTTP/2 one. A request
     /// that the upstream connection could not take (it was closed while
     /// idle) goes over a new connection once.
-    async fn send_hyper_or_h2(
+    /// (An `async` block: an `async fn` would hold the request twice.)
+    #[allow(clippy::manual_async_fn)]
+    fn send_hyper_or_h2(
         &self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<ResponseBody>, BoxError> {
-        let mut req = req;
-        for attempt in 0..2 {
-            let sent = {
-                let mut state = self.inner.state.lock().await;
-                let sender = self.ready_sender(&mut state, attempt > 0).await?;
-                match sender {
-                    Sender::Http1(s) => s.try_send_request(req),
-                    // A request h2 refused once the sender was ready is not
-                    // retried: the head went with it (a closed or draining
-                    // connection is caught by `ready` above, and redialled).
-                    Sender::Http2(s) => {
-                        let exchange = http2::client::send(s, req)?;
-                        drop(state);
-                        let resp = exchange.await?;
-                        return Ok(resp.map(ResponseBody::http2));
+        mut req: Request<RequestBody>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, BoxError>> + Send + '_ {
+        async move {
+            for attempt in 0..2 {
+                let sent = {
+                    let mut state = self.inner.state.lock().await;
+                    let sender = self.ready_sender(&mut state, attempt > 0).await?;
+                    match sender {
+                        Sender::Http1(s) => s.try_send_request(req),
+                        // A request h2 refused once the sender was ready is not
+                        // retried: the head went with it (a closed or draining
+                        // connection is caught by `ready` above, and redialled).
+                        Sender::Http2(s) => {
+                            let exchange = http2::client::send(s, req)?;
+                            drop(state);
+                            let resp = exchange.await?;
+                            return Ok(resp.map(ResponseBody::http2));
+                        }
                     }
+                };
+                match sent.await {
+                    Ok(resp) => return Ok(resp.map(ResponseBody::http1)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if attempt == 0 => {
+                            tracing::debug!(
+                                "upstream connection closed before the request was sent; reconnecting"
+                            );
+                            req = unsent;
+                        }
+                        _ => return Err(e.into_error().into()),
+                    },
                 }
-            };
-            match sent.await {
-                Ok(resp) => return Ok(resp.map(ResponseBody::http1)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if attempt == 0 => {
-                        tracing::debug!(
-                            "upstream connection closed before the request was sent; reconnecting"
-                        );
-                        req = unsent;
-                    }
-                    _ => return Err(e.into_error().into()),
-                },
             }
+            unreachable!("the second attempt returns")
         }
-        unreachable!("the second attempt returns")
     }
 
     /// The upstream sender, ready for a request: the first connection, or a

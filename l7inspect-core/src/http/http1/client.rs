@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, Version, header, request::Parts};
 use http_body::{Body, Frame, SizeHint};
 use std::{
-    future::poll_fn,
+    future::Future,
     io,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -253,24 +253,58 @@ impl Slot {
 /// Sends `req` over `conn` and reads the response head. A tunnel (a `101`
 /// to an upgrade, a `2xx` to `CONNECT`) comes back with the connection,
 /// which is the tunnel's from then on.
-pub(crate) async fn send(
-    mut conn: Conn,
-    req: Request<RequestBody>,
-    slot: &Arc<Slot>,
-) -> Result<(Response<ClientBody>, Option<Conn>), SendError> {
+///
+/// The head is encoded here, before the first poll; the [`Exchange`] keeps
+/// only what writing the body and reading the response need (a named
+/// future rather than an `async fn`, whose state would hold the request
+/// as well: it is moved with the request's future, once per request).
+pub(crate) fn send(conn: Conn, req: Request<RequestBody>, slot: &Arc<Slot>) -> Exchange {
     let (mut parts, body) = req.into_parts();
     let upgrade = parts.headers.contains_key(header::UPGRADE);
-    let mut writer = Some(BodyWriter::new(&mut parts, body));
-    let mut write_error = None;
-    let head = poll_fn(|cx| {
-        if let Some(w) = writer.as_mut() {
+    let writer = BodyWriter::new(&mut parts, body);
+    Exchange {
+        conn: Some(conn),
+        method: parts.method,
+        upgrade,
+        writer: Some(writer),
+        write_error: None,
+        slot: slot.clone(),
+    }
+}
+
+/// The future of [`send`]: the response head, with the body to read, and
+/// the connection for a tunnel.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    /// `None` once the exchange completed.
+    conn: Option<Conn>,
+    method: Method,
+    /// The request asked for an upgrade.
+    upgrade: bool,
+    /// The rest of the request; `None` once it is all sent.
+    writer: Option<BodyWriter>,
+    /// Writing failed: reported if the server does not answer.
+    write_error: Option<io::Error>,
+    slot: Arc<Slot>,
+}
+
+impl Future for Exchange {
+    type Output = Result<(Response<ClientBody>, Option<Conn>), SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let conn = this
+            .conn
+            .as_mut()
+            .expect("Exchange polled after completion");
+        if let Some(w) = this.writer.as_mut() {
             match w.poll_write(&mut conn.io, cx) {
-                Poll::Ready(Ok(())) => writer = None,
+                Poll::Ready(Ok(())) => this.writer = None,
                 // The server may have answered and closed early: read what
                 // it said before reporting the write's failure.
                 Poll::Ready(Err(WriteError::Io(e))) => {
-                    writer = None;
-                    write_error = Some(e);
+                    this.writer = None;
+                    this.write_error = Some(e);
                 }
                 Poll::Ready(Err(WriteError::Body(e))) => {
                     return Poll::Ready(Err(SendError::Body(e)));
@@ -278,47 +312,59 @@ pub(crate) async fn send(
                 Poll::Pending => {}
             }
         }
-        loop {
-            if let Some(head) = parse_head(&mut conn.buf, &parts.method, upgrade)? {
-                return Poll::Ready(Ok(head));
+        let head = loop {
+            if let Some(head) = parse_head(&mut conn.buf, &this.method, this.upgrade)? {
+                break head;
             }
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) => {
-                    return Poll::Ready(Err(write_error
+                    return Poll::Ready(Err(this
+                        .write_error
                         .take()
                         .map_or(SendError::Closed, SendError::Io)));
                 }
                 Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(write_error.take().unwrap_or(e).into())),
+                Err(e) => {
+                    return Poll::Ready(Err(this.write_error.take().unwrap_or(e).into()));
+                }
             }
+        };
+        let conn = this.conn.take().expect("checked above");
+        Poll::Ready(Ok(this.complete(conn, head)))
+    }
+}
+
+impl Exchange {
+    /// The response once its head is read: its body reads the rest, or,
+    /// with no body left either way, the connection goes back at once.
+    fn complete(&mut self, conn: Conn, head: Head) -> (Response<ClientBody>, Option<Conn>) {
+        let Head {
+            parts: head,
+            framing,
+            keep_alive,
+        } = head;
+        if framing == Framing::Tunnel {
+            return (Response::from_parts(head, ClientBody(None)), Some(conn));
         }
-    })
-    .await?;
-    let Head {
-        parts: head,
-        framing,
-        keep_alive,
-    } = head;
-    if framing == Framing::Tunnel {
-        return Ok((Response::from_parts(head, ClientBody(None)), Some(conn)));
+        let keep_alive = keep_alive && self.write_error.is_none();
+        let decoder = BodyDecoder::new(framing);
+        let writer = self.writer.take();
+        if decoder.is_done() && writer.is_none() {
+            self.slot.put(keep_alive.then_some(conn));
+            return (Response::from_parts(head, ClientBody(None)), None);
+        }
+        let active = Active {
+            conn,
+            decoder,
+            writer,
+            keep_alive,
+            slot: self.slot.clone(),
+        };
+        (
+            Response::from_parts(head, ClientBody(Some(Box::new(active)))),
+            None,
+        )
     }
-    let keep_alive = keep_alive && write_error.is_none();
-    let decoder = BodyDecoder::new(framing);
-    if decoder.is_done() && writer.is_none() {
-        slot.put(keep_alive.then_some(conn));
-        return Ok((Response::from_parts(head, ClientBody(None)), None));
-    }
-    let active = Active {
-        conn,
-        decoder,
-        writer,
-        keep_alive,
-        slot: slot.clone(),
-    };
-    Ok((
-        Response::from_parts(head, ClientBody(Some(Box::new(active)))),
-        None,
-    ))
 }
 
 // === impl ClientBody ===
