@@ -1244,9 +1244,14 @@ def rounds_table(results):
                      f"{x['rps_ratio_median']:.3f}×" if "rps_ratio_median" in x else "—",
                      f"{x['cpu_ratio_median']:.3f}×" if "cpu_ratio_median" in x else "—",
                      " ".join("—" if v is None else f"{v:.2f}" for v in per) if per else "—"])
+    med = {r["target"]: r["rounds"]["median"].get("rps") for r in got}
+    best = max((v for n, v in med.items() if n != "direct" and v), default=None)
+    headroom = (f"; direct ÷ the fastest proxy {med['direct'] / best:.2f}×"
+                if med.get("direct") and best else "")
     return [(f"HTTP/1.1 keep-alive, saturating, interleaved: every target running at once, {ARGS.rounds} rounds "
              f"of one {ARGS.duration} s wrk -c{ARGS.sat_conns} run each (order rotated per round); medians over "
-             f"the rounds; ratios to haproxy taken within each round (CPU-bound runs only), then their median",
+             f"the rounds; ratios to haproxy taken within each round (CPU-bound runs only), then their median"
+             + headroom,
              ["target", "req/s", "proxy CPU %", "CPU µs/req", "user µs/req", "system µs/req",
               "context switches/req", "req/s ÷ haproxy", "CPU/req ÷ haproxy", "req/s ÷ haproxy per round"], rows)]
 
