@@ -32,6 +32,19 @@ use std::{
     time::Duration,
 };
 
+/// The OpenTelemetry variables read that no flag above names (each flag
+/// names its own variable): listed in `--help` so that it names every
+/// variable the proxy reads.
+const OTEL_VARS_HELP: &str = "\
+Also read, as the OpenTelemetry SDKs read them (a flag given on the command line wins):
+  OTEL_TRACES_EXPORTER (otlp, zipkin, none), OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG,
+  OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+  OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TRACES_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT,
+  OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_COMPRESSION,
+  OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, OTEL_EXPORTER_ZIPKIN_TIMEOUT,
+  OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE;
+  and RUST_LOG (see --log-level).";
+
 /// A layer-7 sidecar proxy: detects the protocol of every TCP connection
 /// crossing a workload and forwards its bytes untouched.
 #[derive(Debug, Parser)]
@@ -40,7 +53,8 @@ use std::{
     version,
     about,
     long_about = None,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = OTEL_VARS_HELP
 )]
 struct Args {
     /// Without a subcommand: run the proxy with the options below.
@@ -179,7 +193,8 @@ struct Args {
     zipkin_endpoint: Option<String>,
 
     /// Sample this fraction of new traces (parentbased_traceidratio; an
-    /// incoming sampled flag is honoured). Default: OTEL_TRACES_SAMPLER, else 1.0.
+    /// incoming sampled flag is honoured). Default: OTEL_TRACES_SAMPLER with
+    /// OTEL_TRACES_SAMPLER_ARG, else 1.0.
     #[arg(long, env = "L7INSPECT_SAMPLE_RATIO", value_name = "R", value_parser = parse_ratio, help_heading = "Tracing")]
     sample_ratio: Option<f64>,
 
@@ -372,24 +387,14 @@ fn parse_forward(s: &str) -> Result<Forward, String> {
     Ok(Forward { listen, target })
 }
 
+/// A port list (`22,8000-8010`), read by l7inspect-init's parser: the one
+/// for every port list, so that `inject` accepts exactly what the init
+/// container will.
 fn parse_ports(s: &str) -> Result<PortList, String> {
-    let mut ports = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let port = |p: &str| {
-            p.parse::<u16>()
-                .map_err(|e| format!("{p:?} is not a port: {e}"))
-        };
-        match part.split_once('-') {
-            Some((lo, hi)) => {
-                let (lo, hi) = (port(lo)?, port(hi)?);
-                if lo > hi {
-                    return Err(format!("range {part:?} is empty"));
-                }
-                ports.extend(lo..=hi);
-            }
-            None => ports.push(port(part)?),
-        }
-    }
+    let mut ports: Vec<u16> = l7inspect_init::parse_port_list(s)?
+        .into_iter()
+        .flat_map(|r| r.start..=r.end)
+        .collect();
     ports.sort_unstable();
     ports.dedup();
     Ok(PortList(ports))
@@ -400,20 +405,28 @@ impl Args {
     /// the flags given on the command line taking precedence.
     fn tracing(&self, matches: &ArgMatches) -> Result<TracingConfig, String> {
         let from_cli = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
-        let mut overlay: Vec<(&str, String)> = Vec::new();
-        let mut set = |id: &str, vars: &[&'static str], value: &Option<String>| {
+        // (variable, value, the flag it came from)
+        let mut overlay: Vec<(&str, String, &str)> = Vec::new();
+        let mut set = |id: &str, flag, vars: &[&'static str], value: &Option<String>| {
             if let (true, Some(v)) = (from_cli(id), value) {
-                overlay.extend(vars.iter().map(|var| (*var, v.clone())));
+                overlay.extend(vars.iter().map(|var| (*var, v.clone(), flag)));
             }
         };
-        set("service_name", &["OTEL_SERVICE_NAME"], &self.service_name);
+        set(
+            "service_name",
+            "--service-name",
+            &["OTEL_SERVICE_NAME"],
+            &self.service_name,
+        );
         set(
             "otlp_endpoint",
+            "--otlp-endpoint",
             &["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
             &self.otlp_endpoint,
         );
         set(
             "otlp_protocol",
+            "--otlp-protocol",
             &[
                 "OTEL_EXPORTER_OTLP_PROTOCOL",
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
@@ -422,21 +435,30 @@ impl Args {
         );
         set(
             "zipkin_endpoint",
+            "--zipkin-endpoint",
             &["OTEL_EXPORTER_ZIPKIN_ENDPOINT"],
             &self.zipkin_endpoint,
         );
         if let Some(r) = self.sample_ratio {
-            overlay.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
-            overlay.push(("OTEL_TRACES_SAMPLER_ARG", r.to_string()));
+            let flag = "--sample-ratio";
+            overlay.push((
+                "OTEL_TRACES_SAMPLER",
+                "parentbased_traceidratio".into(),
+                flag,
+            ));
+            overlay.push(("OTEL_TRACES_SAMPLER_ARG", r.to_string(), flag));
         }
+        let given = |var: &str| overlay.iter().find(|(k, ..)| *k == var);
         let env = from_otel_env(|var| {
-            overlay
-                .iter()
-                .find(|(k, _)| *k == var)
-                .map(|(_, v)| v.clone())
+            given(var)
+                .map(|(_, v, _)| v.clone())
                 .or_else(|| std::env::var(var).ok())
         })
-        .map_err(|e| format!("invalid value for {e}"))?;
+        // Named as the user gave it: the flag, else the variable.
+        .map_err(|e| match given(e.var) {
+            Some((_, v, flag)) => format!("invalid value {v:?} for {flag}: {}", e.reason),
+            None => format!("invalid value for {e}"),
+        })?;
         Ok(TracingConfig {
             resource: ResourceConfig {
                 service_name: env.service_name.unwrap_or_else(host_name),
@@ -559,12 +581,16 @@ fn main() -> ExitCode {
     };
     let t = &config.tracing;
     let service = t.resource.service_name.clone();
-    let otlp = t
+    // As a user writes them: `off` when not exporting.
+    let otlp = t.export.otlp.as_ref().map_or_else(
+        || "off".to_owned(),
+        |o| format!("{} ({})", o.endpoint, o.protocol.as_str()),
+    );
+    let zipkin = t
         .export
-        .otlp
+        .zipkin
         .as_ref()
-        .map(|o| format!("{} ({:?})", o.endpoint, o.protocol));
-    let zipkin = t.export.zipkin.as_ref().map(|z| z.endpoint.clone());
+        .map_or_else(|| "off".to_owned(), |z| z.endpoint.clone());
     runtime.block_on(async move {
         let sidecar = match l7inspect_sidecar::build(config).await {
             Ok(s) => s,
@@ -597,8 +623,8 @@ fn main() -> ExitCode {
         );
         tracing::info!(
             service = %service,
-            otlp = ?otlp,
-            zipkin = ?zipkin,
+            otlp = %otlp,
+            zipkin = %zipkin,
             "tracing HTTP requests"
         );
         sidecar.run(shutdown_signal()).await;

@@ -61,6 +61,26 @@ fn help_names_every_flag_and_its_env_var() {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");
     }
+    // Every OpenTelemetry variable the exporter configuration reads, found
+    // in its source rather than listed here again.
+    let env_rs = include_str!("../../../l7inspect-trace/src/export/env.rs");
+    let mut read = env_rs
+        .match_indices("\"OTEL_")
+        .filter_map(|(i, _)| {
+            let rest = &env_rs[i + 1..];
+            let end = rest.find(|c: char| !(c.is_ascii_uppercase() || c == '_'))?;
+            rest[end..].starts_with('"').then(|| &rest[..end])
+        })
+        .collect::<Vec<_>>();
+    read.sort_unstable();
+    read.dedup();
+    assert!(read.len() >= 15, "{read:?}");
+    for var in read {
+        assert!(
+            help.contains(var),
+            "{var} is read but --help does not name it"
+        );
+    }
 }
 
 #[test]
@@ -101,7 +121,21 @@ fn bad_tracing_settings_name_the_flag_or_variable_and_exit_2() {
         (
             &["--otlp-protocol", "carrier-pigeon"],
             None,
-            "OTEL_EXPORTER_OTLP",
+            "invalid value \"carrier-pigeon\" for --otlp-protocol",
+        ),
+        // No TLS to collectors yet: refused before start-up, named as given.
+        (
+            &["--otlp-endpoint", "https://collector:4317"],
+            None,
+            "invalid value \"https://collector:4317\" for --otlp-endpoint: https://",
+        ),
+        (
+            &[],
+            Some((
+                "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+                "https://zipkin/api/v2/spans",
+            )),
+            "OTEL_EXPORTER_ZIPKIN_ENDPOINT=\"https://zipkin/api/v2/spans\": https://",
         ),
         (
             &[],

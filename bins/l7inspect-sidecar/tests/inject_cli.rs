@@ -183,6 +183,13 @@ fn unreadable_input_and_bad_flags_exit_2() {
             "--skip-inbound-ports",
         ),
         (&["--skip-outbound-ports", "9-1"], "--skip-outbound-ports"),
+        // Port 0 is not a port to l7inspect-init: written into the init
+        // container, it would keep the pod from starting.
+        (&["--skip-inbound-ports", "0"], "--skip-inbound-ports"),
+        (
+            &["--skip-outbound-ports", "25,0-10"],
+            "--skip-outbound-ports",
+        ),
         (&["--otlp-protocol", "udp"], "--otlp-protocol"),
         (&["--no-such-flag"], "--no-such-flag"),
     ] {
