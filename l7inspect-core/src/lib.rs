@@ -73,7 +73,7 @@ pub use connect::{
 };
 pub use http::{
     Forward, ForwardFuture, Http, HttpConfig, HttpLayer, NewRequestService, PlainForward,
-    RequestBody, ResponseBody, UpstreamClosed, remove_hop_by_hop,
+    RequestBody, ResponseBody, UpstreamClosed, local_response, remove_hop_by_hop,
 };
 pub use loop_guard::{Loop, LoopGuard, PendingDial, Registration};
 pub use meta::{Accepted, ConnMeta, Direction};

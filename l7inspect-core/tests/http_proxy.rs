@@ -991,3 +991,131 @@ async fn http1_invalid_upstream_responses_are_502() {
         );
     }
 }
+
+/// The proxy stack with per-request services built by `requests`.
+async fn proxy_with_requests(
+    target: SocketAddr,
+    requests: impl l7inspect_core::NewRequestService,
+) -> SocketAddr {
+    let metrics = Metrics::default();
+    let stack = ServiceBuilder::new()
+        .layer(FixedTargetLayer::new(target))
+        .layer(ConnectLayer::new(
+            ConnectConfig::default(),
+            metrics.clone(),
+            LoopGuard::default(),
+        ))
+        .layer(DetectLayer::new(DetectConfig::default()))
+        .layer(HttpLayer::new(CancellationToken::new()).with_requests(requests))
+        .service(Passthrough::new(PassthroughConfig::default(), metrics));
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        Direction::Inbound,
+        stack,
+        TaskTracker::new(),
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// Sends one HTTP/1.1 request on a new connection and reads the response
+/// until the server closes or `limit` passes.
+async fn http1_once(proxy: SocketAddr, path: &str) -> String {
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out))
+        .await
+        .expect("the proxy answered within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request stack given as a closure, with a fallible tower layer (a
+/// timeout) around `Forward`: a server that never answers gets the client
+/// the proxy's 502 (gRPC: status 14) when the timeout fires, as an
+/// unreachable server does, not a closed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_layer_is_answered_as_an_unreachable_server() {
+    // Accepts, reads, never answers.
+    let silent = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let target = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let proxy = proxy_with_requests(
+        target,
+        |_: &l7inspect_core::ConnMeta, forward: l7inspect_core::Forward| {
+            ServiceBuilder::new()
+                .timeout(Duration::from_millis(300))
+                .service(forward)
+        },
+    )
+    .await;
+    let text = http1_once(proxy, "/slow").await;
+    assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{text}");
+    assert!(
+        text.ends_with("502 Bad Gateway: request timed out\n"),
+        "{text}"
+    );
+
+    let Some(out) = run_async(
+        "a_failing_request_layer_is_answered_in_grpc",
+        "curl",
+        vec![
+            "-s".into(),
+            "-D".into(),
+            "-".into(),
+            "--http2-prior-knowledge".into(),
+            "-H".into(),
+            "content-type: application/grpc".into(),
+            "-H".into(),
+            "te: trailers".into(),
+            "-X".into(),
+            "POST".into(),
+            format!("http://{proxy}/pkg.Svc/Method"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let text = stdout(&out);
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(text.contains("grpc-status: 14"), "{text}");
+}
+
+/// A request layer that answers on its own, with `local_response`; what
+/// it does not answer is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_layer_answers_locally_with_local_response() {
+    use l7inspect_core::{Forward, RequestBody, local_response};
+    use tower::ServiceExt;
+    let (target, _) = backend().await;
+    let proxy = proxy_with_requests(target, |_: &l7inspect_core::ConnMeta, forward: Forward| {
+        tower::service_fn(move |req: Request<RequestBody>| {
+            let forward = forward.clone();
+            async move {
+                if req.uri().path() == "/deny" {
+                    let ct = (http::header::CONTENT_TYPE, "text/plain".parse().unwrap());
+                    return Ok(local_response(StatusCode::FORBIDDEN, [ct], "no\n"));
+                }
+                forward.oneshot(req).await
+            }
+        })
+    })
+    .await;
+    let text = http1_once(proxy, "/deny").await;
+    assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
+    assert!(text.contains("\r\ncontent-length: 3\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nno\n"), "{text}");
+    let text = http1_once(proxy, "/fine").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("GET /fine"), "{text}");
+}

@@ -22,7 +22,8 @@ pub struct RequestBody(Streamed);
 /// such as its `502 Bad Gateway`.
 ///
 /// A request layer that answers on its own builds one with
-/// [`ResponseBody::full`] or [`ResponseBody::empty`].
+/// [`ResponseBody::full`] or [`ResponseBody::empty`], or the whole response
+/// with [`local_response`].
 #[derive(Debug)]
 pub struct ResponseBody(Kind);
 
@@ -74,6 +75,41 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         self.0.size_hint()
     }
+}
+
+/// A response made by the proxy itself, for a request layer that answers
+/// without forwarding: `status`, `headers` (a `Content-Length` is added
+/// from `body`) and `body`, sent whole.
+///
+/// ```
+/// use http::{HeaderValue, StatusCode, header};
+///
+/// let resp = l7inspect_core::local_response(
+///     StatusCode::FORBIDDEN,
+///     [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
+///     "forbidden\n",
+/// );
+/// assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+/// assert_eq!(resp.headers()[header::CONTENT_LENGTH], "10");
+/// ```
+pub fn local_response(
+    status: http::StatusCode,
+    headers: impl IntoIterator<Item = (http::HeaderName, http::HeaderValue)>,
+    body: impl Into<Bytes>,
+) -> http::Response<ResponseBody> {
+    let body = body.into();
+    let mut resp = http::Response::new(ResponseBody::empty());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    for (name, value) in headers {
+        h.append(name, value);
+    }
+    h.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(body.len()),
+    );
+    *resp.body_mut() = ResponseBody::full(body);
+    resp
 }
 
 // === impl ResponseBody ===

@@ -489,7 +489,7 @@ impl Future for UpstreamClosed {
 }
 
 /// Whether a request is a gRPC call (`content-type: application/grpc...`).
-fn is_grpc<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| l7inspect_detect::is_grpc_content_type(v.as_bytes()))
@@ -497,7 +497,7 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 
 /// The proxy's answer when the server could not: `502 Bad Gateway`, or a
 /// gRPC trailers-only response with status 14 (UNAVAILABLE).
-fn unavailable(grpc: bool, error: &BoxError) -> Response<ResponseBody> {
+pub(crate) fn unavailable(grpc: bool, error: &BoxError) -> Response<ResponseBody> {
     let builder = Response::builder();
     let resp = if grpc {
         builder

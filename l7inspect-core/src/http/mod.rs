@@ -53,6 +53,7 @@
 //!   connections close after their in-flight request and HTTP/2 connections
 //!   send GOAWAY.
 
+mod answer;
 mod body;
 mod forward;
 mod headers;
@@ -60,11 +61,12 @@ mod http1;
 mod http2;
 mod wake;
 
-pub use body::{RequestBody, ResponseBody};
+pub use body::{RequestBody, ResponseBody, local_response};
 pub use forward::{Forward, ResponseFuture as ForwardFuture, UpstreamClosed};
 pub use headers::remove_hop_by_hop;
 
 use crate::{connect::Connecting, meta::ConnMeta};
+use answer::AnswerErrors;
 use bytes::Bytes;
 use forward::Version;
 use http::{Request, Response};
@@ -73,7 +75,6 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use l7inspect_detect::{Detected, Outcome, Protocol};
 use pin_project::pin_project;
-use std::convert::Infallible;
 use std::{
     future::Future,
     pin::Pin,
@@ -86,14 +87,39 @@ use wake::WakeFlag;
 
 /// Builds the per-request service of each HTTP connection around its
 /// [`Forward`]: the hook where request-level layers (spans and request
-/// metrics: `l7inspect_trace::Observe`) go, with the
-/// connection's metadata at hand, so nothing is looked up per request.
+/// metrics: `l7inspect_trace::Observe`, and layers of your own) go, with
+/// the connection's metadata at hand, so nothing is looked up per request.
+///
+/// A closure `Fn(&ConnMeta, Forward) -> S` is one, so a stack needs no type
+/// of its own, nor its type named:
+///
+/// ```
+/// # use l7inspect_core::{ConnMeta, Forward, HttpLayer};
+/// # use tokio_util::sync::CancellationToken;
+/// use std::time::Duration;
+/// use tower::ServiceBuilder;
+///
+/// let layer = HttpLayer::new(CancellationToken::new()).with_requests(
+///     |_meta: &ConnMeta, forward: Forward| {
+///         ServiceBuilder::new()
+///             .timeout(Duration::from_secs(30))
+///             .service(forward)
+///     },
+/// );
+/// ```
+///
+/// The service may fail (`Error: Into<BoxError>`, as tower's `Timeout`,
+/// `LoadShed` and `Filter` do): the client then gets what it gets when the
+/// server cannot be reached, `502 Bad Gateway`, or for gRPC a trailers-only
+/// response with status 14 (UNAVAILABLE), and the error is logged at
+/// debug. A layer outside the failing one sees the error, not the 502:
+/// `l7inspect_trace::Observe` records it as that 502.
 pub trait NewRequestService: Clone + Send + Sync + 'static {
     /// The per-request service.
     type Service: Service<
             Request<RequestBody>,
             Response = Response<Self::Body>,
-            Error = Infallible,
+            Error: Into<BoxError>,
             Future: Send + 'static,
         > + Clone
         + Send
@@ -103,6 +129,24 @@ pub trait NewRequestService: Clone + Send + Sync + 'static {
 
     /// The service for the requests of the connection described by `meta`.
     fn new_service(&self, meta: &ConnMeta, forward: Forward) -> Self::Service;
+}
+
+impl<F, S, B> NewRequestService for F
+where
+    F: Fn(&ConnMeta, Forward) -> S + Clone + Send + Sync + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>, Error: Into<BoxError>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    type Service = S;
+    type Body = B;
+
+    fn new_service(&self, meta: &ConnMeta, forward: Forward) -> S {
+        self(meta, forward)
+    }
 }
 
 /// Settings of the HTTP proxying, the same for every connection.
@@ -248,7 +292,10 @@ where
         let conn_meta = meta.meta;
         let forward = Forward::new(meta, version, self.config);
         let upstream_closed = forward.upstream_closed();
-        let svc = self.requests.new_service(&conn_meta, forward);
+        let svc = AnswerErrors::new(
+            self.requests.new_service(&conn_meta, forward),
+            version == Version::Http2,
+        );
         let drain = self.drain.clone().cancelled_owned();
         match version {
             Version::Http1 => {

@@ -6,6 +6,9 @@ use http::{HeaderMap, Method, Request, Version};
 /// gRPC status CANCELLED: what a call whose response was dropped before
 /// its status arrived is recorded as.
 pub const GRPC_CANCELLED: i64 = 1;
+/// gRPC status 14, UNAVAILABLE: what the proxy answers for a server it
+/// could not reach (or a request layer that failed).
+pub const GRPC_UNAVAILABLE: i64 = 14;
 
 /// What a request is, from its head.
 ///

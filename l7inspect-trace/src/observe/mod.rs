@@ -17,9 +17,11 @@
 //!   extensions (the proxy's sign that the exchange became a tunnel: a
 //!   WebSocket `101`, a `CONNECT`), when the token is cancelled. The span
 //!   and the histogram end at that same instant, so a span's duration is its
-//!   histogram observation. An error from the inner service (no response at
-//!   all) ends the span with `error.type` `_OTHER` and records no histogram
-//!   entry (it has no status code).
+//!   histogram observation. An error from the inner service (a failing tower
+//!   layer inside: a timeout, load shedding) ends the observation at once
+//!   and is recorded as the answer l7inspect-core's HTTP layer gives the
+//!   client for it, as for a server it could not reach: status `502` (gRPC:
+//!   status 14, UNAVAILABLE), in the span and in the histogram.
 //! - **Context**: the caller's context is extracted with the configured
 //!   [`Propagators`] and becomes the parent; the new span's context is
 //!   injected into the forwarded request in the formats the request arrived
@@ -81,7 +83,9 @@ mod service;
 mod tests;
 
 pub use body::ObservedBody;
-pub use classify::{GRPC_CANCELLED, GrpcCall, RequestClass, grpc_status, is_grpc, method_name};
+pub use classify::{
+    GRPC_CANCELLED, GRPC_UNAVAILABLE, GrpcCall, RequestClass, grpc_status, is_grpc, method_name,
+};
 pub use metrics::{DURATION_BUCKETS, HttpLabels, MAX_RPC_LABELS, RequestMetrics, RpcLabels};
 pub use service::{Observe, ResponseFuture};
 

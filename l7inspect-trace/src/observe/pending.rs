@@ -6,7 +6,7 @@ use std::{borrow::Cow, sync::Arc, time::Instant};
 use http::HeaderMap;
 
 use super::{
-    Conn, GRPC_CANCELLED, Shared,
+    Conn, GRPC_CANCELLED, GRPC_UNAVAILABLE, Shared,
     classify::grpc_status,
     metrics::{HttpLabels, RpcLabels},
 };
@@ -49,8 +49,6 @@ pub(super) enum End {
     Dropped,
     /// The response body failed.
     BodyError,
-    /// The inner service failed: there is no response.
-    NoResponse,
 }
 
 // === impl Pending ===
@@ -88,6 +86,19 @@ impl Pending {
             && let Some(code) = grpc_status(headers)
         {
             self.on_grpc_status(code);
+        }
+    }
+
+    /// The inner service failed: recorded as the answer l7inspect-core's
+    /// HTTP layer gives the client for it, `502` (gRPC: a trailers-only
+    /// `200` with status 14, UNAVAILABLE), as when the server cannot be
+    /// reached.
+    pub(super) fn on_service_error(&mut self) {
+        if self.grpc {
+            self.on_response(200, &HeaderMap::new());
+            self.on_grpc_status(GRPC_UNAVAILABLE);
+        } else {
+            self.on_response(502, &HeaderMap::new());
         }
     }
 
@@ -132,7 +143,7 @@ impl Pending {
     pub(super) fn finish(mut self, end: End) {
         let elapsed = self.start.elapsed();
         // A call that ended without a status: CANCELLED, in both.
-        if self.grpc && self.grpc_status.is_none() && end != End::NoResponse {
+        if self.grpc && self.grpc_status.is_none() {
             self.on_grpc_status(GRPC_CANCELLED);
         }
         let bytes = self.response_bytes;
@@ -144,14 +155,11 @@ impl Pending {
                         http.response_body_size = Some(bytes);
                     }
                 }
-                End::BodyError | End::NoResponse => span.set_error(Cow::Borrowed("_OTHER")),
+                End::BodyError => span.set_error(Cow::Borrowed("_OTHER")),
             }
         }
         if let Some(span) = self.span.take() {
             self.shared.sink.record_shared(span);
-        }
-        if end == End::NoResponse {
-            return;
         }
         let (Some(metrics), Some(labels)) = (&self.shared.metrics, self.labels.take()) else {
             return;

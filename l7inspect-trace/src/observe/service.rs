@@ -279,7 +279,8 @@ where
                 Ok(resp.map(|inner| ObservedBody::new(inner, pending)))
             }
             Err(e) => {
-                pending.finish(End::NoResponse);
+                pending.on_service_error();
+                pending.finish(End::Complete);
                 Err(e)
             }
         })

@@ -230,6 +230,57 @@ async fn error_status_depends_on_kind() {
     }
 }
 
+/// A failing inner service (a tower layer inside: a timeout, say) is
+/// recorded as the 502 the HTTP layer answers it with (gRPC: status 14),
+/// in the span and in the histogram alike.
+#[tokio::test]
+async fn an_inner_error_is_recorded_as_the_proxys_answer() {
+    for (content_type, status, grpc_status) in
+        [(None, 502, None), (Some("application/grpc"), 200, Some(14))]
+    {
+        let h = harness(SpanKind::Server);
+        let failing = service_fn(|_req: Request<Full<Bytes>>| async {
+            Err::<Response<Full<Bytes>>, _>(tower::BoxError::from("request timed out"))
+        });
+        let mut req = Request::post("/shop.Cart/Add");
+        if let Some(ct) = content_type {
+            req = req
+                .header("content-type", ct)
+                .version(http::Version::HTTP_2);
+        }
+        let svc = h.observer.layer(peer()).layer(failing);
+        let Err(err) = svc.oneshot(req.body(Full::default()).unwrap()).await else {
+            panic!("the error went missing");
+        };
+        assert_eq!(err.to_string(), "request timed out");
+        let spans = h.spans();
+        assert_eq!(spans.len(), 1, "{content_type:?}");
+        let span = &spans[0];
+        assert!(
+            matches!(span.status, Status::Error { .. }),
+            "{content_type:?}"
+        );
+        assert_eq!(
+            attr(span, semconv::HTTP_RESPONSE_STATUS_CODE),
+            Some(Value::I64(status))
+        );
+        assert_eq!(
+            span.rpc.as_ref().and_then(|rpc| rpc.grpc_status_code),
+            grpc_status
+        );
+        let text = h.metrics_text();
+        let counted = match grpc_status {
+            None => format!("http_response_status_code=\"{status}\""),
+            Some(code) => format!("rpc_grpc_status_code=\"{code}\""),
+        };
+        assert!(
+            text.lines()
+                .any(|l| l.contains("_seconds_count") && l.contains(&counted) && l.ends_with(" 1")),
+            "{counted}: {text}"
+        );
+    }
+}
+
 /// `b3: 0` without ids: the caller's deny wins over an always-on
 /// sampler; `b3: 1` wins over a ratio of 0. Either way the forwarded
 /// request says so, under the new root's ids.
