@@ -50,6 +50,10 @@ async fn main() -> Result<(), BoxError> {
     let request_metrics = RequestMetrics::default();
     let config = ObserveConfig {
         sampler: otel.sampler,
+        // The request's span in each request's extensions, and current
+        // while our middleware runs: with tracing-opentelemetry in the
+        // subscriber, its `tracing` spans join the request's trace.
+        inner_context: true,
         ..ObserveConfig::new(SpanKind::Server)
     };
     let observer = Observer::new(config, export.sink(), Some(request_metrics.clone()));

@@ -341,6 +341,9 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
             sampler: t.sampler,
             propagators: t.propagators,
             record_query: t.record_query,
+            // Nothing inside (the request goes straight to `Forward`)
+            // would read it.
+            inner_context: false,
         };
         Requests::new(Observer::new(
             config,

@@ -28,7 +28,10 @@
 //!   with (the first configured format if none), so the next hop, or the
 //!   application behind an inbound sidecar, continues the trace. This
 //!   happens for unsampled requests too. Malformed headers are ignored,
-//!   counted ([`PropagationStats`]) and logged at debug.
+//!   counted ([`PropagationStats`]) and logged at debug. With
+//!   [`ObserveConfig::inner_context`], the services inside see the new span
+//!   too: in the request's extensions, and as the current OpenTelemetry
+//!   context while they run (so `tracing` spans there become its children).
 //! - **Sampling**: the [`Sampler`] decides per request; only a sampled
 //!   request builds a [`SpanRecord`] (one allocation). An unsampled request
 //!   allocates nothing for its observation.
@@ -122,6 +125,17 @@ pub struct ObserveConfig {
     pub propagators: Propagators,
     /// Record `url.query` (off by default: queries carry secrets).
     pub record_query: bool,
+    /// Make the request's span visible to the services inside (off by
+    /// default): its context goes into the request's extensions as an
+    /// [`opentelemetry::Context`], and is the current OpenTelemetry context
+    /// while the inner service is called and its future polled. So with
+    /// `tracing-opentelemetry` in the application's subscriber, a
+    /// `tracing` span made in a middleware inside (with no `tracing` span
+    /// around it) is a child of the request's span, in its trace, with a
+    /// local parent; and an unsampled request's inner spans are unsampled
+    /// too. It costs a few allocations per request, sampled or not, which
+    /// is why the sidecar, with nothing inside, leaves it off.
+    pub inner_context: bool,
 }
 
 /// The two ends of the connection a request arrived on.
@@ -207,6 +221,7 @@ impl ObserveConfig {
             sampler: SamplerConfig::default(),
             propagators: Propagators::default(),
             record_query: false,
+            inner_context: false,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use http::{Request, Response};
-use opentelemetry::trace::{SpanContext, TraceFlags, TraceState};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
 use pin_project::pin_project;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
@@ -45,6 +45,8 @@ pub struct ResponseFuture<F> {
     #[pin]
     inner: F,
     pending: Option<Pending>,
+    /// Current while `inner` is polled ([`ObserveConfig::inner_context`]).
+    context: Option<opentelemetry::Context>,
 }
 
 // === impl Observe ===
@@ -187,8 +189,22 @@ where
         config
             .propagators
             .inject(req.headers_mut(), &cx, extracted.carried);
+        // (`with_remote_span_context` only stores the span context; it is
+        // local, `is_remote` false, as built above.)
+        let context = config
+            .inner_context
+            .then(|| opentelemetry::Context::new().with_remote_span_context(cx));
+        let inner = match &context {
+            Some(context) => {
+                req.extensions_mut().insert(context.clone());
+                let _current = context.clone().attach();
+                self.inner.call(req)
+            }
+            None => self.inner.call(req),
+        };
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner,
+            context,
             pending: Some(Pending {
                 shared: shared.clone(),
                 conn: self.conn.clone(),
@@ -259,6 +275,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _current = this.context.as_ref().map(|c| c.clone().attach());
         let result = ready!(this.inner.poll(cx));
         let mut pending = this.pending.take().expect("polled after completion");
         Poll::Ready(match result {
