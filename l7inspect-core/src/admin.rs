@@ -1,13 +1,4 @@
 //! The admin HTTP server: `/live`, `/ready` and `/metrics`.
-//!
-//! | path | answer |
-//! |------|--------|
-//! | `GET /live` | `200 live` while the process runs |
-//! | `GET /ready` | `200 ready` once every listener is bound; `503 not ready` before that and during shutdown |
-//! | `GET /metrics` | the Prometheus registry in OpenMetrics text |
-//!
-//! Other paths get 404, other methods 405 (with `Allow: GET, HEAD`). HTTP/1.1
-//! only; a scrape is small and rare, so this server favours simplicity.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -31,6 +22,15 @@ use tokio_util::task::TaskTracker;
 pub struct Readiness(Arc<AtomicBool>);
 
 /// What the admin server serves.
+///
+/// | path | answer |
+/// |------|--------|
+/// | `GET /live` | `200 live` while the process runs |
+/// | `GET /ready` | `200 ready` once every listener is bound; `503 not ready` before that and during shutdown |
+/// | `GET /metrics` | the Prometheus registry in OpenMetrics text |
+///
+/// Other paths get 404, other methods 405 (with `Allow: GET, HEAD`). HTTP/1.1
+/// only; a scrape is small and rare, so this server favours simplicity.
 #[derive(Clone, Debug)]
 pub struct Admin {
     registry: Arc<Registry>,

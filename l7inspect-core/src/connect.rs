@@ -1,14 +1,4 @@
 //! [`ConnectLayer`]: dials each connection's target as soon as it is accepted.
-//!
-//! Every downstream connection gets its own upstream connection, 1:1, as the
-//! application itself opened it: no pooling, no balancing. The dial starts
-//! before protocol detection and runs beside it, so that a server that speaks
-//! first (SSH, SMTP, MySQL) is heard at once, and a client that speaks first
-//! waits for no more than the slower of its own first segment and the connect.
-//!
-//! A failed connect is counted in `l7inspect_upstream_connect_errors_total`
-//! and logged (rate-limited) with the target and the OS error; whoever takes
-//! the [`Upstream`] then gets the [`ConnectError`].
 
 use crate::{
     loop_guard::{LoopGuard, Registration},
@@ -41,6 +31,16 @@ pub struct ConnectConfig {
 }
 
 /// A [`Layer`] that wraps a service in [`Connect`].
+///
+/// Every downstream connection gets its own upstream connection, 1:1, as the
+/// application itself opened it: no pooling, no balancing. The dial starts
+/// before protocol detection and runs beside it, so that a server that speaks
+/// first (SSH, SMTP, MySQL) is heard at once, and a client that speaks first
+/// waits for no more than the slower of its own first segment and the connect.
+///
+/// A failed connect is counted in `l7inspect_upstream_connect_errors_total`
+/// and logged (rate-limited) with the target and the OS error; whoever takes
+/// the [`Upstream`] then gets the [`ConnectError`].
 #[derive(Clone, Debug)]
 pub struct ConnectLayer {
     connector: Connector,

@@ -9,7 +9,7 @@
 //!   -> ConnectLayer                     dial the target now, 1:1, beside detection
 //!   -> l7inspect_detect::DetectLayer    what it speaks (server-first aware)
 //!   -> TrackLayer                       connection and byte metrics
-//!   -> HttpLayer                        HTTP/1: hyper both ways; HTTP/2: h2 both ways; 1:1 upstream
+//!   -> HttpLayer                        HTTP/1 (hyper's server, our client) and HTTP/2 (h2), 1:1 upstream
 //!   -> Passthrough                      everything else: bytes both ways, half-close, idle timeout
 //! ```
 //!
@@ -45,7 +45,9 @@
 //! - `orig_dst`: [`OrigDstLayer`], [`FixedTargetLayer`], [`original_dst`].
 //! - `loop_guard`: [`LoopGuard`].
 //! - `connect`: [`ConnectLayer`], [`Connecting`], [`Upstream`], [`ConnectError`].
-//! - `http`: [`HttpLayer`]: HTTP/1 and HTTP/2 proxying, upgrades, 502s.
+//! - `http`: [`HttpLayer`]: HTTP/1 and HTTP/2 proxying, upgrades, 502s (its
+//!   behaviour on the wire), the per-request stack ([`NewRequestService`],
+//!   [`Forward`], [`local_response`]).
 //! - `track`: [`TrackLayer`], [`CountingIo`].
 //! - `passthrough`: [`Passthrough`], [`relay`].
 //! - `metrics`: [`Metrics`] (every metric), [`ProcessCollector`].

@@ -1,10 +1,4 @@
 //! The proxy's Prometheus metrics: [`Metrics`] and the process collector.
-//!
-//! Every metric of this crate is registered here, in one place, so that the
-//! README's table can be checked against it; the request-duration
-//! histograms are `l7inspect_trace::RequestMetrics`, made by the layer that
-//! makes the request's span. Names follow `l7inspect_<noun>_<unit>`;
-//! counters get their `_total` suffix from the OpenMetrics encoder.
 
 use crate::meta::Direction;
 use prometheus_client::{
@@ -51,6 +45,12 @@ pub struct RefusedLabels {
 
 /// Handles to every metric the proxy records. Cheap to clone (each family is
 /// an `Arc`).
+///
+/// Every metric of this crate is registered here, in one place, so that the
+/// README's table can be checked against it; the request-duration
+/// histograms are `l7inspect_trace::RequestMetrics`, made by the layer that
+/// makes the request's span. Names follow `l7inspect_<noun>_<unit>`;
+/// counters get their `_total` suffix from the OpenMetrics encoder.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     /// `l7inspect_tcp_open_connections`: connections open now, after detection.

@@ -1,17 +1,5 @@
 //! [`OrigDstLayer`] and [`FixedTargetLayer`]: decide where an accepted
 //! connection goes, turning an [`Accepted`] into a [`ConnMeta`].
-//!
-//! A transparent listener receives connections that iptables redirected to
-//! it; the kernel remembers where each was going (`SO_ORIGINAL_DST`, or
-//! `IP6T_SO_ORIGINAL_DST` for IPv6) and [`OrigDst`] asks it. An explicit
-//! listener forwards everything to one configured address ([`FixedTarget`]).
-//!
-//! A connection that cannot be forwarded is closed with a TCP reset (as a
-//! refused connect would look to the client), counted in
-//! `l7inspect_connections_refused_total` and logged (rate-limited):
-//! - `no_original_dst`: the kernel has no original destination for it
-//!   (it reached the listener without a NAT rule, and conntrack is off);
-//! - `loop`: forwarding it would reach the proxy itself (see [`LoopGuard`]).
 
 use crate::{
     loop_guard::{Loop, LoopGuard},
@@ -35,6 +23,18 @@ use tokio::net::TcpStream;
 use tower::{Layer, Service};
 
 /// A [`Layer`] that wraps a service in [`OrigDst`].
+///
+/// A transparent listener receives connections that iptables redirected to
+/// it; the kernel remembers where each was going (`SO_ORIGINAL_DST`, or
+/// `IP6T_SO_ORIGINAL_DST` for IPv6) and [`OrigDst`] asks it. An explicit
+/// listener forwards everything to one configured address ([`FixedTarget`]).
+///
+/// A connection that cannot be forwarded is closed with a TCP reset (as a
+/// refused connect would look to the client), counted in
+/// `l7inspect_connections_refused_total` and logged (rate-limited):
+/// - `no_original_dst`: the kernel has no original destination for it
+///   (it reached the listener without a NAT rule, and conntrack is off);
+/// - `loop`: forwarding it would reach the proxy itself (see [`LoopGuard`]).
 #[derive(Clone, Debug)]
 pub struct OrigDstLayer {
     shared: Arc<OrigDstShared>,

@@ -1,20 +1,4 @@
 //! [`Passthrough`]: forwards a connection's bytes to its upstream, untouched.
-//!
-//! # Behaviour on the wire
-//!
-//! - The bytes read for detection are sent first (the client stream is a
-//!   [`PrefixedIo`](l7inspect_detect::PrefixedIo)), then everything else, in
-//!   order, both ways.
-//! - **Half-close**: when one side finishes sending (FIN), the proxy shuts
-//!   down its write half towards the other side and keeps the opposite
-//!   direction flowing until that side finishes too.
-//! - **Errors**: when either side resets, or a read or write fails, both
-//!   connections are closed with a reset, so that neither peer mistakes a
-//!   broken stream for a complete one.
-//! - **Connect failure**: the client is reset, as a refused connect would.
-//! - **Idle timeout** (optional): when no bytes have moved either way for
-//!   the timeout, both connections are closed (FIN) and
-//!   `l7inspect_tcp_idle_timeouts_total` counts it.
 
 use crate::{
     connect::Connecting,
@@ -45,6 +29,22 @@ pub struct PassthroughConfig {
 }
 
 /// Copies bytes both ways between a client and its upstream connection.
+///
+/// # Behaviour on the wire
+///
+/// - The bytes read for detection are sent first (the client stream is a
+///   [`PrefixedIo`](l7inspect_detect::PrefixedIo)), then everything else, in
+///   order, both ways.
+/// - **Half-close**: when one side finishes sending (FIN), the proxy shuts
+///   down its write half towards the other side and keeps the opposite
+///   direction flowing until that side finishes too.
+/// - **Errors**: when either side resets, or a read or write fails, both
+///   connections are closed with a reset, so that neither peer mistakes a
+///   broken stream for a complete one.
+/// - **Connect failure**: the client is reset, as a refused connect would.
+/// - **Idle timeout** (optional): when no bytes have moved either way for
+///   the timeout, both connections are closed (FIN) and
+///   `l7inspect_tcp_idle_timeouts_total` counts it.
 #[derive(Clone, Debug)]
 pub struct Passthrough {
     config: PassthroughConfig,

@@ -1,8 +1,4 @@
 //! [`serve`]: the accept loop.
-//!
-//! A plain function, not a service: it accepts connections until `shutdown`
-//! completes and hands each one, as a [`Conn`] of [`Accepted`] metadata and
-//! its TCP stream, to a fresh clone of a connection service on its own task.
 
 use crate::{meta::Accepted, meta::Direction, ratelimit::RateLimited};
 use l7inspect_detect::Conn;
@@ -52,6 +48,10 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Accepted sockets get `TCP_NODELAY`. A failed accept is retried: at once
 /// for errors of one connection (aborted), after 50 ms for exhausted
 /// resources (too many open files), with a rate-limited warning.
+///
+/// A plain function, not a service: it accepts connections until `shutdown`
+/// completes and hands each one, as a [`Conn`] of [`Accepted`] metadata and
+/// its TCP stream, to a fresh clone of a connection service on its own task.
 pub async fn serve<S>(
     listener: TcpListener,
     direction: Direction,

@@ -1,13 +1,5 @@
 //! [`TrackLayer`]: connection metrics, recorded once detection has named the
 //! protocol.
-//!
-//! For each connection it counts the detection outcome
-//! (`l7inspect_protocol_detections_total`) and the connection
-//! (`l7inspect_tcp_connections_total`), keeps `l7inspect_tcp_open_connections`
-//! up while the inner service runs, and wraps the client stream in a
-//! [`CountingIo`] for `l7inspect_tcp_read_bytes_total` and
-//! `l7inspect_tcp_write_bytes_total`. The bytes read during detection are
-//! counted here, since the counting stream only sees later reads.
 
 use crate::{
     connect::Connecting,
@@ -26,6 +18,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::{Layer, Service};
 
 /// A [`Layer`] that wraps a service in [`Track`].
+///
+/// For each connection it counts the detection outcome
+/// (`l7inspect_protocol_detections_total`) and the connection
+/// (`l7inspect_tcp_connections_total`), keeps `l7inspect_tcp_open_connections`
+/// up while the inner service runs, and wraps the client stream in a
+/// [`CountingIo`] for `l7inspect_tcp_read_bytes_total` and
+/// `l7inspect_tcp_write_bytes_total`. The bytes read during detection are
+/// counted here, since the counting stream only sees later reads.
 #[derive(Clone, Debug)]
 pub struct TrackLayer {
     metrics: Metrics,

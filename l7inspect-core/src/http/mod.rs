@@ -6,52 +6,6 @@
 //! every other connection goes to the inner service (passthrough). Request
 //! services take a [`RequestBody`] and answer with a body of their choice;
 //! [`Forward`]'s is a [`ResponseBody`].
-//!
-//! # Behaviour on the wire
-//!
-//! - **Versions**: a request is forwarded in the HTTP version the client
-//!   chose (HTTP/1.x stays HTTP/1.x, prior-knowledge HTTP/2 stays HTTP/2),
-//!   over the upstream connection dialled when the client connected (1:1).
-//! - **Bodies and trailers** stream both ways, frame by frame; nothing is
-//!   buffered whole.
-//! - **Headers**: `Host` and `:authority` stay as the client sent them.
-//!   HTTP/1 header names are written lowercase (as HTTP/2 requires, and as
-//!   Envoy, haproxy and linkerd2-proxy do by default), unless
-//!   [`HttpConfig::preserve_header_case`] keeps the case each side sent.
-//!   Hop-by-hop headers (`Connection` and the
-//!   headers it lists, `Keep-Alive`, `Proxy-Connection`, `TE` except
-//!   `trailers`, `Transfer-Encoding`, `Upgrade`) are handled per RFC 9110
-//!   7.6.1: each hop frames its own message; an `Upgrade` is passed on.
-//! - **Upgrades**: an HTTP/1 `Upgrade` (WebSocket) answered with `101`, and a
-//!   `CONNECT` answered with `2xx`, become a byte tunnel between client and
-//!   server for the rest of the connection. The response then carries a
-//!   [`CancellationToken`] in its extensions, cancelled when the tunnel
-//!   closes: request layers use it to make the exchange's span and timing
-//!   last as long as the tunnel.
-//! - **Keep-alive**: HTTP/1 requests keep their order (hyper answers them in
-//!   sequence, pipelined or not). When the server closes its connection, the
-//!   proxy closes the client's gracefully (HTTP/1: after the response in
-//!   flight; HTTP/2: GOAWAY), so the client sees what it would have seen on
-//!   a direct connection. A request that arrives in between, and that the
-//!   closed connection never took, goes over a new connection to the same
-//!   target instead of failing.
-//! - **HTTP/1 responses** are framed per RFC 9112 6.3 (none for `HEAD`,
-//!   `204` and `304`; chunked, `Content-Length`, or until the server
-//!   closes); interim `1xx` responses other than `101` are not passed on (as
-//!   with hyper's client); a reason phrase other than the standard one is.
-//!   An invalid head, conflicting `Content-Length` values or a head over
-//!   408 KiB get `502`. A server that answers before it has read the whole
-//!   request body gets the rest of it while its answer streams back; if the
-//!   answer ends first, that upstream connection is closed rather than
-//!   reused, and the client's after the answer.
-//! - **Failures**: when the server cannot be reached or fails before it
-//!   answers, the client gets `502 Bad Gateway`, or for gRPC a trailers-only
-//!   response with `grpc-status: 14` (UNAVAILABLE). A failure after the
-//!   response started resets the stream (HTTP/2) or closes the connection
-//!   (HTTP/1), as the server's own failure would.
-//! - **Drain**: when the drain token is cancelled (shutdown), HTTP/1
-//!   connections close after their in-flight request and HTTP/2 connections
-//!   send GOAWAY.
 
 mod answer;
 mod body;
@@ -164,6 +118,53 @@ pub struct HttpConfig {
 pub struct PlainForward;
 
 /// A [`Layer`] that wraps a connection service in [`Http`].
+///
+/// # Behaviour on the wire
+///
+/// - **Versions**: a request is forwarded in the HTTP version the client
+///   chose (HTTP/1.x stays HTTP/1.x, prior-knowledge HTTP/2 stays HTTP/2),
+///   over the upstream connection dialled when the client connected (1:1).
+/// - **Bodies and trailers** stream both ways, frame by frame; nothing is
+///   buffered whole.
+/// - **Headers**: `Host` and `:authority` stay as the client sent them.
+///   HTTP/1 header names are written lowercase (as HTTP/2 requires, and as
+///   Envoy, haproxy and linkerd2-proxy do by default), unless
+///   [`HttpConfig::preserve_header_case`] keeps the case each side sent.
+///   Hop-by-hop headers (`Connection` and the
+///   headers it lists, `Keep-Alive`, `Proxy-Connection`, `TE` except
+///   `trailers`, `Transfer-Encoding`, `Upgrade`) are handled per RFC 9110
+///   7.6.1: each hop frames its own message; an `Upgrade` is passed on.
+/// - **Upgrades**: an HTTP/1 `Upgrade` (WebSocket) answered with `101`, and a
+///   `CONNECT` answered with `2xx`, become a byte tunnel between client and
+///   server for the rest of the connection. The response then carries a
+///   [`CancellationToken`] in its extensions, cancelled when the tunnel
+///   closes: request layers use it to make the exchange's span and timing
+///   last as long as the tunnel.
+/// - **Keep-alive**: HTTP/1 requests keep their order (hyper answers them in
+///   sequence, pipelined or not). When the server closes its connection, the
+///   proxy closes the client's gracefully (HTTP/1: after the response in
+///   flight; HTTP/2: GOAWAY), so the client sees what it would have seen on
+///   a direct connection. A request that arrives in between, and that the
+///   closed connection never took, goes over a new connection to the same
+///   target instead of failing.
+/// - **HTTP/1 responses** are framed per RFC 9112 6.3 (none for `HEAD`,
+///   `204` and `304`; chunked, `Content-Length`, or until the server
+///   closes); interim `1xx` responses other than `101` are not passed on (as
+///   with hyper's client); a reason phrase other than the standard one is.
+///   An invalid head, conflicting `Content-Length` values or a head over
+///   408 KiB get `502`. A server that answers before it has read the whole
+///   request body gets the rest of it while its answer streams back; if the
+///   answer ends first, that upstream connection is closed rather than
+///   reused, and the client's after the answer.
+/// - **Failures**: when the server cannot be reached or fails before it
+///   answers, the client gets `502 Bad Gateway`, or for gRPC a trailers-only
+///   response with `grpc-status: 14` (UNAVAILABLE). A failure after the
+///   response started resets the stream (HTTP/2) or closes the connection
+///   (HTTP/1), as the server's own failure would. A request layer's error
+///   (see [`NewRequestService`]) is answered the same way.
+/// - **Drain**: when the drain token is cancelled (shutdown), HTTP/1
+///   connections close after their in-flight request and HTTP/2 connections
+///   send GOAWAY.
 #[derive(Clone, Debug)]
 pub struct HttpLayer<N = PlainForward> {
     drain: CancellationToken,
