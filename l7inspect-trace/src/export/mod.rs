@@ -74,3 +74,39 @@ pub use otlp::OtlpEncoder;
 pub use pipeline::{ExportBuildError, ExportPipeline, FlushOutcome, SpanSink};
 pub use recent::RecentSpans;
 pub use stats::{DropReason, ExportStats, ExporterKind};
+
+/// An error with its sources, `outer: inner: ...` (a client's "client error
+/// (Connect)" says little; the OS error at the end of its chain says why),
+/// each source skipped when the text before already carries it.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        let text = source.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = source.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    #[test]
+    fn sources_are_joined_once() {
+        let os = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let wrapped = std::io::Error::other(os);
+        // io::Error::other displays its source: not repeated.
+        let text = super::error_chain(&wrapped);
+        assert_eq!(text, "connection refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Client(#[source] std::io::Error);
+        let text = super::error_chain(&Client(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert_eq!(text, "client error (Connect): connection refused");
+    }
+}

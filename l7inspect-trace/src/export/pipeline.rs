@@ -119,6 +119,8 @@ struct Worker {
     max_batch: usize,
     batch_delay: Duration,
     warn: Warnings,
+    /// The endpoints, as configured, for log lines: OTLP's, Zipkin's.
+    endpoints: [Option<String>; 2],
 }
 
 /// What became of one batch at one exporter.
@@ -207,6 +209,10 @@ impl ExportPipeline {
             max_batch: config.max_batch,
             batch_delay: config.batch_delay,
             warn: Warnings::default(),
+            endpoints: [
+                config.otlp.as_ref().map(|c| c.endpoint.clone()),
+                config.zipkin.as_ref().map(|c| c.endpoint.clone()),
+            ],
         };
         runtime.spawn(worker.run());
         let inner = Inner {
@@ -375,6 +381,14 @@ impl Worker {
     /// what is left until `deadline`, and shuts the exporters down.
     async fn finish(&mut self, mut batch: Vec<Arc<SpanRecord>>, deadline: Instant) -> FlushOutcome {
         self.queue.close();
+        let left = batch.len() + self.queue.len();
+        if left > 0 && (self.otlp.is_some() || self.zipkin.is_some()) {
+            tracing::info!(
+                spans = left,
+                within = ?deadline.saturating_duration_since(Instant::now()),
+                "exporting the last spans before stopping"
+            );
+        }
         let outcome = self.drain(&mut batch, usize::MAX, Some(deadline)).await;
         tracing::debug!(?outcome, "span export stopped");
         outcome
@@ -472,15 +486,21 @@ impl Worker {
             Outcome::TimedOut => "timed out".to_owned(),
         };
         self.stats.add_dropped(DropReason::ExportFailed, n);
+        let endpoint = match kind {
+            ExporterKind::Otlp => &self.endpoints[0],
+            ExporterKind::Zipkin => &self.endpoints[1],
+        };
+        let endpoint = endpoint.as_deref().unwrap_or("?");
         if self.warn.due(kind.as_str()) {
             tracing::warn!(
                 exporter = kind.as_str(),
+                endpoint,
                 spans = n,
                 error = %why,
                 "span export failed; batch dropped"
             );
         } else {
-            tracing::debug!(exporter = kind.as_str(), spans = n, error = %why, "span export failed; batch dropped");
+            tracing::debug!(exporter = kind.as_str(), endpoint, spans = n, error = %why, "span export failed; batch dropped");
         }
     }
 

@@ -65,7 +65,7 @@ impl ZipkinExporter {
             .client
             .send_bytes(req)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::export::error_chain(e.as_ref()))?;
         if res.status().is_success() {
             Ok(())
         } else {

@@ -165,7 +165,10 @@ impl OtlpExporter {
                     .body(body)
                     .map_err(|e| e.to_string())?;
                 *req.headers_mut() = headers.clone();
-                let res = client.send_bytes(req).await.map_err(|e| e.to_string())?;
+                let res = client
+                    .send_bytes(req)
+                    .await
+                    .map_err(|e| crate::export::error_chain(e.as_ref()))?;
                 if res.status().is_success() {
                     Ok(())
                 } else {
@@ -287,13 +290,11 @@ async fn grpc_call(
     client: &Client<HttpConnector, Full<Bytes>>,
     req: http::Request<Full<Bytes>>,
 ) -> Result<Result<(), String>, String> {
-    let res = client.request(req).await.map_err(|e| {
-        // The legacy client's Display is terse; its source says why.
-        match std::error::Error::source(&e) {
-            Some(source) => format!("{e}: {source}"),
-            None => e.to_string(),
-        }
-    })?;
+    // The legacy client's Display is terse; its sources say why.
+    let res = client
+        .request(req)
+        .await
+        .map_err(|e| crate::export::error_chain(&e))?;
     if res.status() != http::StatusCode::OK {
         return Ok(Err(format!("collector answered HTTP {}", res.status())));
     }
