@@ -149,10 +149,8 @@ fn run(test: &str, cmd: &str, args: &[&str]) -> Option<std::process::Output> {
     match Command::new(cmd).args(args).output() {
         Ok(out) => Some(out),
         Err(e) => {
-            if std::env::var_os("L7INSPECT_REQUIRE_TOOLS").is_some() {
-                panic!("{test}: {cmd} is required: {e}");
-            }
-            println!("SKIPPED {test}: {cmd} not available ({e})");
+            let reason = format!("{cmd} not available ({e})");
+            l7inspect_test_support::skip(test, l7inspect_test_support::Need::Tools, reason);
             None
         }
     }

@@ -138,16 +138,11 @@ enum Skip {
 }
 
 fn run(test: &'static str, backend: Backend) {
-    let required = |var: &str| std::env::var(var).as_deref() == Ok("1");
+    use l7inspect_test_support::{Need, skip};
     match two_pods(test, backend) {
         Ok(()) => {}
-        Err(Skip::Netns(reason)) if required("L7INSPECT_REQUIRE_NETNS") => {
-            panic!("{test} cannot run and L7INSPECT_REQUIRE_NETNS=1: {reason}")
-        }
-        Err(Skip::Tool(reason)) if required("L7INSPECT_REQUIRE_TOOLS") => {
-            panic!("{test} cannot run and L7INSPECT_REQUIRE_TOOLS=1: {reason}")
-        }
-        Err(Skip::Netns(reason) | Skip::Tool(reason)) => println!("SKIPPED {test}: {reason}"),
+        Err(Skip::Netns(reason)) => skip(test, Need::Netns, reason),
+        Err(Skip::Tool(reason)) => skip(test, Need::Tools, reason),
     }
 }
 

@@ -181,10 +181,7 @@ async fn read_line(io: &mut (impl AsyncRead + Unpin)) -> anyhow::Result<Vec<u8>>
 
 /// Prints the skip, or fails when the environment requires sshd.
 fn skip(reason: &str) {
-    if std::env::var_os("L7INSPECT_REQUIRE_SSHD").is_some_and(|v| v == "1") {
-        panic!("server_first: {reason} (L7INSPECT_REQUIRE_SSHD=1)");
-    }
-    println!("SKIPPED server_first: {reason}");
+    l7inspect_test_support::skip("server_first", l7inspect_test_support::Need::Sshd, reason);
 }
 
 /// An `sshd -D` child process and its temporary directory. Dropping it kills

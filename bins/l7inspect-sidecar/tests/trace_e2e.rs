@@ -725,10 +725,7 @@ fn have_tool(test: &str, tool: &str, part: &str) -> bool {
         .is_ok_and(|o| o.status.success());
     if !ok {
         let reason = format!("{tool} not found; skipping {part}");
-        if std::env::var("L7INSPECT_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("{test}: {reason} and L7INSPECT_REQUIRE_TOOLS=1");
-        }
-        println!("SKIPPED {test}: {reason}");
+        l7inspect_test_support::skip(test, l7inspect_test_support::Need::Tools, reason);
     }
     ok
 }

@@ -147,10 +147,7 @@ where
     match thread.join() {
         Ok(Ok(())) => {}
         Ok(Err(Skip(reason))) => {
-            if std::env::var("L7INSPECT_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!("{test} cannot run and L7INSPECT_REQUIRE_NETNS=1: {reason}");
-            }
-            println!("SKIPPED {test}: {reason}");
+            l7inspect_test_support::skip(test, l7inspect_test_support::Need::Netns, reason);
         }
         Err(panic) => std::panic::resume_unwind(panic),
     }
