@@ -35,7 +35,7 @@ use std::fmt;
 /// l7inspect-pod-patch.yaml`): the one source of truth, which
 /// `deploy/kubernetes/deployment.yaml` is checked against.
 pub const POD_PATCH: &str =
-    include_str!("../../../deploy/kubernetes/inject/l7inspect-pod-patch.yaml");
+    include_str!("../../../../deploy/kubernetes/inject/l7inspect-pod-patch.yaml");
 
 /// The annotation that opts a workload out: `l7inspect.io/inject: disabled`
 /// on the workload or its pod template.
@@ -689,12 +689,77 @@ fn insert_before(map: &mut Mapping, key: &str, value: Value, before: &[&str]) {
     }
 }
 
+// === the command ===
+
+use super::InjectArgs;
+use std::{
+    io::{Read, Write},
+    process::ExitCode,
+};
+
+/// Runs `inject`: reads the manifests, writes them injected to stdout and
+/// the summary to stderr; returns the exit code.
+pub(super) fn run(args: InjectArgs) -> ExitCode {
+    let (name, read) = match args.file.as_deref() {
+        None => ("<stdin>".to_owned(), read_stdin()),
+        Some(p) if p.as_os_str() == "-" => ("<stdin>".to_owned(), read_stdin()),
+        Some(p) => (p.display().to_string(), std::fs::read(p)),
+    };
+    let input = match read {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("error: {name}: cannot read: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let input = match String::from_utf8(input) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {name}: not UTF-8: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = InjectOptions {
+        init_image: args.init_image,
+        sidecar_image: args.sidecar_image,
+        otlp_endpoint: args.otlp_endpoint,
+        otlp_protocol: args.otlp_protocol,
+        skip_inbound_ports: args.skip_inbound_ports,
+        skip_outbound_ports: args.skip_outbound_ports,
+    };
+    let (output, reports) = match inject_documents(&input, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(output.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        eprintln!("error: cannot write to stdout: {e}");
+        return ExitCode::FAILURE;
+    }
+    for report in &reports {
+        eprintln!("{report}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn read_stdin() -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin().read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const DEPLOYMENT_YAML: &str = include_str!("../../../deploy/kubernetes/deployment.yaml");
-    const APP_YAML: &str = include_str!("../../../deploy/kubernetes/testdata/app.yaml");
+    const DEPLOYMENT_YAML: &str = include_str!("../../../../deploy/kubernetes/deployment.yaml");
+    const APP_YAML: &str = include_str!("../../../../deploy/kubernetes/testdata/app.yaml");
 
     /// The images deployment.yaml shows (`VERSION` placeholders).
     fn placeholder_opts() -> InjectOptions {

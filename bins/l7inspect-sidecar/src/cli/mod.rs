@@ -1,0 +1,497 @@
+//! The command line: the proxy's flags, each with its `L7INSPECT_*` or
+//! `OTEL_*` variable, read once into a [`SidecarConfig`] (the OpenTelemetry
+//! variables through the exporter configuration's own reader, with a flag
+//! given on the command line taking precedence), logging set up from them;
+//! and the `inject` subcommand. Only the binary has this module: embedders
+//! link the library without it.
+
+pub(crate) mod inject;
+
+use clap::{
+    ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind,
+    parser::ValueSource,
+};
+use l7inspect_core::{ConnectConfig, HttpConfig, PassthroughConfig};
+use l7inspect_detect::DetectConfig;
+use l7inspect_sidecar::{Forward, SidecarConfig, TracingConfig};
+use l7inspect_trace::{
+    Propagators,
+    export::{ResourceConfig, from_otel_env},
+};
+use std::{net::SocketAddr, net::ToSocketAddrs, path::PathBuf, process::ExitCode, time::Duration};
+
+/// What the command line asked for.
+pub(crate) enum Invocation {
+    /// Run the proxy with this configuration on this many threads (logging
+    /// is set up).
+    Run {
+        config: Box<SidecarConfig>,
+        threads: u16,
+    },
+    /// A subcommand ran (`inject`) and exited with this code.
+    Done(ExitCode),
+}
+
+/// Reads the flags and the environment. A bad flag or value exits here, 2,
+/// with one line naming it (clap's usage error).
+pub(crate) fn parse() -> Invocation {
+    let mut command = Args::command();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "inject") {
+        // The proxy's L7INSPECT_* and OTEL_* variables are not inject's.
+        command = command.mut_args(|a| a.env(None));
+    }
+    let matches = command.get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(Command::Inject(inject_args)) = args.command.take() {
+        return Invocation::Done(inject::run(inject_args));
+    }
+    let threads = args.threads;
+    if let Err(e) = init_logging(args.log_level.as_deref(), args.log_format) {
+        Args::command().error(ErrorKind::ValueValidation, e).exit();
+    }
+    let tracing = args
+        .tracing(&matches)
+        .unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit());
+    Invocation::Run {
+        config: Box::new(args.into_config(tracing)),
+        threads,
+    }
+}
+
+/// The OpenTelemetry variables read that no flag above names (each flag
+/// names its own variable): listed in `--help` so that it names every
+/// variable the proxy reads.
+const OTEL_VARS_HELP: &str = "\
+Also read, as the OpenTelemetry SDKs read them (a flag given on the command line wins):
+  OTEL_TRACES_EXPORTER (otlp, zipkin, none), OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG,
+  OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+  OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TRACES_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT,
+  OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_COMPRESSION,
+  OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, OTEL_EXPORTER_ZIPKIN_TIMEOUT,
+  OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE;
+  and RUST_LOG (see --log-level).";
+
+/// A layer-7 sidecar proxy: detects the protocol of every TCP connection
+/// crossing a workload and forwards its bytes untouched.
+#[derive(Debug, Parser)]
+#[command(
+    name = "l7inspect-sidecar",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    after_help = OTEL_VARS_HELP
+)]
+struct Args {
+    /// Without a subcommand: run the proxy with the options below.
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Transparent inbound listener (iptables PREROUTING redirects here):
+    /// addresses, comma-separated. An IPv6 one is left out on a host without
+    /// IPv6.
+    #[arg(
+        long,
+        env = "L7INSPECT_INBOUND_LISTEN",
+        default_value = "0.0.0.0:4143,[::]:4143",
+        value_delimiter = ',',
+        value_name = "ADDRS"
+    )]
+    inbound_listen: Vec<SocketAddr>,
+
+    /// Transparent outbound listener (iptables OUTPUT redirects here):
+    /// addresses, comma-separated.
+    #[arg(
+        long,
+        env = "L7INSPECT_OUTBOUND_LISTEN",
+        default_value = "127.0.0.1:4140,[::1]:4140",
+        value_delimiter = ',',
+        value_name = "ADDRS"
+    )]
+    outbound_listen: Vec<SocketAddr>,
+
+    /// Admin server (/live, /ready, /metrics): addresses, comma-separated.
+    #[arg(
+        long,
+        env = "L7INSPECT_ADMIN_LISTEN",
+        default_value = "0.0.0.0:4191,[::]:4191",
+        value_delimiter = ',',
+        value_name = "ADDRS"
+    )]
+    admin_listen: Vec<SocketAddr>,
+
+    /// Explicit inbound listener with a fixed target, LISTEN=TARGET (repeatable;
+    /// comma-separated in the environment variable).
+    #[arg(long, env = "L7INSPECT_INBOUND_FORWARD", value_name = "LISTEN=TARGET", value_delimiter = ',', value_parser = parse_forward)]
+    inbound_forward: Vec<Forward>,
+
+    /// Explicit outbound listener with a fixed target, LISTEN=TARGET (repeatable;
+    /// comma-separated in the environment variable).
+    #[arg(long, env = "L7INSPECT_OUTBOUND_FORWARD", value_name = "LISTEN=TARGET", value_delimiter = ',', value_parser = parse_forward)]
+    outbound_forward: Vec<Forward>,
+
+    /// Do not open the two transparent listeners (explicit forwards only).
+    #[arg(long, env = "L7INSPECT_NO_TRANSPARENT")]
+    no_transparent: bool,
+
+    /// Keep the case of HTTP/1 header names as each side sent it (default:
+    /// lowercase, as HTTP/2 and most proxies do; costs CPU per request).
+    #[arg(long, env = "L7INSPECT_HTTP1_PRESERVE_HEADER_CASE")]
+    http1_preserve_header_case: bool,
+
+    /// Destination ports whose connections skip protocol detection, e.g. 25,3306
+    /// (ranges like 5000-5010 work too).
+    #[arg(long, env = "L7INSPECT_OPAQUE_PORTS", value_name = "LIST", value_parser = parse_ports)]
+    opaque_ports: Option<PortList>,
+
+    /// Close passthrough connections on which no bytes moved for this long
+    /// (e.g. 1h, 30m). Default: never.
+    #[arg(long, env = "L7INSPECT_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+
+    /// How long open connections may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "L7INSPECT_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+
+    /// How long to wait for the rest of a protocol's first message once the
+    /// client started sending.
+    #[arg(long, env = "L7INSPECT_DETECT_TIMEOUT", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    detect_timeout: Duration,
+
+    /// How long an upstream connect may take.
+    #[arg(long, env = "L7INSPECT_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+
+    /// Worker threads. One suits a sidecar that shares its pod's CPU.
+    #[arg(long, env = "L7INSPECT_THREADS", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or a
+    /// tracing-subscriber directive list. Default: RUST_LOG, else info.
+    #[arg(long, env = "L7INSPECT_LOG_LEVEL", value_name = "LEVEL")]
+    log_level: Option<String>,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "L7INSPECT_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+
+    /// service.name of the spans. Default: the host name.
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        value_name = "NAME",
+        help_heading = "Tracing"
+    )]
+    service_name: Option<String>,
+
+    /// OTLP traces endpoint: the full URL (http://collector:4317 for grpc,
+    /// http://collector:4318/v1/traces for http/protobuf). OTEL_EXPORTER_OTLP_ENDPOINT
+    /// (a base URL) is read too.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        value_name = "URL",
+        help_heading = "Tracing"
+    )]
+    otlp_endpoint: Option<String>,
+
+    /// OTLP transport: grpc or http/protobuf (default grpc).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        value_name = "PROTOCOL",
+        help_heading = "Tracing"
+    )]
+    otlp_protocol: Option<String>,
+
+    /// Zipkin v2 endpoint, e.g. http://zipkin:9411/api/v2/spans.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+        value_name = "URL",
+        help_heading = "Tracing"
+    )]
+    zipkin_endpoint: Option<String>,
+
+    /// Sample this fraction of new traces (parentbased_traceidratio; an
+    /// incoming sampled flag is honoured). Default: OTEL_TRACES_SAMPLER with
+    /// OTEL_TRACES_SAMPLER_ARG, else 1.0.
+    #[arg(long, env = "L7INSPECT_SAMPLE_RATIO", value_name = "R", value_parser = parse_ratio, help_heading = "Tracing")]
+    sample_ratio: Option<f64>,
+
+    /// Trace-context formats to extract and inject, in order.
+    #[arg(long, env = "OTEL_PROPAGATORS", value_name = "LIST", default_value = "tracecontext,baggage,b3,b3multi,jaeger", value_parser = parse_propagators, help_heading = "Tracing")]
+    propagators: Propagators,
+
+    /// Record url.query on spans (off: queries often carry secrets).
+    #[arg(long, env = "L7INSPECT_RECORD_QUERY", help_heading = "Tracing")]
+    record_query: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    Inject(InjectArgs),
+}
+
+/// Add l7inspect to Kubernetes manifests and write them to stdout.
+///
+/// Every Deployment, StatefulSet, DaemonSet, ReplicaSet,
+/// ReplicationController, Job, CronJob and Pod (also in a List) gets the
+/// l7inspect containers, e.g.
+/// `l7inspect-sidecar inject app.yaml | kubectl apply -f -`.
+///
+/// What is added is deploy/kubernetes/inject/l7inspect-pod-patch.yaml: the
+/// l7inspect-init init container and the l7inspect-sidecar native sidecar
+/// first in initContainers, their volume, the prometheus.io annotations
+/// (unless the pod has its own) and terminationGracePeriodSeconds: 30 when
+/// the pod has none or less. Other documents, workloads already injected,
+/// workloads annotated l7inspect.io/inject: disabled and hostNetwork pods
+/// are written back unchanged, byte for byte. A changed document is
+/// re-written from its parsed value: key order is kept, its comments are
+/// lost. One summary line per workload goes to stderr.
+///
+/// Exit codes: 0 when done; 2 for a bad flag, an unreadable file or input
+/// that is not YAML (nothing is written to stdout); 1 when stdout cannot be
+/// written.
+#[derive(Debug, clap::Args)]
+struct InjectArgs {
+    /// Manifest file (one or more YAML documents, or JSON); "-" or none:
+    /// standard input.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+
+    /// Image of the l7inspect-sidecar container.
+    #[arg(long, value_name = "IMAGE", default_value_t = inject::default_sidecar_image())]
+    sidecar_image: String,
+
+    /// Image of the l7inspect-init container.
+    #[arg(long, value_name = "IMAGE", default_value_t = inject::default_init_image())]
+    init_image: String,
+
+    /// The sidecar's OTEL_EXPORTER_OTLP_ENDPOINT: where spans go (a base
+    /// URL: http://collector:4317 for grpc, http://collector:4318 for
+    /// http/protobuf).
+    #[arg(long, value_name = "URL", default_value = inject::DEFAULT_OTLP_ENDPOINT)]
+    otlp_endpoint: String,
+
+    /// The sidecar's OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(long, value_name = "PROTOCOL", default_value = inject::DEFAULT_OTLP_PROTOCOL, value_parser = ["grpc", "http/protobuf"])]
+    otlp_protocol: String,
+
+    /// Inbound ports the init container does not redirect to the proxy, e.g.
+    /// 22,8000-8010 (its L7INSPECT_SKIP_INBOUND_PORTS).
+    #[arg(long, value_name = "LIST", value_parser = parse_port_list_text)]
+    skip_inbound_ports: Option<String>,
+
+    /// Outbound ports the init container does not redirect to the proxy,
+    /// e.g. 25,3306 (its L7INSPECT_SKIP_OUTBOUND_PORTS).
+    #[arg(long, value_name = "LIST", value_parser = parse_port_list_text)]
+    skip_outbound_ports: Option<String>,
+}
+
+/// A port list as written, once [`parse_ports`] accepts it.
+fn parse_port_list_text(s: &str) -> Result<String, String> {
+    let ports = parse_ports(s)?;
+    if ports.0.is_empty() {
+        return Err("no port in the list".into());
+    }
+    Ok(s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        Ok(_) => Err("must be between 0 and 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_propagators(s: &str) -> Result<Propagators, String> {
+    Propagators::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PortList(Vec<u16>);
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    // host:port, resolved once at startup.
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not an address (host:port): {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolved to no address"))
+}
+
+fn parse_forward(s: &str) -> Result<Forward, String> {
+    let (listen, target) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not LISTEN=TARGET"))?;
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("listen address {listen:?}: {e}"))?;
+    let target = parse_addr(target)?;
+    if listen == target {
+        return Err(format!("{s:?} would forward the listener to itself"));
+    }
+    Ok(Forward { listen, target })
+}
+
+/// A port list (`22,8000-8010`), read by l7inspect-init's parser: the one
+/// for every port list, so that `inject` accepts exactly what the init
+/// container will.
+fn parse_ports(s: &str) -> Result<PortList, String> {
+    let mut ports: Vec<u16> = l7inspect_init::parse_port_list(s)?
+        .into_iter()
+        .flat_map(|r| r.start..=r.end)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(PortList(ports))
+}
+
+impl Args {
+    /// The tracing settings: the OpenTelemetry environment variables, with
+    /// the flags given on the command line taking precedence.
+    fn tracing(&self, matches: &ArgMatches) -> Result<TracingConfig, String> {
+        let from_cli = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        // (variable, value, the flag it came from)
+        let mut overlay: Vec<(&str, String, &str)> = Vec::new();
+        let mut set = |id: &str, flag, vars: &[&'static str], value: &Option<String>| {
+            if let (true, Some(v)) = (from_cli(id), value) {
+                overlay.extend(vars.iter().map(|var| (*var, v.clone(), flag)));
+            }
+        };
+        set(
+            "service_name",
+            "--service-name",
+            &["OTEL_SERVICE_NAME"],
+            &self.service_name,
+        );
+        set(
+            "otlp_endpoint",
+            "--otlp-endpoint",
+            &["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
+            &self.otlp_endpoint,
+        );
+        set(
+            "otlp_protocol",
+            "--otlp-protocol",
+            &[
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            ],
+            &self.otlp_protocol,
+        );
+        set(
+            "zipkin_endpoint",
+            "--zipkin-endpoint",
+            &["OTEL_EXPORTER_ZIPKIN_ENDPOINT"],
+            &self.zipkin_endpoint,
+        );
+        if let Some(r) = self.sample_ratio {
+            let flag = "--sample-ratio";
+            overlay.push((
+                "OTEL_TRACES_SAMPLER",
+                "parentbased_traceidratio".into(),
+                flag,
+            ));
+            overlay.push(("OTEL_TRACES_SAMPLER_ARG", r.to_string(), flag));
+        }
+        let given = |var: &str| overlay.iter().find(|(k, ..)| *k == var);
+        let env = from_otel_env(|var| {
+            given(var)
+                .map(|(_, v, _)| v.clone())
+                .or_else(|| std::env::var(var).ok())
+        })
+        // Named as the user gave it: the flag, else the variable.
+        .map_err(|e| match given(e.var) {
+            Some((_, v, flag)) => format!("invalid value {v:?} for {flag}: {}", e.reason),
+            None => format!("invalid value for {e}"),
+        })?;
+        Ok(TracingConfig {
+            resource: ResourceConfig {
+                service_name: env.service_name.unwrap_or_else(host_name),
+                attributes: env.resource_attributes,
+            },
+            export: env.export,
+            sampler: env.sampler,
+            propagators: self.propagators,
+            record_query: self.record_query,
+        })
+    }
+
+    fn into_config(self, tracing: TracingConfig) -> SidecarConfig {
+        SidecarConfig {
+            transparent: !self.no_transparent,
+            inbound_listen: self.inbound_listen,
+            outbound_listen: self.outbound_listen,
+            admin_listen: self.admin_listen,
+            inbound_forwards: self.inbound_forward,
+            outbound_forwards: self.outbound_forward,
+            detect: DetectConfig {
+                detect_timeout: self.detect_timeout,
+                opaque_ports: self.opaque_ports.unwrap_or_default().0,
+                ..DetectConfig::default()
+            },
+            connect: ConnectConfig {
+                timeout: self.connect_timeout,
+            },
+            passthrough: PassthroughConfig {
+                idle_timeout: self.idle_timeout,
+            },
+            shutdown_grace: self.shutdown_grace,
+            http: HttpConfig {
+                preserve_header_case: self.http1_preserve_header_case,
+            },
+            tracing,
+        }
+    }
+}
+
+/// The host name, the default service.name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown_service".to_owned())
+}
+
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l)
+            .map_err(|e| format!("invalid value {l:?} for '--log-level': {e}"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
