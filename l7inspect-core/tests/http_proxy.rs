@@ -47,6 +47,24 @@ async fn proxy_draining(
     http: HttpConfig,
     drain: CancellationToken,
 ) -> SocketAddr {
+    proxy_stack(target, HttpLayer::new(drain).with_config(http)).await
+}
+
+/// The proxy stack with per-request services built by `requests`.
+async fn proxy_with_requests(
+    target: SocketAddr,
+    requests: impl l7inspect_core::NewRequestService,
+) -> SocketAddr {
+    let http = HttpLayer::new(CancellationToken::new()).with_requests(requests);
+    proxy_stack(target, http).await
+}
+
+/// The connection stack the sidecar uses, with `http` as its HTTP layer,
+/// serving on a new port; returns its address.
+async fn proxy_stack<N: l7inspect_core::NewRequestService>(
+    target: SocketAddr,
+    http: HttpLayer<N>,
+) -> SocketAddr {
     let metrics = Metrics::default();
     let stack = ServiceBuilder::new()
         .layer(FixedTargetLayer::new(target))
@@ -57,7 +75,7 @@ async fn proxy_draining(
         ))
         .layer(DetectLayer::new(DetectConfig::default()))
         .layer(TrackLayer::new(metrics.clone()))
-        .layer(HttpLayer::new(drain).with_config(http))
+        .layer(http)
         .service(Passthrough::new(PassthroughConfig::default(), metrics));
     let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -992,34 +1010,6 @@ async fn http1_invalid_upstream_responses_are_502() {
             "{path}: {resp}"
         );
     }
-}
-
-/// The proxy stack with per-request services built by `requests`.
-async fn proxy_with_requests(
-    target: SocketAddr,
-    requests: impl l7inspect_core::NewRequestService,
-) -> SocketAddr {
-    let metrics = Metrics::default();
-    let stack = ServiceBuilder::new()
-        .layer(FixedTargetLayer::new(target))
-        .layer(ConnectLayer::new(
-            ConnectConfig::default(),
-            metrics.clone(),
-            LoopGuard::default(),
-        ))
-        .layer(DetectLayer::new(DetectConfig::default()))
-        .layer(HttpLayer::new(CancellationToken::new()).with_requests(requests))
-        .service(Passthrough::new(PassthroughConfig::default(), metrics));
-    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(
-        listener,
-        Direction::Inbound,
-        stack,
-        TaskTracker::new(),
-        std::future::pending(),
-    ));
-    addr
 }
 
 /// Sends one HTTP/1.1 request on a new connection and reads the response
