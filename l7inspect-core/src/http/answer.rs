@@ -5,9 +5,8 @@
 //! HTTP answer, where hyper would close the connection.
 
 use super::{ResponseBody, forward::unavailable};
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use pin_project::pin_project;
 use std::{
     convert::Infallible,
@@ -43,13 +42,9 @@ pub(crate) enum AnswerFuture<F> {
     },
 }
 
-/// The response body of [`AnswerErrors`]: the inner service's, or the
-/// proxy's answer to its error.
-#[pin_project(project = AnsweredProj)]
-pub(crate) enum AnsweredBody<B> {
-    Inner(#[pin] B),
-    Error(#[pin] ResponseBody),
-}
+/// The response body of [`AnswerErrors`]: the inner service's (left), or
+/// the proxy's answer to its error (right).
+pub(crate) type AnsweredBody<B> = Either<B, ResponseBody>;
 
 impl<S: Clone> Clone for AnswerErrors<S> {
     fn clone(&self) -> Self {
@@ -114,7 +109,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (error, grpc) = match self.project() {
             AnswerProj::Called { inner, grpc } => match ready!(inner.poll(cx)) {
-                Ok(resp) => return Poll::Ready(Ok(resp.map(AnsweredBody::Inner))),
+                Ok(resp) => return Poll::Ready(Ok(resp.map(Either::Left))),
                 Err(e) => (e.into(), *grpc),
             },
             AnswerProj::NotReady { error, grpc } => {
@@ -122,39 +117,6 @@ where
             }
         };
         tracing::debug!("request failed in the request stack: {error}");
-        Poll::Ready(Ok(unavailable(grpc, &error).map(AnsweredBody::Error)))
-    }
-}
-
-impl<B> Body for AnsweredBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            AnsweredProj::Inner(b) => b.poll_frame(cx).map_err(Into::into),
-            AnsweredProj::Error(b) => b.poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Inner(b) => b.is_end_stream(),
-            Self::Error(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Inner(b) => b.size_hint(),
-            Self::Error(b) => b.size_hint(),
-        }
+        Poll::Ready(Ok(unavailable(grpc, &error).map(Either::Right)))
     }
 }
