@@ -1,9 +1,17 @@
 //! What the workspace's tests share. A dev-dependency only, never
 //! published.
 //!
-//! For now: [`skip`], how a test that cannot run here (no root for a
-//! network namespace, no `iptables`, `curl` or `sshd`) says so, the same
-//! way everywhere:
+//! - [`skip`] and [`Skip`]: how a test that cannot run here (no root for a
+//!   network namespace, no `iptables`, `curl` or `sshd`) says so, the same
+//!   way everywhere, visibly even when the harness captures output;
+//! - [`collector`]: OTLP/gRPC, OTLP/HTTP and Zipkin receivers on real
+//!   sockets, decoding with opentelemetry-proto and checking Zipkin JSON
+//!   against the official spec ([`zipkin_spec`]);
+//! - [`netns`]: network namespaces, made per test thread or named, and the
+//!   commands and processes run in them;
+//! - bounded waits ([`eventually`], [`wait_for`], [`wait_for_blocking`]),
+//!   odd peers ([`silent_server`], [`closed_port`]) and Prometheus text
+//!   lookups ([`prom`]).
 //!
 //! ```
 //! use l7inspect_test_support::{Need, skip};
@@ -21,7 +29,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::{fmt::Display, io::Write};
+pub mod collector;
+pub mod netns;
+pub mod prom;
+pub mod zipkin_spec;
+
+use std::{fmt::Display, future::Future, io::Write, net::SocketAddr, time::Duration};
+
+/// How long a bounded wait waits before it fails the test: only a bug (a
+/// hang) reaches it, so it is generous. Never a timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How often a bounded wait checks again.
+const POLL: Duration = Duration::from_millis(10);
 
 /// What a test needs that a machine may lack; each has the variable that
 /// makes its absence a failure instead of a skip (CI sets all three).
@@ -67,4 +87,135 @@ pub fn skip(test: &str, need: Need, reason: impl Display) {
     }
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "SKIPPED {test}: {reason}");
+}
+
+/// Why a test cannot run here, as an error its body returns with `?`;
+/// [`Skip::report`] (or [`run_or_skip`]) turns it into a [`skip`].
+#[derive(Debug)]
+pub struct Skip {
+    /// What is missing.
+    pub need: Need,
+    /// Why, for the SKIPPED line.
+    pub reason: String,
+}
+
+impl Skip {
+    /// No namespace, no root, or no `ip`/iptables/nft.
+    pub fn netns(reason: impl Into<String>) -> Self {
+        Self {
+            need: Need::Netns,
+            reason: reason.into(),
+        }
+    }
+
+    /// A tool is missing.
+    pub fn tool(reason: impl Into<String>) -> Self {
+        Self {
+            need: Need::Tools,
+            reason: reason.into(),
+        }
+    }
+
+    /// Reports the skip of `test` (see [`skip`]).
+    pub fn report(self, test: &str) {
+        skip(test, self.need, self.reason);
+    }
+}
+
+/// Runs `body`, reporting a [`Skip`] it returns.
+pub fn run_or_skip(test: &str, body: impl FnOnce() -> Result<(), Skip>) {
+    if let Err(s) = body() {
+        s.report(test);
+    }
+}
+
+/// `Ok` when `program --version` runs and succeeds, else a [`Skip::tool`]
+/// naming the Debian package that has it.
+pub fn need_tool(program: &str, package: &str) -> Result<(), Skip> {
+    match std::process::Command::new(program)
+        .arg("--version")
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(Skip::tool(format!(
+            "`{program} --version` failed ({})",
+            out.status
+        ))),
+        Err(e) => Err(Skip::tool(format!(
+            "{program} could not run ({e}; apt-get install -y {package})"
+        ))),
+    }
+}
+
+/// Retries `check` every 10 ms for up to [`PATIENCE`]; true once it holds,
+/// false if it never did.
+pub async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Retries `f` every 10 ms until it returns something; fails the test
+/// naming `what` after [`PATIENCE`].
+pub async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up after {PATIENCE:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_for`] for a synchronous test (sleeps the thread).
+pub fn wait_for_blocking<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up after {PATIENCE:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A server on 127.0.0.1 that accepts connections, holds them open, and
+/// never reads or answers (a stuck peer), on the caller's runtime.
+pub async fn silent_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the silent server");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((io, _)) = listener.accept().await {
+            held.push(io);
+        }
+    });
+    addr
+}
+
+/// An address on 127.0.0.1 with nothing listening (a dead peer: connecting
+/// is refused).
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    listener.local_addr().expect("its address")
 }
