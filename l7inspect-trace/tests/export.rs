@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use l7inspect_test_support::collector::{Collector, Receiver::*};
+use l7inspect_test_support::collector::{Collector, Receiver::*, int_attr, str_attr};
 use l7inspect_test_support::{closed_port, silent_server};
 use l7inspect_trace::export::{
     Compression, DropReason, ExportConfig, ExportPipeline, ExporterKind, FlushOutcome, OtlpConfig,
@@ -22,7 +22,6 @@ use l7inspect_trace::span::{HttpFields, NetworkFields, SpanRecord};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanId, SpanKind, TraceFlags, TraceId};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue as ProtoKeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as ProtoStatusCode;
@@ -156,50 +155,21 @@ fn server_and_client(sink: &SpanSink) -> Pair {
 // ---------------------------------------------------------------------------
 // OTLP checks
 
-fn string_attr(attrs: &[ProtoKeyValue], key: &str) -> Option<String> {
-    attrs
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| match &kv.value {
-            Some(AnyValue {
-                value: Some(any_value::Value::StringValue(s)),
-            }) => Some(s.clone()),
-            _ => None,
-        })
-}
-
-fn int_attr(attrs: &[ProtoKeyValue], key: &str) -> Option<i64> {
-    attrs
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| match &kv.value {
-            Some(AnyValue {
-                value: Some(any_value::Value::IntValue(i)),
-            }) => Some(*i),
-            _ => None,
-        })
-}
-
-/// Checks one OTLP request carries both spans, their resource, scope,
-/// kinds, attributes (typed fields and the rest), status and parentage.
 fn check_otlp(req: &ExportTraceServiceRequest, pair: &Pair) {
     assert_eq!(req.resource_spans.len(), 1);
     let rs = &req.resource_spans[0];
     let res = rs.resource.as_ref().expect("resource");
+    assert_eq!(str_attr(&res.attributes, "service.name"), Some(SERVICE));
     assert_eq!(
-        string_attr(&res.attributes, "service.name").as_deref(),
-        Some(SERVICE)
-    );
-    assert_eq!(
-        string_attr(&res.attributes, "telemetry.distro.name").as_deref(),
+        str_attr(&res.attributes, "telemetry.distro.name"),
         Some("l7inspect")
     );
     assert_eq!(
-        string_attr(&res.attributes, "telemetry.distro.version").as_deref(),
+        str_attr(&res.attributes, "telemetry.distro.version"),
         Some(env!("CARGO_PKG_VERSION"))
     );
     assert_eq!(
-        string_attr(&res.attributes, "deployment.environment.name").as_deref(),
+        str_attr(&res.attributes, "deployment.environment.name"),
         Some("test")
     );
     // Every span is under the scope `l7inspect`, this crate's version.
@@ -226,19 +196,16 @@ fn check_otlp(req: &ExportTraceServiceRequest, pair: &Pair) {
     assert_eq!(server.kind, ProtoSpanKind::Server as i32);
     assert!(server.parent_span_id.is_empty(), "root span has no parent");
     assert_eq!(
-        string_attr(&server.attributes, "http.request.method").as_deref(),
+        str_attr(&server.attributes, "http.request.method"),
         Some("GET")
     );
-    assert_eq!(
-        string_attr(&server.attributes, "url.path").as_deref(),
-        Some("/checkout")
-    );
+    assert_eq!(str_attr(&server.attributes, "url.path"), Some("/checkout"));
     assert_eq!(
         int_attr(&server.attributes, "http.response.status_code"),
         Some(404)
     );
     assert_eq!(
-        string_attr(&server.attributes, "client.address").as_deref(),
+        str_attr(&server.attributes, "client.address"),
         Some(CLIENT_IP)
     );
     assert_eq!(
@@ -246,13 +213,13 @@ fn check_otlp(req: &ExportTraceServiceRequest, pair: &Pair) {
         Some(CLIENT_PORT.into())
     );
     assert_eq!(
-        string_attr(&server.attributes, "l7inspect.listener").as_deref(),
+        str_attr(&server.attributes, "l7inspect.listener"),
         Some("inbound")
     );
     // A 4xx is not an error for a SERVER span: status unset.
     let status = server.status.as_ref().expect("status");
     assert_eq!(status.code, ProtoStatusCode::Unset as i32);
-    assert_eq!(string_attr(&server.attributes, "error.type"), None);
+    assert_eq!(str_attr(&server.attributes, "error.type"), None);
     // The span model has no events or links.
     assert!(server.events.is_empty());
     assert!(server.links.is_empty());
@@ -261,12 +228,12 @@ fn check_otlp(req: &ExportTraceServiceRequest, pair: &Pair) {
     assert_eq!(client.kind, ProtoSpanKind::Client as i32);
     assert_eq!(client.parent_span_id, pair.server.to_bytes().to_vec());
     assert_eq!(
-        string_attr(&client.attributes, "server.address").as_deref(),
+        str_attr(&client.attributes, "server.address"),
         Some("backend")
     );
     assert_eq!(int_attr(&client.attributes, "server.port"), Some(8080));
     assert_eq!(
-        string_attr(&client.attributes, "network.peer.address").as_deref(),
+        str_attr(&client.attributes, "network.peer.address"),
         Some("127.0.0.1")
     );
     assert_eq!(
@@ -274,10 +241,7 @@ fn check_otlp(req: &ExportTraceServiceRequest, pair: &Pair) {
         Some(8080)
     );
     assert_eq!(int_attr(&client.attributes, "l7inspect.attempt"), Some(1));
-    assert_eq!(
-        string_attr(&client.attributes, "error.type").as_deref(),
-        Some("404")
-    );
+    assert_eq!(str_attr(&client.attributes, "error.type"), Some("404"));
     let status = client.status.as_ref().expect("status");
     assert_eq!(status.code, ProtoStatusCode::Error as i32);
     // Both sampled (W3C flags in the low byte).

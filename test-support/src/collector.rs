@@ -25,8 +25,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message as _;
 use serde_json::Value as Json;
 use std::convert::Infallible;
@@ -82,6 +84,79 @@ pub struct OtlpSpan {
     pub scope: Option<InstrumentationScope>,
     /// The span.
     pub span: Span,
+}
+
+impl OtlpSpan {
+    /// The resource's `service.name`.
+    pub fn service(&self) -> Option<&str> {
+        str_attr(&self.resource, "service.name")
+    }
+
+    /// The trace id in lower-case hex.
+    pub fn trace_id(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+
+    /// The span id in lower-case hex.
+    pub fn span_id(&self) -> String {
+        hex(&self.span.span_id)
+    }
+
+    /// The parent span id in lower-case hex (empty for a root).
+    pub fn parent_id(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+
+    /// The span kind.
+    pub fn kind(&self) -> SpanKind {
+        SpanKind::try_from(self.span.kind).expect("a known span kind")
+    }
+
+    /// Whether the status is ERROR.
+    pub fn is_error(&self) -> bool {
+        self.span.status.as_ref().map(|s| s.code) == Some(StatusCode::Error as i32)
+    }
+
+    /// The span's string attribute `key`.
+    pub fn str_attr(&self, key: &str) -> Option<&str> {
+        str_attr(&self.span.attributes, key)
+    }
+
+    /// The span's integer attribute `key`.
+    pub fn int_attr(&self, key: &str) -> Option<i64> {
+        int_attr(&self.span.attributes, key)
+    }
+}
+
+/// Bytes in lower-case hex (how trace and span ids are written).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The string value of the attribute `key` in `attrs`.
+pub fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    match attr(attrs, key)? {
+        any_value::Value::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The integer value of the attribute `key` in `attrs`.
+pub fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
+    match attr(attrs, key)? {
+        any_value::Value::IntValue(i) => Some(*i),
+        _ => None,
+    }
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()
 }
 
 /// The three listeners a [`Collector`] serves on, bound by the caller (in

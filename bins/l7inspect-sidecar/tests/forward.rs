@@ -4,8 +4,9 @@
 
 mod support;
 
+use l7inspect_test_support::eventually;
 use std::{net::SocketAddr, time::Duration};
-use support::{Pattern, eventually, forward_config, start};
+use support::{Pattern, forward_config, start};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

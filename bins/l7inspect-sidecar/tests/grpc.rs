@@ -25,6 +25,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7inspect_sidecar::{Forward, SidecarConfig};
+use l7inspect_test_support::eventually;
 use opentelemetry::{
     KeyValue, Value,
     trace::{SpanKind, Status as SpanStatus},
@@ -39,7 +40,7 @@ use std::{
     task::{Context, Poll, ready},
     time::Duration,
 };
-use support::{Running, eventually, forward_config, start};
+use support::{Running, forward_config, start};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},

@@ -32,7 +32,8 @@
 mod netns;
 
 use l7inspect_sidecar::SidecarConfig;
-use netns::{Logs, Netns, Sidecar, Skip, has_line, sum};
+use l7inspect_test_support::prom::{has_line, sum};
+use netns::{Logs, Sidecar, Skip, ThreadNetns};
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -153,8 +154,12 @@ fn loop_guard_refuses_direct_connection() {
             expect_refused(TcpStream::connect(sidecar.outbound()).await).await;
 
             let m = sidecar.wait_for_line(ONE_LOOP_REFUSED).await;
-            assert_eq!(sum(&m, "l7inspect_connections_refused_total{"), 1.0, "{m}");
-            assert_eq!(sum(&m, "l7inspect_tcp_connections_total{"), 0.0, "{m}");
+            assert_eq!(
+                sum(&m, "l7inspect_connections_refused_total", &[]),
+                1.0,
+                "{m}"
+            );
+            assert_eq!(sum(&m, "l7inspect_tcp_connections_total", &[]), 0.0, "{m}");
             assert_eq!(logs.count("connection refused"), 1, "{}", logs.text());
             assert_eq!(logs.count("proxy's own listener"), 1, "{}", logs.text());
             sidecar.stop().await;
@@ -187,12 +192,16 @@ fn loop_guard_refuses_redirected_own_traffic() {
             // and the refusal count has stopped at one.
             let m = sidecar
                 .wait_for("no open connections", |m| {
-                    sum(m, "l7inspect_tcp_open_connections{") == 0.0
+                    sum(m, "l7inspect_tcp_open_connections", &[]) == 0.0
                 })
                 .await;
-            assert_eq!(sum(&m, "l7inspect_connections_refused_total{"), 1.0, "{m}");
+            assert_eq!(
+                sum(&m, "l7inspect_connections_refused_total", &[]),
+                1.0,
+                "{m}"
+            );
             // Only the application's connection was forwarded (to the proxy).
-            assert_eq!(sum(&m, "l7inspect_tcp_connections_total{"), 1.0, "{m}");
+            assert_eq!(sum(&m, "l7inspect_tcp_connections_total", &[]), 1.0, "{m}");
             assert!(server.peers().is_empty(), "the server must not be reached");
             assert_eq!(logs.count("connection refused"), 1, "{}", logs.text());
             assert_eq!(
@@ -222,8 +231,12 @@ fn no_original_dst_without_nat_rules() {
             expect_refused(TcpStream::connect(sidecar.outbound()).await).await;
 
             let m = sidecar.wait_for_line(ONE_NO_DST_REFUSED).await;
-            assert_eq!(sum(&m, "l7inspect_connections_refused_total{"), 1.0, "{m}");
-            assert_eq!(sum(&m, "l7inspect_tcp_connections_total{"), 0.0, "{m}");
+            assert_eq!(
+                sum(&m, "l7inspect_connections_refused_total", &[]),
+                1.0,
+                "{m}"
+            );
+            assert_eq!(sum(&m, "l7inspect_tcp_connections_total", &[]), 0.0, "{m}");
             assert_eq!(logs.count("connection refused"), 1, "{}", logs.text());
             assert_eq!(logs.count("no original destination"), 1, "{}", logs.text());
             sidecar.stop().await;
@@ -263,16 +276,16 @@ fn loop_guard_refuses_redirected_own_traffic_multi_thread() {
             sidecar.wait_for_line(&refused).await;
             let m = sidecar
                 .wait_for("no open connections", |m| {
-                    sum(m, "l7inspect_tcp_open_connections{") == 0.0
+                    sum(m, "l7inspect_tcp_open_connections", &[]) == 0.0
                 })
                 .await;
             assert_eq!(
-                sum(&m, "l7inspect_connections_refused_total{"),
+                sum(&m, "l7inspect_connections_refused_total", &[]),
                 f64::from(CLIENTS),
                 "{m}"
             );
             assert_eq!(
-                sum(&m, "l7inspect_tcp_connections_total{"),
+                sum(&m, "l7inspect_tcp_connections_total", &[]),
                 f64::from(CLIENTS),
                 "{m}"
             );
@@ -294,7 +307,7 @@ enum Listener {
 
 /// The body of the `original_dst_is_honoured_*` tests.
 async fn passthrough_via_redirect(
-    ns: Netns,
+    ns: ThreadNetns,
     logs: Logs,
     addrs: Addrs,
     listener: Listener,
@@ -344,8 +357,12 @@ async fn passthrough_via_redirect(
     ] {
         assert!(has_line(&m, &line), "missing {line:?} in\n{m}");
     }
-    assert_eq!(sum(&m, "l7inspect_tcp_connections_total{"), 1.0, "{m}");
-    assert_eq!(sum(&m, "l7inspect_connections_refused_total{"), 0.0, "{m}");
+    assert_eq!(sum(&m, "l7inspect_tcp_connections_total", &[]), 1.0, "{m}");
+    assert_eq!(
+        sum(&m, "l7inspect_connections_refused_total", &[]),
+        0.0,
+        "{m}"
+    );
     assert_eq!(logs.text(), "", "nothing worth a warning happened");
     sidecar.stop().await;
     Ok(())
@@ -353,7 +370,7 @@ async fn passthrough_via_redirect(
 
 /// Adds the service and client addresses to `lo`; returns the service's
 /// socket address.
-fn setup_addrs(ns: &Netns, addrs: Addrs) -> Result<SocketAddr, Skip> {
+fn setup_addrs(ns: &ThreadNetns, addrs: Addrs) -> Result<SocketAddr, Skip> {
     ns.add_addr(addrs.service_cidr)?;
     ns.add_addr(addrs.client_cidr)?;
     let ip: IpAddr = ip_of(addrs.service_cidr).parse().unwrap();
@@ -466,7 +483,7 @@ fn default_listeners_are_dual_stack() {
         "default_listeners_are_dual_stack",
         |_ns, _logs| async move {
             if !std::path::Path::new("/proc/net/if_inet6").exists() {
-                return Err(Skip("the kernel has no IPv6".into()));
+                return Err(Skip::netns("the kernel has no IPv6"));
             }
             let defaults = SidecarConfig::default;
             let sidecar = l7inspect_sidecar::build(defaults())
@@ -507,7 +524,7 @@ fn default_listeners_are_dual_stack() {
             // The listeners are gone with the sidecar; now without IPv6.
             std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
                 .and_then(|()| std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "1"))
-                .map_err(|e| Skip(format!("cannot disable IPv6 in the namespace: {e}")))?;
+                .map_err(|e| Skip::netns(format!("cannot disable IPv6 in the namespace: {e}")))?;
             let sidecar = l7inspect_sidecar::build(defaults())
                 .await
                 .expect("starts without IPv6");

@@ -4,9 +4,10 @@
 #![allow(dead_code)]
 
 use l7inspect_sidecar::{BoundAddrs, Forward, SidecarConfig, build};
+use l7inspect_test_support::eventually;
 use l7inspect_trace::export::RecentSpans;
 use prometheus_client::registry::Registry;
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 use tokio::{sync::oneshot, task::JoinHandle};
 
 /// A sidecar running in this process.
@@ -41,9 +42,7 @@ impl Running {
 
     /// The value of the sample line starting with `series` (name and labels), if any.
     pub fn metric(&self, series: &str) -> Option<f64> {
-        let text = self.metrics();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        l7inspect_test_support::prom::value(&self.metrics(), series)
     }
 
     /// Waits (bounded) until `series` has the value `want`; panics otherwise.
@@ -88,21 +87,6 @@ pub async fn start(config: SidecarConfig) -> Running {
         stop: Some(stop),
         handle,
     }
-}
-
-/// Retries `check` every 10 ms for up to 10 s; true once it holds.
-pub async fn eventually<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..1000 {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
 }
 
 /// A deterministic pseudo-random byte stream (xorshift): the sender fills

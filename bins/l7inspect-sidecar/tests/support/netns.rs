@@ -1,30 +1,22 @@
-//! Network-namespace harness for tests that need real iptables rules.
+//! The sidecar's network-namespace harness: test-support's
+//! [`in_new_netns`] (a thread of its own in a fresh namespace, `lo` up)
+//! with a tokio runtime and a log capture on that thread, and an
+//! in-process [`Sidecar`].
 //!
-//! [`run`] gives a test its own thread in a fresh network namespace, with
-//! `lo` up, and runs the test's async body there on a current-thread tokio
-//! runtime. Everything the body starts (the sidecar, servers, clients, and
-//! the `ip`/`iptables` commands it spawns) lives in that namespace only, so
-//! tests may run in parallel and may use fixed addresses and ports.
-//!
-//! Why a thread of its own: a network namespace belongs to a thread, not a
-//! process, and `unshare(CLONE_NEWNET)` moves only the calling thread. The
-//! runtime is current-thread so that every socket the test opens is opened
-//! on that thread; commands spawned from it inherit its namespace.
-//!
-//! Where namespaces or iptables are unavailable (not root, no `iptables`
-//! binary, no nat table), the test prints `SKIPPED <test>: <reason>` and
-//! passes, unless `L7INSPECT_REQUIRE_NETNS=1` is set (CI sets it), which turns
-//! the skip into a failure.
+//! The runtime is current-thread (or its workers are started from the
+//! namespaced thread) so that every socket the test opens is in the
+//! namespace; commands spawned from it inherit the namespace too.
 
 #![allow(dead_code)] // Each netns test file uses its own subset.
 
 use l7inspect_sidecar::{BoundAddrs, SidecarConfig, build};
+use l7inspect_test_support::netns::in_new_netns;
+pub use l7inspect_test_support::{Skip, netns::ThreadNetns};
 use prometheus_client::registry::Registry;
 use std::{
     fmt,
     future::Future,
     io::{self, Write},
-    process::Command,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -36,17 +28,6 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long [`Sidecar::wait_for_line`] keeps retrying.
 pub const EVENTUALLY: Duration = Duration::from_secs(5);
-
-/// Why a test cannot run here: reported as `SKIPPED`, or as a failure under
-/// `L7INSPECT_REQUIRE_NETNS=1`.
-#[derive(Debug)]
-pub struct Skip(pub String);
-
-/// The namespace a test body runs in: runs `ip` and `iptables` there.
-#[derive(Debug)]
-pub struct Netns {
-    _private: (),
-}
 
 /// A sidecar running in-process on the test's runtime.
 pub struct Sidecar {
@@ -76,7 +57,7 @@ pub struct LogWriter {
 /// The body gets the [`Logs`] that the thread's tracing subscriber writes to.
 pub fn run<F, Fut>(test: &'static str, body: F)
 where
-    F: FnOnce(Netns, Logs) -> Fut + Send + 'static,
+    F: FnOnce(ThreadNetns, Logs) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), Skip>>,
 {
     run_on(test, None, body)
@@ -89,7 +70,7 @@ where
 /// stays empty: the subscriber is the test thread's, not the workers'.
 pub fn run_multi_thread<F, Fut>(test: &'static str, workers: usize, body: F)
 where
-    F: FnOnce(Netns, Logs) -> Fut + Send + 'static,
+    F: FnOnce(ThreadNetns, Logs) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), Skip>>,
 {
     run_on(test, Some(workers), body)
@@ -97,149 +78,42 @@ where
 
 fn run_on<F, Fut>(test: &'static str, workers: Option<usize>, body: F)
 where
-    F: FnOnce(Netns, Logs) -> Fut + Send + 'static,
+    F: FnOnce(ThreadNetns, Logs) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), Skip>>,
 {
-    let thread = std::thread::Builder::new()
-        .name(test.to_owned())
-        .spawn(move || -> Result<(), Skip> {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                Skip(format!(
-                    "cannot create a network namespace ({e}); needs root or CAP_SYS_ADMIN"
-                ))
-            })?;
-            let ns = Netns { _private: () };
-            ns.ip(&["link", "set", "lo", "up"])?;
+    in_new_netns(test, move |ns| {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        // Thread-local: tests in parallel keep their logs apart, and the
+        // current-thread runtime runs every task of the test here.
+        let _guard = tracing::subscriber::set_default(subscriber);
 
-            let logs = Logs::default();
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(logs.clone())
-                .with_ansi(false)
-                .with_max_level(tracing::Level::WARN)
-                .finish();
-            // Thread-local: tests in parallel keep their logs apart, and the
-            // current-thread runtime runs every task of the test here.
-            let _guard = tracing::subscriber::set_default(subscriber);
-
-            let rt = match workers {
-                None => tokio::runtime::Builder::new_current_thread(),
-                Some(n) => {
-                    let mut b = tokio::runtime::Builder::new_multi_thread();
-                    b.worker_threads(n);
-                    b
-                }
+        let rt = match workers {
+            None => tokio::runtime::Builder::new_current_thread(),
+            Some(n) => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(n);
+                b
             }
-            .enable_all()
-            .build()
-            .expect("the test runtime");
-            rt.block_on(async {
-                tokio::time::timeout(TEST_TIMEOUT, body(ns, logs.clone()))
-                    .await
-                    .unwrap_or_else(|_| {
-                        panic!(
-                            "{test} did not finish within {TEST_TIMEOUT:?}; logs:\n{}",
-                            logs.text()
-                        )
-                    })
-            })
+        }
+        .enable_all()
+        .build()
+        .expect("the test runtime");
+        rt.block_on(async {
+            tokio::time::timeout(TEST_TIMEOUT, body(ns, logs.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{test} did not finish within {TEST_TIMEOUT:?}; logs:\n{}",
+                        logs.text()
+                    )
+                })
         })
-        .expect("spawn the test thread");
-    match thread.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(Skip(reason))) => {
-            l7inspect_test_support::skip(test, l7inspect_test_support::Need::Netns, reason);
-        }
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-/// Runs `program args...`; a missing program or a failure is a [`Skip`]
-/// naming the command and its stderr.
-fn command(program: &str, args: &[&str]) -> Result<(), Skip> {
-    let shown = || format!("`{program} {}`", args.join(" "));
-    let out = Command::new(program).args(args).output().map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            Skip(format!(
-                "{program} not found (apt-get install -y iproute2 iptables)"
-            ))
-        } else {
-            Skip(format!("{} could not run: {e}", shown()))
-        }
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Skip(format!(
-            "{} failed ({}): {}",
-            shown(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
-
-// === impl Netns ===
-
-impl Netns {
-    /// Runs `ip args...` in the namespace.
-    pub fn ip(&self, args: &[&str]) -> Result<(), Skip> {
-        command("ip", args)
-    }
-
-    /// Adds `addr` (with its prefix length, e.g. `10.77.0.1/32` or
-    /// `fd77::1/128`) to `lo`. IPv6 addresses skip duplicate address
-    /// detection, so they are usable at once.
-    ///
-    /// Addresses on `lo` stand in for a dummy interface, which needs the
-    /// `dummy` kernel module that containers often lack. They are local
-    /// addresses like any other: the REDIRECT rules and the source-address
-    /// choice work the same.
-    pub fn add_addr(&self, addr: &str) -> Result<(), Skip> {
-        if addr.contains(':') {
-            self.ip(&["-6", "addr", "add", addr, "dev", "lo", "nodad"])
-        } else {
-            self.ip(&["addr", "add", addr, "dev", "lo"])
-        }
-    }
-
-    /// Runs `iptables args...` (IPv4) in the namespace.
-    pub fn iptables(&self, args: &[&str]) -> Result<(), Skip> {
-        command("iptables", args)
-    }
-
-    /// Runs `ip6tables args...` (IPv6) in the namespace.
-    pub fn ip6tables(&self, args: &[&str]) -> Result<(), Skip> {
-        command("ip6tables", args)
-    }
-
-    /// Redirects locally generated TCP connections to `dst` (and from `src`,
-    /// if given) to the local port `to_port`: the rule a sidecar's init
-    /// container installs, in the nat table's OUTPUT chain. The address
-    /// family of `dst` picks iptables or ip6tables.
-    ///
-    /// REDIRECT in OUTPUT rewrites the destination to `127.0.0.1` (or
-    /// `::1`), so the proxy must listen there or on the wildcard address.
-    pub fn redirect(
-        &self,
-        src: Option<&str>,
-        dst: std::net::SocketAddr,
-        to_port: u16,
-    ) -> Result<(), Skip> {
-        let ip = dst.ip().to_string();
-        let port = dst.port().to_string();
-        let to_port = to_port.to_string();
-        let mut args = vec!["-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp"];
-        if let Some(src) = src {
-            args.extend(["-s", src]);
-        }
-        args.extend(["-d", &ip, "--dport", &port]);
-        args.extend(["-j", "REDIRECT", "--to-ports", &to_port]);
-        if dst.is_ipv6() {
-            self.ip6tables(&args)
-        } else {
-            self.iptables(&args)
-        }
-    }
+    });
 }
 
 // === impl Sidecar ===
@@ -292,8 +166,10 @@ impl Sidecar {
     /// Waits until the metrics contain `line` exactly (a whole line), for at
     /// most [`EVENTUALLY`], and returns them.
     pub async fn wait_for_line(&self, line: &str) -> String {
-        self.wait_for(&format!("the line {line:?}"), |text| has_line(text, line))
-            .await
+        self.wait_for(&format!("the line {line:?}"), |text| {
+            l7inspect_test_support::prom::has_line(text, line)
+        })
+        .await
     }
 
     /// Waits until `settled` holds for the metrics, for at most
@@ -330,20 +206,6 @@ impl fmt::Debug for Sidecar {
             .field("addrs", &self.addrs)
             .finish_non_exhaustive()
     }
-}
-
-/// Whether `text` has `line` as one of its lines.
-pub fn has_line(text: &str, line: &str) -> bool {
-    text.lines().any(|l| l == line)
-}
-
-/// The sum of the samples whose series starts with `prefix` (a metric name,
-/// optionally with the first labels: `name{direction="outbound"`).
-pub fn sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 // === impl Logs ===
