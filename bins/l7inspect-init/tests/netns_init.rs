@@ -21,59 +21,26 @@ use std::{
     time::{Duration, Instant},
 };
 
+use l7inspect_test_support::{
+    Skip,
+    netns::{in_new_netns, tool},
+};
+
 const INIT: &str = env!("CARGO_BIN_EXE_l7inspect-init");
 
-/// Why a test cannot run here.
-#[derive(Debug)]
-struct Skip(String);
-
-/// Runs `body` on its own thread in a new network namespace with `lo` up.
+/// Runs `body` on its own thread in a new network namespace with `lo` up,
+/// where the nat table must work (iptables installed, module loadable).
 fn run(test: &'static str, body: impl FnOnce() -> Result<(), Skip> + Send + 'static) {
-    let thread = std::thread::Builder::new()
-        .name(test.to_owned())
-        .spawn(move || -> Result<(), Skip> {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                Skip(format!(
-                    "cannot create a network namespace ({e}); needs root or CAP_SYS_ADMIN"
-                ))
-            })?;
-            tool("ip", &["link", "set", "lo", "up"])?;
-            // The nat table must work here (iptables installed, module
-            // loadable); the rule of "another tool" is added by the tests.
-            tool("iptables-save", &["-t", "nat"])?;
-            body()
-        })
-        .expect("spawn the test thread");
-    match thread.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(Skip(reason))) => {
-            l7inspect_test_support::skip(test, l7inspect_test_support::Need::Netns, reason);
-        }
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-/// Runs a system tool; a missing tool or a failure is a [`Skip`].
-fn tool(program: &str, args: &[&str]) -> Result<String, Skip> {
-    let out = Command::new(program).args(args).output().map_err(|e| {
-        Skip(format!(
-            "{program} could not run ({e}; apt-get install -y iproute2 iptables)"
-        ))
-    })?;
-    if !out.status.success() {
-        return Err(Skip(format!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    in_new_netns(test, move |_| {
+        // The rule of "another tool" is added by the tests.
+        tool("iptables-save", &["-t", "nat"])?;
+        body()
+    });
 }
 
 /// `iptables-save -t nat` (or ip6tables) without the timestamped comments.
 fn nat(program: &str) -> String {
-    let out = tool(program, &["-t", "nat"]).unwrap_or_else(|Skip(e)| panic!("{e}"));
+    let out = tool(program, &["-t", "nat"]).unwrap_or_else(|s| panic!("{}", s.reason));
     out.lines()
         .filter(|l| !l.starts_with('#'))
         .map(|l| format!("{l}\n"))
@@ -228,7 +195,7 @@ fn apply_twice_then_remove(flavour: &str) -> Result<(), Skip> {
 fn failure_names_the_rule_and_leaves_no_partial_set() {
     run("failure_names_the_rule_and_leaves_no_partial_set", || {
         if !has_ipv6_nat() {
-            return Err(Skip("no IPv6 nat table".into()));
+            return Err(Skip::netns("no IPv6 nat table"));
         }
         tool(
             "iptables",
@@ -313,7 +280,7 @@ fn auto_backend_is_nft_without_iptables() {
         let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
             .into_iter()
             .find(|p| std::path::Path::new(p).is_file())
-            .ok_or_else(|| Skip("no nft binary (apt-get install -y nftables)".into()))?;
+            .ok_or_else(|| Skip::netns("no nft binary (apt-get install -y nftables)"))?;
         let only_nft = std::env::temp_dir().join(format!("l7i-only-nft-{}", std::process::id()));
         let empty = only_nft.join("empty");
         std::fs::create_dir_all(&empty).expect("temp dir");
@@ -456,7 +423,8 @@ fn nft_apply_twice_then_remove_restores_the_ruleset() {
                 "RETURN",
             ],
         )?;
-        let ruleset = || tool("nft", &["list", "ruleset"]).unwrap_or_else(|Skip(e)| panic!("{e}"));
+        let ruleset =
+            || tool("nft", &["list", "ruleset"]).unwrap_or_else(|s| panic!("{}", s.reason));
         let before = ruleset();
 
         let dry = ok(&init(&["--backend", "nft", "--dry-run"], None));

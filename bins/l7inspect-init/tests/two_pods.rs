@@ -55,14 +55,20 @@
 //! the test builds it once into `target/two-pods` (a target directory of its
 //! own: the running `cargo test` holds the lock of this one).
 
+use l7inspect_test_support::{
+    PATIENCE, Skip,
+    collector::{Collector, Listeners},
+    need_tool,
+    netns::{NamedNetns, Proc},
+    prom, run_or_skip, wait_for_blocking,
+};
 use serde_json::Value as Json;
 use std::{
-    fs::File,
     io::{self, BufRead, BufReader, Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, TcpListener, TcpStream},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output},
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
@@ -102,9 +108,6 @@ const BANNER: &[u8] = b"220 two-pods banner ready\r\n";
 /// What the banner client writes once it has read the banner.
 const PING: &[u8] = b"PING from a client that knows no proxy\r\n";
 
-/// Guards against hangs only (a bug); never a timing assertion.
-const HANG_GUARD: Duration = Duration::from_secs(30);
-
 // === the tests: one per backend, one body ===
 
 /// `l7inspect-init` with default flags: iptables, the system's flavour
@@ -128,33 +131,8 @@ fn two_pods_nft() {
 
 // === skips ===
 
-/// Why a test cannot run here.
-#[derive(Debug)]
-enum Skip {
-    /// No root, no namespaces, no `ip`/iptables/nft: `L7INSPECT_REQUIRE_NETNS`.
-    Netns(String),
-    /// No `curl`, `redis-server` or `redis-cli`: `L7INSPECT_REQUIRE_TOOLS`.
-    Tool(String),
-}
-
 fn run(test: &'static str, backend: Backend) {
-    use l7inspect_test_support::{Need, skip};
-    match two_pods(test, backend) {
-        Ok(()) => {}
-        Err(Skip::Netns(reason)) => skip(test, Need::Netns, reason),
-        Err(Skip::Tool(reason)) => skip(test, Need::Tools, reason),
-    }
-}
-
-/// A system tool that must run (version check); missing is a [`Skip::Tool`].
-fn need_tool(program: &str, package: &str) -> Result<(), Skip> {
-    match Command::new(program).arg("--version").output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(Skip::Tool(format!("`{program} --version` failed: {out:?}"))),
-        Err(e) => Err(Skip::Tool(format!(
-            "{program} could not run ({e}; apt-get install -y {package})"
-        ))),
-    }
+    run_or_skip(test, || two_pods(test, backend));
 }
 
 // === the backends ===
@@ -204,7 +182,7 @@ impl Backend {
     /// (which must survive, and which makes the tables exist before the
     /// snapshot, as they do after `--remove`). Returns whether IPv6 nat is
     /// there (iptables; nft always has the `ip6` family).
-    fn prepare(self, pod: &Netns) -> Result<bool, Skip> {
+    fn prepare(self, pod: &NamedNetns) -> Result<bool, Skip> {
         let other = [
             "-t",
             "nat",
@@ -249,7 +227,7 @@ impl Backend {
 
     /// The pod's nat rules as text to compare: `iptables-save -t nat` (and
     /// IPv6's) without comments and chain counters, or `nft list ruleset`.
-    fn snapshot(self, pod: &Netns, ipv6: bool) -> String {
+    fn snapshot(self, pod: &NamedNetns, ipv6: bool) -> String {
         let get = |program: &str, args: &[&str]| {
             pod.tool(program, args)
                 .unwrap_or_else(|skip| panic!("{skip:?}"))
@@ -294,8 +272,8 @@ fn normalize_save(text: &str) -> String {
 
 fn two_pods(test: &'static str, backend: Backend) -> Result<(), Skip> {
     let tag = backend.tag();
-    let a = Netns::new(&format!("l7i-{}-{tag}-a", std::process::id()))?;
-    let b = Netns::new(&format!("l7i-{}-{tag}-b", std::process::id()))?;
+    let a = NamedNetns::new(&format!("l7i-{}-{tag}-a", std::process::id()))?;
+    let b = NamedNetns::new(&format!("l7i-{}-{tag}-b", std::process::id()))?;
     need_tool("curl", "curl")?;
     need_tool("redis-server", "redis-server")?;
     need_tool("redis-cli", "redis-tools")?;
@@ -309,7 +287,16 @@ fn two_pods(test: &'static str, backend: Backend) -> Result<(), Skip> {
     a.tool(
         "ip",
         &[
-            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            b.name(),
         ],
     )?;
     for (pod, addrs) in [
@@ -344,7 +331,6 @@ fn two_pods(test: &'static str, backend: Backend) -> Result<(), Skip> {
 
     // Pod B's services, dual-stack where the test owns them.
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let spans: Arc<Mutex<Vec<Json>>> = Arc::default();
     let _http = {
         let seen = seen.clone();
         serve(b.bind(HTTP_PORT), move |s| http_app(s, &seen))
@@ -354,11 +340,14 @@ fn two_pods(test: &'static str, backend: Backend) -> Result<(), Skip> {
         serve(b.bind(SKIPPED_PORT), move |s| http_app(s, &seen))
     };
     let _banner = serve(b.bind(BANNER_PORT), banner_service);
-    let _zipkin = {
-        let spans = spans.clone();
-        serve(b.bind(ZIPKIN_PORT), move |s| zipkin_receiver(s, &spans))
-    };
-    let redis_dir = std::env::temp_dir().join(format!("{}-redis", b.name));
+    // The collector: Zipkin on its port (the one pod B's rules skip); its
+    // OTLP ports are not used here.
+    let collector = Collector::on(Listeners {
+        otlp_grpc: b.bind(4317),
+        otlp_http: b.bind(4318),
+        zipkin: b.bind(ZIPKIN_PORT),
+    });
+    let redis_dir = std::env::temp_dir().join(format!("{}-redis", b.name()));
     std::fs::create_dir_all(&redis_dir).expect("redis working directory");
     let _redis_dir = RemoveDir(redis_dir.clone());
     let mut redis = Command::new("redis-server");
@@ -368,7 +357,7 @@ fn two_pods(test: &'static str, backend: Backend) -> Result<(), Skip> {
         .args(["--protected-mode", "no"])
         .current_dir(&redis_dir);
     let _redis = b.spawn("redis-server", redis, &log_path(&b, "redis"));
-    eventually("redis-server answers PING", || {
+    wait_for_blocking("redis-server answers PING", || {
         let out = b.output(Command::new("redis-cli").args(["-h", B_V4, "PING"]));
         (String::from_utf8_lossy(&out.stdout).trim() == "PONG").then_some(())
     });
@@ -398,8 +387,8 @@ fn two_pods(test: &'static str, backend: Backend) -> Result<(), Skip> {
     let _sidecar_a = start_sidecar(&a, &sidecar_bin, "client-pod", &zipkin);
     let _sidecar_b = start_sidecar(&b, &sidecar_bin, "server-pod", &zipkin);
     for pod in [&a, &b] {
-        eventually(&format!("{}'s sidecar is ready", pod.name), || {
-            let (head, _) = pod.admin_get("/ready").ok()?;
+        wait_for_blocking(&format!("{}'s sidecar is ready", pod.name()), || {
+            let (head, _) = admin_get(pod, "/ready").ok()?;
             is_ok_status(&head).then_some(())
         });
     }
@@ -442,8 +431,8 @@ fn two_pods(test: &'static str, backend: Backend) -> Result<(), Skip> {
         expect_metric(&a, HTTP_CLIENT_COUNT, &[], http_requests);
         expect_metric(&b, HTTP_SERVER_COUNT, &[], http_requests);
 
-        let (client, server) = eventually(&format!("the spans of trace {trace_id}"), || {
-            let spans = spans.lock().unwrap();
+        let (client, server) = wait_for_blocking(&format!("the spans of trace {trace_id}"), || {
+            let spans = collector.zipkin_spans();
             let of = |service: &str, kind: &str| -> Vec<Json> {
                 spans
                     .iter()
@@ -570,15 +559,15 @@ fn two_pods(test: &'static str, backend: Backend) -> Result<(), Skip> {
     expect_metric(&a, TCP_CONNECTIONS, &[OUT], through_a);
     expect_metric(&b, TCP_CONNECTIONS, &[IN], through_a);
     for (pod, idle) in [(&a, IN), (&b, OUT)] {
-        let m = pod.metrics();
+        let m = metrics(pod);
         assert_eq!(
-            metric(&m, TCP_CONNECTIONS, &[idle]),
+            prom::sum(&m, TCP_CONNECTIONS, &[idle]),
             0.0,
             "{}: {m}",
-            pod.name
+            pod.name()
         );
-        assert_eq!(metric(&m, REFUSED, &[]), 0.0, "{}: {m}", pod.name);
-        assert_eq!(metric(&m, REFUSED, &[("reason", "loop")]), 0.0, "{m}");
+        assert_eq!(prom::sum(&m, REFUSED, &[]), 0.0, "{}: {m}", pod.name());
+        assert_eq!(prom::sum(&m, REFUSED, &[("reason", "loop")]), 0.0, "{m}");
     }
 
     // --- skipped port and CIDR: past pod A's sidecar ---
@@ -600,7 +589,7 @@ fn two_pods(test: &'static str, backend: Backend) -> Result<(), Skip> {
         // counts before it forwards, so by now pod A's would have too.
         expect_metric(&b, TCP_CONNECTIONS, &[IN], into_b);
         assert_eq!(
-            metric(&a.metrics(), TCP_CONNECTIONS, &[]),
+            prom::sum(&metrics(&a), TCP_CONNECTIONS, &[]),
             through_a,
             "{url} went through pod A's sidecar"
         );
@@ -619,7 +608,7 @@ fn two_pods(test: &'static str, backend: Backend) -> Result<(), Skip> {
         before_b,
         "pod B's rules after --remove"
     );
-    let (metrics_a, metrics_b) = (a.metrics(), b.metrics());
+    let (metrics_a, metrics_b) = (metrics(&a), metrics(&b));
     let body = curl(&a, &format!("http://{B_V4}:{HTTP_PORT}/after-remove"));
     assert!(body.starts_with("path /after-remove\n"), "{body}");
     assert_eq!(
@@ -628,12 +617,12 @@ fn two_pods(test: &'static str, backend: Backend) -> Result<(), Skip> {
         "a sidecar saw the request after --remove: {body}"
     );
     for (pod, before) in [(&a, &metrics_a), (&b, &metrics_b)] {
-        let now = pod.metrics();
+        let now = metrics(pod);
         assert_eq!(
-            metric(&now, TCP_CONNECTIONS, &[]),
-            metric(before, TCP_CONNECTIONS, &[]),
+            prom::sum(&now, TCP_CONNECTIONS, &[]),
+            prom::sum(before, TCP_CONNECTIONS, &[]),
             "{}'s sidecar counted a connection after --remove:\n{now}",
-            pod.name
+            pod.name()
         );
     }
     Ok(())
@@ -648,198 +637,50 @@ const REFUSED: &str = "l7inspect_connections_refused_total";
 const OUT: (&str, &str) = ("direction", "outbound");
 const IN: (&str, &str) = ("direction", "inbound");
 
-/// The sum of the samples of `name` that carry all of `labels` in the
-/// Prometheus text `text` (0 when there is none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-            let have = rest.strip_suffix('}')?;
-            let ok = n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| have.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
-            ok.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .fold(0.0, |sum, v| sum + v)
-}
-
 /// Waits until `pod`'s sidecar reports at least `want` for the metric, then
 /// asserts it is exactly `want`.
-fn expect_metric(pod: &Netns, name: &str, labels: &[(&str, &str)], want: f64) {
+fn expect_metric(pod: &NamedNetns, name: &str, labels: &[(&str, &str)], want: f64) {
     let mut last = String::new();
-    let deadline = Instant::now() + HANG_GUARD;
+    let deadline = Instant::now() + PATIENCE;
     loop {
-        last = pod.metrics_or(last);
-        let got = metric(&last, name, labels);
+        last = metrics_or(pod, last);
+        let got = prom::sum(&last, name, labels);
         if got >= want || Instant::now() > deadline {
-            assert_eq!(got, want, "{} {name}{labels:?}\n{last}", pod.name);
+            assert_eq!(got, want, "{} {name}{labels:?}\n{last}", pod.name());
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-// === namespaces and processes ===
+// === the pods' admin ports ===
 
-/// A named network namespace (`ip netns add`), deleted on drop. Work in it
-/// is done on threads that `setns` into it: a namespace belongs to a
-/// thread, and the sockets and processes it creates stay in it.
-struct Netns {
-    name: String,
+/// `GET path` on `pod`'s sidecar admin port over 127.0.0.1 (loopback to
+/// 127.0.0.1 is never redirected): the response head and body.
+fn admin_get(pod: &NamedNetns, path: &str) -> io::Result<(String, String)> {
+    let mut conn = pod.connect(&format!("127.0.0.1:{ADMIN_PORT}"))?;
+    // HTTP/1.0: no chunked encoding, the body ends at EOF.
+    conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Ok((head.to_owned(), body.to_owned()))
 }
 
-impl Netns {
-    fn new(name: &str) -> Result<Self, Skip> {
-        let out = Command::new("ip")
-            .args(["netns", "add", name])
-            .output()
-            .map_err(|e| {
-                Skip::Netns(format!(
-                    "ip could not run ({e}; apt-get install -y iproute2)"
-                ))
-            })?;
-        if !out.status.success() {
-            return Err(Skip::Netns(format!(
-                "`ip netns add {name}` failed (needs root): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(Self {
-            name: name.to_owned(),
-        })
-    }
-
-    /// Runs `f` on a thread in this namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            let thread = s.spawn(|| {
-                let ns = File::open(format!("/run/netns/{}", self.name)).expect("open the netns");
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            });
-            thread
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    }
-
-    /// Runs `cmd` here to completion (killed after [`HANG_GUARD`]).
-    fn output(&self, cmd: &mut Command) -> Output {
-        let what = format!("{cmd:?}");
-        self.run(|| output_within(cmd, HANG_GUARD))
-            .unwrap_or_else(|e| panic!("{what} in {}: {e}", self.name))
-    }
-
-    /// Runs a system tool here; a missing tool or a failure is a skip.
-    fn tool(&self, program: &str, args: &[&str]) -> Result<String, Skip> {
-        let out = self
-            .run(|| output_within(Command::new(program).args(args), HANG_GUARD))
-            .map_err(|e| {
-                Skip::Netns(format!(
-                    "{program} could not run ({e}; apt-get install -y iproute2 iptables nftables)"
-                ))
-            })?;
-        if !out.status.success() {
-            return Err(Skip::Netns(format!(
-                "`{program} {}` failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Starts `cmd` here, its output going to `log`.
-    fn spawn(&self, what: &str, mut cmd: Command, log: &Path) -> Proc {
-        let file = File::create(log).expect("create the log file");
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file);
-        let child = self
-            .run(|| cmd.spawn())
-            .unwrap_or_else(|e| panic!("start {what}: {e}"));
-        Proc {
-            what: what.to_owned(),
-            child,
-            log: log.to_owned(),
-        }
-    }
-
-    /// A listener on the wildcard address (IPv4 and IPv6) here.
-    fn bind(&self, port: u16) -> TcpListener {
-        self.run(|| TcpListener::bind(("::", port)))
-            .unwrap_or_else(|e| panic!("bind [::]:{port} in {}: {e}", self.name))
-    }
-
-    /// A connection made from here (by uid 0: an application).
-    fn connect(&self, addr: &str) -> io::Result<TcpStream> {
-        let addr: SocketAddr = addr.parse().expect("socket address");
-        let conn = self.run(|| TcpStream::connect_timeout(&addr, HANG_GUARD))?;
-        conn.set_read_timeout(Some(HANG_GUARD))?;
-        conn.set_write_timeout(Some(HANG_GUARD))?;
-        Ok(conn)
-    }
-
-    /// `GET path` on the sidecar's admin port over 127.0.0.1 (loopback to
-    /// 127.0.0.1 is never redirected): the response head and body.
-    fn admin_get(&self, path: &str) -> io::Result<(String, String)> {
-        let mut conn = self.connect(&format!("127.0.0.1:{ADMIN_PORT}"))?;
-        // HTTP/1.0: no chunked encoding, the body ends at EOF.
-        conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
-        let mut response = String::new();
-        conn.read_to_string(&mut response)?;
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        Ok((head.to_owned(), body.to_owned()))
-    }
-
-    /// The sidecar's Prometheus metrics.
-    fn metrics(&self) -> String {
-        let (head, body) = self
-            .admin_get("/metrics")
-            .unwrap_or_else(|e| panic!("{}'s /metrics: {e}", self.name));
-        assert!(is_ok_status(&head), "{head}");
-        body
-    }
-
-    /// The metrics, or `last` when the scrape failed (checked by the caller's
-    /// assertion on the values).
-    fn metrics_or(&self, last: String) -> String {
-        match self.admin_get("/metrics") {
-            Ok((head, body)) if is_ok_status(&head) => body,
-            _ => last,
-        }
-    }
+/// `pod`'s sidecar's Prometheus metrics.
+fn metrics(pod: &NamedNetns) -> String {
+    let (head, body) =
+        admin_get(pod, "/metrics").unwrap_or_else(|e| panic!("{}'s /metrics: {e}", pod.name()));
+    assert!(is_ok_status(&head), "{head}");
+    body
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// A process this test started: killed and reaped on drop. On a failure its
-/// log is printed.
-struct Proc {
-    what: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("--- {} (pid {}) log:\n{log}", self.what, self.child.id());
-        }
-        let _ = std::fs::remove_file(&self.log);
+/// The metrics, or `last` when the scrape failed (checked by the caller's
+/// assertion on the values).
+fn metrics_or(pod: &NamedNetns, last: String) -> String {
+    match admin_get(pod, "/metrics") {
+        Ok((head, body)) if is_ok_status(&head) => body,
+        _ => last,
     }
 }
 
@@ -858,48 +699,8 @@ fn is_ok_status(head: &str) -> bool {
     head.split_whitespace().nth(1) == Some("200")
 }
 
-fn log_path(pod: &Netns, what: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}-{what}.log", pod.name))
-}
-
-/// Runs `cmd` to completion, killing it after `limit` (a hang).
-fn output_within(cmd: &mut Command, limit: Duration) -> io::Result<Output> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let stdout = drain(child.stdout.take().map(|r| Box::new(r) as _));
-    let stderr = drain(child.stderr.take().map(|r| Box::new(r) as _));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("{cmd:?} did not finish within {limit:?}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Ok(Output {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    })
+fn log_path(pod: &NamedNetns, what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}-{what}.log", pod.name()))
 }
 
 fn ok(out: &Output) {
@@ -911,21 +712,9 @@ fn ok(out: &Output) {
     );
 }
 
-/// Retries `f` until it returns something, for at most [`HANG_GUARD`].
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + HANG_GUARD;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `curl` in `pod` (a client that knows nothing of proxies): the body of a
 /// 200 response.
-fn curl(pod: &Netns, url: &str) -> String {
+fn curl(pod: &NamedNetns, url: &str) -> String {
     let out = pod.output(Command::new("curl").args([
         "-sS",
         "-g",
@@ -944,7 +733,7 @@ fn curl(pod: &Netns, url: &str) -> String {
 
 // === the sidecar ===
 
-fn start_sidecar(pod: &Netns, bin: &Path, service: &str, zipkin: &str) -> Proc {
+fn start_sidecar(pod: &NamedNetns, bin: &Path, service: &str, zipkin: &str) -> Proc {
     let mut cmd = Command::new(bin);
     cmd.args(["--service-name", service, "--zipkin-endpoint", zipkin])
         // The default listeners are dual-stack (0.0.0.0 and [::] inbound,
@@ -1020,8 +809,8 @@ fn serve(listener: TcpListener, handle: impl Fn(TcpStream) + Send + Sync + 'stat
                         let handle = handle.clone();
                         std::thread::spawn(move || {
                             let _ = conn.set_nonblocking(false);
-                            let _ = conn.set_read_timeout(Some(HANG_GUARD));
-                            let _ = conn.set_write_timeout(Some(HANG_GUARD));
+                            let _ = conn.set_read_timeout(Some(PATIENCE));
+                            let _ = conn.set_write_timeout(Some(PATIENCE));
                             handle(conn);
                         });
                     }
@@ -1070,24 +859,23 @@ fn seen_request(seen: &Mutex<Vec<Seen>>, path: &str) -> Seen {
     found[0].clone()
 }
 
-/// One HTTP/1 request as the test's servers read it.
+/// One HTTP/1 request's head as the app reads it (its requests are GETs).
 struct Request {
-    method: String,
     path: String,
     /// Names lowercased.
     headers: Vec<(String, String)>,
-    /// By Content-Length.
-    body: Vec<u8>,
 }
 
-/// Reads one HTTP/1 request.
+/// Reads one HTTP/1 request head.
 fn read_request(conn: &TcpStream) -> io::Result<Request> {
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_owned();
-    let path = parts.next().unwrap_or_default().to_owned();
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
@@ -1102,19 +890,7 @@ fn read_request(conn: &TcpStream) -> io::Result<Request> {
             headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
         }
     }
-    let len = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body)?;
-    Ok(Request {
-        method,
-        path,
-        headers,
-        body,
-    })
+    Ok(Request { path, headers })
 }
 
 fn respond(mut conn: &TcpStream, status: &str, body: &str) {
@@ -1128,7 +904,7 @@ fn respond(mut conn: &TcpStream, status: &str, body: &str) {
 
 /// The app: 200 with a body of `path <path>` and the headers it got.
 fn http_app(conn: TcpStream, seen: &Mutex<Vec<Seen>>) {
-    let Ok(Request { path, headers, .. }) = read_request(&conn) else {
+    let Ok(Request { path, headers }) = read_request(&conn) else {
         return;
     };
     let mut body = format!("path {path}\n");
@@ -1151,25 +927,4 @@ fn banner_service(mut conn: TcpStream) {
         }
     }
     let _ = conn.shutdown(Shutdown::Write);
-}
-
-/// A Zipkin v2 receiver: `POST /api/v2/spans` with a JSON list of spans.
-fn zipkin_receiver(conn: TcpStream, spans: &Mutex<Vec<Json>>) {
-    let Ok(Request {
-        method, path, body, ..
-    }) = read_request(&conn)
-    else {
-        return;
-    };
-    if method != "POST" || path != "/api/v2/spans" {
-        respond(&conn, "404 Not Found", "");
-        return;
-    }
-    match serde_json::from_slice::<Vec<Json>>(&body) {
-        Ok(list) => {
-            spans.lock().unwrap().extend(list);
-            respond(&conn, "202 Accepted", "");
-        }
-        Err(e) => respond(&conn, "400 Bad Request", &e.to_string()),
-    }
 }
