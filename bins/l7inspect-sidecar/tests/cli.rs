@@ -30,39 +30,26 @@ impl Drop for Guard {
     }
 }
 
-#[test]
-fn help_names_every_flag_and_its_env_var() {
-    let out = run(&["--help"]);
-    assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
-    for (flag, env) in [
-        ("--inbound-listen", "L7INSPECT_INBOUND_LISTEN"),
-        ("--outbound-listen", "L7INSPECT_OUTBOUND_LISTEN"),
-        ("--admin-listen", "L7INSPECT_ADMIN_LISTEN"),
-        ("--inbound-forward", "L7INSPECT_INBOUND_FORWARD"),
-        ("--outbound-forward", "L7INSPECT_OUTBOUND_FORWARD"),
-        ("--no-transparent", "L7INSPECT_NO_TRANSPARENT"),
-        ("--opaque-ports", "L7INSPECT_OPAQUE_PORTS"),
-        ("--idle-timeout", "L7INSPECT_IDLE_TIMEOUT"),
-        ("--shutdown-grace", "L7INSPECT_SHUTDOWN_GRACE"),
-        ("--detect-timeout", "L7INSPECT_DETECT_TIMEOUT"),
-        ("--connect-timeout", "L7INSPECT_CONNECT_TIMEOUT"),
-        ("--threads", "L7INSPECT_THREADS"),
-        ("--log-level", "L7INSPECT_LOG_LEVEL"),
-        ("--log-format", "L7INSPECT_LOG_FORMAT"),
-        ("--service-name", "OTEL_SERVICE_NAME"),
-        ("--otlp-endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-        ("--otlp-protocol", "OTEL_EXPORTER_OTLP_PROTOCOL"),
-        ("--zipkin-endpoint", "OTEL_EXPORTER_ZIPKIN_ENDPOINT"),
-        ("--sample-ratio", "L7INSPECT_SAMPLE_RATIO"),
-        ("--propagators", "OTEL_PROPAGATORS"),
-        ("--record-query", "L7INSPECT_RECORD_QUERY"),
-    ] {
-        assert!(help.contains(flag), "{flag} missing from --help");
-        assert!(help.contains(env), "{env} missing from --help");
-    }
-    // Every OpenTelemetry variable the exporter configuration reads, found
-    // in its source rather than listed here again.
+/// The help of one flag: its line and any lines below it up to the next
+/// flag, heading or blank line.
+fn flag_help(help: &str, flag: &str) -> Option<String> {
+    let is_flag = |l: &str| l.trim_start().starts_with('-');
+    let mut lines = help
+        .lines()
+        .skip_while(|l| !(is_flag(l) && l.split([' ', ',', '=']).any(|w| w == flag)));
+    let first = lines.next()?;
+    let more = lines.take_while(|l| l.starts_with(' ') && !is_flag(l));
+    Some(
+        std::iter::once(first)
+            .chain(more)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
+/// Every `OTEL_*` variable named by a string literal in the source of the
+/// trace crate's reader, rather than listed here again.
+fn otel_variables_read() -> Vec<&'static str> {
     let env_rs = include_str!("../../../l7inspect-trace/src/export/env.rs");
     let mut read = env_rs
         .match_indices("\"OTEL_")
@@ -74,7 +61,67 @@ fn help_names_every_flag_and_its_env_var() {
         .collect::<Vec<_>>();
     read.sort_unstable();
     read.dedup();
-    assert!(read.len() >= 15, "{read:?}");
+    read
+}
+
+#[test]
+fn help_names_every_flag_and_its_env_var() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    // Each flag's own help names its variables: clap's `[env: ...]` for
+    // the L7INSPECT_* ones, the doc comment for the OTEL_* ones (read by
+    // the trace crate's reader, not by clap).
+    for (flag, vars) in [
+        ("--inbound-listen", &["L7INSPECT_INBOUND_LISTEN"][..]),
+        ("--outbound-listen", &["L7INSPECT_OUTBOUND_LISTEN"][..]),
+        ("--admin-listen", &["L7INSPECT_ADMIN_LISTEN"][..]),
+        ("--inbound-forward", &["L7INSPECT_INBOUND_FORWARD"][..]),
+        ("--outbound-forward", &["L7INSPECT_OUTBOUND_FORWARD"][..]),
+        ("--no-transparent", &["L7INSPECT_NO_TRANSPARENT"][..]),
+        ("--opaque-ports", &["L7INSPECT_OPAQUE_PORTS"][..]),
+        ("--idle-timeout", &["L7INSPECT_IDLE_TIMEOUT"][..]),
+        ("--shutdown-grace", &["L7INSPECT_SHUTDOWN_GRACE"][..]),
+        ("--detect-timeout", &["L7INSPECT_DETECT_TIMEOUT"][..]),
+        ("--connect-timeout", &["L7INSPECT_CONNECT_TIMEOUT"][..]),
+        ("--threads", &["L7INSPECT_THREADS"][..]),
+        ("--log-level", &["L7INSPECT_LOG_LEVEL"][..]),
+        ("--log-format", &["L7INSPECT_LOG_FORMAT"][..]),
+        ("--service-name", &["OTEL_SERVICE_NAME"][..]),
+        (
+            "--otlp-endpoint",
+            &[
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ],
+        ),
+        (
+            "--otlp-protocol",
+            &[
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ],
+        ),
+        ("--zipkin-endpoint", &["OTEL_EXPORTER_ZIPKIN_ENDPOINT"][..]),
+        ("--sample-ratio", &["L7INSPECT_SAMPLE_RATIO"][..]),
+        ("--propagators", &["OTEL_PROPAGATORS"][..]),
+        ("--record-query", &["L7INSPECT_RECORD_QUERY"][..]),
+    ] {
+        let text = flag_help(&help, flag).unwrap_or_else(|| panic!("{flag} missing from --help"));
+        for var in vars {
+            assert!(
+                text.contains(var),
+                "{var} missing from {flag}'s help: {text}"
+            );
+        }
+    }
+    // Every OpenTelemetry variable the reader reads (clap reads none): its
+    // list of them is complete, and --help names each.
+    let read = otel_variables_read();
+    let mut listed = l7inspect_trace::export::VARIABLES.to_vec();
+    listed.sort_unstable();
+    assert_eq!(read, listed, "export::VARIABLES is not every variable read");
+    assert!(read.contains(&"OTEL_PROPAGATORS"), "{read:?}");
     for var in read {
         assert!(
             help.contains(var),
@@ -117,7 +164,24 @@ fn bad_env_values_exit_2_too() {
 fn bad_tracing_settings_name_the_flag_or_variable_and_exit_2() {
     for (args, env, needle) in [
         (&["--sample-ratio", "1.5"][..], None, "--sample-ratio"),
-        (&["--propagators", "xray"], None, "--propagators"),
+        // Parsed by the trace crate's reader, for the flag as for the
+        // variable, each named as the user gave it.
+        (
+            &["--propagators", "xray"],
+            None,
+            "invalid value \"xray\" for --propagators: propagator `xray`",
+        ),
+        (
+            &[],
+            Some(("OTEL_PROPAGATORS", "b3,xray")),
+            "invalid value for OTEL_PROPAGATORS=\"b3,xray\": propagator `xray`",
+        ),
+        // The flag is what is wrong, even with a good variable under it.
+        (
+            &["--propagators", "none,b3"],
+            Some(("OTEL_PROPAGATORS", "b3")),
+            "invalid value \"none,b3\" for --propagators: `none` cannot be combined",
+        ),
         (
             &["--otlp-protocol", "carrier-pigeon"],
             None,
@@ -165,6 +229,116 @@ fn bad_tracing_settings_name_the_flag_or_variable_and_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
     }
+}
+
+/// Starts the proxy with `args` and `env` (and no other `OTEL_*` variable)
+/// and returns its start-up line about tracing, `service=... otlp=...
+/// zipkin=...`: the configuration as read.
+fn tracing_line(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--no-transparent", "--admin-listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped());
+    for (var, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    let mut guard = Guard(cmd.spawn().unwrap());
+    let stderr = BufReader::new(guard.0.stderr.take().unwrap());
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line.contains("tracing HTTP requests") {
+            return line;
+        }
+    }
+    panic!("exited without the tracing line: {args:?} {env:?}");
+}
+
+#[test]
+fn a_flag_beats_its_otel_variable() {
+    let env = [
+        ("OTEL_SERVICE_NAME", "from-var"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://127.0.0.1:9/var",
+        ),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        (
+            "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+            "http://127.0.0.1:9/zipkin-var",
+        ),
+    ];
+    let line = tracing_line(&[], &env);
+    assert!(line.contains("service=from-var"), "{line}");
+    assert!(
+        line.contains("otlp=http://127.0.0.1:9/var (http/protobuf)"),
+        "{line}"
+    );
+    assert!(
+        line.contains("zipkin=http://127.0.0.1:9/zipkin-var"),
+        "{line}"
+    );
+
+    let line = tracing_line(
+        &[
+            "--service-name",
+            "from-flag",
+            "--otlp-endpoint",
+            "http://127.0.0.1:9/flag",
+            "--otlp-protocol",
+            "grpc",
+            "--zipkin-endpoint",
+            "http://127.0.0.1:9/zipkin-flag",
+        ],
+        &env,
+    );
+    assert!(line.contains("service=from-flag"), "{line}");
+    assert!(
+        line.contains("otlp=http://127.0.0.1:9/flag (grpc)"),
+        "{line}"
+    );
+    assert!(
+        line.contains("zipkin=http://127.0.0.1:9/zipkin-flag"),
+        "{line}"
+    );
+}
+
+#[test]
+fn the_traces_protocol_variable_beats_the_generic_one() {
+    // The generic endpoint is a base URL: /v1/traces is appended for
+    // http/protobuf, the protocol the traces variable chose.
+    let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9");
+    let line = tracing_line(
+        &[],
+        &[
+            base,
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ],
+    );
+    assert!(
+        line.contains("otlp=http://127.0.0.1:9/v1/traces (http/protobuf)"),
+        "{line}"
+    );
+    let line = tracing_line(
+        &[],
+        &[
+            base,
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ],
+    );
+    assert!(line.contains("otlp=http://127.0.0.1:9 (grpc)"), "{line}");
+    // The generic variable alone still counts.
+    let line = tracing_line(
+        &[],
+        &[base, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
+    );
+    assert!(
+        line.contains("otlp=http://127.0.0.1:9/v1/traces (http/protobuf)"),
+        "{line}"
+    );
 }
 
 #[test]

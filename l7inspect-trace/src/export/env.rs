@@ -1,22 +1,30 @@
-//! The OpenTelemetry SDK environment variables, mapped to
-//! [`ExportConfig`], [`ResourceConfig`](super::ResourceConfig) parts and [`SamplerConfig`].
+//! The OpenTelemetry SDK environment variables, and the flags that
+//! override some of them, mapped to [`ExportConfig`],
+//! [`ResourceConfig`](super::ResourceConfig) parts, [`SamplerConfig`] and
+//! [`Propagators`].
 //!
-//! Pure: [`from_otel_env`] reads variables only through the lookup closure
-//! it is given, so the library never touches the process environment and
-//! tests pass a map. Meanings follow the OpenTelemetry specification
+//! Pure: [`from_otel_env_with`] reads variables only through the lookup
+//! closure it is given, so the library never touches the process
+//! environment and tests pass a map. It is the one reader of the `OTEL_*`
+//! variables: a program with flags for some settings passes their values in
+//! as [`OtelOverrides`] rather than reading the variables itself, so that
+//! each variable is read once and precedence is decided here (see
+//! [`OtelOverrides`]). Meanings follow the OpenTelemetry specification
 //! ("Environment Variable Specification" and "OTLP Exporter
 //! Configuration"), with these choices:
-//! - An empty value counts as unset, as the specification says.
+//! - An empty value counts as unset, as the specification says; an empty
+//!   flag value too.
 //! - Enumerated values are case-insensitive.
-//! - A value that cannot be used is an error naming the variable, the value
-//!   and why; the sidecar turns it into exit code 2 instead of running with
-//!   a silently different configuration. (`OTEL_EXPORTER_OTLP_HEADERS`
-//!   values are redacted in errors: they often hold credentials.)
+//! - A value that cannot be used is an error naming the variable (or the
+//!   flag it came from), the value and why; the sidecar turns it into exit
+//!   code 2 instead of running with a silently different configuration.
+//!   (`OTEL_EXPORTER_OTLP_HEADERS` values are redacted in errors: they
+//!   often hold credentials.)
 //! - Without `OTEL_TRACES_EXPORTER`, an exporter runs where its endpoint is
-//!   set: without an OTLP endpoint variable there is no OTLP exporter
-//!   (rather than the specification's `localhost` default), and the sidecar
-//!   keeps spans in memory only. With it, exactly the exporters it lists run
-//!   (`otlp`, `zipkin`), each at its endpoint variable or else the
+//!   set: without an OTLP endpoint (variable or override) there is no OTLP
+//!   exporter (rather than the specification's `localhost` default), and
+//!   the sidecar keeps spans in memory only. With it, exactly the exporters
+//!   it lists run (`otlp`, `zipkin`), each at its endpoint or else the
 //!   specification's default (`http://localhost:4317`,
 //!   `http://localhost:4318/v1/traces`, `http://localhost:9411/api/v2/spans`);
 //!   `none` runs none, whatever endpoints are set.
@@ -26,6 +34,7 @@ use std::time::Duration;
 use super::config::{
     Compression, ExportConfig, OtlpConfig, OtlpProtocol, SamplerConfig, ZipkinConfig,
 };
+use crate::Propagators;
 
 /// `OTEL_SERVICE_NAME`
 pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
@@ -67,8 +76,10 @@ pub const OTEL_BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
 pub const OTEL_BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
 /// `OTEL_BSP_SCHEDULE_DELAY`
 pub const OTEL_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
+/// `OTEL_PROPAGATORS`
+pub const OTEL_PROPAGATORS: &str = "OTEL_PROPAGATORS";
 
-/// Every variable [`from_otel_env`] reads, e.g. for `--help` text or to
+/// Every variable [`from_otel_env_with`] reads, e.g. for `--help` text or to
 /// log which ones were set.
 pub const VARIABLES: &[&str] = &[
     OTEL_SERVICE_NAME,
@@ -91,50 +102,201 @@ pub const VARIABLES: &[&str] = &[
     OTEL_BSP_MAX_QUEUE_SIZE,
     OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
     OTEL_BSP_SCHEDULE_DELAY,
+    OTEL_PROPAGATORS,
 ];
 
-/// What the `OTEL_*` variables say; unset variables leave defaults.
+/// What the `OTEL_*` variables, and the [`OtelOverrides`] over them, say;
+/// unset variables leave defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtelEnv {
-    /// `OTEL_SERVICE_NAME`, else a `service.name` in
-    /// `OTEL_RESOURCE_ATTRIBUTES`, else `None` (the caller picks a default,
-    /// e.g. the host name).
+    /// [`OtelOverrides::service_name`], else `OTEL_SERVICE_NAME`, else a
+    /// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else `None` (the caller
+    /// picks a default, e.g. the host name).
     pub service_name: Option<String>,
     /// `OTEL_RESOURCE_ATTRIBUTES`, percent-decoded, in order.
     pub resource_attributes: Vec<(String, String)>,
+    /// [`OtelOverrides::sample_ratio`] (`parentbased_traceidratio`), else
     /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`; default
     /// `parentbased_always_on`.
     pub sampler: SamplerConfig,
     /// Exporters and batching; [`ExportConfig::default`] where unset.
     pub export: ExportConfig,
+    /// [`OtelOverrides::propagators`], else `OTEL_PROPAGATORS`, read by
+    /// [`Propagators::parse`]; default [`Propagators::default`].
+    pub propagators: Propagators,
 }
 
-/// A variable whose value cannot be used.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{var}={value:?}: {reason}")]
+/// A value given for a setting by something other than its `OTEL_*`
+/// variable, typically a command-line flag, and the name to blame when it
+/// cannot be used.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Override<T> {
+    /// Where the value came from as the user wrote it, e.g.
+    /// `--otlp-endpoint`: errors name it instead of a variable.
+    pub flag: &'static str,
+    /// The value as given.
+    pub value: T,
+}
+
+impl<T> Override<T> {
+    /// `value`, given by `flag`.
+    pub fn new(flag: &'static str, value: T) -> Self {
+        Override { flag, value }
+    }
+}
+
+/// Settings given by flags, which take precedence over the `OTEL_*`
+/// variables for the same setting.
+///
+/// [`from_otel_env_with`] decides every setting it reads in one place, in
+/// this order:
+///
+/// 1. the override here, when set and not empty;
+/// 2. else the signal-specific variable (`OTEL_EXPORTER_OTLP_TRACES_*`);
+/// 3. else the generic variable (`OTEL_EXPORTER_OTLP_*`);
+/// 4. else the default.
+///
+/// A setting with one variable (`OTEL_SERVICE_NAME`,
+/// `OTEL_EXPORTER_ZIPKIN_ENDPOINT`, `OTEL_PROPAGATORS`) has one step
+/// between the override and the default; what each override replaces is on
+/// its field. `OTEL_TRACES_EXPORTER` has no override: when
+/// set, it still picks which exporters run, so
+/// `OTEL_TRACES_EXPORTER=none` turns off an exporter whose endpoint was
+/// given by a flag.
+///
+/// A value that cannot be used is an [`EnvError`] naming the flag
+/// ([`Override::flag`]) when it came from here, else the variable.
+/// `Default` overrides nothing: the variables alone.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OtelOverrides {
+    /// `service.name`; over `OTEL_SERVICE_NAME` and a `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`.
+    pub service_name: Option<Override<String>>,
+    /// The OTLP traces endpoint, a full URL used as is (no `/v1/traces` is
+    /// appended); over `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` and
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<Override<String>>,
+    /// The OTLP protocol, `grpc` or `http/protobuf`; over
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` and `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub otlp_protocol: Option<Override<String>>,
+    /// The Zipkin endpoint; over `OTEL_EXPORTER_ZIPKIN_ENDPOINT`.
+    pub zipkin_endpoint: Option<Override<String>>,
+    /// Sample this fraction of new traces with `parentbased_traceidratio`
+    /// (0 to 1); over `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+    pub sample_ratio: Option<Override<f64>>,
+    /// A propagator list as [`Propagators::parse`] reads it; over
+    /// `OTEL_PROPAGATORS`.
+    pub propagators: Option<Override<String>>,
+}
+
+/// A variable's or flag's value that cannot be used.
+///
+/// Displayed as `VARIABLE="value": reason`, or `--flag="value": reason`
+/// when it came from an [`Override`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnvError {
-    /// The variable's name.
+    /// The variable the value was read from; when [`flag`](Self::flag) is
+    /// set, the variable that flag overrides (the signal-specific one where
+    /// there are two, `OTEL_TRACES_SAMPLER_ARG` for a sample ratio).
     pub var: &'static str,
-    /// Its value (redacted for header variables).
+    /// The flag the value came from ([`Override::flag`]), `None` when it
+    /// was read from `var`.
+    pub flag: Option<&'static str>,
+    /// The value (redacted for header variables).
     pub value: String,
     /// Why it cannot be used.
     pub reason: String,
 }
 
-/// Maps the OpenTelemetry SDK environment variables, read through
-/// `lookup` (e.g. `|k| std::env::var(k).ok()`), to configuration.
-///
-/// Precedence: each `OTEL_EXPORTER_OTLP_TRACES_*` variable replaces its
-/// `OTEL_EXPORTER_OTLP_*` counterpart. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
-/// is the full URL, used as is; `OTEL_EXPORTER_OTLP_ENDPOINT` is a base URL
-/// to which `/v1/traces` is appended for `http/protobuf`, and which is used
-/// as is for `grpc` (the default protocol).
+impl std::fmt::Display for EnvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.flag.unwrap_or(self.var);
+        write!(f, "{name}={:?}: {}", self.value, self.reason)
+    }
+}
+
+impl std::error::Error for EnvError {}
+
+/// One setting's value and where it came from, as [`pick`] chose it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Given {
+    /// As given, untrimmed.
+    value: String,
+    /// The variable read, or for a flag the first variable of the setting.
+    var: &'static str,
+    /// The flag, when the value came from an override.
+    flag: Option<&'static str>,
+}
+
+impl Given {
+    /// Whether the value was read from the variable `var` (not a flag).
+    fn is_var(&self, var: &str) -> bool {
+        self.flag.is_none() && self.var == var
+    }
+
+    /// The error for this value, naming where it came from.
+    fn err(&self, reason: impl Into<String>) -> EnvError {
+        EnvError {
+            var: self.var,
+            flag: self.flag,
+            value: self.value.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The precedence, in one place (documented on [`OtelOverrides`]): the
+/// flag's value unless empty, else the first of `vars` that is set (the
+/// signal-specific variable is listed before the generic one), else `None`
+/// for the caller's default. `get` treats empty variables as unset.
+fn pick(
+    flag: Option<&Override<String>>,
+    vars: &[&'static str],
+    get: impl Fn(&'static str) -> Option<String>,
+) -> Option<Given> {
+    if let Some(o) = flag.filter(|o| !o.value.trim().is_empty()) {
+        return Some(Given {
+            value: o.value.clone(),
+            var: vars[0],
+            flag: Some(o.flag),
+        });
+    }
+    vars.iter().find_map(|&var| {
+        get(var).map(|value| Given {
+            value,
+            var,
+            flag: None,
+        })
+    })
+}
+
+/// [`from_otel_env_with`] without overrides: the variables alone.
 pub fn from_otel_env(lookup: impl Fn(&str) -> Option<String>) -> Result<OtelEnv, EnvError> {
+    from_otel_env_with(&OtelOverrides::default(), lookup)
+}
+
+/// Maps the OpenTelemetry SDK environment variables, read through
+/// `lookup` (e.g. `|k| std::env::var(k).ok()`) once each, and the
+/// `overrides` given by flags, to configuration.
+///
+/// Precedence, for every setting: the flag in `overrides`, else the
+/// signal-specific `OTEL_EXPORTER_OTLP_TRACES_*` variable, else the generic
+/// `OTEL_EXPORTER_OTLP_*` one, else the default (see [`OtelOverrides`]).
+/// An endpoint given by [`OtelOverrides::otlp_endpoint`] or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is the full URL, used as is;
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is a base URL to which `/v1/traces` is
+/// appended for `http/protobuf`, and which is used as is for `grpc` (the
+/// default protocol).
+///
+/// # Errors
+/// The first value that cannot be used, naming its flag or variable.
+pub fn from_otel_env_with(
+    overrides: &OtelOverrides,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<OtelEnv, EnvError> {
     // The specification: an empty value is the same as unset.
     let get = |var: &'static str| lookup(var).filter(|v| !v.trim().is_empty());
-    let first = |a: &'static str, b: &'static str| {
-        get(a).map(|v| (a, v)).or_else(|| get(b).map(|v| (b, v)))
-    };
+    let choose = |flag: Option<&Override<String>>, vars: &[&'static str]| pick(flag, vars, get);
 
     let resource_attributes = match get(OTEL_RESOURCE_ATTRIBUTES) {
         Some(v) => {
@@ -142,8 +304,8 @@ pub fn from_otel_env(lookup: impl Fn(&str) -> Option<String>) -> Result<OtelEnv,
         }
         None => Vec::new(),
     };
-    let service_name = get(OTEL_SERVICE_NAME)
-        .map(|s| s.trim().to_owned())
+    let service_name = choose(overrides.service_name.as_ref(), &[OTEL_SERVICE_NAME])
+        .map(|g| g.value.trim().to_owned())
         .or_else(|| {
             resource_attributes
                 .iter()
@@ -152,84 +314,116 @@ pub fn from_otel_env(lookup: impl Fn(&str) -> Option<String>) -> Result<OtelEnv,
                 .map(|(_, v)| v.clone())
         });
 
-    let sampler = parse_sampler(get(OTEL_TRACES_SAMPLER), get(OTEL_TRACES_SAMPLER_ARG))?;
+    // The one override that is not a string and stands for two variables:
+    // the same precedence as `pick`'s, flag first.
+    let sampler = match &overrides.sample_ratio {
+        Some(o) if (0.0..=1.0).contains(&o.value) => {
+            SamplerConfig::ParentBasedTraceIdRatio(o.value)
+        }
+        Some(o) => {
+            return Err(EnvError {
+                var: OTEL_TRACES_SAMPLER_ARG,
+                flag: Some(o.flag),
+                value: o.value.to_string(),
+                reason: "must be between 0 and 1".into(),
+            });
+        }
+        None => parse_sampler(get(OTEL_TRACES_SAMPLER), get(OTEL_TRACES_SAMPLER_ARG))?,
+    };
+    let propagators = match choose(overrides.propagators.as_ref(), &[OTEL_PROPAGATORS]) {
+        Some(g) => Propagators::parse(&g.value).map_err(|e| g.err(e.to_string()))?,
+        None => Propagators::default(),
+    };
     // `None`: not set, every exporter whose endpoint is set runs.
     let exporters = get(OTEL_TRACES_EXPORTER)
         .map(|v| parse_exporters(&v))
         .transpose()?;
     let wants = |name: &str| exporters.as_ref().is_none_or(|list| list.contains(&name));
 
-    let protocol = match first(
-        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
-        OTEL_EXPORTER_OTLP_PROTOCOL,
+    let protocol = match choose(
+        overrides.otlp_protocol.as_ref(),
+        &[
+            OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+            OTEL_EXPORTER_OTLP_PROTOCOL,
+        ],
     ) {
-        Some((var, v)) => match v.trim().to_ascii_lowercase().as_str() {
+        Some(g) => match g.value.trim().to_ascii_lowercase().as_str() {
             "grpc" => OtlpProtocol::Grpc,
             "http/protobuf" => OtlpProtocol::HttpProtobuf,
             "http/json" => {
-                return Err(err(
-                    var,
-                    &v,
-                    "http/json is not supported; use grpc or http/protobuf",
-                ));
+                return Err(g.err("http/json is not supported; use grpc or http/protobuf"));
             }
-            _ => return Err(err(var, &v, "expected grpc or http/protobuf")),
+            _ => return Err(g.err("expected grpc or http/protobuf")),
         },
         None => OtlpProtocol::Grpc,
     };
 
-    let endpoint = if let Some(v) = get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) {
-        let v = v.trim().to_owned();
-        check_url(&v).map_err(|reason| err(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, &v, reason))?;
-        Some(v)
-    } else if let Some(v) = get(OTEL_EXPORTER_OTLP_ENDPOINT) {
-        let base = v.trim();
-        check_url(base).map_err(|reason| err(OTEL_EXPORTER_OTLP_ENDPOINT, &v, reason))?;
-        Some(match protocol {
-            OtlpProtocol::Grpc => base.to_owned(),
-            OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
-        })
-    } else if exporters.is_some() {
+    let endpoint = match choose(
+        overrides.otlp_endpoint.as_ref(),
+        &[
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+            OTEL_EXPORTER_OTLP_ENDPOINT,
+        ],
+    ) {
+        Some(g) => {
+            let url = g.value.trim();
+            check_url(url).map_err(|reason| g.err(reason))?;
+            // Only the generic variable is a base URL; the flag and the
+            // traces variable are the full URL.
+            Some(match protocol {
+                OtlpProtocol::HttpProtobuf if g.is_var(OTEL_EXPORTER_OTLP_ENDPOINT) => {
+                    format!("{}/v1/traces", url.trim_end_matches('/'))
+                }
+                _ => url.to_owned(),
+            })
+        }
         // Listed in OTEL_TRACES_EXPORTER without an endpoint: the
         // specification's default.
-        Some(match protocol {
+        None if exporters.is_some() => Some(match protocol {
             OtlpProtocol::Grpc => DEFAULT_OTLP_GRPC_ENDPOINT.to_owned(),
             OtlpProtocol::HttpProtobuf => DEFAULT_OTLP_HTTP_ENDPOINT.to_owned(),
-        })
-    } else {
-        None
+        }),
+        None => None,
     };
 
     let otlp = match endpoint.filter(|_| wants("otlp")) {
         None => None,
         Some(endpoint) => {
-            let headers = match first(
-                OTEL_EXPORTER_OTLP_TRACES_HEADERS,
-                OTEL_EXPORTER_OTLP_HEADERS,
+            let headers = match choose(
+                None,
+                &[
+                    OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+                    OTEL_EXPORTER_OTLP_HEADERS,
+                ],
             ) {
-                Some((var, v)) => parse_headers(&v).map_err(|reason| EnvError {
-                    var,
-                    value: format!("<redacted, {} bytes>", v.len()),
-                    reason,
+                Some(g) => parse_headers(&g.value).map_err(|reason| EnvError {
+                    value: format!("<redacted, {} bytes>", g.value.len()),
+                    ..g.err(reason)
                 })?,
                 None => Vec::new(),
             };
-            let compression = match first(
-                OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
-                OTEL_EXPORTER_OTLP_COMPRESSION,
+            let compression = match choose(
+                None,
+                &[
+                    OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
+                    OTEL_EXPORTER_OTLP_COMPRESSION,
+                ],
             ) {
-                Some((var, v)) => match v.trim().to_ascii_lowercase().as_str() {
+                Some(g) => match g.value.trim().to_ascii_lowercase().as_str() {
                     "gzip" => Some(Compression::Gzip),
                     "none" => None,
-                    _ => return Err(err(var, &v, "expected gzip or none")),
+                    _ => return Err(g.err("expected gzip or none")),
                 },
                 None => None,
             };
-            let timeout = match first(
-                OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
-                OTEL_EXPORTER_OTLP_TIMEOUT,
+            let timeout = match choose(
+                None,
+                &[
+                    OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+                    OTEL_EXPORTER_OTLP_TIMEOUT,
+                ],
             ) {
-                Some((var, v)) => parse_millis(var, &v)?,
+                Some(g) => parse_millis(g.var, &g.value)?,
                 None => super::config::DEFAULT_EXPORT_TIMEOUT,
             };
             Some(OtlpConfig {
@@ -242,17 +436,24 @@ pub fn from_otel_env(lookup: impl Fn(&str) -> Option<String>) -> Result<OtelEnv,
         }
     };
 
-    let zipkin_endpoint = get(OTEL_EXPORTER_ZIPKIN_ENDPOINT).or_else(|| {
-        exporters
-            .is_some()
-            .then(|| DEFAULT_ZIPKIN_ENDPOINT.to_owned())
+    let zipkin_endpoint = choose(
+        overrides.zipkin_endpoint.as_ref(),
+        &[OTEL_EXPORTER_ZIPKIN_ENDPOINT],
+    )
+    .or_else(|| {
+        // Listed in OTEL_TRACES_EXPORTER without an endpoint: the
+        // specification's default.
+        exporters.is_some().then(|| Given {
+            value: DEFAULT_ZIPKIN_ENDPOINT.to_owned(),
+            var: OTEL_EXPORTER_ZIPKIN_ENDPOINT,
+            flag: None,
+        })
     });
     let zipkin = match zipkin_endpoint.filter(|_| wants("zipkin")) {
         None => None,
-        Some(v) => {
-            let endpoint = v.trim().to_owned();
-            check_url(&endpoint)
-                .map_err(|reason| err(OTEL_EXPORTER_ZIPKIN_ENDPOINT, &v, reason))?;
+        Some(g) => {
+            let endpoint = g.value.trim().to_owned();
+            check_url(&endpoint).map_err(|reason| g.err(reason))?;
             let mut cfg = ZipkinConfig::new(endpoint);
             if let Some(t) = get(OTEL_EXPORTER_ZIPKIN_TIMEOUT) {
                 cfg.timeout = parse_millis(OTEL_EXPORTER_ZIPKIN_TIMEOUT, &t)?;
@@ -291,6 +492,7 @@ pub fn from_otel_env(lookup: impl Fn(&str) -> Option<String>) -> Result<OtelEnv,
         resource_attributes,
         sampler,
         export,
+        propagators,
     })
 }
 
@@ -339,6 +541,7 @@ fn parse_exporters(v: &str) -> Result<Vec<&'static str>, EnvError> {
 fn err(var: &'static str, value: &str, reason: impl Into<String>) -> EnvError {
     EnvError {
         var,
+        flag: None,
         value: value.to_owned(),
         reason: reason.into(),
     }
@@ -495,11 +698,245 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<OtelEnv, EnvError> {
+        env_with(&OtelOverrides::default(), pairs)
+    }
+
+    fn env_with(overrides: &OtelOverrides, pairs: &[(&str, &str)]) -> Result<OtelEnv, EnvError> {
         let map: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        from_otel_env(|k| map.get(k).cloned())
+        from_otel_env_with(overrides, |k| map.get(k).cloned())
+    }
+
+    fn flag<T>(name: &'static str, value: T) -> Option<Override<T>> {
+        Some(Override::new(name, value))
+    }
+
+    #[test]
+    fn pick_flag_then_signal_specific_then_generic_then_none() {
+        let vars = [
+            OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+            OTEL_EXPORTER_OTLP_PROTOCOL,
+        ];
+        let lookup = |set: &'static [(&'static str, &'static str)]| {
+            move |var: &'static str| {
+                set.iter()
+                    .find(|(k, _)| *k == var)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let both: &[(&str, &str)] = &[
+            (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "specific"),
+            (OTEL_EXPORTER_OTLP_PROTOCOL, "generic"),
+        ];
+        let given = |value: &str, var, flag| Given {
+            value: value.into(),
+            var,
+            flag,
+        };
+        let f = Override::new("--otlp-protocol", "flag".to_owned());
+
+        // The flag beats both variables, and is blamed as the flag for
+        // the signal-specific variable.
+        assert_eq!(
+            pick(Some(&f), &vars, lookup(both)),
+            Some(given(
+                "flag",
+                OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+                Some("--otlp-protocol")
+            ))
+        );
+        // The signal-specific variable beats the generic one.
+        assert_eq!(
+            pick(None, &vars, lookup(both)),
+            Some(given("specific", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, None))
+        );
+        let generic: &[(&str, &str)] = &[(OTEL_EXPORTER_OTLP_PROTOCOL, "generic")];
+        let g = pick(None, &vars, lookup(generic)).unwrap();
+        assert_eq!(g, given("generic", OTEL_EXPORTER_OTLP_PROTOCOL, None));
+        assert!(g.is_var(OTEL_EXPORTER_OTLP_PROTOCOL));
+        // Nothing set: the caller's default.
+        assert_eq!(pick(None, &vars, lookup(&[])), None);
+        // An empty flag counts as unset, as an empty variable does.
+        let empty = Override::new("--otlp-protocol", " ".to_owned());
+        assert_eq!(
+            pick(Some(&empty), &vars, lookup(generic)),
+            Some(given("generic", OTEL_EXPORTER_OTLP_PROTOCOL, None))
+        );
+
+        // Errors name the flag, else the variable.
+        let e = pick(Some(&f), &vars, lookup(both)).unwrap().err("bad");
+        assert_eq!(e.to_string(), "--otlp-protocol=\"flag\": bad");
+        let e = pick(None, &vars, lookup(both)).unwrap().err("bad");
+        assert_eq!(e.flag, None);
+        assert_eq!(
+            e.to_string(),
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=\"specific\": bad"
+        );
+    }
+
+    #[test]
+    fn overrides_beat_the_variables() {
+        let vars = [
+            (OTEL_SERVICE_NAME, "from-var"),
+            (OTEL_RESOURCE_ATTRIBUTES, "service.name=from-attrs"),
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://generic:4318"),
+            (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "http://traces:4318/x"),
+            (OTEL_EXPORTER_OTLP_PROTOCOL, "grpc"),
+            (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "grpc"),
+            (
+                OTEL_EXPORTER_ZIPKIN_ENDPOINT,
+                "http://zipkin-var/api/v2/spans",
+            ),
+            (OTEL_TRACES_SAMPLER, "always_off"),
+            (OTEL_PROPAGATORS, "b3"),
+        ];
+        let overrides = OtelOverrides {
+            service_name: flag("--service-name", "from-flag".into()),
+            otlp_endpoint: flag("--otlp-endpoint", "http://flag:4318/v1/traces".into()),
+            otlp_protocol: flag("--otlp-protocol", "http/protobuf".into()),
+            zipkin_endpoint: flag(
+                "--zipkin-endpoint",
+                "http://zipkin-flag/api/v2/spans".into(),
+            ),
+            sample_ratio: flag("--sample-ratio", 0.25),
+            propagators: flag("--propagators", "jaeger,tracecontext".into()),
+        };
+        let e = env_with(&overrides, &vars).unwrap();
+        assert_eq!(e.service_name.as_deref(), Some("from-flag"));
+        let otlp = e.export.otlp.unwrap();
+        // The flag's endpoint is the full URL, whatever the protocol.
+        assert_eq!(otlp.endpoint, "http://flag:4318/v1/traces");
+        assert_eq!(otlp.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(
+            e.export.zipkin.unwrap().endpoint,
+            "http://zipkin-flag/api/v2/spans"
+        );
+        assert_eq!(e.sampler, SamplerConfig::ParentBasedTraceIdRatio(0.25));
+        assert_eq!(
+            e.propagators,
+            Propagators::parse("jaeger,tracecontext").unwrap()
+        );
+
+        // Without overrides, the variables.
+        let e = env(&vars).unwrap();
+        assert_eq!(e.service_name.as_deref(), Some("from-var"));
+        assert_eq!(e.export.otlp.unwrap().endpoint, "http://traces:4318/x");
+        assert_eq!(e.sampler, SamplerConfig::AlwaysOff);
+        assert_eq!(e.propagators, Propagators::parse("b3").unwrap());
+
+        // An override of the endpoint only: the protocol still comes from
+        // the variables, the flag's URL is still used as is.
+        let only_endpoint = OtelOverrides {
+            otlp_endpoint: flag("--otlp-endpoint", "http://flag:4318".into()),
+            ..OtelOverrides::default()
+        };
+        let e = env_with(
+            &only_endpoint,
+            &[(OTEL_EXPORTER_OTLP_PROTOCOL, "http/protobuf")],
+        )
+        .unwrap();
+        let otlp = e.export.otlp.unwrap();
+        assert_eq!(
+            (otlp.endpoint.as_str(), otlp.protocol),
+            ("http://flag:4318", OtlpProtocol::HttpProtobuf)
+        );
+        // OTEL_TRACES_EXPORTER still picks the exporters.
+        let e = env_with(&only_endpoint, &[(OTEL_TRACES_EXPORTER, "none")]).unwrap();
+        assert_eq!(e.export.otlp, None);
+    }
+
+    #[test]
+    fn propagators_default_and_variable() {
+        assert_eq!(env(&[]).unwrap().propagators, Propagators::default());
+        assert_eq!(
+            env(&[(OTEL_PROPAGATORS, "")]).unwrap().propagators,
+            Propagators::default()
+        );
+        assert_eq!(
+            env(&[(OTEL_PROPAGATORS, "none")]).unwrap().propagators,
+            Propagators::parse("none").unwrap()
+        );
+        let e = env(&[(OTEL_PROPAGATORS, "tracecontext,xray")]).unwrap_err();
+        assert_eq!(
+            (e.var, e.flag, e.value.as_str()),
+            (OTEL_PROPAGATORS, None, "tracecontext,xray")
+        );
+        assert_eq!(
+            e.reason,
+            crate::ParsePropagatorsError::Unsupported("xray".into()).to_string()
+        );
+    }
+
+    #[test]
+    fn bad_overrides_name_the_flag() {
+        // (overrides, the flag blamed, its value, the reason)
+        let cases: &[(OtelOverrides, &str, &str, &str)] = &[
+            (
+                OtelOverrides {
+                    otlp_protocol: flag("--otlp-protocol", "udp".into()),
+                    ..OtelOverrides::default()
+                },
+                "--otlp-protocol",
+                "udp",
+                "expected grpc or http/protobuf",
+            ),
+            (
+                OtelOverrides {
+                    otlp_endpoint: flag("--otlp-endpoint", "https://c:4317".into()),
+                    ..OtelOverrides::default()
+                },
+                "--otlp-endpoint",
+                "https://c:4317",
+                "https:// is not supported yet (no TLS to collectors): use http://",
+            ),
+            (
+                OtelOverrides {
+                    zipkin_endpoint: flag("--zipkin-endpoint", "zipkin:9411".into()),
+                    ..OtelOverrides::default()
+                },
+                "--zipkin-endpoint",
+                "zipkin:9411",
+                "no scheme: expected http://",
+            ),
+            (
+                OtelOverrides {
+                    sample_ratio: flag("--sample-ratio", 1.5),
+                    ..OtelOverrides::default()
+                },
+                "--sample-ratio",
+                "1.5",
+                "must be between 0 and 1",
+            ),
+            (
+                OtelOverrides {
+                    propagators: flag("--propagators", "none,b3".into()),
+                    ..OtelOverrides::default()
+                },
+                "--propagators",
+                "none,b3",
+                "`none` cannot be combined with other propagators (got `none,b3`)",
+            ),
+        ];
+        for (overrides, name, value, reason) in cases {
+            // A good variable for the same setting does not hide the flag's
+            // mistake.
+            let e = env_with(
+                overrides,
+                &[
+                    (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "grpc"),
+                    (OTEL_PROPAGATORS, "b3"),
+                ],
+            )
+            .unwrap_err();
+            assert_eq!(
+                (e.flag, e.value.as_str(), e.reason.as_str()),
+                (Some(*name), *value, *reason),
+                "{overrides:?}"
+            );
+            assert!(e.to_string().starts_with(&format!("{name}=")), "{e}");
+        }
     }
 
     #[test]

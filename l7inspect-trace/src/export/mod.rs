@@ -69,7 +69,9 @@ pub use config::{
     DEFAULT_QUEUE_SIZE, DEFAULT_RECENT_CAPACITY, ExportConfig, OtlpConfig, OtlpProtocol,
     ResourceConfig, SamplerConfig, UNKNOWN_SERVICE, ZipkinConfig,
 };
-pub use env::{EnvError, OtelEnv, VARIABLES, from_otel_env};
+pub use env::{
+    EnvError, OtelEnv, OtelOverrides, Override, VARIABLES, from_otel_env, from_otel_env_with,
+};
 pub use otlp::OtlpEncoder;
 pub use pipeline::{ExportBuildError, ExportPipeline, FlushOutcome, SpanSink};
 pub use recent::RecentSpans;

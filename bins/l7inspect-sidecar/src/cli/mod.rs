@@ -1,23 +1,22 @@
 //! The command line: the proxy's flags, each with its `L7INSPECT_*` or
-//! `OTEL_*` variable, read once into a [`SidecarConfig`] (the OpenTelemetry
-//! variables through the exporter configuration's own reader, with a flag
-//! given on the command line taking precedence), logging set up from them;
-//! and the `inject` subcommand. Only the binary has this module: embedders
-//! link the library without it.
+//! `OTEL_*` variable, read once into a [`SidecarConfig`], logging set up
+//! from them; and the `inject` subcommand. Only the binary has this module:
+//! embedders link the library without it.
+//!
+//! Two readers, one for each kind of variable: clap reads the flags and the
+//! `L7INSPECT_*` variables; the `OTEL_*` variables are read only by
+//! l7inspect-trace's [`from_otel_env_with`], to which the tracing flags are
+//! passed as [`OtelOverrides`], so that the OpenTelemetry precedence (flag,
+//! then `OTEL_EXPORTER_OTLP_TRACES_*`, then `OTEL_EXPORTER_OTLP_*`) is
+//! decided in one place.
 
 pub(crate) mod inject;
 
-use clap::{
-    ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind,
-    parser::ValueSource,
-};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind};
 use l7inspect_core::{ConnectConfig, HttpConfig, PassthroughConfig};
 use l7inspect_detect::DetectConfig;
 use l7inspect_sidecar::{Forward, SidecarConfig, TracingConfig};
-use l7inspect_trace::{
-    Propagators,
-    export::{ResourceConfig, from_otel_env},
-};
+use l7inspect_trace::export::{OtelOverrides, Override, ResourceConfig, from_otel_env_with};
 use std::{net::SocketAddr, net::ToSocketAddrs, path::PathBuf, process::ExitCode, time::Duration};
 
 /// What the command line asked for.
@@ -37,7 +36,8 @@ pub(crate) enum Invocation {
 pub(crate) fn parse() -> Invocation {
     let mut command = Args::command();
     if std::env::args_os().nth(1).is_some_and(|a| a == "inject") {
-        // The proxy's L7INSPECT_* and OTEL_* variables are not inject's.
+        // The proxy's L7INSPECT_* variables are not inject's (nor are the
+        // OTEL_* ones, read only when the proxy runs).
         command = command.mut_args(|a| a.env(None));
     }
     let matches = command.get_matches();
@@ -50,7 +50,7 @@ pub(crate) fn parse() -> Invocation {
         Args::command().error(ErrorKind::ValueValidation, e).exit();
     }
     let tracing = args
-        .tracing(&matches)
+        .tracing()
         .unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit());
     Invocation::Run {
         config: Box::new(args.into_config(tracing)),
@@ -58,18 +58,20 @@ pub(crate) fn parse() -> Invocation {
     }
 }
 
-/// The OpenTelemetry variables read that no flag above names (each flag
-/// names its own variable): listed in `--help` so that it names every
-/// variable the proxy reads.
+/// The OpenTelemetry variables read that no flag above names (each tracing
+/// flag names its own variables in its help), and the precedence: listed in
+/// `--help` so that it names every variable the proxy reads.
 const OTEL_VARS_HELP: &str = "\
-Also read, as the OpenTelemetry SDKs read them (a flag given on the command line wins):
+Also read, as the OpenTelemetry SDKs read them:
   OTEL_TRACES_EXPORTER (otlp, zipkin, none), OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG,
-  OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
-  OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TRACES_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT,
-  OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_COMPRESSION,
+  OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+  OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_COMPRESSION,
   OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, OTEL_EXPORTER_ZIPKIN_TIMEOUT,
   OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE;
-  and RUST_LOG (see --log-level).";
+  and RUST_LOG (see --log-level).
+Tracing precedence, for each setting: the flag (or its L7INSPECT_* variable), else the
+OTEL_EXPORTER_OTLP_TRACES_* variable, else the OTEL_EXPORTER_OTLP_* one, else the default.
+An empty value counts as unset.";
 
 /// A layer-7 sidecar proxy: detects the protocol of every TCP connection
 /// crossing a workload and forwards its bytes untouched.
@@ -180,42 +182,29 @@ struct Args {
     )]
     log_format: LogFormat,
 
-    /// service.name of the spans. Default: the host name.
-    #[arg(
-        long,
-        env = "OTEL_SERVICE_NAME",
-        value_name = "NAME",
-        help_heading = "Tracing"
-    )]
+    // The OTEL_* variables of the flags below are not clap's to read (no
+    // `env = "OTEL_..."`): the flags go to l7inspect-trace's reader as
+    // overrides, and each doc comment names the variables for --help.
+    /// service.name of the spans. Default: a service.name in
+    /// OTEL_RESOURCE_ATTRIBUTES, else the host name [env: OTEL_SERVICE_NAME]
+    #[arg(long, value_name = "NAME", help_heading = "Tracing")]
     service_name: Option<String>,
 
     /// OTLP traces endpoint: the full URL (http://collector:4317 for grpc,
     /// http://collector:4318/v1/traces for http/protobuf). OTEL_EXPORTER_OTLP_ENDPOINT
-    /// (a base URL) is read too.
-    #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        value_name = "URL",
-        help_heading = "Tracing"
-    )]
+    /// is a base URL, to which /v1/traces is appended for http/protobuf
+    /// [env: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT]
+    #[arg(long, value_name = "URL", help_heading = "Tracing")]
     otlp_endpoint: Option<String>,
 
-    /// OTLP transport: grpc or http/protobuf (default grpc).
-    #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
-        value_name = "PROTOCOL",
-        help_heading = "Tracing"
-    )]
+    /// OTLP transport: grpc or http/protobuf [default: grpc] [env:
+    /// OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL]
+    #[arg(long, value_name = "PROTOCOL", help_heading = "Tracing")]
     otlp_protocol: Option<String>,
 
-    /// Zipkin v2 endpoint, e.g. http://zipkin:9411/api/v2/spans.
-    #[arg(
-        long,
-        env = "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
-        value_name = "URL",
-        help_heading = "Tracing"
-    )]
+    /// Zipkin v2 endpoint, e.g. http://zipkin:9411/api/v2/spans [env:
+    /// OTEL_EXPORTER_ZIPKIN_ENDPOINT]
+    #[arg(long, value_name = "URL", help_heading = "Tracing")]
     zipkin_endpoint: Option<String>,
 
     /// Sample this fraction of new traces (parentbased_traceidratio; an
@@ -224,9 +213,10 @@ struct Args {
     #[arg(long, env = "L7INSPECT_SAMPLE_RATIO", value_name = "R", value_parser = parse_ratio, help_heading = "Tracing")]
     sample_ratio: Option<f64>,
 
-    /// Trace-context formats to extract and inject, in order.
-    #[arg(long, env = "OTEL_PROPAGATORS", value_name = "LIST", default_value = "tracecontext,baggage,b3,b3multi,jaeger", value_parser = parse_propagators, help_heading = "Tracing")]
-    propagators: Propagators,
+    /// Trace-context formats to extract and inject, in order [default:
+    /// tracecontext,baggage,b3,b3multi,jaeger] [env: OTEL_PROPAGATORS]
+    #[arg(long, value_name = "LIST", help_heading = "Tracing")]
+    propagators: Option<String>,
 
     /// Record url.query on spans (off: queries often carry secrets).
     #[arg(long, env = "L7INSPECT_RECORD_QUERY", help_heading = "Tracing")]
@@ -315,10 +305,6 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_propagators(s: &str) -> Result<Propagators, String> {
-    Propagators::parse(s).map_err(|e| e.to_string())
-}
-
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     Text,
@@ -371,64 +357,31 @@ fn parse_ports(s: &str) -> Result<PortList, String> {
 }
 
 impl Args {
-    /// The tracing settings: the OpenTelemetry environment variables, with
-    /// the flags given on the command line taking precedence.
-    fn tracing(&self, matches: &ArgMatches) -> Result<TracingConfig, String> {
-        let from_cli = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
-        // (variable, value, the flag it came from)
-        let mut overlay: Vec<(&str, String, &str)> = Vec::new();
-        let mut set = |id: &str, flag, vars: &[&'static str], value: &Option<String>| {
-            if let (true, Some(v)) = (from_cli(id), value) {
-                overlay.extend(vars.iter().map(|var| (*var, v.clone(), flag)));
-            }
+    /// The tracing settings: the OpenTelemetry environment variables, read
+    /// once by l7inspect-trace's reader, with the tracing flags as its
+    /// overrides (precedence is decided there). A bad value is named as the
+    /// user gave it: the flag, else the variable.
+    fn tracing(&self) -> Result<TracingConfig, String> {
+        let flag = |name, value: &Option<String>| value.clone().map(|v| Override::new(name, v));
+        let overrides = OtelOverrides {
+            service_name: flag("--service-name", &self.service_name),
+            otlp_endpoint: flag("--otlp-endpoint", &self.otlp_endpoint),
+            otlp_protocol: flag("--otlp-protocol", &self.otlp_protocol),
+            zipkin_endpoint: flag("--zipkin-endpoint", &self.zipkin_endpoint),
+            // Given as the flag or as L7INSPECT_SAMPLE_RATIO, both read by
+            // clap, which names the flag for either.
+            sample_ratio: self
+                .sample_ratio
+                .map(|r| Override::new("--sample-ratio", r)),
+            propagators: flag("--propagators", &self.propagators),
         };
-        set(
-            "service_name",
-            "--service-name",
-            &["OTEL_SERVICE_NAME"],
-            &self.service_name,
-        );
-        set(
-            "otlp_endpoint",
-            "--otlp-endpoint",
-            &["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
-            &self.otlp_endpoint,
-        );
-        set(
-            "otlp_protocol",
-            "--otlp-protocol",
-            &[
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            ],
-            &self.otlp_protocol,
-        );
-        set(
-            "zipkin_endpoint",
-            "--zipkin-endpoint",
-            &["OTEL_EXPORTER_ZIPKIN_ENDPOINT"],
-            &self.zipkin_endpoint,
-        );
-        if let Some(r) = self.sample_ratio {
-            let flag = "--sample-ratio";
-            overlay.push((
-                "OTEL_TRACES_SAMPLER",
-                "parentbased_traceidratio".into(),
-                flag,
-            ));
-            overlay.push(("OTEL_TRACES_SAMPLER_ARG", r.to_string(), flag));
-        }
-        let given = |var: &str| overlay.iter().find(|(k, ..)| *k == var);
-        let env = from_otel_env(|var| {
-            given(var)
-                .map(|(_, v, _)| v.clone())
-                .or_else(|| std::env::var(var).ok())
-        })
-        // Named as the user gave it: the flag, else the variable.
-        .map_err(|e| match given(e.var) {
-            Some((_, v, flag)) => format!("invalid value {v:?} for {flag}: {}", e.reason),
-            None => format!("invalid value for {e}"),
-        })?;
+        let env =
+            from_otel_env_with(&overrides, |var| std::env::var(var).ok()).map_err(|e| {
+                match e.flag {
+                    Some(flag) => format!("invalid value {:?} for {flag}: {}", e.value, e.reason),
+                    None => format!("invalid value for {e}"),
+                }
+            })?;
         Ok(TracingConfig {
             resource: ResourceConfig {
                 service_name: env.service_name.unwrap_or_else(host_name),
@@ -436,7 +389,7 @@ impl Args {
             },
             export: env.export,
             sampler: env.sampler,
-            propagators: self.propagators,
+            propagators: env.propagators,
             record_query: self.record_query,
         })
     }
