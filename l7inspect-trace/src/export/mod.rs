@@ -61,6 +61,7 @@ pub mod env;
 mod otlp;
 mod pipeline;
 mod recent;
+mod sdk;
 mod stats;
 mod zipkin;
 
@@ -75,6 +76,7 @@ pub use env::{
 pub use otlp::OtlpEncoder;
 pub use pipeline::{ExportBuildError, ExportPipeline, FlushOutcome, SpanSink};
 pub use recent::RecentSpans;
+pub use sdk::SdkExporter;
 pub use stats::{DropReason, ExportStats, ExporterKind};
 
 /// An error with its sources, `outer: inner: ...` (a client's "client error
