@@ -2,7 +2,8 @@
 //! forwards one port to a fixed target; HTTP/1 and HTTP/2 requests get a
 //! span each (exported as the OpenTelemetry variables say: OTLP, Zipkin, or
 //! only kept in memory) and a request-duration histogram entry; a middleware
-//! of our own refuses `/admin` with 403 and marks every response; any other
+//! of our own refuses `/admin` with 403 and marks every response, inside a
+//! `tracing` span that is exported as the request span's child; any other
 //! protocol passes through untouched.
 //!
 //! ```text
@@ -21,14 +22,17 @@ use l7inspect_core::{
     LoopGuard, Metrics, Passthrough, PassthroughConfig, RequestBody, local_response, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
-use l7inspect_trace::export::{ExportPipeline, from_otel_env};
+use l7inspect_trace::export::{ExportPipeline, SdkExporter, from_otel_env};
 use l7inspect_trace::{ObserveConfig, Observer, Peer, RequestMetrics};
-use opentelemetry::trace::SpanKind;
+use opentelemetry::trace::{SpanKind, TracerProvider as _};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use prometheus_client::registry::Registry;
 use std::{net::SocketAddr, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
+use tracing::Instrument;
+use tracing_subscriber::{Layer as _, filter::LevelFilter, layer::SubscriberExt};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
@@ -47,12 +51,22 @@ async fn main() -> Result<(), BoxError> {
         attributes: otel.resource_attributes,
     };
     let export = ExportPipeline::start(otel.export, resource.to_resource("http_proxy", "0.1"))?;
+    // Our `tracing` spans, through tracing-opentelemetry and the SDK, into
+    // the same pipeline as the request spans.
+    let sdk = SdkTracerProvider::builder()
+        .with_simple_exporter(SdkExporter::new(export.sink()))
+        .build();
+    // INFO and above: debug spans (the proxy's per-connection span, h2's)
+    // would become spans, and the parents of ours.
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(sdk.tracer("http_proxy"))
+        .with_filter(LevelFilter::INFO);
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(otel_layer))?;
     let request_metrics = RequestMetrics::default();
     let config = ObserveConfig {
         sampler: otel.sampler,
         // The request's span in each request's extensions, and current
-        // while our middleware runs: with tracing-opentelemetry in the
-        // subscriber, its `tracing` spans join the request's trace.
+        // while our middleware runs: its `tracing` spans are children.
         inner_context: true,
         ..ObserveConfig::new(SpanKind::Server)
     };
@@ -129,6 +143,7 @@ fn deny_admin(
 > + Clone {
     service_fn(move |req: Request<RequestBody>| {
         let forward = forward.clone();
+        let span = tracing::info_span!("deny_admin", url.path = req.uri().path());
         async move {
             if req.uri().path().starts_with("/admin") {
                 let text = HeaderValue::from_static("text/plain");
@@ -141,5 +156,6 @@ fn deny_admin(
             }
             forward.oneshot(req).await
         }
+        .instrument(span)
     })
 }

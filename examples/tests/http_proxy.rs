@@ -1,10 +1,15 @@
-//! `examples/http_proxy.rs` as a user runs it: against a local upstream, a
-//! request to `/admin` gets the middleware's 403, every response its
-//! header, other requests are forwarded, and on SIGINT it drains and prints
-//! the request histogram with both statuses.
+//! `examples/http_proxy.rs` as a user runs it: against a local upstream and
+//! an OTLP/gRPC collector (test-support's), a request to `/admin` gets the
+//! middleware's 403, every response its header, other requests are
+//! forwarded; on SIGINT it drains, exports its spans and prints the request
+//! histogram with both statuses. The collector holds a SERVER span per
+//! request with its status, and the middleware's `tracing` span under each,
+//! in the same trace.
 //!
 //! `cargo test` builds the examples; the binary is found beside this test's.
 
+use l7inspect_test_support::collector::{Collector, OtlpSpan, Receiver};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
@@ -86,9 +91,14 @@ fn http_proxy_example_denies_marks_forwards_and_reports() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
+    let collector = Collector::start();
     let child = Command::new(&bin)
         .args([listen.as_str(), &target.to_string()])
-        .env("OTEL_TRACES_EXPORTER", "none")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            collector.endpoint(Receiver::OtlpGrpc),
+        )
+        .env("OTEL_SERVICE_NAME", "example-proxy")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -139,4 +149,40 @@ fn http_proxy_example_denies_marks_forwards_and_reports() {
             "no {code} in:\n{rest}"
         );
     }
+
+    // The spans, exported before the example exited.
+    let spans = collector.otlp_spans(Receiver::OtlpGrpc);
+    for (path, status) in [("/admin/users", 403), ("/", 200)] {
+        let request = one(&spans, |s| {
+            s.kind() == SpanKind::Server && s.str_attr("url.path") == Some(path)
+        });
+        assert_eq!(request.service(), Some("example-proxy"));
+        assert_eq!(request.span.name, "GET", "{path}");
+        assert_eq!(
+            request.int_attr("http.response.status_code"),
+            Some(status),
+            "{path}"
+        );
+        // The middleware's `tracing` span: a child of the request's span,
+        // with a local parent, in its trace.
+        let middleware = one(&spans, |s| {
+            s.span.name == "deny_admin" && s.str_attr("url.path") == Some(path)
+        });
+        assert_eq!(middleware.kind(), SpanKind::Internal, "{path}");
+        assert_eq!(middleware.trace_id(), request.trace_id(), "{path}");
+        assert_eq!(middleware.parent_id(), request.span_id(), "{path}");
+        assert!(
+            middleware.span.start_time_unix_nano >= request.span.start_time_unix_nano
+                && middleware.span.end_time_unix_nano <= request.span.end_time_unix_nano,
+            "{path}: the middleware's span is within the request's"
+        );
+    }
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+}
+
+/// The one span that `matches`.
+fn one(spans: &[OtlpSpan], matches: impl Fn(&OtlpSpan) -> bool) -> &OtlpSpan {
+    let found: Vec<&OtlpSpan> = spans.iter().filter(|s| matches(s)).collect();
+    assert_eq!(found.len(), 1, "{spans:#?}");
+    found[0]
 }
