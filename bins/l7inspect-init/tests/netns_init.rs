@@ -1,9 +1,10 @@
 //! The `l7inspect-init` binary against real iptables and nftables, each
 //! test in a fresh network namespace.
 //!
-//! As in the sidecar's netns tests: each test gets a thread of its own that
-//! `unshare(CLONE_NEWNET)`s (a namespace belongs to a thread, and the
-//! programs the thread spawns inherit it), sets `lo` up, and runs
+//! As in the sidecar's netns tests: each test gets a thread of its own in a
+//! fresh network namespace (test-support's `in_new_netns`: a namespace
+//! belongs to a thread, and the programs the thread spawns inherit it),
+//! with `lo` up, and runs
 //! `l7inspect-init`, `iptables-save` and friends there. Without root or
 //! iptables the test prints `SKIPPED <test>: <reason>` and passes, unless
 //! `L7INSPECT_REQUIRE_NETNS=1` (CI) turns the skip into a failure.

@@ -5,9 +5,8 @@
 //!        ──► sidecar B (inbound forward, "backend", SERVER spans)
 //!        ──► backend (hyper, HTTP/1 and h2c; records the headers it got)
 //!
-//! A and B ──► OTLP/HTTP receiver (hyper, /v1/traces, opentelemetry-proto)
-//!         ──► OTLP/gRPC receiver (tonic TraceService)
-//!         ──► Zipkin receiver (hyper, /api/v2/spans, serde_json)
+//! A and B ──► test-support's collector: OTLP/HTTP or OTLP/gRPC, and Zipkin
+//!             (each POST checked against the official Zipkin v2 spec)
 //! ```
 //!
 //! Clients are curl (HTTP/1.1 and `--http2-prior-knowledge`) and a raw
