@@ -16,6 +16,8 @@
 //! - `export`: a bounded, non-blocking span queue ([`SpanSink`](export::SpanSink))
 //!   in front of OTLP (gRPC, HTTP/protobuf) and Zipkin exporters, and the
 //!   ring of recent spans.
+//! - `inspect`: [`Inspect`](inspect::Inspect), the live view of the ring:
+//!   a web page, a JSON span API and a tap stream, for an admin server.
 //!
 //! # Example
 //! A traced service: spans of the requests it answers go to the ring of
@@ -43,6 +45,7 @@
 #![warn(missing_docs)]
 
 pub mod export;
+pub mod inspect;
 pub mod observe;
 pub mod propagation;
 pub mod sampling;

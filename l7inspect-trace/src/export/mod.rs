@@ -75,7 +75,7 @@ pub use env::{
 };
 pub use otlp::OtlpEncoder;
 pub use pipeline::{ExportBuildError, ExportPipeline, FlushOutcome, SpanSink};
-pub use recent::RecentSpans;
+pub use recent::{RecentSpan, RecentSpans};
 pub use sdk::SdkExporter;
 pub use stats::{DropReason, ExportStats, ExporterKind};
 

@@ -96,6 +96,8 @@ struct Inner {
     queue: Option<mpsc::Sender<Arc<SpanRecord>>>,
     control: Option<mpsc::UnboundedSender<Control>>,
     recent: RecentSpans,
+    /// This pipeline's `service.name`, as the ring shows it.
+    service: Arc<str>,
     stats: ExportStats,
 }
 
@@ -112,6 +114,7 @@ type Ack = oneshot::Sender<FlushOutcome>;
 struct Worker {
     queue: mpsc::Receiver<Arc<SpanRecord>>,
     recent: RecentSpans,
+    service: Arc<str>,
     control: mpsc::UnboundedReceiver<Control>,
     otlp: Option<(OtlpExporter, Duration)>,
     zipkin: Option<(ZipkinExporter, Duration)>,
@@ -152,6 +155,19 @@ impl ExportPipeline {
     ///
     /// Endpoints must be `http://` for now (no TLS to collectors).
     pub fn start(config: ExportConfig, resource: Resource) -> Result<Self, ExportBuildError> {
+        let ring = RecentSpans::new(config.recent_capacity);
+        Self::start_with_ring(config, resource, ring)
+    }
+
+    /// [`start`](Self::start), keeping recent spans in `ring` (shared with
+    /// other pipelines: several services of one process in one view)
+    /// instead of a ring of `config.recent_capacity` of its own. Each span
+    /// goes in with this pipeline's `service.name`.
+    pub fn start_with_ring(
+        config: ExportConfig,
+        resource: Resource,
+        ring: RecentSpans,
+    ) -> Result<Self, ExportBuildError> {
         if config.queue_size == 0 {
             return Err(ExportBuildError::InvalidConfig(
                 "queue_size must be at least 1",
@@ -163,12 +179,18 @@ impl ExportPipeline {
             ));
         }
         let stats = ExportStats::default();
-        let recent = RecentSpans::new(config.recent_capacity);
+        let recent = ring;
+        let service: Arc<str> = resource
+            .get(&Key::from_static_str(SERVICE_NAME))
+            .map(|v| v.as_str().into_owned())
+            .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned())
+            .into();
         if config.otlp.is_none() && config.zipkin.is_none() {
             let inner = Inner {
                 queue: None,
                 control: None,
                 recent,
+                service,
                 stats,
             };
             return Ok(Self {
@@ -187,13 +209,7 @@ impl ExportPipeline {
             None => None,
         };
         let zipkin = match &config.zipkin {
-            Some(cfg) => {
-                let service = resource
-                    .get(&Key::from_static_str(SERVICE_NAME))
-                    .map(|v| v.as_str().into_owned())
-                    .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
-                Some((ZipkinExporter::new(cfg, service)?, cfg.timeout))
-            }
+            Some(cfg) => Some((ZipkinExporter::new(cfg, service.to_string())?, cfg.timeout)),
             None => None,
         };
 
@@ -202,6 +218,7 @@ impl ExportPipeline {
         let worker = Worker {
             queue: queue_rx,
             recent: recent.clone(),
+            service: service.clone(),
             control: control_rx,
             otlp,
             zipkin,
@@ -219,6 +236,7 @@ impl ExportPipeline {
             queue: Some(queue_tx),
             control: Some(control_tx),
             recent,
+            service,
             stats,
         };
         Ok(Self {
@@ -276,7 +294,7 @@ impl SpanSink {
     /// allocation per span: the ring and the queue share it).
     pub fn record_shared(&self, span: Arc<SpanRecord>) {
         let Some(queue) = &self.inner.queue else {
-            self.inner.recent.push(span);
+            self.inner.recent.push(&self.inner.service, span);
             return;
         };
         // Counted here; the export task logs it, rate-limited. The ring
@@ -285,11 +303,11 @@ impl SpanSink {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(span)) => {
                 self.inner.stats.add_dropped(DropReason::QueueFull, 1);
-                self.inner.recent.push(span);
+                self.inner.recent.push(&self.inner.service, span);
             }
             Err(mpsc::error::TrySendError::Closed(span)) => {
                 self.inner.stats.add_dropped(DropReason::Shutdown, 1);
-                self.inner.recent.push(span);
+                self.inner.recent.push(&self.inner.service, span);
             }
         }
     }
@@ -355,7 +373,7 @@ impl Worker {
                         return;
                     }
                     // Into the ring with one lock for all that arrived.
-                    self.recent.extend(&incoming);
+                    self.recent.extend(&self.service, &incoming);
                     for span in incoming.drain(..) {
                         if batch.is_empty() {
                             flush_at = Some(Instant::now() + self.batch_delay);
@@ -405,7 +423,7 @@ impl Worker {
             while batch.len() < self.max_batch && budget > 0 {
                 match self.queue.try_recv() {
                     Ok(span) => {
-                        self.recent.push(span.clone());
+                        self.recent.push(&self.service, span.clone());
                         batch.push(span);
                         budget -= 1;
                     }
@@ -437,7 +455,7 @@ impl Worker {
     fn discard_queued(&mut self) -> u64 {
         let mut n = 0;
         while let Ok(span) = self.queue.try_recv() {
-            self.recent.push(span);
+            self.recent.push(&self.service, span);
             n += 1;
         }
         n
