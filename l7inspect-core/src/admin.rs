@@ -1,14 +1,16 @@
-//! The admin HTTP server: `/live`, `/ready` and `/metrics`.
+//! The admin HTTP server: `/live`, `/ready` and `/metrics`, and the
+//! routes a proxy adds (a live view, a log level).
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use std::{
     convert::Infallible,
     future::Future,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -21,6 +23,29 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone, Debug, Default)]
 pub struct Readiness(Arc<AtomicBool>);
 
+/// What an admin answer carries: a whole body, or a stream (a tap).
+pub type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// The most a request to an added route may send (`PUT /log-level`).
+pub const MAX_ROUTE_BODY: usize = 64 * 1024;
+
+/// Endpoints added to the admin server ([`Admin::route`]): given the
+/// request with its whole body, the answer, or `None` for a path it does
+/// not serve. A closure of that shape is one.
+pub trait AdminRoute: Send + Sync + 'static {
+    /// Answers `req`, or `None` when its path is not this route's.
+    fn respond(&self, req: &Request<Bytes>) -> Option<Response<AdminBody>>;
+}
+
+impl<F> AdminRoute for F
+where
+    F: Fn(&Request<Bytes>) -> Option<Response<AdminBody>> + Send + Sync + 'static,
+{
+    fn respond(&self, req: &Request<Bytes>) -> Option<Response<AdminBody>> {
+        self(req)
+    }
+}
+
 /// What the admin server serves.
 ///
 /// | path | answer |
@@ -28,13 +53,40 @@ pub struct Readiness(Arc<AtomicBool>);
 /// | `GET /live` | `200 live` while the process runs |
 /// | `GET /ready` | `200 ready` once every listener is bound; `503 not ready` before that and during shutdown |
 /// | `GET /metrics` | the Prometheus registry in OpenMetrics text |
+/// | anything else | the added [routes](Admin::route), first match; else 404 |
 ///
-/// Other paths get 404, other methods 405 (with `Allow: GET, HEAD`). HTTP/1.1
-/// only; a scrape is small and rare, so this server favours simplicity.
-#[derive(Clone, Debug)]
+/// `/live`, `/ready` and `/metrics` answer every client (Prometheus, the
+/// kubelet's probes). The added routes show request details or change
+/// state, so they answer only clients on loopback (`127.0.0.0/8`, `::1`;
+/// `kubectl port-forward` arrives as one) unless
+/// [`allow_remote_inspect`](Admin::allow_remote_inspect); others get 403.
+/// A route's request body may be at most [`MAX_ROUTE_BODY`] (413 beyond).
+///
+/// Other methods on the three fixed paths get 405 (with `Allow: GET,
+/// HEAD`). HTTP/1.1 only; a scrape is small and rare, so this server
+/// favours simplicity.
+///
+/// # Example
+/// ```
+/// use l7inspect_core::{Admin, AdminBody, Readiness};
+/// use http_body_util::{BodyExt, Full};
+/// use std::sync::Arc;
+///
+/// let admin = Admin::new(Arc::default(), Readiness::default()).route(
+///     |req: &http::Request<bytes::Bytes>| -> Option<http::Response<AdminBody>> {
+///         (req.uri().path() == "/hello")
+///             .then(|| http::Response::new(Full::from("hi\n").boxed_unsync()))
+///     },
+/// );
+/// // admin.serve(listener, tracker, shutdown).await
+/// # drop(admin);
+/// ```
+#[derive(Clone)]
 pub struct Admin {
     registry: Arc<Registry>,
     ready: Readiness,
+    routes: Vec<Arc<dyn AdminRoute>>,
+    allow_remote_inspect: bool,
 }
 
 // === impl Readiness ===
@@ -54,14 +106,60 @@ impl Readiness {
 // === impl Admin ===
 
 impl Admin {
-    /// Serves `registry` and reports `ready`.
+    /// Serves `registry` and reports `ready`, with no added route.
     pub fn new(registry: Arc<Registry>, ready: Readiness) -> Self {
-        Self { registry, ready }
+        Self {
+            registry,
+            ready,
+            routes: Vec::new(),
+            allow_remote_inspect: false,
+        }
     }
 
-    /// Answers one admin request.
-    pub fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        respond(&self.registry, &self.ready, req.method(), req.uri().path())
+    /// Adds `route`, tried after the routes added before it.
+    pub fn route(mut self, route: impl AdminRoute) -> Self {
+        self.routes.push(Arc::new(route));
+        self
+    }
+
+    /// Whether the added routes answer clients that are not on loopback
+    /// (default: no, 403).
+    pub fn allow_remote_inspect(mut self, allow: bool) -> Self {
+        self.allow_remote_inspect = allow;
+        self
+    }
+
+    /// Answers one admin request from `peer`.
+    pub async fn respond<B>(&self, peer: SocketAddr, req: Request<B>) -> Response<AdminBody>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path();
+        if matches!(path, "/live" | "/ready" | "/metrics") {
+            return fixed(&self.registry, &self.ready, req.method(), path)
+                .map(|b| b.boxed_unsync());
+        }
+        if !self.allow_remote_inspect && !is_loopback(peer.ip()) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "this admin endpoint shows request details and answers clients on loopback only \
+                 (l7inspect-sidecar: --admin-allow-remote-inspect allows others)\n",
+            );
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_ROUTE_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return text(StatusCode::PAYLOAD_TOO_LARGE, "request body over 64 KiB\n");
+            }
+            Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the request body\n"),
+        };
+        let req = Request::from_parts(parts, body);
+        self.routes
+            .iter()
+            .find_map(|r| r.respond(&req))
+            .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"))
     }
 
     /// Serves admin requests on `listener` until `shutdown` completes.
@@ -73,11 +171,11 @@ impl Admin {
     ) {
         tokio::pin!(shutdown);
         loop {
-            let stream = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         tracing::debug!("admin accept failed: {e}");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -88,8 +186,8 @@ impl Admin {
             let admin = self.clone();
             tracker.spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let resp = admin.respond(&req);
-                    async move { Ok::<_, Infallible>(resp) }
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.respond(peer, req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc);
@@ -101,7 +199,39 @@ impl Admin {
     }
 }
 
-fn respond(
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("ready", &self.ready.get())
+            .field("routes", &self.routes.len())
+            .field("allow_remote_inspect", &self.allow_remote_inspect)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `ip` is a loopback address (an IPv4 one mapped into IPv6 too:
+/// a dual-stack listener sees 127.0.0.1 as `::ffff:127.0.0.1`).
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
+    let mut resp = Response::new(Full::from(body).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// `/live`, `/ready` and `/metrics`.
+fn fixed(
     registry: &Registry,
     ready: &Readiness,
     method: &Method,
@@ -122,7 +252,7 @@ fn respond(
             "text/plain",
             Bytes::from_static(b"not ready\n"),
         ),
-        "/metrics" => {
+        _ => {
             let mut text = String::with_capacity(8 * 1024);
             match prometheus_client::encoding::text::encode(&mut text, registry) {
                 Ok(()) => (
@@ -137,11 +267,6 @@ fn respond(
                 ),
             }
         }
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            Bytes::from_static(b"not found\n"),
-        ),
     };
     Response::builder()
         .status(status)
@@ -158,7 +283,7 @@ mod tests {
     fn routes() {
         let registry = Registry::default();
         let ready = Readiness::default();
-        let status = |m: Method, p: &str| respond(&registry, &ready, &m, p).status();
+        let status = |m: Method, p: &str| fixed(&registry, &ready, &m, p).status();
         assert_eq!(status(Method::GET, "/live"), StatusCode::OK);
         assert_eq!(
             status(Method::GET, "/ready"),
@@ -167,10 +292,71 @@ mod tests {
         ready.set(true);
         assert_eq!(status(Method::GET, "/ready"), StatusCode::OK);
         assert_eq!(status(Method::GET, "/metrics"), StatusCode::OK);
-        assert_eq!(status(Method::GET, "/nope"), StatusCode::NOT_FOUND);
         assert_eq!(
             status(Method::POST, "/live"),
             StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    fn echo_route() -> Admin {
+        Admin::new(Arc::default(), Readiness::default()).route(
+            |req: &Request<Bytes>| -> Option<Response<AdminBody>> {
+                (req.uri().path() == "/echo")
+                    .then(|| Response::new(Full::new(req.body().clone()).boxed_unsync()))
+            },
+        )
+    }
+
+    async fn call(admin: &Admin, peer: &str, path: &str, body: Vec<u8>) -> (StatusCode, String) {
+        let req = Request::put(path)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = admin.respond(peer.parse().unwrap(), req).await;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn added_routes_answer_loopback_only_unless_allowed() {
+        let admin = echo_route();
+        for peer in [
+            "127.0.0.1:5000",
+            "127.9.9.9:5000",
+            "[::1]:5000",
+            "[::ffff:127.0.0.1]:5000",
+        ] {
+            assert_eq!(
+                call(&admin, peer, "/echo", b"hi".to_vec()).await,
+                (StatusCode::OK, "hi".into()),
+                "{peer}"
+            );
+        }
+        for peer in ["10.1.2.3:5000", "[fd00::1]:5000", "[::ffff:10.0.0.1]:5000"] {
+            let (status, body) = call(&admin, peer, "/echo", b"hi".to_vec()).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{peer}");
+            assert!(body.contains("--admin-allow-remote-inspect"), "{body}");
+            // The fixed paths answer everyone.
+            let req = Request::get("/live").body(Full::new(Bytes::new())).unwrap();
+            assert_eq!(
+                admin.respond(peer.parse().unwrap(), req).await.status(),
+                StatusCode::OK
+            );
+        }
+        let open = echo_route().allow_remote_inspect(true);
+        assert_eq!(
+            call(&open, "10.1.2.3:5000", "/echo", b"x".to_vec()).await.0,
+            StatusCode::OK
+        );
+        // Unknown paths, and bodies over the limit.
+        assert_eq!(
+            call(&admin, "127.0.0.1:1", "/nope", vec![]).await.0,
+            StatusCode::NOT_FOUND
+        );
+        let big = vec![b'a'; MAX_ROUTE_BODY + 1];
+        assert_eq!(
+            call(&admin, "127.0.0.1:1", "/echo", big).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
         );
     }
 }

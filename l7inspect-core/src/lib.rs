@@ -69,7 +69,7 @@ mod ratelimit;
 mod serve;
 mod track;
 
-pub use admin::{Admin, Readiness};
+pub use admin::{Admin, AdminBody, AdminRoute, MAX_ROUTE_BODY, Readiness};
 pub use connect::{
     Connect, ConnectConfig, ConnectError, ConnectLayer, Connecting, Connector, Upstream, UpstreamIo,
 };

@@ -30,8 +30,9 @@ mod requests;
 mod telemetry;
 
 use l7inspect_core::{
-    Admin, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpConfig, HttpLayer,
-    LoopGuard, Metrics, OrigDstLayer, Passthrough, PassthroughConfig, Readiness, TrackLayer, serve,
+    Admin, AdminRoute, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpConfig,
+    HttpLayer, LoopGuard, Metrics, OrigDstLayer, Passthrough, PassthroughConfig, Readiness,
+    TrackLayer, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use l7inspect_trace::{
@@ -40,6 +41,7 @@ use l7inspect_trace::{
         ExportBuildError, ExportConfig, ExportPipeline, FlushOutcome, ResourceConfig,
         SamplerConfig, UNKNOWN_SERVICE,
     },
+    inspect::Inspect,
 };
 use opentelemetry::trace::SpanKind;
 use prometheus_client::registry::Registry;
@@ -69,6 +71,10 @@ pub struct SidecarConfig {
     pub outbound_listen: Vec<SocketAddr>,
     /// The admin server's addresses (by default `0.0.0.0` and `[::]`).
     pub admin_listen: Vec<SocketAddr>,
+    /// Whether the admin endpoints that show request details (the live
+    /// view, the span API, tap, the log level) answer clients that are not
+    /// on loopback (default: no, 403).
+    pub admin_allow_remote_inspect: bool,
     /// Explicit inbound listeners with fixed targets.
     pub inbound_forwards: Vec<Forward>,
     /// Explicit outbound listeners with fixed targets.
@@ -158,6 +164,7 @@ pub struct Sidecar {
     addrs: BoundAddrs,
     listeners: Vec<(TcpListener, Direction, Target)>,
     admin: Vec<TcpListener>,
+    admin_service: Admin,
     metrics: Metrics,
     registry: Arc<Registry>,
     guard: LoopGuard,
@@ -191,6 +198,7 @@ impl Default for SidecarConfig {
                 (Ipv4Addr::UNSPECIFIED, 4191).into(),
                 (Ipv6Addr::UNSPECIFIED, 4191).into(),
             ],
+            admin_allow_remote_inspect: false,
             inbound_forwards: Vec::new(),
             outbound_forwards: Vec::new(),
             detect: DetectConfig::default(),
@@ -359,15 +367,24 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
             outbound_requests.propagation_stats(),
         ],
     )));
+    let registry = Arc::new(registry);
+    let ready = Readiness::default();
+    let inspect = Inspect::new(export.recent());
+    let admin_service = Admin::new(registry.clone(), ready.clone())
+        .allow_remote_inspect(config.admin_allow_remote_inspect)
+        .route(move |req: &http::Request<bytes::Bytes>| {
+            inspect.respond(req.method(), req.uri().path(), req.uri().query())
+        });
     Ok(Sidecar {
         config,
         addrs,
         listeners,
         admin,
+        admin_service,
         metrics,
-        registry: Arc::new(registry),
+        registry,
         guard,
-        ready: Readiness::default(),
+        ready,
         export,
         inbound_requests,
         outbound_requests,
@@ -375,6 +392,14 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
 }
 
 impl Sidecar {
+    /// Adds an admin endpoint (answered, like the live view, to loopback
+    /// clients only unless `admin_allow_remote_inspect`), tried after the
+    /// live view's paths.
+    pub fn admin_route(mut self, route: impl AdminRoute) -> Self {
+        self.admin_service = self.admin_service.route(route);
+        self
+    }
+
     /// The bound addresses.
     pub fn addrs(&self) -> &BoundAddrs {
         &self.addrs
@@ -401,8 +426,8 @@ impl Sidecar {
             config,
             listeners,
             admin,
+            admin_service,
             metrics,
-            registry,
             guard,
             ready,
             export,
@@ -454,7 +479,6 @@ impl Sidecar {
         // The admin server outlives the drain, so probes see 503, not a refusal.
         let stop_admin = CancellationToken::new();
         let mut admin_servers = JoinSet::new();
-        let admin_service = Admin::new(registry, ready.clone());
         for listener in admin {
             admin_servers.spawn(admin_service.clone().serve(
                 listener,

@@ -17,8 +17,12 @@ use l7inspect_sidecar::Forward;
 use std::{net::SocketAddr, process::ExitCode};
 
 fn main() -> ExitCode {
-    let (config, threads) = match cli::parse() {
-        cli::Invocation::Run { config, threads } => (*config, threads),
+    let (config, threads, log_level) = match cli::parse() {
+        cli::Invocation::Run {
+            config,
+            threads,
+            log_level,
+        } => (*config, threads, log_level),
         cli::Invocation::Done(code) => return code,
     };
     let runtime = if threads == 1 {
@@ -52,7 +56,7 @@ fn main() -> ExitCode {
         .map_or_else(|| "off".to_owned(), |z| z.endpoint.clone());
     runtime.block_on(async move {
         let sidecar = match l7inspect_sidecar::build(config).await {
-            Ok(s) => s,
+            Ok(s) => s.admin_route(move |req: &_| log_level.respond(req)),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;

@@ -11,12 +11,18 @@
 //! decided in one place.
 
 pub(crate) mod inject;
+mod log_level;
+mod tap;
+
+pub(crate) use log_level::LogLevel;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind};
 use l7inspect_core::{ConnectConfig, HttpConfig, PassthroughConfig};
 use l7inspect_detect::DetectConfig;
 use l7inspect_sidecar::{Forward, SidecarConfig, TracingConfig};
-use l7inspect_trace::export::{OtelOverrides, Override, ResourceConfig, from_otel_env_with};
+use l7inspect_trace::export::{
+    ExportConfig, OtelOverrides, Override, ResourceConfig, from_otel_env_with,
+};
 use std::{net::SocketAddr, net::ToSocketAddrs, path::PathBuf, process::ExitCode, time::Duration};
 
 /// What the command line asked for.
@@ -26,6 +32,8 @@ pub(crate) enum Invocation {
     Run {
         config: Box<SidecarConfig>,
         threads: u16,
+        /// The log filter, for the admin port's `/log-level`.
+        log_level: LogLevel,
     },
     /// A subcommand ran (`inject`) and exited with this code.
     Done(ExitCode),
@@ -35,26 +43,31 @@ pub(crate) enum Invocation {
 /// with one line naming it (clap's usage error).
 pub(crate) fn parse() -> Invocation {
     let mut command = Args::command();
-    if std::env::args_os().nth(1).is_some_and(|a| a == "inject") {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "inject" || a == "tap")
+    {
         // The proxy's L7INSPECT_* variables are not inject's (nor are the
         // OTEL_* ones, read only when the proxy runs).
         command = command.mut_args(|a| a.env(None));
     }
     let matches = command.get_matches();
     let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let Some(Command::Inject(inject_args)) = args.command.take() {
-        return Invocation::Done(inject::run(inject_args));
+    match args.command.take() {
+        Some(Command::Inject(inject_args)) => return Invocation::Done(inject::run(inject_args)),
+        Some(Command::Tap(tap_args)) => return Invocation::Done(tap::run(tap_args)),
+        None => {}
     }
     let threads = args.threads;
-    if let Err(e) = init_logging(args.log_level.as_deref(), args.log_format) {
-        Args::command().error(ErrorKind::ValueValidation, e).exit();
-    }
+    let log_level = init_logging(args.log_level.as_deref(), args.log_format)
+        .unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit());
     let tracing = args
         .tracing()
         .unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit());
     Invocation::Run {
         config: Box::new(args.into_config(tracing)),
         threads,
+        log_level,
     }
 }
 
@@ -112,7 +125,8 @@ struct Args {
     )]
     outbound_listen: Vec<SocketAddr>,
 
-    /// Admin server (/live, /ready, /metrics): addresses, comma-separated.
+    /// Admin server (/live, /ready, /metrics, and the live view): addresses,
+    /// comma-separated.
     #[arg(
         long,
         env = "L7INSPECT_ADMIN_LISTEN",
@@ -121,6 +135,22 @@ struct Args {
         value_name = "ADDRS"
     )]
     admin_listen: Vec<SocketAddr>,
+
+    /// Let clients that are not on loopback use the admin endpoints that show
+    /// request details or change state (/, /api/*, /log-level); without it
+    /// they get 403. /live, /ready and /metrics answer everyone.
+    #[arg(long, env = "L7INSPECT_ADMIN_ALLOW_REMOTE_INSPECT")]
+    admin_allow_remote_inspect: bool,
+
+    /// How many recent spans the live view keeps (the newest; memory grows
+    /// with it, about 2 KiB per span and at most 12 KiB).
+    #[arg(
+        long,
+        env = "L7INSPECT_RECENT_SPANS",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    recent_spans: usize,
 
     /// Explicit inbound listener with a fixed target, LISTEN=TARGET (repeatable;
     /// comma-separated in the environment variable).
@@ -226,6 +256,7 @@ struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     Inject(InjectArgs),
+    Tap(tap::TapArgs),
 }
 
 /// Add l7inspect to Kubernetes manifests and write them to stdout.
@@ -387,7 +418,10 @@ impl Args {
                 service_name: env.service_name.unwrap_or_else(host_name),
                 attributes: env.resource_attributes,
             },
-            export: env.export,
+            export: ExportConfig {
+                recent_capacity: self.recent_spans,
+                ..env.export
+            },
             sampler: env.sampler,
             propagators: env.propagators,
             record_query: self.record_query,
@@ -400,6 +434,7 @@ impl Args {
             inbound_listen: self.inbound_listen,
             outbound_listen: self.outbound_listen,
             admin_listen: self.admin_listen,
+            admin_allow_remote_inspect: self.admin_allow_remote_inspect,
             inbound_forwards: self.inbound_forward,
             outbound_forwards: self.outbound_forward,
             detect: DetectConfig {
@@ -431,20 +466,28 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown_service".to_owned())
 }
 
-fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(l) => EnvFilter::try_new(l)
-            .map_err(|e| format!("invalid value {l:?} for '--log-level': {e}"))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+/// Sets up logging to stderr with a filter that `/log-level` can change.
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<LogLevel, String> {
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+    let (filter, text) = match level {
+        Some(l) => (
+            EnvFilter::try_new(l)
+                .map_err(|e| format!("invalid value {l:?} for '--log-level': {e}"))?,
+            l.to_owned(),
+        ),
+        None => match std::env::var("RUST_LOG") {
+            Ok(v) if EnvFilter::try_new(&v).is_ok() => (EnvFilter::new(&v), v),
+            _ => (EnvFilter::new("info"), "info".to_owned()),
+        },
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
     }
-    Ok(())
+    Ok(LogLevel::new(handle, text))
 }
