@@ -130,9 +130,33 @@ impl Default for ConnectConfig {
 // === impl ConnectLayer ===
 
 impl ConnectLayer {
-    /// A layer that dials with `config`, records errors in `metrics` and
-    /// registers upstream connections with `guard`.
-    pub fn new(config: ConnectConfig, metrics: Metrics, guard: LoopGuard) -> Self {
+    /// A layer that dials with `config`. Its connect errors go to a
+    /// [`Metrics`] of its own, which nothing serves, and its upstream
+    /// connections to a [`LoopGuard`] of its own, which no listener asks;
+    /// see [`with_metrics`](Self::with_metrics) and
+    /// [`with_loop_guard`](Self::with_loop_guard).
+    pub fn new(config: ConnectConfig) -> Self {
+        Self::from_parts(config, Metrics::default(), LoopGuard::default())
+    }
+
+    /// The same layer, counting connect errors in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        let shared = &self.connector.shared;
+        Self::from_parts(shared.config.clone(), metrics, shared.guard.clone())
+    }
+
+    /// The same layer, registering the local address of every upstream
+    /// connection with `guard`.
+    ///
+    /// Behind [`OrigDstLayer`](crate::OrigDstLayer), pass it the same guard:
+    /// that is how a connection of the proxy's own that iptables redirected
+    /// back to it is recognised and refused, instead of looping.
+    pub fn with_loop_guard(self, guard: LoopGuard) -> Self {
+        let shared = &self.connector.shared;
+        Self::from_parts(shared.config.clone(), shared.metrics.clone(), guard)
+    }
+
+    fn from_parts(config: ConnectConfig, metrics: Metrics, guard: LoopGuard) -> Self {
         Self {
             connector: Connector {
                 shared: Arc::new(Shared {

@@ -29,10 +29,10 @@
 //! let metrics = Metrics::default();
 //! let svc = ServiceBuilder::new()
 //!     .layer(FixedTargetLayer::new("127.0.0.1:6379".parse().unwrap()))
-//!     .layer(ConnectLayer::new(ConnectConfig::default(), metrics.clone(), LoopGuard::default()))
+//!     .layer(ConnectLayer::new(ConnectConfig::default()).with_metrics(metrics.clone()))
 //!     .layer(DetectLayer::new(DetectConfig::default()))
 //!     .layer(TrackLayer::new(metrics.clone()))
-//!     .service(Passthrough::new(PassthroughConfig::default(), metrics));
+//!     .service(Passthrough::new(PassthroughConfig::default()).with_metrics(metrics));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let tracker = tokio_util::task::TaskTracker::new();
 //! serve(listener, Direction::Outbound, svc, tracker, std::future::pending()).await;

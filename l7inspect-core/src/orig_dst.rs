@@ -109,8 +109,19 @@ pub fn reset<T: std::os::fd::AsFd>(io: T) {
 // === impl OrigDstLayer ===
 
 impl OrigDstLayer {
-    /// A layer that refuses loops known to `guard` and counts refusals in `metrics`.
-    pub fn new(guard: LoopGuard, metrics: Metrics) -> Self {
+    /// A layer that refuses loops known to `guard`. Its refusals go to a
+    /// [`Metrics`] of its own, which nothing serves; see
+    /// [`with_metrics`](Self::with_metrics).
+    pub fn new(guard: LoopGuard) -> Self {
+        Self::from_parts(guard, Metrics::default())
+    }
+
+    /// The same layer, counting refusals in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self::from_parts(self.shared.guard.clone(), metrics)
+    }
+
+    fn from_parts(guard: LoopGuard, metrics: Metrics) -> Self {
         Self {
             shared: Arc::new(OrigDstShared {
                 guard,

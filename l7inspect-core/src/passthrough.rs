@@ -71,9 +71,19 @@ pub enum Closed {
 // === impl Passthrough ===
 
 impl Passthrough {
-    /// A passthrough service.
-    pub fn new(config: PassthroughConfig, metrics: Metrics) -> Self {
-        Self { config, metrics }
+    /// A passthrough service with `config`. Its idle timeouts go to a
+    /// [`Metrics`] of its own, which nothing serves; see
+    /// [`with_metrics`](Self::with_metrics).
+    pub fn new(config: PassthroughConfig) -> Self {
+        Self {
+            config,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The same service, counting idle timeouts in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self { metrics, ..self }
     }
 }
 
