@@ -78,15 +78,15 @@ fn validate(schema: &Yaml, value: &Json, path: &str, errors: &mut Vec<String>) {
     }
     if let Some(s) = value.as_str() {
         let len = s.chars().count() as u64;
-        if let Some(min) = schema.get("minLength").and_then(Yaml::as_u64) {
-            if len < min {
-                fail(format!("{s:?} is shorter than {min}"));
-            }
+        if let Some(min) = schema.get("minLength").and_then(Yaml::as_u64)
+            && len < min
+        {
+            fail(format!("{s:?} is shorter than {min}"));
         }
-        if let Some(max) = schema.get("maxLength").and_then(Yaml::as_u64) {
-            if len > max {
-                fail(format!("{s:?} is longer than {max}"));
-            }
+        if let Some(max) = schema.get("maxLength").and_then(Yaml::as_u64)
+            && len > max
+        {
+            fail(format!("{s:?} is longer than {max}"));
         }
         if let Some(pattern) = schema.get("pattern").and_then(Yaml::as_str) {
             let re = regex::Regex::new(&format!("^(?:{pattern})$")).expect("the spec's pattern");
@@ -104,10 +104,10 @@ fn validate(schema: &Yaml, value: &Json, path: &str, errors: &mut Vec<String>) {
             _ => {}
         }
     }
-    if let (Some(n), Some(min)) = (value.as_f64(), schema.get("minimum").and_then(Yaml::as_f64)) {
-        if n < min {
-            fail(format!("{value} is below the minimum {min}"));
-        }
+    if let (Some(n), Some(min)) = (value.as_f64(), schema.get("minimum").and_then(Yaml::as_f64))
+        && n < min
+    {
+        fail(format!("{value} is below the minimum {min}"));
     }
     if let Some(list) = value.as_array() {
         if schema.get("uniqueItems").and_then(Yaml::as_bool) == Some(true) {
