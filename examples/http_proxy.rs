@@ -19,7 +19,7 @@
 use http::{HeaderValue, Request, Response, StatusCode, header::HeaderName};
 use l7inspect_core::{
     ConnMeta, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, Forward, HttpLayer,
-    LoopGuard, Metrics, Passthrough, PassthroughConfig, RequestBody, local_response, serve,
+    Passthrough, PassthroughConfig, RequestBody, local_response, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use l7inspect_trace::export::{ExportPipeline, SdkExporter, from_otel_env};
@@ -92,17 +92,12 @@ async fn main() -> Result<(), BoxError> {
     };
 
     let drain = CancellationToken::new();
-    let metrics = Metrics::default();
     let stack = ServiceBuilder::new()
         .layer(FixedTargetLayer::new(target))
-        .layer(ConnectLayer::new(
-            ConnectConfig::default(),
-            metrics.clone(),
-            LoopGuard::default(),
-        ))
+        .layer(ConnectLayer::new(ConnectConfig::default()))
         .layer(DetectLayer::new(DetectConfig::default()))
         .layer(HttpLayer::new(drain.clone()).with_requests(requests))
-        .service(Passthrough::new(PassthroughConfig::default(), metrics));
+        .service(Passthrough::new(PassthroughConfig::default()));
 
     let listener = TcpListener::bind(listen).await?;
     println!("forwarding {} -> {target}", listener.local_addr()?);

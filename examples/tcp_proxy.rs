@@ -12,8 +12,8 @@
 //! the protocol (send HTTP to an HTTP stack, say).
 
 use l7inspect_core::{
-    ConnectConfig, ConnectLayer, Connecting, Direction, FixedTargetLayer, LoopGuard, Metrics,
-    Passthrough, PassthroughConfig, serve,
+    ConnectConfig, ConnectLayer, Connecting, Direction, FixedTargetLayer, Passthrough,
+    PassthroughConfig, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer, Detected};
 use std::net::SocketAddr;
@@ -30,10 +30,7 @@ async fn main() -> Result<(), BoxError> {
     let listen: SocketAddr = listen.parse()?;
     let target: SocketAddr = target.parse()?;
 
-    // Metrics are required by the connect and passthrough services; this
-    // example just never serves them.
-    let metrics = Metrics::default();
-    let passthrough = Passthrough::new(PassthroughConfig::default(), metrics.clone());
+    let passthrough = Passthrough::new(PassthroughConfig::default());
 
     // Our own step: print what detection found, then pass through.
     let announce = service_fn(move |d: Detected<Connecting, TcpStream>| {
@@ -46,11 +43,7 @@ async fn main() -> Result<(), BoxError> {
 
     let stack = ServiceBuilder::new()
         .layer(FixedTargetLayer::new(target))
-        .layer(ConnectLayer::new(
-            ConnectConfig::default(),
-            metrics,
-            LoopGuard::default(),
-        ))
+        .layer(ConnectLayer::new(ConnectConfig::default()))
         .layer(DetectLayer::new(DetectConfig::default()))
         .service(announce);
     check_service(&stack);

@@ -38,9 +38,50 @@ pub struct ConnectConfig {
 /// first (SSH, SMTP, MySQL) is heard at once, and a client that speaks first
 /// waits for no more than the slower of its own first segment and the connect.
 ///
+/// It takes a [`Conn`] whose metadata is a [`ConnMeta`] (the layer above it,
+/// [`FixedTargetLayer`](crate::FixedTargetLayer) or
+/// [`OrigDstLayer`](crate::OrigDstLayer), supplies the target) and calls the
+/// inner service with a [`Connecting`] in its place; the stream is passed on
+/// untouched. The connect itself runs as the [`Upstream`] is polled: by
+/// detection (which watches for a server that speaks first) and by whoever
+/// takes the connection.
+///
 /// A failed connect is counted in `l7inspect_upstream_connect_errors_total`
-/// and logged (rate-limited) with the target and the OS error; whoever takes
-/// the [`Upstream`] then gets the [`ConnectError`].
+/// (when [metrics](Self::with_metrics) are given) and logged (rate-limited)
+/// with the target and the OS error; whoever takes the [`Upstream`] then
+/// gets the [`ConnectError`].
+///
+/// # Example
+///
+/// A connection to a fixed target, dialled on loopback; the inner service
+/// waits for the upstream connection:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// use l7inspect_core::{
+///     Accepted, ConnectConfig, ConnectLayer, Connecting, Direction, FixedTargetLayer,
+/// };
+/// use l7inspect_detect::Conn;
+/// use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
+///
+/// let server = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let svc = ServiceBuilder::new()
+///     .layer(FixedTargetLayer::new(server.local_addr()?))
+///     .layer(ConnectLayer::new(ConnectConfig::default()))
+///     .service(service_fn(|conn: Conn<Connecting, ()>| async move {
+///         let upstream = conn.meta.upstream.established().await?;
+///         Ok::<_, BoxError>(upstream.get_ref().peer_addr()?)
+///     }));
+/// let accepted = Accepted {
+///     client: "127.0.0.1:50000".parse()?,
+///     local: "127.0.0.1:7000".parse()?,
+///     direction: Direction::Outbound,
+/// };
+/// let dialled = svc.oneshot(Conn { meta: accepted, io: () }).await?;
+/// assert_eq!(dialled, server.local_addr()?);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct ConnectLayer {
     connector: Connector,
@@ -130,9 +171,33 @@ impl Default for ConnectConfig {
 // === impl ConnectLayer ===
 
 impl ConnectLayer {
-    /// A layer that dials with `config`, records errors in `metrics` and
-    /// registers upstream connections with `guard`.
-    pub fn new(config: ConnectConfig, metrics: Metrics, guard: LoopGuard) -> Self {
+    /// A layer that dials with `config`. Its connect errors go to a
+    /// [`Metrics`] of its own, which nothing serves, and its upstream
+    /// connections to a [`LoopGuard`] of its own, which no listener asks;
+    /// see [`with_metrics`](Self::with_metrics) and
+    /// [`with_loop_guard`](Self::with_loop_guard).
+    pub fn new(config: ConnectConfig) -> Self {
+        Self::from_parts(config, Metrics::default(), LoopGuard::default())
+    }
+
+    /// The same layer, counting connect errors in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        let shared = &self.connector.shared;
+        Self::from_parts(shared.config.clone(), metrics, shared.guard.clone())
+    }
+
+    /// The same layer, registering the local address of every upstream
+    /// connection with `guard`.
+    ///
+    /// Behind [`OrigDstLayer`](crate::OrigDstLayer), pass it the same guard:
+    /// that is how a connection of the proxy's own that iptables redirected
+    /// back to it is recognised and refused, instead of looping.
+    pub fn with_loop_guard(self, guard: LoopGuard) -> Self {
+        let shared = &self.connector.shared;
+        Self::from_parts(shared.config.clone(), shared.metrics.clone(), guard)
+    }
+
+    fn from_parts(config: ConnectConfig, metrics: Metrics, guard: LoopGuard) -> Self {
         Self {
             connector: Connector {
                 shared: Arc::new(Shared {

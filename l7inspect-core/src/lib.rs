@@ -18,26 +18,47 @@
 //!
 //! # Example
 //!
-//! An explicit forwarder from an ephemeral port to `127.0.0.1:6379`:
+//! The smallest complete proxy: a TCP forwarder from an ephemeral port to
+//! one server (here an echo server of its own), with protocol detection and
+//! passthrough:
 //!
-//! ```no_run
+//! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
 //! use l7inspect_core::*;
 //! use l7inspect_detect::{DetectConfig, DetectLayer};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //! use tower::ServiceBuilder;
 //!
-//! let metrics = Metrics::default();
+//! let server = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let target = server.local_addr()?;
+//! tokio::spawn(async move {
+//!     let (mut conn, _) = server.accept().await?;
+//!     let (mut r, mut w) = conn.split();
+//!     tokio::io::copy(&mut r, &mut w).await
+//! });
+//!
 //! let svc = ServiceBuilder::new()
-//!     .layer(FixedTargetLayer::new("127.0.0.1:6379".parse().unwrap()))
-//!     .layer(ConnectLayer::new(ConnectConfig::default(), metrics.clone(), LoopGuard::default()))
+//!     .layer(FixedTargetLayer::new(target))
+//!     .layer(ConnectLayer::new(ConnectConfig::default()))
 //!     .layer(DetectLayer::new(DetectConfig::default()))
-//!     .layer(TrackLayer::new(metrics.clone()))
-//!     .service(Passthrough::new(PassthroughConfig::default(), metrics));
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//!     .service(Passthrough::new(PassthroughConfig::default()));
+//! let listener = bind("127.0.0.1:0".parse().unwrap())?;
+//! let proxy = listener.local_addr()?;
 //! let tracker = tokio_util::task::TaskTracker::new();
-//! serve(listener, Direction::Outbound, svc, tracker, std::future::pending()).await;
+//! tokio::spawn(serve(listener, Direction::Outbound, svc, tracker, std::future::pending()));
+//!
+//! let mut client = tokio::net::TcpStream::connect(proxy).await?;
+//! client.write_all(b"*1\r\n$4\r\nPING\r\n").await?; // a Redis PING
+//! let mut echoed = [0; 14];
+//! client.read_exact(&mut echoed).await?;
+//! assert_eq!(&echoed, b"*1\r\n$4\r\nPING\r\n");
 //! # Ok(()) }
 //! ```
+//!
+//! With metrics, give one [`Metrics`] to each layer's `with_metrics`, add a
+//! [`TrackLayer`] after detection and register the metrics where
+//! [`Admin`] serves them; behind iptables, [`OrigDstLayer`] replaces
+//! [`FixedTargetLayer`] and shares a [`LoopGuard`] with [`ConnectLayer`].
 //!
 //! # Layout
 //! - `meta`: [`Accepted`], [`ConnMeta`], [`Direction`].

@@ -35,6 +35,39 @@ use tower::{Layer, Service};
 /// - `no_original_dst`: the kernel has no original destination for it
 ///   (it reached the listener without a NAT rule, and conntrack is off);
 /// - `loop`: forwarding it would reach the proxy itself (see [`LoopGuard`]).
+///
+/// It takes a [`Conn`] of [`Accepted`] metadata and a [`TcpStream`], as
+/// [`serve`](crate::serve) hands them out, and calls the inner service with
+/// a [`ConnMeta`] naming the target, which [`ConnectLayer`](crate::ConnectLayer)
+/// below it dials. Give that layer the same [`LoopGuard`]
+/// ([`ConnectLayer::with_loop_guard`](crate::ConnectLayer::with_loop_guard)):
+/// it registers the proxy's own upstream connections there, so that one
+/// that iptables redirects back is refused here rather than looping.
+///
+/// # Example
+///
+/// A transparent outbound listener (it needs an iptables `REDIRECT` rule to
+/// receive anything, so this is not run):
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use l7inspect_core::*;
+/// use l7inspect_detect::{DetectConfig, DetectLayer};
+/// use tower::ServiceBuilder;
+///
+/// let guard = LoopGuard::default();
+/// let listener = bind("0.0.0.0:15001".parse().unwrap())?;
+/// guard.add_listener(listener.local_addr()?);
+/// let svc = ServiceBuilder::new()
+///     .layer(OrigDstLayer::new(guard.clone()))
+///     .layer(ConnectLayer::new(ConnectConfig::default()).with_loop_guard(guard))
+///     .layer(DetectLayer::new(DetectConfig::default()))
+///     .service(Passthrough::new(PassthroughConfig::default()));
+/// let tracker = tokio_util::task::TaskTracker::new();
+/// serve(listener, Direction::Outbound, svc, tracker, std::future::pending()).await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct OrigDstLayer {
     shared: Arc<OrigDstShared>,
@@ -65,7 +98,40 @@ pub enum ResponseFuture<F> {
     Refused,
 }
 
-/// A [`Layer`] that wraps a service in [`FixedTarget`].
+/// A [`Layer`] that wraps a service in [`FixedTarget`]: the target of an
+/// explicit listener, which forwards every connection to one address.
+///
+/// It takes a [`Conn`] of [`Accepted`] metadata, as [`serve`](crate::serve)
+/// hands them out, and calls the inner service with a [`ConnMeta`] whose
+/// target is the fixed address, which [`ConnectLayer`](crate::ConnectLayer)
+/// below it dials. The stream (any type) is passed on untouched; nothing is
+/// refused, and no loop is checked: the target is the operator's choice.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// use l7inspect_core::{Accepted, ConnMeta, Direction, FixedTargetLayer};
+/// use l7inspect_detect::Conn;
+/// use std::{convert::Infallible, net::SocketAddr};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// let redis: SocketAddr = "127.0.0.1:6379".parse()?;
+/// let svc = ServiceBuilder::new()
+///     .layer(FixedTargetLayer::new(redis))
+///     .service(service_fn(|conn: Conn<ConnMeta, ()>| async move {
+///         Ok::<_, Infallible>(conn.meta.target)
+///     }));
+/// let accepted = Accepted {
+///     client: "127.0.0.1:50000".parse()?,
+///     local: "127.0.0.1:7000".parse()?,
+///     direction: Direction::Outbound,
+/// };
+/// let target = svc.oneshot(Conn { meta: accepted, io: () }).await?;
+/// assert_eq!(target, redis);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct FixedTargetLayer {
     target: SocketAddr,
@@ -109,8 +175,19 @@ pub fn reset<T: std::os::fd::AsFd>(io: T) {
 // === impl OrigDstLayer ===
 
 impl OrigDstLayer {
-    /// A layer that refuses loops known to `guard` and counts refusals in `metrics`.
-    pub fn new(guard: LoopGuard, metrics: Metrics) -> Self {
+    /// A layer that refuses loops known to `guard`. Its refusals go to a
+    /// [`Metrics`] of its own, which nothing serves; see
+    /// [`with_metrics`](Self::with_metrics).
+    pub fn new(guard: LoopGuard) -> Self {
+        Self::from_parts(guard, Metrics::default())
+    }
+
+    /// The same layer, counting refusals in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self::from_parts(self.shared.guard.clone(), metrics)
+    }
+
+    fn from_parts(guard: LoopGuard, metrics: Metrics) -> Self {
         Self {
             shared: Arc::new(OrigDstShared {
                 guard,

@@ -44,7 +44,31 @@ pub struct PassthroughConfig {
 /// - **Connect failure**: the client is reset, as a refused connect would.
 /// - **Idle timeout** (optional): when no bytes have moved either way for
 ///   the timeout, both connections are closed (FIN) and
-///   `l7inspect_tcp_idle_timeouts_total` counts it.
+///   `l7inspect_tcp_idle_timeouts_total` counts it (when
+///   [metrics](Self::with_metrics) are given).
+///
+/// It is the innermost service of a connection stack: it takes a
+/// [`Detected`] connection, so it goes below
+/// [`DetectLayer`](l7inspect_detect::DetectLayer) (and
+/// [`ConnectLayer`](crate::ConnectLayer) above that, which dialled the
+/// upstream connection), and its client stream must be a socket (`AsFd`),
+/// to be reset on errors.
+///
+/// # Example
+///
+/// The end of a TCP forwarder, with its idle timeouts counted in the
+/// proxy's metrics ([the crate's example](crate#example) runs one):
+///
+/// ```
+/// use l7inspect_core::{Metrics, Passthrough, PassthroughConfig};
+/// use std::time::Duration;
+///
+/// let metrics = Metrics::default();
+/// let config = PassthroughConfig { idle_timeout: Some(Duration::from_secs(3600)) };
+/// let passthrough = Passthrough::new(config).with_metrics(metrics.clone());
+/// let mut registry = prometheus_client::registry::Registry::default();
+/// metrics.register(&mut registry); // served by `Admin` on `/metrics`
+/// ```
 #[derive(Clone, Debug)]
 pub struct Passthrough {
     config: PassthroughConfig,
@@ -71,9 +95,19 @@ pub enum Closed {
 // === impl Passthrough ===
 
 impl Passthrough {
-    /// A passthrough service.
-    pub fn new(config: PassthroughConfig, metrics: Metrics) -> Self {
-        Self { config, metrics }
+    /// A passthrough service with `config`. Its idle timeouts go to a
+    /// [`Metrics`] of its own, which nothing serves; see
+    /// [`with_metrics`](Self::with_metrics).
+    pub fn new(config: PassthroughConfig) -> Self {
+        Self {
+            config,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The same service, counting idle timeouts in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self { metrics, ..self }
     }
 }
 

@@ -17,28 +17,78 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::{Layer, Service};
 
-/// A [`Layer`] that wraps a service in [`Track`].
+/// A [`Layer`] that wraps a service in [`Track`]: connection and byte
+/// metrics, by direction and detected protocol.
+///
+/// It goes below [`DetectLayer`](l7inspect_detect::DetectLayer), whose
+/// [`Detected`] outcome labels the metrics, and **wraps the client stream
+/// in a [`CountingIo`]**: the inner service receives a
+/// `Detected<Connecting, CountingIo<I>>` where the layer above gave a
+/// `Detected<Connecting, I>` (still replaying the bytes detection read, in
+/// a [`PrefixedIo`]). The wrapper costs one counter increment per read or
+/// write. The layer exists only to count, so it takes its [`Metrics`] in
+/// [`new`](Self::new): a proxy without metrics leaves it out.
 ///
 /// For each connection it counts the detection outcome
 /// (`l7inspect_protocol_detections_total`) and the connection
 /// (`l7inspect_tcp_connections_total`), keeps `l7inspect_tcp_open_connections`
-/// up while the inner service runs, and wraps the client stream in a
-/// [`CountingIo`] for `l7inspect_tcp_read_bytes_total` and
-/// `l7inspect_tcp_write_bytes_total`. The bytes read during detection are
-/// counted here, since the counting stream only sees later reads.
+/// up while the inner service runs, and counts the client's bytes in
+/// `l7inspect_tcp_read_bytes_total` and `l7inspect_tcp_write_bytes_total`.
+/// The bytes read during detection are counted here, since the counting
+/// stream only sees later reads.
+///
+/// # Example
+///
+/// A Redis client's first command, through detection and tracking (the
+/// upstream is a loopback listener that never answers):
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// use l7inspect_core::*;
+/// use l7inspect_detect::{Conn, DetectConfig, DetectLayer, Detected};
+/// use tokio::io::AsyncReadExt;
+/// use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
+///
+/// let server = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let metrics = Metrics::default();
+/// let svc = ServiceBuilder::new()
+///     .layer(FixedTargetLayer::new(server.local_addr()?))
+///     .layer(ConnectLayer::new(ConnectConfig::default()).with_metrics(metrics.clone()))
+///     .layer(DetectLayer::new(DetectConfig::default()))
+///     .layer(TrackLayer::new(metrics.clone()))
+///     .service(service_fn(|mut d: Detected<Connecting, CountingIo<&'static [u8]>>| async move {
+///         let mut rest = Vec::new();
+///         d.io.read_to_end(&mut rest).await?; // the replayed prefix and the rest
+///         Ok::<_, BoxError>(rest.len())
+///     }));
+/// let accepted = Accepted {
+///     client: "127.0.0.1:50000".parse()?,
+///     local: "127.0.0.1:7000".parse()?,
+///     direction: Direction::Outbound,
+/// };
+/// let ping = b"*1\r\n$4\r\nPING\r\n";
+/// assert_eq!(svc.oneshot(Conn { meta: accepted, io: &ping[..] }).await?, ping.len());
+/// let labels = ConnLabels { direction: Direction::Outbound, protocol: "redis" };
+/// assert_eq!(metrics.connections.get_or_create(&labels).get(), 1);
+/// assert_eq!(metrics.read_bytes.get_or_create(&labels).get(), ping.len() as u64);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct TrackLayer {
     metrics: Metrics,
 }
 
-/// Records connection metrics around the inner service.
+/// Records connection metrics around the inner service, and hands it the
+/// client stream wrapped in a [`CountingIo`].
 #[derive(Clone, Debug)]
 pub struct Track<S> {
     inner: S,
     metrics: Metrics,
 }
 
-/// A stream that counts the bytes read from and written to it.
+/// A stream that counts the bytes read from and written to it: the client
+/// stream as [`Track`] hands it to its inner service.
 #[pin_project]
 #[derive(Debug)]
 pub struct CountingIo<I> {
@@ -60,7 +110,8 @@ pub struct ResponseFuture<F> {
 // === impl TrackLayer ===
 
 impl TrackLayer {
-    /// A layer recording into `metrics`.
+    /// A layer recording into `metrics`, wrapping each client stream in a
+    /// [`CountingIo`].
     pub fn new(metrics: Metrics) -> Self {
         Self { metrics }
     }

@@ -11,8 +11,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7inspect_core::{
-    ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpConfig, HttpLayer, LoopGuard,
-    Metrics, Passthrough, PassthroughConfig, TrackLayer, bind, serve,
+    ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpConfig, HttpLayer, Metrics,
+    Passthrough, PassthroughConfig, TrackLayer, bind, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use std::{
@@ -68,15 +68,11 @@ async fn proxy_stack<N: l7inspect_core::NewRequestService>(
     let metrics = Metrics::default();
     let stack = ServiceBuilder::new()
         .layer(FixedTargetLayer::new(target))
-        .layer(ConnectLayer::new(
-            ConnectConfig::default(),
-            metrics.clone(),
-            LoopGuard::default(),
-        ))
+        .layer(ConnectLayer::new(ConnectConfig::default()).with_metrics(metrics.clone()))
         .layer(DetectLayer::new(DetectConfig::default()))
         .layer(TrackLayer::new(metrics.clone()))
         .layer(http)
-        .service(Passthrough::new(PassthroughConfig::default(), metrics));
+        .service(Passthrough::new(PassthroughConfig::default()).with_metrics(metrics));
     let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(

@@ -1,31 +1,6 @@
 //! [`DetectLayer`]: reads a connection's first bytes and tells the inner
-//! service which protocol it speaks.
-//!
-//! # Behaviour on the wire
-//!
-//! - **Client speaks first** (HTTP, TLS, databases...): the layer reads the
-//!   client's first segment, runs [`detect`](crate::detect) and calls the
-//!   inner service at once. It reads more only while the bytes are a
-//!   consistent but incomplete prefix (a request line split over segments, a
-//!   ClientHello over several records), for at most
-//!   [`DetectConfig::detect_timeout`] after the first byte and at most
-//!   [`DetectConfig::max_prefix`] bytes. Nothing is forwarded while it reads.
-//! - **Server speaks first** (SSH, SMTP, MySQL, FTP, NATS): the caller dials
-//!   the server while detection runs and reports, through
-//!   [`DetectMeta::poll_server_first`], when the server has something to say.
-//!   Detection then ends at once with [`Outcome::ServerFirst`], so the
-//!   banner is not held back by any timeout.
-//! - **Nobody speaks**: the layer waits, with no timeout of its own: a silent
-//!   connection (a pre-opened pool connection, say) is still detected when
-//!   its client finally writes. Bound it with an idle timeout around the
-//!   whole connection if needed.
-//! - **Client EOF** before a decision: whatever was read is judged as is and
-//!   handed on; the inner service sees the EOF after the replayed bytes.
-//! - **Opaque ports** (see [`DetectConfig::opaque_ports`]) skip reading
-//!   entirely: [`Outcome::Opaque`].
-//!
-//! The inner service always receives every byte the client sent, in order:
-//! the bytes read here are replayed by [`PrefixedIo`].
+//! service which protocol it speaks. Its behaviour on the wire is
+//! documented on [`DetectLayer`], where rustdoc shows it.
 
 use crate::{
     ClientHello, Detection, ParsedHello, PrefixedIo, Protocol, detect, parse_client_hello,
@@ -129,7 +104,83 @@ pub struct Detected<M, I> {
     pub io: PrefixedIo<I>,
 }
 
-/// A [`Layer`] that wraps a service in [`Detect`].
+/// A [`Layer`] that wraps a service in [`Detect`]: it reads a connection's
+/// first bytes and tells the inner service what protocol they are.
+///
+/// It takes a [`Conn`] and calls the inner service with a [`Detected`]: the
+/// [`Outcome`], the ClientHello of a TLS connection, the metadata as given,
+/// and the client stream in a [`PrefixedIo`] that replays the bytes read
+/// here before any others. From the layer above it needs metadata that
+/// implements [`DetectMeta`]: for the opaque ports, the target port; to end
+/// detection when the server speaks first, a way to watch the server
+/// (l7inspect-core's `ConnectLayer` provides both).
+///
+/// # Behaviour on the wire
+///
+/// - **Client speaks first** (HTTP, TLS, databases...): the layer reads the
+///   client's first segment, runs [`detect`](crate::detect) and calls the
+///   inner service at once. It reads more only while the bytes are a
+///   consistent but incomplete prefix (a request line split over segments, a
+///   ClientHello over several records), for at most
+///   [`DetectConfig::detect_timeout`] after the first byte and at most
+///   [`DetectConfig::max_prefix`] bytes. Nothing is forwarded while it reads.
+/// - **Server speaks first** (SSH, SMTP, MySQL, FTP, NATS): the caller dials
+///   the server while detection runs and reports, through
+///   [`DetectMeta::poll_server_first`], when the server has something to say.
+///   Detection then ends at once with [`Outcome::ServerFirst`], so the
+///   banner is not held back by any timeout.
+/// - **Nobody speaks**: the layer waits, with no timeout of its own: a silent
+///   connection (a pre-opened pool connection, say) is still detected when
+///   its client finally writes. Bound it with an idle timeout around the
+///   whole connection if needed.
+/// - **Client EOF** before a decision: whatever was read is judged as is and
+///   handed on; the inner service sees the EOF after the replayed bytes.
+/// - **Opaque ports** (see [`DetectConfig::opaque_ports`]) skip reading
+///   entirely: [`Outcome::Opaque`].
+///
+/// The inner service always receives every byte the client sent, in order:
+/// the bytes read here are replayed by [`PrefixedIo`].
+///
+/// # Example
+///
+/// Connections to port 3306 are configured opaque and not read; others are
+/// detected, and their bytes replayed:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// use l7inspect_detect::{
+///     Conn, DetectConfig, DetectLayer, DetectMeta, Detected, Outcome, Protocol,
+/// };
+/// use tokio::io::AsyncReadExt;
+/// use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
+///
+/// struct Port(u16);
+/// impl DetectMeta for Port {
+///     fn target_port(&self) -> Option<u16> {
+///         Some(self.0)
+///     }
+/// }
+///
+/// let config = DetectConfig { opaque_ports: vec![3306], ..DetectConfig::default() };
+/// let svc = ServiceBuilder::new()
+///     .layer(DetectLayer::new(config))
+///     .service(service_fn(|mut d: Detected<Port, &'static [u8]>| async move {
+///         let mut bytes = Vec::new();
+///         d.io.read_to_end(&mut bytes).await?; // every byte, the ones read first included
+///         Ok::<_, BoxError>((d.outcome, bytes))
+///     }));
+///
+/// let ping = b"*1\r\n$4\r\nPING\r\n";
+/// let conn = Conn { meta: Port(6379), io: &ping[..] };
+/// let (outcome, bytes) = svc.clone().oneshot(conn).await?;
+/// assert_eq!(outcome, Outcome::Protocol(Protocol::Redis));
+/// assert_eq!(bytes, ping);
+///
+/// let conn = Conn { meta: Port(3306), io: &b""[..] };
+/// assert_eq!(svc.oneshot(conn).await?.0, Outcome::Opaque);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct DetectLayer {
     config: Arc<DetectConfig>,

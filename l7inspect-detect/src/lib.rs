@@ -20,6 +20,19 @@
 //!
 //! # Example
 //!
+//! The pure function, on bytes at hand (a captured segment, a fuzz input):
+//!
+//! ```
+//! use l7inspect_detect::{Detection, Protocol, detect};
+//!
+//! assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Detection::Found(Protocol::Http1));
+//! assert_eq!(detect(b"GET / HT"), Detection::NeedMore); // a request line cut short
+//! assert_eq!(detect(b"\xff\x01garbage"), Detection::Unknown);
+//! ```
+//!
+//! The layer, on a connection: it reads the first bytes, and the inner
+//! service gets the outcome and a stream that replays them.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use l7inspect_detect::{Conn, DetectConfig, DetectLayer, Detected, Outcome, Protocol};

@@ -441,10 +441,13 @@ impl Sidecar {
         let mut loops = JoinSet::new();
 
         let detect = DetectLayer::new(config.detect.clone());
-        let connect = ConnectLayer::new(config.connect.clone(), metrics.clone(), guard.clone());
+        let connect = ConnectLayer::new(config.connect.clone())
+            .with_metrics(metrics.clone())
+            .with_loop_guard(guard.clone());
         let track = TrackLayer::new(metrics.clone());
-        let passthrough = Passthrough::new(config.passthrough.clone(), metrics.clone());
-        let orig_dst = OrigDstLayer::new(guard, metrics);
+        let passthrough =
+            Passthrough::new(config.passthrough.clone()).with_metrics(metrics.clone());
+        let orig_dst = OrigDstLayer::new(guard).with_metrics(metrics);
         // HTTP connections close gracefully (GOAWAY, close after the
         // in-flight request) as soon as shutdown starts.
         let http = HttpLayer::new(stop.clone()).with_config(config.http);

@@ -119,6 +119,50 @@ pub struct PlainForward;
 
 /// A [`Layer`] that wraps a connection service in [`Http`].
 ///
+/// It goes below [`DetectLayer`](l7inspect_detect::DetectLayer): a
+/// connection detected as HTTP/1 or HTTP/2 is served here, each request
+/// through the service [`with_requests`](Self::with_requests) builds and
+/// then over the connection's upstream connection (the [`Connecting`] that
+/// [`ConnectLayer`](crate::ConnectLayer) started); every other connection
+/// goes to the inner service, untouched (usually
+/// [`Passthrough`](crate::Passthrough)).
+///
+/// # Example
+///
+/// An HTTP-aware connection stack that tells each server its client's
+/// address, passing everything that is not HTTP through:
+///
+/// ```
+/// use http::{HeaderValue, Request};
+/// use l7inspect_core::*;
+/// use l7inspect_detect::{DetectConfig, DetectLayer};
+/// use tokio_util::sync::CancellationToken;
+/// use tower::ServiceBuilder;
+///
+/// let drain = CancellationToken::new();
+/// let http = HttpLayer::new(drain.clone()).with_requests(|meta: &ConnMeta, forward: Forward| {
+///     // Once per connection, not per request.
+///     let client = HeaderValue::from_str(&meta.client.ip().to_string()).unwrap();
+///     ServiceBuilder::new()
+///         .map_request(move |mut req: Request<RequestBody>| {
+///             req.headers_mut().insert("x-forwarded-for", client.clone());
+///             req
+///         })
+///         .service(forward)
+/// });
+/// let stack = ServiceBuilder::new()
+///     .layer(FixedTargetLayer::new("127.0.0.1:8080".parse().unwrap()))
+///     .layer(ConnectLayer::new(ConnectConfig::default()))
+///     .layer(DetectLayer::new(DetectConfig::default()))
+///     .layer(http)
+///     .service(Passthrough::new(PassthroughConfig::default()));
+/// # fn conn_service<S: tower::Service<l7inspect_detect::Conn<Accepted, tokio::net::TcpStream>, Response = ()>>(_: &S) {}
+/// # conn_service(&stack);
+/// // Serve `stack` with `serve`; on shutdown, cancel `drain`: HTTP/1
+/// // connections close after the request in flight, HTTP/2 ones get a GOAWAY.
+/// drain.cancel();
+/// ```
+///
 /// # Behaviour on the wire
 ///
 /// - **Versions**: a request is forwarded in the HTTP version the client

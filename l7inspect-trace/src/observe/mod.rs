@@ -150,6 +150,35 @@ pub struct Peer {
 /// The spans and metrics of one direction's requests, shared by every
 /// connection; [`Observer::layer`] makes the per-connection layer. Cheap to
 /// clone.
+///
+/// It holds what the connections of a direction share: the span kind, the
+/// sampler and propagators ([`ObserveConfig`]), the [`SpanSink`] sampled
+/// spans go to (an `ExportPipeline`'s), and the [`RequestMetrics`], which
+/// are optional.
+///
+/// # Example
+///
+/// Inbound spans into an export pipeline (which, with the default
+/// configuration, keeps them in its ring of recent spans), and request
+/// histograms registered for scraping:
+///
+/// ```
+/// use l7inspect_trace::export::{ExportConfig, ExportPipeline, ResourceConfig};
+/// use l7inspect_trace::{ObserveConfig, Observer, RequestMetrics};
+/// use opentelemetry::trace::SpanKind;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let resource = ResourceConfig::default().to_resource("my-proxy", "0.1.0");
+/// let pipeline = ExportPipeline::start(ExportConfig::default(), resource)?;
+/// let metrics = RequestMetrics::default();
+/// let mut registry = prometheus_client::registry::Registry::default();
+/// metrics.register(&mut registry);
+/// let config = ObserveConfig::new(SpanKind::Server);
+/// let inbound = Observer::new(config, pipeline.sink(), Some(metrics));
+/// // Per connection: `inbound.layer(peer)` (see `ObserveLayer`).
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Observer {
     shared: Arc<Shared>,
@@ -172,7 +201,46 @@ pub struct PropagationStats {
     malformed: Arc<[AtomicU64; Format::ALL.len()]>,
 }
 
-/// A [`Layer`] that observes the requests of one connection.
+/// A [`Layer`] that observes the requests of one connection: it wraps the
+/// connection's request service in [`Observe`]. Made by [`Observer::layer`].
+///
+/// Each request gets a span (when sampled) and a histogram entry, both
+/// ending with the response body. The request is passed on with the new
+/// span's context injected in its trace-context headers (and, with
+/// [`ObserveConfig::inner_context`], in its extensions); the response is
+/// passed back with its body wrapped in an [`ObservedBody`], which ends the
+/// observation. It needs nothing from the service inside but
+/// `http::Request` in, `http::Response` out; in l7inspect-core it goes in
+/// the per-request stack of `HttpLayer::with_requests`, made from the
+/// connection's addresses ([`Peer`]).
+///
+/// # Example
+///
+/// ```
+/// use l7inspect_trace::export::{ExportConfig, ExportPipeline, ResourceConfig};
+/// use l7inspect_trace::{ObserveConfig, Observer, Peer};
+/// use opentelemetry::trace::SpanKind;
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let resource = ResourceConfig::default().to_resource("my-proxy", "0.1.0");
+/// let pipeline = ExportPipeline::start(ExportConfig::default(), resource)?;
+/// let observer = Observer::new(ObserveConfig::new(SpanKind::Server), pipeline.sink(), None);
+/// let peer = Peer { client: "10.0.0.9:40000".parse()?, server: "10.0.0.5:8080".parse()? };
+/// let svc = ServiceBuilder::new()
+///     .layer(observer.layer(peer))
+///     .service(service_fn(|req: http::Request<String>| async move {
+///         // The server behind sees the request's span as its parent.
+///         assert!(req.headers().contains_key("traceparent"));
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hi")))
+///     }));
+/// let resp = svc.oneshot(http::Request::get("/orders").body(String::new())?).await?;
+/// drop(resp); // the observation ends with the response body
+/// let span = &pipeline.recent().snapshot()[0];
+/// assert_eq!(span.name, "GET");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct ObserveLayer {
     shared: Arc<Shared>,
