@@ -34,6 +34,8 @@ pub mod netns;
 pub mod prom;
 pub mod zipkin_spec;
 
+pub use netns::output_within;
+
 use std::{fmt::Display, future::Future, io::Write, net::SocketAddr, time::Duration};
 
 /// How long a bounded wait waits before it fails the test: only a bug (a

@@ -49,6 +49,7 @@ fn main() -> ExitCode {
         || "off".to_owned(),
         |o| format!("{} ({})", o.endpoint, o.protocol.as_str()),
     );
+    let t_console = t.export.console;
     let zipkin = t
         .export
         .zipkin
@@ -88,6 +89,7 @@ fn main() -> ExitCode {
             service = %service,
             otlp = %otlp,
             zipkin = %zipkin,
+            console = %if t_console { "on" } else { "off" },
             "tracing HTTP requests"
         );
         sidecar.run(shutdown_signal()).await;

@@ -76,6 +76,11 @@ fn help_names_every_flag_and_its_env_var() {
         ("--inbound-listen", &["L7INSPECT_INBOUND_LISTEN"][..]),
         ("--outbound-listen", &["L7INSPECT_OUTBOUND_LISTEN"][..]),
         ("--admin-listen", &["L7INSPECT_ADMIN_LISTEN"][..]),
+        (
+            "--admin-allow-remote-inspect",
+            &["L7INSPECT_ADMIN_ALLOW_REMOTE_INSPECT"][..],
+        ),
+        ("--recent-spans", &["L7INSPECT_RECENT_SPANS"][..]),
         ("--inbound-forward", &["L7INSPECT_INBOUND_FORWARD"][..]),
         ("--outbound-forward", &["L7INSPECT_OUTBOUND_FORWARD"][..]),
         ("--no-transparent", &["L7INSPECT_NO_TRANSPARENT"][..]),
@@ -213,7 +218,7 @@ fn bad_tracing_settings_name_the_flag_or_variable_and_exit_2() {
         ),
         (
             &[],
-            Some(("OTEL_TRACES_EXPORTER", "console")),
+            Some(("OTEL_TRACES_EXPORTER", "xray")),
             "OTEL_TRACES_EXPORTER",
         ),
     ] {
@@ -224,7 +229,9 @@ fn bad_tracing_settings_name_the_flag_or_variable_and_exit_2() {
         if let Some((k, v)) = env {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
+        // Bounded: a value taken as valid would run the proxy until killed.
+        let out = l7inspect_test_support::output_within(&mut cmd, l7inspect_test_support::PATIENCE)
+            .unwrap_or_else(|e| panic!("{args:?} {env:?} did not exit: {e}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
@@ -413,4 +420,93 @@ fn env_configured_forward_then_sigterm_exits_0() {
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("SIGTERM"), "{rest}");
+}
+
+/// `OTEL_TRACES_EXPORTER=console`, a value the OpenTelemetry specification
+/// defines: each request's span on standard output, one JSON object per
+/// line, with nothing else configured.
+#[test]
+fn console_exporter_prints_one_json_line_per_span() {
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in backend.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--no-transparent", "--admin-listen", "127.0.0.1:0"])
+        .args(["--inbound-forward", &format!("127.0.0.1:0={backend_addr}")])
+        .args(["--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (var, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")) {
+        cmd.env_remove(var);
+    }
+    cmd.env("OTEL_TRACES_EXPORTER", "console")
+        .env("OTEL_SERVICE_NAME", "console-test")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50");
+    let mut guard = Guard(cmd.spawn().unwrap());
+    let mut stderr = BufReader::new(guard.0.stderr.take().unwrap());
+    let mut line = String::new();
+    let listen: SocketAddr = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "exited early");
+        if let Some(rest) = line.split("\"inbound_forwards\":\"").nth(1) {
+            let pair = rest.split('"').next().unwrap();
+            break pair.split('=').next().unwrap().parse().unwrap();
+        }
+    };
+    // Standard output, read on a thread so that a missing line fails the
+    // test instead of hanging it.
+    let stdout = BufReader::new(guard.0.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut client = TcpStream::connect(listen).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    client
+        .write_all(b"GET /console-check HTTP/1.1\r\nhost: shop\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    client.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let printed = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a span line on standard output");
+    let span: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(span["path"], "/console-check", "{printed}");
+    assert_eq!(span["kind"], "server", "{printed}");
+    assert_eq!(span["http_status"], 200, "{printed}");
+    assert_eq!(span["service"], "console-test", "{printed}");
+    assert_eq!(span["trace_id"].as_str().unwrap().len(), 32, "{printed}");
+
+    let pid = guard.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(guard.0.wait().unwrap().code(), Some(0));
+    // One request, one span: nothing else was printed.
+    assert!(rx.recv_timeout(Duration::from_secs(5)).is_err());
 }

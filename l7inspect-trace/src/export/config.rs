@@ -28,14 +28,17 @@ pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
 /// Where and how finished spans are exported.
 ///
-/// Both exporters may be configured at once; with neither, spans are only
-/// kept in [`super::RecentSpans`].
+/// Any of the exporters may be configured at once; with none, spans are
+/// only kept in [`super::RecentSpans`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportConfig {
     /// The OTLP exporter, if any.
     pub otlp: Option<OtlpConfig>,
     /// The Zipkin v2 JSON exporter, if any.
     pub zipkin: Option<ZipkinConfig>,
+    /// Write each span to standard output, one JSON object per line (as
+    /// the live view's span API shows it): `OTEL_TRACES_EXPORTER=console`.
+    pub console: bool,
     /// Capacity of the bounded hand-off queue; a span ended while it is full
     /// is dropped and counted as `queue_full`. Must be at least 1.
     pub queue_size: usize,
@@ -131,6 +134,7 @@ impl Default for ExportConfig {
         Self {
             otlp: None,
             zipkin: None,
+            console: false,
             queue_size: DEFAULT_QUEUE_SIZE,
             max_batch: DEFAULT_MAX_BATCH,
             batch_delay: DEFAULT_BATCH_DELAY,

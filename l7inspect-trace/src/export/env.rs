@@ -27,7 +27,8 @@
 //!   it lists run (`otlp`, `zipkin`), each at its endpoint or else the
 //!   specification's default (`http://localhost:4317`,
 //!   `http://localhost:4318/v1/traces`, `http://localhost:9411/api/v2/spans`);
-//!   `none` runs none, whatever endpoints are set.
+//!   `none` runs none, whatever endpoints are set. `console` (one JSON line
+//!   per span on standard output) runs only when listed.
 
 use std::time::Duration;
 
@@ -465,6 +466,8 @@ pub fn from_otel_env_with(
     let mut export = ExportConfig {
         otlp,
         zipkin,
+        // Only when named: it writes to standard output.
+        console: exporters.as_ref().is_some_and(|l| l.contains(&"console")),
         ..ExportConfig::default()
     };
     if let Some(v) = get(OTEL_BSP_MAX_QUEUE_SIZE) {
@@ -505,8 +508,8 @@ pub const DEFAULT_OTLP_HTTP_ENDPOINT: &str = "http://localhost:4318/v1/traces";
 /// `zipkin` and `OTEL_EXPORTER_ZIPKIN_ENDPOINT` is not set.
 pub const DEFAULT_ZIPKIN_ENDPOINT: &str = "http://localhost:9411/api/v2/spans";
 
-/// `OTEL_TRACES_EXPORTER`: a comma-separated list of `otlp` and `zipkin`,
-/// or `none` alone (an empty list: no exporter).
+/// `OTEL_TRACES_EXPORTER`: a comma-separated list of `otlp`, `zipkin` and
+/// `console`, or `none` alone (an empty list: no exporter).
 fn parse_exporters(v: &str) -> Result<Vec<&'static str>, EnvError> {
     let mut list = Vec::new();
     let names: Vec<String> = v
@@ -517,6 +520,7 @@ fn parse_exporters(v: &str) -> Result<Vec<&'static str>, EnvError> {
         match name.as_str() {
             "otlp" => list.push("otlp"),
             "zipkin" => list.push("zipkin"),
+            "console" => list.push("console"),
             "none" if names.len() == 1 => {}
             "none" => return Err(err(OTEL_TRACES_EXPORTER, v, "none cannot be combined")),
             "jaeger" => {
@@ -530,7 +534,9 @@ fn parse_exporters(v: &str) -> Result<Vec<&'static str>, EnvError> {
                 return Err(err(
                     OTEL_TRACES_EXPORTER,
                     v,
-                    format!("unsupported exporter {name:?}; expected otlp, zipkin or none"),
+                    format!(
+                        "unsupported exporter {name:?}; expected otlp, zipkin, console or none"
+                    ),
                 ));
             }
         }

@@ -57,6 +57,7 @@
 //! ```
 
 mod config;
+mod console;
 pub mod env;
 mod otlp;
 mod pipeline;

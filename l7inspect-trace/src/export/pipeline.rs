@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::config::{ExportConfig, UNKNOWN_SERVICE};
+use super::console::ConsoleExporter;
 use super::otlp::OtlpExporter;
 use super::recent::RecentSpans;
 use super::stats::{DropReason, ExportStats, ExporterKind};
@@ -118,6 +119,7 @@ struct Worker {
     control: mpsc::UnboundedReceiver<Control>,
     otlp: Option<(OtlpExporter, Duration)>,
     zipkin: Option<(ZipkinExporter, Duration)>,
+    console: Option<(ConsoleExporter, Duration)>,
     stats: ExportStats,
     max_batch: usize,
     batch_delay: Duration,
@@ -185,7 +187,7 @@ impl ExportPipeline {
             .map(|v| v.as_str().into_owned())
             .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned())
             .into();
-        if config.otlp.is_none() && config.zipkin.is_none() {
+        if config.otlp.is_none() && config.zipkin.is_none() && !config.console {
             let inner = Inner {
                 queue: None,
                 control: None,
@@ -213,6 +215,14 @@ impl ExportPipeline {
             None => None,
         };
 
+        // Bounded like the others: a stdout nobody reads must not stall
+        // the task.
+        let console = config.console.then(|| {
+            (
+                ConsoleExporter::new(service.clone()),
+                super::DEFAULT_EXPORT_TIMEOUT,
+            )
+        });
         let (queue_tx, queue_rx) = mpsc::channel(config.queue_size);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let worker = Worker {
@@ -222,6 +232,7 @@ impl ExportPipeline {
             control: control_rx,
             otlp,
             zipkin,
+            console,
             stats: stats.clone(),
             max_batch: config.max_batch,
             batch_delay: config.batch_delay,
@@ -400,7 +411,7 @@ impl Worker {
     async fn finish(&mut self, mut batch: Vec<Arc<SpanRecord>>, deadline: Instant) -> FlushOutcome {
         self.queue.close();
         let left = batch.len() + self.queue.len();
-        if left > 0 && (self.otlp.is_some() || self.zipkin.is_some()) {
+        if left > 0 && (self.otlp.is_some() || self.zipkin.is_some() || self.console.is_some()) {
             tracing::info!(
                 spans = left,
                 within = ?deadline.saturating_duration_since(Instant::now()),
@@ -466,7 +477,12 @@ impl Worker {
     /// export short.
     async fn export(&mut self, batch: Vec<Arc<SpanRecord>>, deadline: Option<Instant>) -> bool {
         let n = batch.len() as u64;
-        let Self { otlp, zipkin, .. } = self;
+        let Self {
+            otlp,
+            zipkin,
+            console,
+            ..
+        } = self;
         let otlp = async {
             let Some((exporter, timeout)) = otlp else {
                 return Outcome::NotConfigured;
@@ -480,11 +496,19 @@ impl Worker {
             };
             bounded(exporter.export(&batch), *timeout, deadline).await
         };
-        let (otlp, zipkin) = tokio::join!(otlp, zipkin);
-        let cut =
-            matches!(otlp, Outcome::DeadlineReached) || matches!(zipkin, Outcome::DeadlineReached);
+        let console = async {
+            let Some((exporter, timeout)) = console else {
+                return Outcome::NotConfigured;
+            };
+            bounded(exporter.export(&batch), *timeout, deadline).await
+        };
+        let (otlp, zipkin, console) = tokio::join!(otlp, zipkin, console);
+        let cut = [&otlp, &zipkin, &console]
+            .iter()
+            .any(|o| matches!(o, Outcome::DeadlineReached));
         self.account(ExporterKind::Otlp, otlp, n);
         self.account(ExporterKind::Zipkin, zipkin, n);
+        self.account(ExporterKind::Console, console, n);
         self.warn_queue_full();
         cut
     }
@@ -505,10 +529,11 @@ impl Worker {
         };
         self.stats.add_dropped(DropReason::ExportFailed, n);
         let endpoint = match kind {
-            ExporterKind::Otlp => &self.endpoints[0],
-            ExporterKind::Zipkin => &self.endpoints[1],
+            ExporterKind::Otlp => self.endpoints[0].as_deref(),
+            ExporterKind::Zipkin => self.endpoints[1].as_deref(),
+            ExporterKind::Console => Some("stdout"),
         };
-        let endpoint = endpoint.as_deref().unwrap_or("?");
+        let endpoint = endpoint.unwrap_or("?");
         if self.warn.due(kind.as_str()) {
             tracing::warn!(
                 exporter = kind.as_str(),

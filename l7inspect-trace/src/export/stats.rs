@@ -14,7 +14,7 @@ pub struct ExportStats {
 
 #[derive(Debug, Default)]
 struct Counters {
-    exported: [AtomicU64; 2],
+    exported: [AtomicU64; 3],
     dropped: [AtomicU64; 3],
 }
 
@@ -25,6 +25,8 @@ pub enum ExporterKind {
     Otlp,
     /// Zipkin v2 JSON.
     Zipkin,
+    /// One JSON line per span on standard output.
+    Console,
 }
 
 /// Why spans were dropped, as named in the `reason` label.
@@ -68,13 +70,14 @@ impl ExportStats {
 
 impl ExporterKind {
     /// Every exporter, for registering one series each.
-    pub const ALL: [Self; 2] = [Self::Otlp, Self::Zipkin];
+    pub const ALL: [Self; 3] = [Self::Otlp, Self::Zipkin, Self::Console];
 
-    /// The label value: `otlp` or `zipkin`.
+    /// The label value: `otlp`, `zipkin` or `console`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Otlp => "otlp",
             Self::Zipkin => "zipkin",
+            Self::Console => "console",
         }
     }
 }

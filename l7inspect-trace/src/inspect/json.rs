@@ -2,20 +2,18 @@
 //! each.
 
 use super::query::{Direction, Protocol, method};
-use crate::export::RecentSpan;
-use crate::span::AttrValue;
+use crate::span::{AttrValue, SpanRecord};
 use opentelemetry::trace::{SpanId, SpanKind, Status};
 use serde_json::{Map, Value, json};
 use std::time::UNIX_EPOCH;
 
-/// `entry` as JSON: ids (hex), `parent_span_id` (null for a root),
+/// `span` of `service` as JSON: ids (hex), `parent_span_id` (null for a root),
 /// `service`, `kind`, `name`, `start_unix_us` and `duration_us` (integers:
 /// microseconds fit a JavaScript number), `status` (`unset`, `ok`,
 /// `error`) and `status_message`, the request's summary (`direction`,
 /// `protocol`, `method`, `authority`, `path`, `http_status`,
 /// `grpc_status`, each null when it does not apply), and every attribute.
-pub fn span_json(entry: &RecentSpan) -> Value {
-    let span = &*entry.span;
+pub fn span_json(service: &str, span: &SpanRecord) -> Value {
     let parent = (span.parent_span_id != SpanId::INVALID).then(|| span.parent_span_id.to_string());
     let (status, message) = match &span.status {
         Status::Unset => ("unset", None),
@@ -46,7 +44,7 @@ pub fn span_json(entry: &RecentSpan) -> Value {
         "trace_id": span.trace_id.to_string(),
         "span_id": span.span_id.to_string(),
         "parent_span_id": parent,
-        "service": &*entry.service,
+        "service": service,
         "kind": kind(span.kind.clone()),
         "name": &*span.name,
         "start_unix_us": start_us,

@@ -106,7 +106,7 @@ impl Inspect {
             .rev()
             .filter(|e| query.matches(e))
             .take(limit)
-            .map(span_json)
+            .map(|e| span_json(&e.service, &e.span))
             .collect();
         json(StatusCode::OK, &serde_json::Value::Array(list))
     }
@@ -135,7 +135,10 @@ impl Inspect {
             );
         }
         entries.sort_by_key(|e| e.span.start);
-        let list = entries.iter().map(span_json).collect();
+        let list = entries
+            .iter()
+            .map(|e| span_json(&e.service, &e.span))
+            .collect();
         json(StatusCode::OK, &serde_json::Value::Array(list))
     }
 

@@ -72,7 +72,7 @@ impl Body for TapBody {
             for entry in new.iter().filter(|e| this.query.matches(e)) {
                 let mut event = b"data: ".to_vec();
                 // serde_json escapes newlines: one event, one line.
-                serde_json::to_writer(&mut event, &span_json(entry))
+                serde_json::to_writer(&mut event, &span_json(&entry.service, &entry.span))
                     .expect("a JSON value serializes");
                 event.extend_from_slice(b"\n\n");
                 this.pending.push_back(Bytes::from(event));
