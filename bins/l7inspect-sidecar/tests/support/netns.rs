@@ -122,7 +122,12 @@ impl Sidecar {
     /// Builds the sidecar from `config` and runs it on a task of the test's
     /// runtime until [`stop`](Self::stop).
     pub async fn start(config: SidecarConfig) -> Self {
-        let sidecar = build(config).await.expect("the sidecar binds");
+        Self::run_built(build(config).await.expect("the sidecar binds"))
+    }
+
+    /// Runs a sidecar the test built itself (with an added admin route,
+    /// say) on a task of the test's runtime until [`stop`](Self::stop).
+    pub fn run_built(sidecar: l7inspect_sidecar::Sidecar) -> Self {
         let addrs = sidecar.addrs().clone();
         let registry = sidecar.registry();
         let (stop, stopped) = oneshot::channel::<()>();
