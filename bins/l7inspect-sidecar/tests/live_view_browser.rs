@@ -1,0 +1,185 @@
+//! The live view in a real browser: Debian's `chromium`, headless, renders
+//! the admin page of a sidecar that served requests, and the rendered DOM
+//! (after the page's own JavaScript fetched `/api/spans` and `/metrics`)
+//! lists them; a link to a trace (`/#trace=ID`) opens its waterfall and
+//! attributes. A screenshot of it is kept for CI to show
+//! (`$L7INSPECT_ARTIFACTS/live-view.png`, else `target/tmp/live-view.png`).
+//!
+//! Without `chromium` the test prints `SKIPPED` (a failure under
+//! `L7INSPECT_REQUIRE_TOOLS=1`, as in CI).
+
+mod support;
+
+use l7inspect_test_support::{PATIENCE, eventually, need_tool, output_within};
+use std::{net::SocketAddr, path::PathBuf, process::Command};
+use support::{forward_config, start};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A backend answering `500` for paths containing `fail`, else `200`.
+async fn backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let status = if String::from_utf8_lossy(&head).contains("fail") {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// One request through the proxy; `traceparent` if given.
+async fn request(proxy: SocketAddr, path: &str, traceparent: Option<&str>) {
+    let mut conn = TcpStream::connect(proxy).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nhost: shop.test\r\nconnection: close\r\n");
+    if let Some(tp) = traceparent {
+        req.push_str(&format!("traceparent: {tp}\r\n"));
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    conn.read_to_end(&mut resp).await.unwrap();
+    assert!(resp.starts_with(b"HTTP/1.1 "), "{resp:?}");
+}
+
+/// Runs headless chromium on `url` with `args` (bounded in time) and
+/// returns its stdout. Each run gets a profile directory of its own.
+async fn chromium(url: String, args: Vec<String>) -> String {
+    tokio::task::spawn_blocking(move || {
+        let profile = std::env::temp_dir().join(format!(
+            "l7inspect-chromium-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let mut cmd = Command::new("chromium");
+        cmd.args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--window-size=1400,900",
+            // Virtual time runs the page's timers (its polling) without
+            // waiting for them; network fetches still complete for real.
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(&args)
+        .arg(&url);
+        let out = output_within(&mut cmd, PATIENCE).expect("chromium runs");
+        let _ = std::fs::remove_dir_all(&profile);
+        assert!(
+            out.status.success(),
+            "chromium {args:?} {url}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("L7INSPECT_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_view_renders_requests_and_a_trace_in_chromium() {
+    if let Err(skip) = need_tool("chromium", "chromium") {
+        skip.report("the_live_view_renders_requests_and_a_trace_in_chromium");
+        return;
+    }
+    let backend = backend().await;
+    let mut sidecar = start(forward_config(backend)).await;
+    let proxy = sidecar.inbound();
+    let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
+    request(proxy, "/browser/first", None).await;
+    request(proxy, "/browser/fail", None).await;
+    request(proxy, "/browser/traced", Some(&traceparent)).await;
+    let spans = sidecar.spans.clone();
+    assert!(
+        eventually(|| async { spans.len() == 3 }).await,
+        "three spans in the ring"
+    );
+    let admin = sidecar.addrs.admin[0];
+
+    // The request list, as the page's script rendered it.
+    let dom = chromium(format!("http://{admin}/"), vec!["--dump-dom".into()]).await;
+    for path in ["/browser/first", "/browser/fail", "/browser/traced"] {
+        assert!(
+            dom.contains(&format!("<td class=\"path\" title=\"{path}\">{path}</td>")),
+            "{path} not listed in the rendered page:\n{dom}"
+        );
+    }
+    assert!(dom.contains(&format!("data-trace-id=\"{TRACE}\"")), "{dom}");
+    assert!(
+        dom.contains("<td class=\"err\">500</td>"),
+        "the 500 is not marked:\n{dom}"
+    );
+    assert!(dom.contains("<div id=\"empty\" hidden=\"\">"), "{dom}");
+    // The live figures came from /metrics.
+    assert!(dom.contains("inbound p50 / p99"), "{dom}");
+
+    // A link to the trace opens its waterfall and the span's attributes.
+    let url = format!("http://{admin}/#trace={TRACE}");
+    let dom = chromium(url.clone(), vec!["--dump-dom".into()]).await;
+    assert!(
+        dom.contains(&format!("trace {TRACE} (1 span seen here)")),
+        "{dom}"
+    );
+    assert!(dom.contains("class=\"wf-row\""), "{dom}");
+    assert!(
+        dom.contains("<td>url.path</td><td class=\"mono\">/browser/traced</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<td>parent span id</td><td class=\"mono\">00f067aa0ba902b7</td>"),
+        "{dom}"
+    );
+
+    // The screenshot CI keeps.
+    let png = artifacts().join("live-view.png");
+    chromium(url, vec![format!("--screenshot={}", png.display())]).await;
+    let bytes = std::fs::read(&png).expect("the screenshot");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(
+        bytes.len() > 10_000,
+        "a blank screenshot? {} bytes",
+        bytes.len()
+    );
+    eprintln!("live view screenshot: {}", png.display());
+
+    sidecar.shutdown();
+}
