@@ -36,7 +36,7 @@ use l7inspect_core::{
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use l7inspect_trace::{
-    ObserveConfig, Observer, Propagators, RequestMetrics,
+    DEFAULT_MAX_ATTRIBUTE_LEN, ObserveConfig, Observer, Propagators, RequestMetrics,
     export::{
         ExportBuildError, ExportConfig, ExportPipeline, FlushOutcome, ResourceConfig,
         SamplerConfig, UNKNOWN_SERVICE,
@@ -107,6 +107,9 @@ pub struct TracingConfig {
     pub propagators: Propagators,
     /// Record `url.query` on spans.
     pub record_query: bool,
+    /// The longest a string from a request (path, query, host, user agent,
+    /// gRPC names) may be on a span or a label, in bytes.
+    pub max_attribute_len: usize,
 }
 
 /// An explicit listener: accept on `listen`, forward to `target`.
@@ -222,6 +225,7 @@ impl Default for TracingConfig {
             sampler: SamplerConfig::default(),
             propagators: Propagators::default(),
             record_query: false,
+            max_attribute_len: DEFAULT_MAX_ATTRIBUTE_LEN,
         }
     }
 }
@@ -351,6 +355,7 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
             // Nothing inside (the request goes straight to `Forward`)
             // would read it.
             inner_context: false,
+            max_attribute_len: t.max_attribute_len,
         };
         Requests::new(Observer::new(
             config,

@@ -79,6 +79,10 @@ pub const OTEL_BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE
 pub const OTEL_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
 /// `OTEL_PROPAGATORS`
 pub const OTEL_PROPAGATORS: &str = "OTEL_PROPAGATORS";
+/// `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`
+pub const OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT: &str = "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT";
+/// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`
+pub const OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: &str = "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT";
 
 /// Every variable [`from_otel_env_with`] reads, e.g. for `--help` text or to
 /// log which ones were set.
@@ -104,6 +108,8 @@ pub const VARIABLES: &[&str] = &[
     OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
     OTEL_BSP_SCHEDULE_DELAY,
     OTEL_PROPAGATORS,
+    OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+    OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT,
 ];
 
 /// What the `OTEL_*` variables, and the [`OtelOverrides`] over them, say;
@@ -125,6 +131,10 @@ pub struct OtelEnv {
     /// [`OtelOverrides::propagators`], else `OTEL_PROPAGATORS`, read by
     /// [`Propagators::parse`]; default [`Propagators::default`].
     pub propagators: Propagators,
+    /// `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, else
+    /// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`: the longest string attribute, in
+    /// bytes (`None`: unset, the caller's default).
+    pub attribute_value_limit: Option<usize>,
 }
 
 /// A value given for a setting by something other than its `OTEL_*`
@@ -490,12 +500,24 @@ pub fn from_otel_env_with(
         export.batch_delay = parse_millis(OTEL_BSP_SCHEDULE_DELAY, &v)?;
     }
 
+    let attribute_value_limit = match choose(
+        None,
+        &[
+            OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+            OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+        ],
+    ) {
+        Some(g) => Some(parse_positive(g.var, &g.value)?),
+        None => None,
+    };
+
     Ok(OtelEnv {
         service_name,
         resource_attributes,
         sampler,
         export,
         propagators,
+        attribute_value_limit,
     })
 }
 
@@ -946,6 +968,25 @@ mod tests {
     }
 
     #[test]
+    fn attribute_value_length_limit() {
+        assert_eq!(env(&[]).unwrap().attribute_value_limit, None);
+        let e = env(&[(OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, "300")]).unwrap();
+        assert_eq!(e.attribute_value_limit, Some(300));
+        // The span-specific variable wins over the general one.
+        let e = env(&[
+            (OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, "300"),
+            (OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, "128"),
+        ])
+        .unwrap();
+        assert_eq!(e.attribute_value_limit, Some(128));
+        let e = env(&[(OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, "0")]).unwrap_err();
+        assert_eq!(
+            (e.var, e.reason.as_str()),
+            (OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, "must be at least 1")
+        );
+    }
+
+    #[test]
     fn nothing_set_gives_defaults() {
         let e = env(&[]).unwrap();
         assert_eq!(e.service_name, None);
@@ -1223,11 +1264,17 @@ mod tests {
         let e = env(&endpoints).unwrap();
         assert_eq!(grpc(&e).as_deref(), Some("http://collector:4317"));
         assert!(zipkin(&e).is_some());
+        assert!(!e.export.console, "console only when named");
+        let e = env(&[(OTEL_TRACES_EXPORTER, "console")]).unwrap();
+        assert!(e.export.console);
+        assert_eq!((grpc(&e), zipkin(&e)), (None, None));
+        let e = env(&[&endpoints[..], &[(OTEL_TRACES_EXPORTER, "otlp,console")]].concat()).unwrap();
+        assert!(e.export.console && grpc(&e).is_some() && zipkin(&e).is_none());
 
         for (value, reason) in [
             (
-                "console",
-                "unsupported exporter \"console\"; expected otlp, zipkin or none",
+                "xray",
+                "unsupported exporter \"xray\"; expected otlp, zipkin, console or none",
             ),
             ("none,otlp", "none cannot be combined"),
             (

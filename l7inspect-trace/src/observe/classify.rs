@@ -31,6 +31,9 @@ pub struct RequestClass<'a> {
     /// The server as the client named it: the authority (HTTP/2, absolute
     /// form) or the `Host` header, with its port if it had one.
     pub server: Option<(&'a str, Option<u16>)>,
+    /// The longest any string read from the head may be, in bytes
+    /// ([`with_limit`](Self::with_limit); unbounded by default).
+    limit: usize,
 }
 
 /// The parts of a request head a class reads.
@@ -83,22 +86,39 @@ impl<'a> RequestClass<'a> {
             },
             grpc,
             server,
+            limit: usize::MAX,
         }
+    }
+
+    /// The same class with every string it gives (path, query, host, user
+    /// agent, method, gRPC names) cut to at most `limit` bytes, at a
+    /// character boundary: what a client sends cannot make a span, a
+    /// label or the ring of recent spans large.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self.grpc = self.grpc.map(|call| GrpcCall {
+            service: truncate(call.service, limit),
+            method: truncate(call.method, limit),
+        });
+        self.server = self
+            .server
+            .map(|(host, port)| (truncate(host, limit), port));
+        self
     }
 
     /// The method as sent, for `http.request.method_original`.
     pub fn method_original(&self) -> &'a str {
-        self.head.method.as_str()
+        truncate(self.head.method.as_str(), self.limit)
     }
 
     /// `url.path`.
     pub fn path(&self) -> &'a str {
-        self.head.uri.path()
+        truncate(self.head.uri.path(), self.limit)
     }
 
     /// `url.query`, if any.
     pub fn query(&self) -> Option<&'a str> {
-        self.head.uri.query()
+        self.head.uri.query().map(|q| truncate(q, self.limit))
     }
 
     /// `url.scheme`: the request's, `http` when it names none.
@@ -112,6 +132,7 @@ impl<'a> RequestClass<'a> {
             .headers
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
+            .map(|ua| truncate(ua, self.limit))
     }
 
     /// `http.request.body.size`, from `Content-Length`.
@@ -121,6 +142,18 @@ impl<'a> RequestClass<'a> {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok())
     }
+}
+
+/// `s`, cut to at most `max` bytes at a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Whether `headers` say gRPC (`content-type: application/grpc...`).
@@ -231,6 +264,31 @@ fn parse_port(digits: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_bounds_every_string_a_class_gives() {
+        let long = "x".repeat(5000);
+        let req = Request::post(format!("/shop.{long}/Get{long}?q={long}"))
+            .header(http::header::HOST, format!("{long}.example:8080"))
+            .header(http::header::USER_AGENT, format!("agent/{long}"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(())
+            .unwrap();
+        let class = RequestClass::of(&req);
+        assert!(class.path().len() > 10_000, "unbounded by default");
+        let class = class.with_limit(64);
+        assert_eq!(class.path().len(), 64);
+        assert_eq!(class.query().unwrap().len(), 64);
+        assert_eq!(class.server.unwrap().0.len(), 64);
+        assert_eq!(class.server.unwrap().1, Some(8080));
+        let call = class.grpc.unwrap();
+        assert_eq!((call.service.len(), call.method.len()), (64, 64));
+        // Cut at a character boundary: `é` is two bytes.
+        assert_eq!(truncate("éé", 3), "é");
+        assert_eq!(class.user_agent().unwrap().len(), 64);
+        assert_eq!(RequestClass::of(&req).with_limit(1).user_agent(), Some("a"));
+        assert_eq!(truncate("short", 64), "short");
+    }
 
     #[test]
     fn split_host_port_reads_host_headers_as_authorities_do() {

@@ -88,6 +88,7 @@ mod tests;
 pub use body::ObservedBody;
 pub use classify::{
     GRPC_CANCELLED, GRPC_UNAVAILABLE, GrpcCall, RequestClass, grpc_status, is_grpc, method_name,
+    truncate,
 };
 pub use metrics::{DURATION_BUCKETS, HttpLabels, MAX_RPC_LABELS, RequestMetrics, RpcLabels};
 pub use service::{Observe, ResponseFuture};
@@ -136,7 +137,18 @@ pub struct ObserveConfig {
     /// too. It costs a few allocations per request, sampled or not, which
     /// is why the sidecar, with nothing inside, leaves it off.
     pub inner_context: bool,
+    /// The longest a string taken from a request (path, query, host, user
+    /// agent, gRPC names) may be in a span or a metric label, in bytes; a
+    /// longer one is cut at a character boundary. Default
+    /// [`DEFAULT_MAX_ATTRIBUTE_LEN`]. (OpenTelemetry's
+    /// `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`.)
+    pub max_attribute_len: usize,
 }
+
+/// The default [`ObserveConfig::max_attribute_len`]: 2 KiB. OpenTelemetry's
+/// default is no limit; a proxy sees what any client sends, and keeps
+/// spans in memory, so it has one.
+pub const DEFAULT_MAX_ATTRIBUTE_LEN: usize = 2048;
 
 /// The two ends of the connection a request arrived on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,6 +302,7 @@ impl ObserveConfig {
             propagators: Propagators::default(),
             record_query: false,
             inner_context: false,
+            max_attribute_len: DEFAULT_MAX_ATTRIBUTE_LEN,
         }
     }
 }

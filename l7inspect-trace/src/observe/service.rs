@@ -118,7 +118,7 @@ where
             _ => TraceState::NONE,
         };
 
-        let class = RequestClass::of(&req);
+        let class = RequestClass::of(&req).with_limit(config.max_attribute_len);
         // The named host, shared: for the span's server.address (when
         // sampled) and the HTTP client histogram's label (when counted).
         let labelled = shared

@@ -80,7 +80,8 @@ Also read, as the OpenTelemetry SDKs read them:
   OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TRACES_HEADERS,
   OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_COMPRESSION,
   OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, OTEL_EXPORTER_ZIPKIN_TIMEOUT,
-  OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE;
+  OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+  OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT (else OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT; default 2048);
   and RUST_LOG (see --log-level).
 Tracing precedence, for each setting: the flag (or its L7INSPECT_* variable), else the
 OTEL_EXPORTER_OTLP_TRACES_* variable, else the OTEL_EXPORTER_OTLP_* one, else the default.
@@ -142,8 +143,9 @@ struct Args {
     #[arg(long, env = "L7INSPECT_ADMIN_ALLOW_REMOTE_INSPECT")]
     admin_allow_remote_inspect: bool,
 
-    /// How many recent spans the live view keeps (the newest; memory grows
-    /// with it, about 2 KiB per span and at most 12 KiB).
+    /// How many recent spans the live view keeps, the newest (memory: about
+    /// 0.6 KiB per HTTP span, at most 18 KiB with every string attribute at
+    /// its 2 KiB limit).
     #[arg(
         long,
         env = "L7INSPECT_RECENT_SPANS",
@@ -425,6 +427,9 @@ impl Args {
             sampler: env.sampler,
             propagators: env.propagators,
             record_query: self.record_query,
+            max_attribute_len: env
+                .attribute_value_limit
+                .unwrap_or(l7inspect_trace::DEFAULT_MAX_ATTRIBUTE_LEN),
         })
     }
 
