@@ -6,7 +6,7 @@
 //!
 //! `cargo test` builds the examples; the binary is found beside this test's.
 
-use l7inspect_test_support::wait_for_blocking;
+use l7inspect_test_support::{browser, wait_for_blocking};
 use serde_json::Value;
 use std::{
     collections::HashMap,
@@ -195,6 +195,36 @@ fn demo_shows_traces_across_services_and_stops_on_sigint() {
             );
         (redis && errors).then_some(())
     });
+
+    // The live view in a browser (headless Chromium): the trace's link
+    // opens its waterfall with a row per span, under each service's name.
+    match browser::need_chromium() {
+        Err(skip) => skip.report("demo_shows_traces_across_services_and_stops_on_sigint (browser)"),
+        Ok(()) => {
+            let url = format!("http://{admin}/#trace={trace_id}");
+            let dom = browser::dump_dom(&url);
+            for label in [
+                "frontend · server · GET",
+                "frontend · client · demo.Catalog/GetItem",
+                "catalog · server · demo.Catalog/GetItem",
+                "pricing · server · GET",
+            ] {
+                assert!(
+                    dom.contains(label),
+                    "no waterfall row {label:?} in the rendered page:\n{dom}"
+                );
+            }
+            for id in [&root, &catalog, &pricing] {
+                assert!(
+                    dom.contains(&format!("data-span-id=\"{id}\"")),
+                    "{id}: {dom}"
+                );
+            }
+            let png =
+                browser::artifacts_dir(env!("CARGO_TARGET_TMPDIR")).join("demo-live-view.png");
+            browser::screenshot(&url, &png);
+        }
+    }
 
     // No span for a redis connection: only HTTP and gRPC spans.
     let spans = get_json(&admin, "/api/spans?limit=500");

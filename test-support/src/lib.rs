@@ -9,6 +9,8 @@
 //!   against the official spec ([`zipkin_spec`]);
 //! - [`netns`]: network namespaces, made per test thread or named, and the
 //!   commands and processes run in them;
+//! - [`browser`]: headless Chromium, a page's DOM after its scripts ran
+//!   and screenshots;
 //! - bounded waits ([`eventually`], [`wait_for`], [`wait_for_blocking`]),
 //!   odd peers ([`silent_server`], [`closed_port`]) and Prometheus text
 //!   lookups ([`prom`]).
@@ -29,6 +31,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod browser;
 pub mod collector;
 pub mod netns;
 pub mod prom;

@@ -10,8 +10,8 @@
 
 mod support;
 
-use l7inspect_test_support::{PATIENCE, eventually, need_tool, output_within};
-use std::{net::SocketAddr, path::PathBuf, process::Command};
+use l7inspect_test_support::{browser, eventually};
+use std::net::SocketAddr;
 use support::{forward_config, start};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -64,60 +64,17 @@ async fn request(proxy: SocketAddr, path: &str, traceparent: Option<&str>) {
     assert!(resp.starts_with(b"HTTP/1.1 "), "{resp:?}");
 }
 
-/// Runs headless chromium on `url` with `args` (bounded in time) and
-/// returns its stdout. Each run gets a profile directory of its own.
-async fn chromium(url: String, args: Vec<String>) -> String {
-    tokio::task::spawn_blocking(move || {
-        let profile = std::env::temp_dir().join(format!(
-            "l7inspect-chromium-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        let mut cmd = Command::new("chromium");
-        cmd.args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--no-first-run",
-            "--window-size=1400,900",
-            // Virtual time runs the page's timers (its polling) without
-            // waiting for them; network fetches still complete for real.
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(&args)
-        .arg(&url);
-        let out = output_within(&mut cmd, PATIENCE).expect("chromium runs");
-        let _ = std::fs::remove_dir_all(&profile);
-        assert!(
-            out.status.success(),
-            "chromium {args:?} {url}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    })
-    .await
-    .unwrap()
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
-}
-
-fn artifacts() -> PathBuf {
-    let dir = std::env::var_os("L7INSPECT_ARTIFACTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// `browser::dump_dom` off the runtime's threads (the sidecar serves the
+/// page on them meanwhile).
+async fn dump_dom(url: String) -> String {
+    tokio::task::spawn_blocking(move || browser::dump_dom(&url))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_view_renders_requests_and_a_trace_in_chromium() {
-    if let Err(skip) = need_tool("chromium", "chromium") {
+    if let Err(skip) = browser::need_chromium() {
         skip.report("the_live_view_renders_requests_and_a_trace_in_chromium");
         return;
     }
@@ -136,7 +93,7 @@ async fn the_live_view_renders_requests_and_a_trace_in_chromium() {
     let admin = sidecar.addrs.admin[0];
 
     // The request list, as the page's script rendered it.
-    let dom = chromium(format!("http://{admin}/"), vec!["--dump-dom".into()]).await;
+    let dom = dump_dom(format!("http://{admin}/")).await;
     for path in ["/browser/first", "/browser/fail", "/browser/traced"] {
         assert!(
             dom.contains(&format!("<td class=\"path\" title=\"{path}\">{path}</td>")),
@@ -154,9 +111,12 @@ async fn the_live_view_renders_requests_and_a_trace_in_chromium() {
 
     // A link to the trace opens its waterfall and the span's attributes.
     let url = format!("http://{admin}/#trace={TRACE}");
-    let dom = chromium(url.clone(), vec!["--dump-dom".into()]).await;
+    let dom = dump_dom(url.clone()).await;
+    assert!(dom.contains("Trace: 1 span seen here"), "{dom}");
     assert!(
-        dom.contains(&format!("trace {TRACE} (1 span seen here)")),
+        dom.contains(&format!(
+            "<div id=\"trace-id\" class=\"mono\">{TRACE}</div>"
+        )),
         "{dom}"
     );
     assert!(dom.contains("class=\"wf-row\""), "{dom}");
@@ -170,16 +130,10 @@ async fn the_live_view_renders_requests_and_a_trace_in_chromium() {
     );
 
     // The screenshot CI keeps.
-    let png = artifacts().join("live-view.png");
-    chromium(url, vec![format!("--screenshot={}", png.display())]).await;
-    let bytes = std::fs::read(&png).expect("the screenshot");
-    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    assert!(
-        bytes.len() > 10_000,
-        "a blank screenshot? {} bytes",
-        bytes.len()
-    );
-    eprintln!("live view screenshot: {}", png.display());
+    let png = browser::artifacts_dir(env!("CARGO_TARGET_TMPDIR")).join("live-view.png");
+    tokio::task::spawn_blocking(move || browser::screenshot(&url, &png))
+        .await
+        .unwrap();
 
     sidecar.shutdown();
 }
