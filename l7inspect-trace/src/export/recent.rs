@@ -69,9 +69,31 @@ impl RecentSpans {
         self.capacity
     }
 
-    /// Adds a span of `service`, evicting the oldest when full.
+    /// Adds a span of `service`, evicting the oldest when full. On the
+    /// request path (with no exporter, `record` calls it): no allocation
+    /// beyond the ring's own growth to `capacity`.
     pub fn push(&self, service: &Arc<str>, span: Arc<SpanRecord>) {
-        self.extend(service, std::slice::from_ref(&span));
+        if self.capacity == 0 {
+            return;
+        }
+        let evicted = {
+            let mut ring = self.lock();
+            let evicted = if ring.spans.len() >= self.capacity {
+                ring.spans.pop_front()
+            } else {
+                None
+            };
+            ring.last_seq += 1;
+            let seq = ring.last_seq;
+            ring.spans.push_back(RecentSpan {
+                seq,
+                service: service.clone(),
+                span,
+            });
+            evicted
+        };
+        // The oldest span (and its attributes) is freed outside the lock.
+        drop(evicted);
     }
 
     /// Adds spans of `service` in order (one lock for all), evicting the
