@@ -6,36 +6,15 @@
 //!
 //! `cargo test` builds the examples; the binary is found beside this test's.
 
-use l7inspect_test_support::{browser, wait_for_blocking};
+use l7inspect_test_support::{KillOnDrop, browser, example_bin, wait_for_blocking};
 use serde_json::Value;
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
-
-/// Kills the demo by PID if the test fails before it exits.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn example_bin() -> PathBuf {
-    // target/debug/deps/demo-HASH -> target/debug/examples/demo
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples")
-        .join("demo")
-}
 
 /// `GET path` from the admin server: the status line and the body.
 fn get(admin: &str, path: &str) -> (String, String) {
@@ -111,7 +90,7 @@ fn crossing_trace(spans: &[Value]) -> Option<(String, [String; 3])> {
 
 #[test]
 fn demo_shows_traces_across_services_and_stops_on_sigint() {
-    let bin = example_bin();
+    let bin = example_bin("demo");
     assert!(bin.exists(), "{} not built", bin.display());
     let child = Command::new(&bin)
         .args(["--duration", "60", "--admin", "127.0.0.1:0"])
@@ -123,7 +102,7 @@ fn demo_shows_traces_across_services_and_stops_on_sigint() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut guard = Guard(child);
+    let mut guard = KillOnDrop(child);
     let mut stdout = BufReader::new(guard.0.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();

@@ -9,34 +9,14 @@
 //! `cargo test` builds the examples; the binary is found beside this test's.
 
 use l7inspect_test_support::collector::{Collector, OtlpSpan, Receiver};
+use l7inspect_test_support::{KillOnDrop, example_bin};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
-
-/// Kills the example by PID if the test fails before it exits.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn example_bin() -> PathBuf {
-    // target/debug/deps/http_proxy-HASH -> target/debug/examples/http_proxy
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples")
-        .join("http_proxy")
-}
 
 /// An upstream answering every request on its connection with `200 hello`.
 fn upstream() -> std::net::SocketAddr {
@@ -82,7 +62,7 @@ fn get(proxy: &str, path: &str) -> String {
 
 #[test]
 fn http_proxy_example_denies_marks_forwards_and_reports() {
-    let bin = example_bin();
+    let bin = example_bin("http_proxy");
     assert!(bin.exists(), "{} not built", bin.display());
     let target = upstream();
     let port = TcpListener::bind("127.0.0.1:0")
@@ -102,7 +82,7 @@ fn http_proxy_example_denies_marks_forwards_and_reports() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut guard = Guard(child);
+    let mut guard = KillOnDrop(child);
     let mut stdout = BufReader::new(guard.0.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();

@@ -224,3 +224,27 @@ pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
     listener.local_addr().expect("its address")
 }
+
+/// A process a test started, killed (by its PID) and reaped when this
+/// drops: a failing test leaves nothing running.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The built example `name` of the workspace, beside the running test's
+/// binary (`target/debug/deps/X` → `target/debug/examples/name`): `cargo
+/// test` builds the examples of the package whose tests it runs.
+pub fn example_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .join("examples")
+        .join(name)
+}

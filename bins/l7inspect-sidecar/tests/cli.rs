@@ -4,9 +4,11 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::Duration,
 };
+
+use l7inspect_test_support::KillOnDrop;
 
 const BIN: &str = env!("CARGO_BIN_EXE_l7inspect-sidecar");
 
@@ -18,16 +20,6 @@ fn run(args: &[&str]) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .unwrap()
-}
-
-/// Kills the child by PID when dropped, so a failing test leaves nothing behind.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The help of one flag: its line and any lines below it up to the next
@@ -251,7 +243,7 @@ fn tracing_line(args: &[&str], env: &[(&str, &str)]) -> String {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());
-    let mut guard = Guard(cmd.spawn().unwrap());
+    let mut guard = KillOnDrop(cmd.spawn().unwrap());
     let stderr = BufReader::new(guard.0.stderr.take().unwrap());
     for line in stderr.lines() {
         let line = line.unwrap();
@@ -380,7 +372,7 @@ fn env_configured_forward_then_sigterm_exits_0() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut guard = Guard(child);
+    let mut guard = KillOnDrop(child);
     let mut stderr = BufReader::new(guard.0.stderr.take().unwrap());
 
     // The "listening" line names the bound addresses.
@@ -454,7 +446,7 @@ fn console_exporter_prints_one_json_line_per_span() {
     cmd.env("OTEL_TRACES_EXPORTER", "console")
         .env("OTEL_SERVICE_NAME", "console-test")
         .env("OTEL_BSP_SCHEDULE_DELAY", "50");
-    let mut guard = Guard(cmd.spawn().unwrap());
+    let mut guard = KillOnDrop(cmd.spawn().unwrap());
     let mut stderr = BufReader::new(guard.0.stderr.take().unwrap());
     let mut line = String::new();
     let listen: SocketAddr = loop {
