@@ -56,6 +56,21 @@ fn otel_variables_read() -> Vec<&'static str> {
     read
 }
 
+/// The first inbound forward's listen address, from the JSON "listening"
+/// line the sidecar logs at start-up (with `--log-format json`), and the
+/// line.
+fn forward_listen_addr(stderr: &mut impl BufRead) -> (SocketAddr, String) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "exited early");
+        if let Some(rest) = line.split("\"inbound_forwards\":\"").nth(1) {
+            let pair = rest.split('"').next().unwrap();
+            return (pair.split('=').next().unwrap().parse().unwrap(), line);
+        }
+    }
+}
+
 #[test]
 fn help_names_every_flag_and_its_env_var() {
     let out = run(&["--help"]);
@@ -376,15 +391,7 @@ fn env_configured_forward_then_sigterm_exits_0() {
     let mut stderr = BufReader::new(guard.0.stderr.take().unwrap());
 
     // The "listening" line names the bound addresses.
-    let mut line = String::new();
-    let listen: SocketAddr = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "exited early");
-        if let Some(rest) = line.split("\"inbound_forwards\":\"").nth(1) {
-            let pair = rest.split('"').next().unwrap();
-            break pair.split('=').next().unwrap().parse().unwrap();
-        }
-    };
+    let (listen, line) = forward_listen_addr(&mut stderr);
     assert!(line.contains("\"level\":\"INFO\""), "{line}");
 
     let mut client = TcpStream::connect(listen).unwrap();
@@ -448,15 +455,7 @@ fn console_exporter_prints_one_json_line_per_span() {
         .env("OTEL_BSP_SCHEDULE_DELAY", "50");
     let mut guard = KillOnDrop(cmd.spawn().unwrap());
     let mut stderr = BufReader::new(guard.0.stderr.take().unwrap());
-    let mut line = String::new();
-    let listen: SocketAddr = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "exited early");
-        if let Some(rest) = line.split("\"inbound_forwards\":\"").nth(1) {
-            let pair = rest.split('"').next().unwrap();
-            break pair.split('=').next().unwrap().parse().unwrap();
-        }
-    };
+    let (listen, _) = forward_listen_addr(&mut stderr);
     // Standard output, read on a thread so that a missing line fails the
     // test instead of hanging it.
     let stdout = BufReader::new(guard.0.stdout.take().unwrap());
