@@ -43,8 +43,9 @@
 //!
 //! The admin server (`--admin ADDR`; without it 127.0.0.1:4191, or a free
 //! port if that one is taken) serves the live view (`/`, `/api/spans`, `/api/traces/{id}`,
-//! `/api/tap`; loopback clients only) and `/metrics`, every proxy's series
-//! labelled `service`. Spans are also exported as the `OTEL_*` variables
+//! `/api/tap`; loopback clients only) and `/metrics`, the proxies' series
+//! together (by direction and protocol; the spans tell the services
+//! apart). Spans are also exported as the `OTEL_*` variables
 //! say (`OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317`, ...), or
 //! `--otlp-endpoint URL` / `--zipkin-endpoint URL`; `OTEL_SERVICE_NAME` is
 //! not used, since every service names itself.
@@ -207,24 +208,33 @@ async fn main() -> Result<(), BoxError> {
     let mut sigterm = signal(SignalKind::terminate())?;
 
     let ring = RecentSpans::new(otel.export.recent_capacity);
+    // One set of metrics for every proxy, registered once: /metrics is one
+    // process's exposition, each family once (prometheus-client would
+    // repeat a family per labelled sub-registry, which OpenMetrics
+    // parsers reject). The spans keep each service apart.
     let mut registry = Registry::default();
+    let metrics = Metrics::default();
+    let requests = RequestMetrics::default();
+    metrics.register(&mut registry);
+    requests.register(&mut registry);
+    let shared = (&metrics, &requests);
     let run = Run::default();
 
     // Callees before callers: each needs its callees' inbound proxies.
-    let kv_sidecar = Sidecar::new("kv", &otel, &ring, &mut registry)?;
+    let kv_sidecar = Sidecar::new("kv", &otel, &ring, shared)?;
     let kv = spawn_kv(&run).await?;
     let kv_in = kv_sidecar.inbound(kv, &run).await?;
 
-    let catalog_sidecar = Sidecar::new("catalog", &otel, &ring, &mut registry)?;
+    let catalog_sidecar = Sidecar::new("catalog", &otel, &ring, shared)?;
     let catalog_to_kv = catalog_sidecar.outbound(kv_in, &run).await?;
     let catalog = spawn_catalog(catalog_to_kv, &run).await?;
     let catalog_in = catalog_sidecar.inbound(catalog, &run).await?;
 
-    let pricing_sidecar = Sidecar::new("pricing", &otel, &ring, &mut registry)?;
+    let pricing_sidecar = Sidecar::new("pricing", &otel, &ring, shared)?;
     let pricing = spawn_pricing(&run).await?;
     let pricing_in = pricing_sidecar.inbound(pricing, &run).await?;
 
-    let frontend_sidecar = Sidecar::new("frontend", &otel, &ring, &mut registry)?;
+    let frontend_sidecar = Sidecar::new("frontend", &otel, &ring, shared)?;
     let frontend_to_catalog = frontend_sidecar.outbound(catalog_in, &run).await?;
     let frontend_to_pricing = frontend_sidecar.outbound(pricing_in, &run).await?;
     let frontend = spawn_frontend(frontend_to_catalog, frontend_to_pricing, &run).await?;
@@ -338,7 +348,7 @@ struct Run {
 
 /// One service's sidecar: its export pipeline (spans under its own
 /// `service.name`, into the shared ring), the observers of its two
-/// directions and its metrics, shared by all its proxies.
+/// directions, and the demo's metrics its proxies count in.
 struct Sidecar {
     name: &'static str,
     export: ExportPipeline,
@@ -348,13 +358,13 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts the pipeline of service `name` over `ring` and registers its
-    /// metrics in `registry` under the label `service="name"`.
+    /// Starts the pipeline of service `name` over `ring`; its proxies count
+    /// in the demo's shared `metrics` and request histograms.
     fn new(
         name: &'static str,
         otel: &OtelEnv,
         ring: &RecentSpans,
-        registry: &mut Registry,
+        (metrics, requests): (&Metrics, &RequestMetrics),
     ) -> Result<Self, BoxError> {
         let resource = ResourceConfig {
             service_name: name.to_owned(),
@@ -362,17 +372,6 @@ impl Sidecar {
         }
         .to_resource("l7inspect-demo", env!("CARGO_PKG_VERSION"));
         let export = ExportPipeline::start_with_ring(otel.export.clone(), resource, ring.clone())?;
-        let metrics = Metrics::default();
-        let requests = RequestMetrics::default();
-        // Every service's series under one name, told apart by a label.
-        // prometheus-client writes a family's HELP and TYPE once per
-        // sub-registry, so each family appears four times in /metrics
-        // (`promtool check metrics` rejects that; reading and grepping
-        // it is fine), and `Metrics::register` adds the process
-        // collector once per service (the same values, four labels).
-        let sub = registry.sub_registry_with_label(("service".into(), name.into()));
-        metrics.register(sub);
-        requests.register(sub);
         let observer = |kind| {
             let config = ObserveConfig {
                 sampler: otel.sampler,
@@ -386,7 +385,7 @@ impl Sidecar {
             inbound: observer(SpanKind::Server),
             outbound: observer(SpanKind::Client),
             export,
-            metrics,
+            metrics: metrics.clone(),
         })
     }
 

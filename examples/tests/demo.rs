@@ -153,17 +153,24 @@ fn demo_shows_traces_across_services_and_stops_on_sigint() {
     wait_for_blocking("the redis and error series in /metrics", || {
         let (status, metrics) = get(&admin, "/metrics");
         assert!(status.contains(" 200 "), "{status}");
-        let redis =
-            [("kv", "inbound"), ("catalog", "outbound")]
-                .iter()
-                .all(|(service, direction)| {
-                    metrics.lines().any(|l| {
-                        l.starts_with("l7inspect_tcp_connections_total{")
-                            && l.contains(&format!("service=\"{service}\""))
-                            && l.contains(&format!("direction=\"{direction}\""))
-                            && l.contains("protocol=\"redis\"")
-                    })
-                });
+        // kv's inbound proxy and catalog's outbound one.
+        let redis = ["inbound", "outbound"].iter().all(|direction| {
+            metrics.lines().any(|l| {
+                l.starts_with("l7inspect_tcp_connections_total{")
+                    && l.contains(&format!("direction=\"{direction}\""))
+                    && l.contains("protocol=\"redis\"")
+            })
+        });
+        // One exposition: every family described once, as OpenMetrics
+        // parsers (Prometheus's) require.
+        let mut types: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("# TYPE "))
+            .collect();
+        let n = types.len();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), n, "a family described twice:\n{metrics}");
         let server = "http_server_request_duration_seconds_count";
         let errors = series(&metrics, server, "http_response_status_code=\"503\"")
             && series(&metrics, server, "http_response_status_code=\"502\"")
