@@ -75,4 +75,7 @@ pub use sniff::{
     Detection, HTTP2_FRAME_HEADER_LEN, Protocol, detect, is_grpc_content_type,
     is_http2_server_preface,
 };
-pub use tls::{ClientHello, ParsedHello, parse_client_hello};
+pub use tls::{
+    ClientHello, Parsed, ParsedHello, ParsedServerHello, ServerHello, parse_client_hello,
+    parse_server_hello, tls_version_name,
+};

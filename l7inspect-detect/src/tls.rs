@@ -1,14 +1,18 @@
-//! TLS ClientHello recognition and parsing (SNI, ALPN, offered versions).
+//! TLS ClientHello recognition and parsing (SNI, ALPN, offered versions),
+//! and ServerHello parsing (the negotiated version, cipher suite, and ALPN
+//! where it is visible).
 //!
 //! Recognition needs only the 9 bytes of record and handshake headers;
 //! [`parse_client_hello`] needs the whole ClientHello, which may span several
-//! handshake records (large post-quantum key shares do that). Neither copies
-//! the bytes unless the ClientHello is fragmented across records.
+//! handshake records (large post-quantum key shares do that), and
+//! [`parse_server_hello`] the whole ServerHello. Neither copies the bytes
+//! unless the message is fragmented across records.
 
 use std::borrow::Cow;
 
 const CONTENT_TYPE_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+const HANDSHAKE_SERVER_HELLO: u8 = 2;
 /// RFC 8446 5.1: a record's plaintext is at most 2^14 bytes.
 const MAX_RECORD_LEN: usize = 1 << 14;
 /// The smallest ClientHello body: version, random, three empty length fields.
@@ -16,6 +20,18 @@ const MIN_CLIENT_HELLO_LEN: usize = 2 + 32 + 1 + 2 + 1;
 /// A ClientHello we will not parse past (RFC 8446 lets it grow to 2^24 bytes,
 /// but real ones are a few KiB).
 const MAX_CLIENT_HELLO_LEN: usize = 64 * 1024;
+/// The smallest ServerHello body: version, random, an empty session id, a
+/// cipher suite, a compression method.
+const MIN_SERVER_HELLO_LEN: usize = 2 + 32 + 1 + 2 + 1;
+/// A ServerHello we will not parse past (real ones are a few hundred bytes;
+/// a post-quantum key share adds about a kilobyte).
+const MAX_SERVER_HELLO_LEN: usize = 16 * 1024;
+/// The random of a HelloRetryRequest (RFC 8446 4.1.3): SHA-256 of
+/// "HelloRetryRequest".
+const HELLO_RETRY_REQUEST_RANDOM: [u8; 32] = [
+    0xcf, 0x21, 0xad, 0x74, 0xe5, 0x9a, 0x61, 0x11, 0xbe, 0x1d, 0x8c, 0x02, 0x1e, 0x65, 0xb8, 0x91,
+    0xc2, 0xa2, 0x11, 0x16, 0x7a, 0xbb, 0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c,
+];
 
 const EXT_SERVER_NAME: u16 = 0;
 const EXT_ALPN: u16 = 16;
@@ -33,15 +49,52 @@ pub struct ClientHello {
     pub versions: Vec<u16>,
 }
 
-/// The answer of [`parse_client_hello`].
+/// What a server chose in its TLS ServerHello.
+///
+/// In TLS 1.3 the ALPN choice is in EncryptedExtensions, which a proxy
+/// that does not terminate cannot read: `alpn` is then `None` even when a
+/// protocol was chosen. In TLS 1.2 and earlier it is here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerHello {
+    /// The negotiated version as a wire value (`0x0304` is TLS 1.3): the
+    /// supported_versions extension when present, else the legacy version.
+    pub version: u16,
+    /// The chosen cipher suite (`0x1301` is TLS_AES_128_GCM_SHA256).
+    pub cipher_suite: u16,
+    /// The chosen ALPN protocol, when the ServerHello carries it.
+    pub alpn: Option<Vec<u8>>,
+    /// A HelloRetryRequest (TLS 1.3): the server asks the client for
+    /// another ClientHello; the real ServerHello comes after it.
+    pub hello_retry_request: bool,
+}
+
+/// The answer of [`parse_client_hello`] and [`parse_server_hello`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ParsedHello {
-    /// The whole ClientHello was parsed.
-    Complete(ClientHello),
-    /// A consistent prefix of a ClientHello: read more.
+pub enum Parsed<T> {
+    /// The whole message was parsed.
+    Complete(T),
+    /// A consistent prefix of the message: read more.
     NeedMore,
-    /// Not a well-formed ClientHello.
+    /// Not a well-formed message of that kind.
     Invalid,
+}
+
+/// The answer of [`parse_client_hello`].
+pub type ParsedHello = Parsed<ClientHello>;
+
+/// The answer of [`parse_server_hello`].
+pub type ParsedServerHello = Parsed<ServerHello>;
+
+/// `tls.protocol.version` as the semantic conventions write it (`1.2`,
+/// `1.3`) for a wire version value; `None` for SSL 3.0 and unknown values.
+pub fn tls_version_name(version: u16) -> Option<&'static str> {
+    match version {
+        0x0301 => Some("1.0"),
+        0x0302 => Some("1.1"),
+        0x0303 => Some("1.2"),
+        0x0304 => Some("1.3"),
+        _ => None,
+    }
 }
 
 /// Parses the TLS ClientHello at the start of `buf` (the raw bytes a client
@@ -54,7 +107,7 @@ pub enum ParsedHello {
 /// assert_eq!(parse_client_hello(b"GET / HTTP/1.1\r\n"), ParsedHello::Invalid);
 /// ```
 pub fn parse_client_hello(buf: &[u8]) -> ParsedHello {
-    let Some(body) = (match handshake_message(buf) {
+    let Some(body) = (match handshake_message(buf, &CLIENT_HELLO) {
         Ok(body) => body,
         Err(Invalid) => return ParsedHello::Invalid,
     }) else {
@@ -66,16 +119,61 @@ pub fn parse_client_hello(buf: &[u8]) -> ParsedHello {
     }
 }
 
+/// Parses the TLS ServerHello at the start of `buf` (the raw bytes a server
+/// sent, starting with the first record header).
+///
+/// ```
+/// use l7inspect_detect::{parse_server_hello, ParsedServerHello};
+///
+/// assert_eq!(parse_server_hello(b"\x16\x03\x03\x00"), ParsedServerHello::NeedMore);
+/// assert_eq!(parse_server_hello(b"SSH-2.0-OpenSSH_9.2\r\n"), ParsedServerHello::Invalid);
+/// ```
+pub fn parse_server_hello(buf: &[u8]) -> ParsedServerHello {
+    let Some(body) = (match handshake_message(buf, &SERVER_HELLO) {
+        Ok(body) => body,
+        Err(Invalid) => return Parsed::Invalid,
+    }) else {
+        return Parsed::NeedMore;
+    };
+    match parse_server_body(&body) {
+        Some(hello) => Parsed::Complete(hello),
+        None => Parsed::Invalid,
+    }
+}
+
+/// A handshake message type and the sizes its body may have.
+struct Kind {
+    msg_type: u8,
+    sizes: std::ops::RangeInclusive<usize>,
+}
+
+const CLIENT_HELLO: Kind = Kind {
+    msg_type: HANDSHAKE_CLIENT_HELLO,
+    sizes: MIN_CLIENT_HELLO_LEN..=MAX_CLIENT_HELLO_LEN,
+};
+
+const SERVER_HELLO: Kind = Kind {
+    msg_type: HANDSHAKE_SERVER_HELLO,
+    sizes: MIN_SERVER_HELLO_LEN..=MAX_SERVER_HELLO_LEN,
+};
+
 /// Whether `buf` starts like a ClientHello: a handshake record of a TLS
 /// version, whose first handshake message is a ClientHello of a plausible size.
 pub(crate) fn looks_like_client_hello(buf: &[u8]) -> Option<bool> {
-    let checks: [fn(&[u8]) -> bool; 6] = [
-        |b| b[0] == CONTENT_TYPE_HANDSHAKE,
-        |b| b[1] == 3,
-        |b| b[2] <= 4,
-        |b| (4..=MAX_RECORD_LEN + 256).contains(&usize::from(u16::from_be_bytes([b[3], b[4]]))),
-        |b| b[5] == HANDSHAKE_CLIENT_HELLO,
-        |_| true,
+    looks_like(buf, &CLIENT_HELLO)
+}
+
+/// Whether `buf` starts like a handshake record of a TLS version whose
+/// first message is of `kind`, of a plausible size (`None`: too few bytes
+/// to tell).
+fn looks_like(buf: &[u8], kind: &Kind) -> Option<bool> {
+    let checks: [&dyn Fn(&[u8]) -> bool; 6] = [
+        &|b| b[0] == CONTENT_TYPE_HANDSHAKE,
+        &|b| b[1] == 3,
+        &|b| b[2] <= 4,
+        &|b| (4..=MAX_RECORD_LEN + 256).contains(&usize::from(u16::from_be_bytes([b[3], b[4]]))),
+        &|b| b[5] == kind.msg_type,
+        &|_| true,
     ];
     // Each check needs one more byte than the previous one (the length needs two).
     let needs = [1, 2, 3, 5, 6, 9];
@@ -88,15 +186,16 @@ pub(crate) fn looks_like_client_hello(buf: &[u8]) -> Option<bool> {
         }
     }
     let len = usize::from(buf[6]) << 16 | usize::from(buf[7]) << 8 | usize::from(buf[8]);
-    Some((MIN_CLIENT_HELLO_LEN..=MAX_CLIENT_HELLO_LEN).contains(&len))
+    Some(kind.sizes.contains(&len))
 }
 
 struct Invalid;
 
-/// The ClientHello body (after the 4-byte handshake header), reassembled from
-/// as many handshake records as it spans; `Ok(None)` if not all are buffered.
-fn handshake_message(buf: &[u8]) -> Result<Option<Cow<'_, [u8]>>, Invalid> {
-    match looks_like_client_hello(buf) {
+/// The body of the handshake message of `kind` at the start of `buf` (after
+/// the 4-byte handshake header), reassembled from as many handshake records
+/// as it spans; `Ok(None)` if not all are buffered.
+fn handshake_message<'a>(buf: &'a [u8], kind: &Kind) -> Result<Option<Cow<'a, [u8]>>, Invalid> {
+    match looks_like(buf, kind) {
         None => return Ok(None),
         Some(false) => return Err(Invalid),
         Some(true) => {}
@@ -216,6 +315,44 @@ fn parse_body(body: &[u8]) -> Option<ClientHello> {
     Some(hello)
 }
 
+fn parse_server_body(body: &[u8]) -> Option<ServerHello> {
+    let mut r = Reader(body);
+    let legacy_version = r.u16()?;
+    let random = r.take(32)?;
+    let session_id = r.vec8()?;
+    if session_id.0.len() > 32 {
+        return None;
+    }
+    let mut hello = ServerHello {
+        version: legacy_version,
+        cipher_suite: r.u16()?,
+        alpn: None,
+        hello_retry_request: random == HELLO_RETRY_REQUEST_RANDOM,
+    };
+    r.u8()?; // compression method
+    if !r.is_empty() {
+        let mut exts = r.vec16()?;
+        while !exts.is_empty() {
+            let ty = exts.u16()?;
+            let mut data = exts.vec16()?;
+            match ty {
+                EXT_ALPN => {
+                    // RFC 7301 3.1: the server's list holds exactly one name.
+                    let mut list = data.vec16()?;
+                    let name = list.vec8()?;
+                    if name.0.is_empty() || !list.is_empty() {
+                        return None;
+                    }
+                    hello.alpn = Some(name.0.to_vec());
+                }
+                EXT_SUPPORTED_VERSIONS => hello.version = data.u16()?,
+                _ => {}
+            }
+        }
+    }
+    r.is_empty().then_some(hello)
+}
+
 /// The host_name entry of a server_name extension (RFC 6066 3).
 fn parse_sni(data: &mut Reader<'_>) -> Option<Option<String>> {
     let mut list = data.vec16()?;
@@ -314,6 +451,63 @@ mod tests {
                 "n={n}"
             );
         }
+    }
+
+    /// ServerHellos of `openssl s_server` (OpenSSL 3.0.19), captured by a
+    /// relay between it and `openssl s_client` (testdata/README.md).
+    #[test]
+    fn server_hellos_of_a_real_server() {
+        let fixture = |name: &str| {
+            std::fs::read(format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        };
+        // TLS 1.3: the version from supported_versions (the legacy field
+        // says 1.2); the ALPN choice is encrypted, so not seen.
+        let tls13 = fixture("server_hello_openssl_tls13_h2.bin");
+        let Parsed::Complete(hello) = parse_server_hello(&tls13) else {
+            panic!("not complete");
+        };
+        assert_eq!(hello.version, 0x0304);
+        assert_eq!(tls_version_name(hello.version), Some("1.3"));
+        assert_eq!(hello.cipher_suite, 0x1302);
+        assert_eq!(hello.alpn, None);
+        assert!(!hello.hello_retry_request);
+        // TLS 1.2: the legacy version, and ALPN in the ServerHello.
+        let tls12 = fixture("server_hello_openssl_tls12_http11.bin");
+        let Parsed::Complete(hello) = parse_server_hello(&tls12) else {
+            panic!("not complete");
+        };
+        assert_eq!((hello.version, hello.cipher_suite), (0x0303, 0xc02c));
+        assert_eq!(hello.alpn.as_deref(), Some(&b"http/1.1"[..]));
+        assert_eq!(tls_version_name(hello.version), Some("1.2"));
+        // Every strict prefix needs more; a ClientHello is not a ServerHello.
+        for rec in [&tls13, &tls12] {
+            for n in 0..rec.len() {
+                assert_eq!(parse_server_hello(&rec[..n]), Parsed::NeedMore, "n={n}");
+            }
+        }
+        let client = hello_record("a.example", &[b"h2"]);
+        assert_eq!(parse_server_hello(&client), Parsed::Invalid);
+        assert_eq!(parse_client_hello(&tls13), Parsed::Invalid);
+        // Fragmented into records of 9 bytes: the same answer.
+        let mut frag = Vec::new();
+        for chunk in tls12[5..].chunks(9) {
+            frag.extend([22, 3, 3, 0, chunk.len() as u8]);
+            frag.extend_from_slice(chunk);
+        }
+        assert_eq!(parse_server_hello(&frag), parse_server_hello(&tls12));
+        // A HelloRetryRequest is told apart by its random.
+        let mut hrr = tls13.clone();
+        hrr[11..43].copy_from_slice(&HELLO_RETRY_REQUEST_RANDOM);
+        let Parsed::Complete(hello) = parse_server_hello(&hrr) else {
+            panic!("not complete");
+        };
+        assert!(hello.hello_retry_request);
+        // Trailing bytes inside the message, or two ALPN names: invalid.
+        let mut long = tls12.clone();
+        long[8] += 1; // the handshake length now claims one more byte
+        long[4] += 1; // and the record carries it
+        long.push(0);
+        assert_eq!(parse_server_hello(&long), Parsed::Invalid);
     }
 
     #[test]
