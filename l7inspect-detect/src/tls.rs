@@ -167,21 +167,24 @@ pub(crate) fn looks_like_client_hello(buf: &[u8]) -> Option<bool> {
 /// first message is of `kind`, of a plausible size (`None`: too few bytes
 /// to tell).
 fn looks_like(buf: &[u8], kind: &Kind) -> Option<bool> {
-    let checks: [&dyn Fn(&[u8]) -> bool; 6] = [
-        &|b| b[0] == CONTENT_TYPE_HANDSHAKE,
-        &|b| b[1] == 3,
-        &|b| b[2] <= 4,
-        &|b| (4..=MAX_RECORD_LEN + 256).contains(&usize::from(u16::from_be_bytes([b[3], b[4]]))),
-        &|b| b[5] == kind.msg_type,
-        &|_| true,
+    // Each check needs one more byte than the previous one (the length
+    // needs two); the second argument is the message type wanted.
+    type Check = fn(&[u8], u8) -> bool;
+    let checks: [(usize, Check); 6] = [
+        (1, |b, _| b[0] == CONTENT_TYPE_HANDSHAKE),
+        (2, |b, _| b[1] == 3),
+        (3, |b, _| b[2] <= 4),
+        (5, |b, _| {
+            (4..=MAX_RECORD_LEN + 256).contains(&usize::from(u16::from_be_bytes([b[3], b[4]])))
+        }),
+        (6, |b, msg_type| b[5] == msg_type),
+        (9, |_, _| true),
     ];
-    // Each check needs one more byte than the previous one (the length needs two).
-    let needs = [1, 2, 3, 5, 6, 9];
-    for (check, need) in checks.iter().zip(needs) {
+    for (need, check) in checks {
         if buf.len() < need {
             return None;
         }
-        if !check(buf) {
+        if !check(buf, kind.msg_type) {
             return Some(false);
         }
     }
