@@ -107,16 +107,7 @@ pub fn tls_version_name(version: u16) -> Option<&'static str> {
 /// assert_eq!(parse_client_hello(b"GET / HTTP/1.1\r\n"), ParsedHello::Invalid);
 /// ```
 pub fn parse_client_hello(buf: &[u8]) -> ParsedHello {
-    let Some(body) = (match handshake_message(buf, &CLIENT_HELLO) {
-        Ok(body) => body,
-        Err(Invalid) => return ParsedHello::Invalid,
-    }) else {
-        return ParsedHello::NeedMore;
-    };
-    match parse_body(&body) {
-        Some(hello) => ParsedHello::Complete(hello),
-        None => ParsedHello::Invalid,
-    }
+    parse_handshake(buf, &CLIENT_HELLO, parse_body)
 }
 
 /// Parses the TLS ServerHello at the start of `buf` (the raw bytes a server
@@ -129,15 +120,16 @@ pub fn parse_client_hello(buf: &[u8]) -> ParsedHello {
 /// assert_eq!(parse_server_hello(b"SSH-2.0-OpenSSH_9.2\r\n"), ParsedServerHello::Invalid);
 /// ```
 pub fn parse_server_hello(buf: &[u8]) -> ParsedServerHello {
-    let Some(body) = (match handshake_message(buf, &SERVER_HELLO) {
-        Ok(body) => body,
-        Err(Invalid) => return Parsed::Invalid,
-    }) else {
-        return Parsed::NeedMore;
-    };
-    match parse_server_body(&body) {
-        Some(hello) => Parsed::Complete(hello),
-        None => Parsed::Invalid,
+    parse_handshake(buf, &SERVER_HELLO, parse_server_body)
+}
+
+/// The handshake message of `kind` at the start of `buf`, read by `body`
+/// once all its records are there.
+fn parse_handshake<T>(buf: &[u8], kind: &Kind, body: fn(&[u8]) -> Option<T>) -> Parsed<T> {
+    match handshake_message(buf, kind) {
+        Err(Invalid) => Parsed::Invalid,
+        Ok(None) => Parsed::NeedMore,
+        Ok(Some(message)) => body(&message).map_or(Parsed::Invalid, Parsed::Complete),
     }
 }
 
