@@ -488,17 +488,13 @@ fn respond(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
     resp
 }
 
-/// Accepts HTTP connections (HTTP/2 without TLS when `http2`, else
-/// HTTP/1.1) for `handle` on a free loopback port until the demo stops;
-/// open connections then close gracefully.
-async fn spawn_http<F, Fut, B>(http2: bool, handle: F, run: &Run) -> io::Result<SocketAddr>
+/// Accepts on `listener` until the demo stops, serving each connection
+/// with `serve` (given the stop signal) on a task of its own.
+fn accept_each<F, Fut>(listener: TcpListener, run: &Run, serve: F)
 where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+    F: Fn(TcpStream, CancellationToken) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let run2 = run.clone();
     run.tasks.spawn(async move {
         let run = run2;
@@ -510,34 +506,49 @@ where
                     Err(_) => continue,
                 },
             };
-            let _ = io.set_nodelay(true);
-            let handle = handle.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let resp = handle(req);
-                async move { Ok::<_, Infallible>(resp.await) }
-            });
-            let stop = run.stop.clone();
-            let io = TokioIo::new(io);
-            run.tasks.spawn(async move {
-                if http2 {
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, svc);
-                    let mut conn = pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-                    }
-                    let _ = conn.await;
-                } else {
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
-                    let mut conn = pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-                    }
-                    let _ = conn.await;
+            run.tasks.spawn(serve(io, run.stop.clone()));
+        }
+    });
+}
+
+/// Accepts HTTP connections (HTTP/2 without TLS when `http2`, else
+/// HTTP/1.1) for `handle` on a free loopback port until the demo stops;
+/// open connections then close gracefully.
+async fn spawn_http<F, Fut, B>(http2: bool, handle: F, run: &Run) -> io::Result<SocketAddr>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    accept_each(listener, run, move |io, stop| {
+        let _ = io.set_nodelay(true);
+        let handle = handle.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let resp = handle(req);
+            async move { Ok::<_, Infallible>(resp.await) }
+        });
+        let io = TokioIo::new(io);
+        async move {
+            if http2 {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, svc);
+                let mut conn = pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
                 }
-            });
+                let _ = conn.await;
+            } else {
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+                let mut conn = pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            }
         }
     });
     Ok(addr)
@@ -670,25 +681,13 @@ async fn spawn_kv(run: &Run) -> io::Result<SocketAddr> {
     let store = Arc::new(Mutex::new(store));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let run2 = run.clone();
-    run.tasks.spawn(async move {
-        let run = run2;
-        loop {
-            let io = tokio::select! {
-                () = run.stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((io, _)) => io,
-                    Err(_) => continue,
-                },
-            };
-            let store = store.clone();
-            let stop = run.stop.clone();
-            run.tasks.spawn(async move {
-                tokio::select! {
-                    _ = kv_connection(io, &store) => {}
-                    () = stop.cancelled() => {}
-                }
-            });
+    accept_each(listener, run, move |io, stop| {
+        let store = store.clone();
+        async move {
+            tokio::select! {
+                _ = kv_connection(io, &store) => {}
+                () = stop.cancelled() => {}
+            }
         }
     });
     Ok(addr)
