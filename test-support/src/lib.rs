@@ -9,6 +9,7 @@
 //!   against the official spec ([`zipkin_spec`]);
 //! - [`netns`]: network namespaces, made per test thread or named, and the
 //!   commands and processes run in them;
+//! - [`pki`]: a CA and the certificates it signs, made per test;
 //! - [`browser`]: headless Chromium, a page's DOM after its scripts ran
 //!   and screenshots;
 //! - bounded waits ([`eventually`], [`wait_for`], [`wait_for_blocking`]),
@@ -34,6 +35,7 @@
 pub mod browser;
 pub mod collector;
 pub mod netns;
+pub mod pki;
 pub mod prom;
 pub mod zipkin_spec;
 
