@@ -121,6 +121,12 @@ pub struct Connecting {
     /// Opens further connections to the same target: HTTP uses it when the
     /// server closed a keep-alive connection before the client's next request.
     pub connector: Connector,
+    /// What layers learnt about the connection, for the layers after them
+    /// (TLS termination puts the session's details here, which the
+    /// per-request services read through
+    /// [`Forward::connection_extensions`](crate::Forward::connection_extensions)).
+    /// Empty, and allocation-free, unless a layer adds something.
+    pub extensions: http::Extensions,
 }
 
 /// An upstream connection in the making.
@@ -243,6 +249,7 @@ where
                 meta: conn.meta,
                 upstream,
                 connector: self.connector.clone(),
+                extensions: http::Extensions::new(),
             },
             io: conn.io,
         })
@@ -252,12 +259,13 @@ where
 // === impl Connector ===
 
 impl Connector {
-    /// Opens a new connection to `meta.target`, bounded by the connect
+    /// Opens a new connection to `meta.upstream_addr()` (the target,
+    /// unless a layer redirected it), bounded by the connect
     /// timeout. A failure is counted in
     /// `l7inspect_upstream_connect_errors_total` and logged (rate-limited).
     pub async fn connect(&self, meta: &ConnMeta) -> Result<UpstreamIo, ConnectError> {
         let shared = &self.shared;
-        let target = meta.target;
+        let target = meta.upstream_addr();
         let dialled = tokio::time::timeout(shared.config.timeout, dial(target, &shared.guard))
             .await
             .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));

@@ -33,6 +33,11 @@ pub struct ConnMeta {
     /// Where the connection goes: the original destination of a redirected
     /// connection, or an explicit listener's fixed target.
     pub target: SocketAddr,
+    /// Where the upstream connection is dialled when not to `target`: set
+    /// by a layer that sends a connection elsewhere (TLS termination sends
+    /// the plaintext to the application's port on loopback). `None` for
+    /// every connection that goes where it was addressed.
+    pub connect_to: Option<SocketAddr>,
     /// Which side of the workload the connection crosses.
     pub direction: Direction,
 }
@@ -73,7 +78,14 @@ impl ConnMeta {
             client: accepted.client,
             local: accepted.local,
             target,
+            connect_to: None,
             direction: accepted.direction,
         }
+    }
+
+    /// The address the upstream connection is dialled to:
+    /// [`connect_to`](Self::connect_to), else the target.
+    pub fn upstream_addr(&self) -> SocketAddr {
+        self.connect_to.unwrap_or(self.target)
     }
 }

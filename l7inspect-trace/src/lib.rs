@@ -52,7 +52,7 @@ pub mod sampling;
 pub mod span;
 
 pub use observe::{
-    DEFAULT_MAX_ATTRIBUTE_LEN, Observe, ObserveConfig, ObserveLayer, ObservedBody, Observer, Peer,
-    PropagationStats, RequestClass, RequestMetrics, ResponseFuture,
+    BoundedLabels, DEFAULT_MAX_ATTRIBUTE_LEN, Observe, ObserveConfig, ObserveLayer, ObservedBody,
+    Observer, Peer, PropagationStats, RequestClass, RequestMetrics, ResponseFuture,
 };
 pub use propagation::{Extracted, Format, FormatSet, ParsePropagatorsError, Propagators};

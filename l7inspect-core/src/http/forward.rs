@@ -49,6 +49,7 @@ pub struct Forward {
 #[derive(Debug)]
 struct Inner {
     meta: ConnMeta,
+    extensions: http::Extensions,
     version: Version,
     config: HttpConfig,
     connector: Connector,
@@ -113,6 +114,7 @@ impl Forward {
         Self {
             inner: Arc::new(Inner {
                 meta: conn.meta,
+                extensions: conn.extensions,
                 version,
                 config,
                 connector: conn.connector,
@@ -123,6 +125,12 @@ impl Forward {
                 slot,
             }),
         }
+    }
+
+    /// What the connection layers learnt about this connection
+    /// ([`Connecting::extensions`]): a TLS session's details, say.
+    pub fn connection_extensions(&self) -> &http::Extensions {
+        &self.inner.extensions
     }
 
     /// Forwards one request. Never fails: when the server cannot answer, the

@@ -123,7 +123,13 @@ impl<'a> RequestClass<'a> {
 
     /// `url.scheme`: the request's, `http` when it names none.
     pub fn scheme(&self) -> &'a str {
-        self.head.uri.scheme_str().unwrap_or("http")
+        self.scheme_or("http")
+    }
+
+    /// `url.scheme`: the request's, `default` when it names none (an
+    /// HTTP/1 request in origin form: the connection's).
+    pub fn scheme_or(&self, default: &'static str) -> &'a str {
+        self.head.uri.scheme_str().unwrap_or(default)
     }
 
     /// `user_agent.original`.

@@ -75,7 +75,34 @@ pub struct RequestMetrics {
     http_client: Family<HttpLabels, Histogram>,
     rpc_server: Family<RpcLabels, Histogram>,
     rpc_client: Family<RpcLabels, Histogram>,
-    interned: Arc<Mutex<HashSet<Arc<str>>>>,
+    interned: BoundedLabels,
+}
+
+/// Label values taken from traffic (hosts, gRPC names, TLS server names),
+/// shared and bounded: the first `max` distinct values are kept, any
+/// further one becomes the overflow value, so a client inventing names
+/// cannot grow the metrics without end. Cheap to clone (clones share the
+/// set).
+///
+/// ```
+/// use l7inspect_trace::BoundedLabels;
+///
+/// let labels = BoundedLabels::new(2, "other");
+/// assert_eq!(&*labels.get("a.example"), "a.example");
+/// assert_eq!(&*labels.get("b.example"), "b.example");
+/// assert_eq!(&*labels.get("c.example"), "other");
+/// assert_eq!(&*labels.get("a.example"), "a.example");
+/// ```
+#[derive(Clone, Debug)]
+pub struct BoundedLabels {
+    shared: Arc<Bounded>,
+}
+
+#[derive(Debug)]
+struct Bounded {
+    max: usize,
+    overflow: Arc<str>,
+    set: Mutex<HashSet<Arc<str>>>,
 }
 
 // === impl RequestMetrics ===
@@ -88,7 +115,7 @@ impl Default for RequestMetrics {
             http_client: Family::new_with_constructor(new),
             rpc_server: Family::new_with_constructor(new),
             rpc_client: Family::new_with_constructor(new),
-            interned: Arc::default(),
+            interned: BoundedLabels::new(MAX_RPC_LABELS, "_OTHER"),
         }
     }
 }
@@ -143,12 +170,34 @@ impl RequestMetrics {
     /// `value` as a shared label value, or `_OTHER` once
     /// [`MAX_RPC_LABELS`] distinct values exist.
     pub(crate) fn intern(&self, value: &str) -> Arc<str> {
-        let mut set = self.interned.lock().unwrap_or_else(PoisonError::into_inner);
+        self.interned.get(value)
+    }
+}
+
+// === impl BoundedLabels ===
+
+impl BoundedLabels {
+    /// Keeps up to `max` distinct values; the rest are `overflow`.
+    pub fn new(max: usize, overflow: &str) -> Self {
+        Self {
+            shared: Arc::new(Bounded {
+                max,
+                overflow: Arc::from(overflow),
+                set: Mutex::default(),
+            }),
+        }
+    }
+
+    /// `value` as a shared label value, or the overflow value once `max`
+    /// distinct values exist.
+    pub fn get(&self, value: &str) -> Arc<str> {
+        let b = &*self.shared;
+        let mut set = b.set.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(v) = set.get(value) {
             return v.clone();
         }
-        if set.len() >= MAX_RPC_LABELS {
-            return Arc::from("_OTHER");
+        if set.len() >= b.max {
+            return b.overflow.clone();
         }
         let v: Arc<str> = Arc::from(value);
         set.insert(v.clone());

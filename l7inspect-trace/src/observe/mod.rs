@@ -90,7 +90,9 @@ pub use classify::{
     GRPC_CANCELLED, GRPC_UNAVAILABLE, GrpcCall, RequestClass, grpc_status, is_grpc, method_name,
     truncate,
 };
-pub use metrics::{DURATION_BUCKETS, HttpLabels, MAX_RPC_LABELS, RequestMetrics, RpcLabels};
+pub use metrics::{
+    BoundedLabels, DURATION_BUCKETS, HttpLabels, MAX_RPC_LABELS, RequestMetrics, RpcLabels,
+};
 pub use service::{Observe, ResponseFuture};
 
 use std::{
@@ -109,7 +111,7 @@ use crate::{
     export::{SamplerConfig, SpanSink},
     propagation::{Format, FormatSet, Propagators},
     sampling::Sampler,
-    span::NetworkFields,
+    span::{NetworkFields, TlsFields},
 };
 
 #[cfg(doc)]
@@ -270,6 +272,8 @@ struct Conn {
     target_address: OnceLock<Arc<str>>,
     /// What the last request of this connection used, for the next one.
     last: Mutex<Last>,
+    /// The TLS session the requests arrived in (a terminated connection).
+    tls: Option<Arc<TlsFields>>,
 }
 
 /// The last request's host and histogram series on a connection.
@@ -339,8 +343,33 @@ impl Observer {
                 network: OnceLock::new(),
                 target_address: OnceLock::new(),
                 last: Mutex::default(),
+                tls: None,
             }),
         }
+    }
+}
+
+// === impl ObserveLayer ===
+
+impl ObserveLayer {
+    /// The same layer, for requests that arrived inside the TLS session
+    /// `tls` (a connection the proxy terminated): their spans carry its
+    /// `tls.*` attributes, and `url.scheme` is `https` where the request
+    /// names none.
+    pub fn with_tls(mut self, tls: Arc<TlsFields>) -> Self {
+        match Arc::get_mut(&mut self.conn) {
+            Some(conn) => conn.tls = Some(tls),
+            None => {
+                self.conn = Arc::new(Conn {
+                    peer: self.conn.peer,
+                    network: OnceLock::new(),
+                    target_address: OnceLock::new(),
+                    last: Mutex::default(),
+                    tls: Some(tls),
+                })
+            }
+        }
+        self
     }
 }
 

@@ -175,6 +175,7 @@ where
             span.network = Some(self.conn.network(server));
             let named = host.as_ref().map(|(named, _)| named.clone());
             span.http = Some(http_fields(&class, named, &self.conn, config.record_query));
+            span.tls = self.conn.tls.clone();
             span.rpc = class.grpc.map(|call| RpcFields {
                 system: "grpc",
                 service: call.service.to_owned(),
@@ -246,7 +247,7 @@ fn http_fields(
         method: class.method,
         method_original: (!class.method_known).then(|| class.method_original().to_owned()),
         path: class.path().to_owned(),
-        scheme: match class.scheme() {
+        scheme: match class.scheme_or(if conn.tls.is_some() { "https" } else { "http" }) {
             "http" => Cow::Borrowed("http"),
             "https" => Cow::Borrowed("https"),
             other => Cow::Owned(other.to_owned()),

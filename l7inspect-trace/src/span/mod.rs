@@ -33,7 +33,7 @@
 //!
 //! let start = SystemTime::now();
 //! let mut span = SpanRecord::new(TraceId::from(7u128), SpanId::from(9u64), SpanKind::Client, "example.com", start);
-//! span.tls = Some(Box::new(TlsFields { server_name: Some("example.com".into()), ..TlsFields::default() }));
+//! span.tls = Some(std::sync::Arc::new(TlsFields { server_name: Some("example.com".into()), ..TlsFields::default() }));
 //! span.attributes.push(KeyValue::new("l7inspect.bytes_sent", 517_i64));
 //! span.end = start + Duration::from_millis(40);
 //! let mut keys = Vec::new();
@@ -83,8 +83,8 @@ pub struct SpanRecord {
     pub http: Option<HttpFields>,
     /// The RPC (gRPC) call.
     pub rpc: Option<RpcFields>,
-    /// The TLS session.
-    pub tls: Option<Box<TlsFields>>,
+    /// The TLS session (shared by every span of a connection).
+    pub tls: Option<Arc<TlsFields>>,
     /// Everything else, in order.
     pub attributes: Vec<KeyValue>,
 }

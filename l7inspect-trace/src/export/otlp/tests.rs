@@ -167,7 +167,7 @@ fn varied() -> Vec<SpanRecord> {
         method: "Get".into(),
         grpc_status_code: Some(14),
     });
-    s.tls = Some(Box::new(TlsFields {
+    s.tls = Some(std::sync::Arc::new(TlsFields {
         server_name: Some("shop.example".into()),
         protocol_version: Some("1.3".into()),
         cipher: Some("TLS_AES_128_GCM_SHA256".into()),
