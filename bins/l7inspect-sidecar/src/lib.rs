@@ -35,6 +35,10 @@ use l7inspect_core::{
     TrackLayer, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
+use l7inspect_tls::{
+    DEFAULT_MAX_SERVER_NAMES, PassthroughSpans, TerminateConfig, TerminateError, Terminator,
+    TlsLayer, TlsMetrics,
+};
 use l7inspect_trace::{
     DEFAULT_MAX_ATTRIBUTE_LEN, ObserveConfig, Observer, Propagators, RequestMetrics,
     export::{
@@ -91,6 +95,31 @@ pub struct SidecarConfig {
     pub http: HttpConfig,
     /// HTTP tracing: export, sampling, propagation.
     pub tracing: TracingConfig,
+    /// TLS: inbound termination, spans of the TLS passed through.
+    pub tls: TlsConfig,
+}
+
+/// What the sidecar does with TLS.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// Terminate the inbound TLS of these ports with this certificate;
+    /// `None`: nothing is terminated.
+    pub terminate: Option<TerminateConfig>,
+    /// A span for every TLS connection passed through (default: on).
+    pub passthrough_spans: bool,
+    /// How many distinct SNI values `l7inspect_tls_connections_total`
+    /// keeps as labels before counting others as `other`.
+    pub max_server_names: usize,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            terminate: None,
+            passthrough_spans: true,
+            max_server_names: DEFAULT_MAX_SERVER_NAMES,
+        }
+    }
 }
 
 /// How HTTP requests are traced and where spans go.
@@ -158,6 +187,9 @@ pub enum BuildError {
     /// The span export pipeline could not start (a bad exporter setting).
     #[error("cannot start span export: {0}")]
     Export(#[from] ExportBuildError),
+    /// TLS termination could not start (a certificate, key or CA file).
+    #[error(transparent)]
+    Tls(#[from] TerminateError),
 }
 
 /// A sidecar with every listener bound, ready to [`run`](Sidecar::run).
@@ -175,6 +207,8 @@ pub struct Sidecar {
     export: ExportPipeline,
     inbound_requests: Requests,
     outbound_requests: Requests,
+    tls: TlsLayer,
+    terminator: Option<Terminator>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -210,6 +244,7 @@ impl Default for SidecarConfig {
             shutdown_grace: Duration::from_secs(10),
             http: HttpConfig::default(),
             tracing: TracingConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -337,9 +372,15 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
 
     let metrics = Metrics::default();
     let request_metrics = RequestMetrics::default();
+    let tls_metrics = TlsMetrics::new(config.tls.max_server_names);
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     request_metrics.register(&mut registry);
+    tls_metrics.register(&mut registry);
+    let terminator = match &config.tls.terminate {
+        Some(t) => Some(Terminator::new(t.clone(), tls_metrics.clone())?),
+        None => None,
+    };
 
     let t = &config.tracing;
     let resource = t
@@ -373,6 +414,15 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         ],
     )));
     let registry = Arc::new(registry);
+    let mut tls = TlsLayer::new()
+        .with_metrics(tls_metrics)
+        .with_detect(config.detect.clone());
+    if config.tls.passthrough_spans {
+        tls = tls.with_spans(PassthroughSpans::new(export.sink(), t.sampler));
+    }
+    if let Some(terminator) = &terminator {
+        tls = tls.with_termination(terminator.clone());
+    }
     let ready = Readiness::default();
     let inspect = Inspect::new(export.recent());
     let admin_service = Admin::new(registry.clone(), ready.clone())
@@ -393,6 +443,8 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         export,
         inbound_requests,
         outbound_requests,
+        tls,
+        terminator,
     })
 }
 
@@ -438,6 +490,8 @@ impl Sidecar {
             export,
             inbound_requests,
             outbound_requests,
+            tls,
+            terminator,
             ..
         } = self;
         let stop = CancellationToken::new();
@@ -464,9 +518,11 @@ impl Sidecar {
             // The stack after the target is the same for every listener of
             // a direction.
             let stack = ServiceBuilder::new()
+                .option_layer(terminator.as_ref().map(Terminator::target_layer))
                 .layer(connect.clone())
                 .layer(detect.clone())
                 .layer(track.clone())
+                .layer(tls.clone())
                 .layer(http.clone().with_requests(requests))
                 .service(passthrough.clone());
             let stopped = stop.clone().cancelled_owned();

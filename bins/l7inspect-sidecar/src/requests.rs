@@ -2,7 +2,8 @@
 //! (span and request metrics) around forwarding.
 
 use l7inspect_core::{ConnMeta, Forward, NewRequestService, ResponseBody};
-use l7inspect_trace::{Observe, ObservedBody, Observer, Peer, PropagationStats};
+use l7inspect_trace::{Observe, ObservedBody, Observer, Peer, PropagationStats, span::TlsFields};
+use std::sync::Arc;
 use tower::Layer;
 
 /// Builds, per HTTP connection, `Observe<Forward>`.
@@ -32,6 +33,12 @@ impl NewRequestService for Requests {
             client: meta.client,
             server: meta.target,
         };
-        self.observer.layer(peer).layer(forward)
+        let layer = self.observer.layer(peer);
+        // A terminated connection: its requests' spans carry its TLS session.
+        let layer = match forward.connection_extensions().get::<Arc<TlsFields>>() {
+            Some(tls) => layer.with_tls(tls.clone()),
+            None => layer,
+        };
+        layer.layer(forward)
     }
 }

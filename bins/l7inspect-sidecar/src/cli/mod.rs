@@ -19,7 +19,8 @@ pub(crate) use log_level::LogLevel;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind};
 use l7inspect_core::{ConnectConfig, HttpConfig, PassthroughConfig};
 use l7inspect_detect::DetectConfig;
-use l7inspect_sidecar::{Forward, SidecarConfig, TracingConfig};
+use l7inspect_sidecar::{Forward, SidecarConfig, TlsConfig, TracingConfig};
+use l7inspect_tls::{TerminateConfig, TerminatePort};
 use l7inspect_trace::export::{
     ExportConfig, OtelOverrides, Override, ResourceConfig, from_otel_env_with,
 };
@@ -253,6 +254,58 @@ struct Args {
     /// Record url.query on spans (off: queries often carry secrets).
     #[arg(long, env = "L7INSPECT_RECORD_QUERY", help_heading = "Tracing")]
     record_query: bool,
+
+    /// Terminate inbound TLS on PORT (a redirected connection's original
+    /// port, or an --inbound-forward listener's own port) and send the
+    /// plaintext to the application on APP_PORT over loopback (default: the
+    /// same port; on an --inbound-forward listener, its target). Non-TLS
+    /// clients of PORT are refused. Repeatable; comma-separated in the
+    /// variable. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "L7INSPECT_TLS_TERMINATE", value_name = "PORT[=APP_PORT]", value_delimiter = ',', requires_all = ["tls_cert", "tls_key"], help_heading = "TLS")]
+    tls_terminate: Vec<TerminatePort>,
+
+    /// Certificate chain served on --tls-terminate ports (PEM, leaf first).
+    /// Reloaded within seconds when the file changes (rename or symlink
+    /// swap); a bad new file is logged and the previous pair kept.
+    #[arg(
+        long,
+        env = "L7INSPECT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_terminate",
+        help_heading = "TLS"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "L7INSPECT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_terminate",
+        help_heading = "TLS"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by a CA in FILE (PEM) on
+    /// --tls-terminate ports; the verified subject goes on spans.
+    #[arg(
+        long,
+        env = "L7INSPECT_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_terminate",
+        help_heading = "TLS"
+    )]
+    tls_client_ca: Option<PathBuf>,
+
+    /// No span per TLS connection passed through (they are counted in
+    /// metrics all the same).
+    #[arg(long, env = "L7INSPECT_NO_TLS_SPANS", help_heading = "TLS")]
+    no_tls_spans: bool,
+
+    /// How many distinct SNI values l7inspect_tls_connections_total keeps as
+    /// labels; further names are counted as "other".
+    #[arg(long, env = "L7INSPECT_TLS_SNI_LABEL_LIMIT", value_name = "N", default_value_t = l7inspect_tls::DEFAULT_MAX_SERVER_NAMES, help_heading = "TLS")]
+    tls_sni_label_limit: usize,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -458,6 +511,20 @@ impl Args {
                 preserve_header_case: self.http1_preserve_header_case,
             },
             tracing,
+            tls: TlsConfig {
+                terminate: match (self.tls_cert, self.tls_key) {
+                    // clap requires both with --tls-terminate, and it with them.
+                    (Some(cert), Some(key)) if !self.tls_terminate.is_empty() => {
+                        Some(TerminateConfig {
+                            client_ca: self.tls_client_ca,
+                            ..TerminateConfig::new(self.tls_terminate, cert, key)
+                        })
+                    }
+                    _ => None,
+                },
+                passthrough_spans: !self.no_tls_spans,
+                max_server_names: self.tls_sni_label_limit,
+            },
         }
     }
 }

@@ -1,0 +1,243 @@
+//! The span of a TLS connection passed through: [`PassthroughSpans`] and
+//! the per-connection [`Watch`].
+
+use crate::metrics::TlsMetrics;
+use l7inspect_core::{ConnMeta, Direction};
+use l7inspect_detect::{ClientHello, Parsed, parse_server_hello, tls_version_name};
+use l7inspect_trace::{
+    export::SamplerConfig,
+    export::SpanSink,
+    sampling::{Sampler, new_span_id, new_trace_id},
+    span::{NetworkFields, SpanRecord, TlsFields},
+};
+use opentelemetry::{
+    Array, KeyValue, StringValue, Value,
+    trace::{SpanKind, TraceId},
+};
+use opentelemetry_semantic_conventions::attribute as semconv;
+use std::{borrow::Cow, io, sync::Arc, time::SystemTime};
+
+/// `l7inspect.tls.client.versions`: the TLS versions the ClientHello
+/// offered (`1.2`, `1.3`).
+pub const CLIENT_VERSIONS: &str = "l7inspect.tls.client.versions";
+/// `l7inspect.tls.client.alpn`: the ALPN protocols the ClientHello offered.
+pub const CLIENT_ALPN: &str = "l7inspect.tls.client.alpn";
+/// `l7inspect.bytes.to_server`: bytes from the client to the server.
+pub const BYTES_TO_SERVER: &str = "l7inspect.bytes.to_server";
+/// `l7inspect.bytes.to_client`: bytes from the server to the client.
+pub const BYTES_TO_CLIENT: &str = "l7inspect.bytes.to_client";
+
+/// The most bytes of the server's first flight kept to find its
+/// ServerHello: one full record and its header.
+const MAX_SERVER_HELLO: usize = 16 * 1024 + 5;
+
+/// Makes one span per TLS connection that passes through, from what the
+/// connection shows in clear: the ClientHello (SNI, offered versions and
+/// ALPN), the ServerHello (negotiated version and cipher, and the ALPN up
+/// to TLS 1.2), bytes each way and how long it lasted. Cheap to clone.
+///
+/// A span is CLIENT on outbound connections and SERVER on inbound ones,
+/// named after the SNI (the destination address without one), and a root:
+/// no trace context is visible inside TLS. Whether it is sampled is
+/// decided when the connection starts, by `sampler` as for a request
+/// without a parent; an unsampled connection costs nothing per byte.
+#[derive(Clone, Debug)]
+pub struct PassthroughSpans {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    sink: SpanSink,
+    sampler: Sampler,
+}
+
+/// What one connection's span is made of, gathered as its bytes pass.
+pub(crate) struct Watch {
+    shared: Arc<Shared>,
+    trace_id: TraceId,
+    meta: ConnMeta,
+    hello: Option<ClientHello>,
+    start: SystemTime,
+    to_server: u64,
+    to_client: u64,
+    server_hello: ServerHelloState,
+    error: Option<&'static str>,
+}
+
+enum ServerHelloState {
+    /// The server's bytes so far.
+    Reading(Vec<u8>),
+    /// Found, or given up (`None`).
+    Done(Option<l7inspect_detect::ServerHello>),
+}
+
+impl PassthroughSpans {
+    /// Spans into `sink`, sampled by `sampler`.
+    pub fn new(sink: SpanSink, sampler: SamplerConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                sink,
+                sampler: Sampler::new(sampler),
+            }),
+        }
+    }
+
+    /// The watch of a new connection, when its span is sampled.
+    pub(crate) fn watch(&self, meta: ConnMeta, hello: Option<ClientHello>) -> Option<Box<Watch>> {
+        // Sampled or not, as a request with no parent would be; the trace
+        // id is drawn now so the decision is the one the span would carry.
+        let trace_id = new_trace_id();
+        if !self.shared.sampler.should_sample(None, None, trace_id) {
+            return None;
+        }
+        Some(Box::new(Watch {
+            shared: self.shared.clone(),
+            trace_id,
+            meta,
+            hello,
+            start: SystemTime::now(),
+            to_server: 0,
+            to_client: 0,
+            server_hello: ServerHelloState::Reading(Vec::new()),
+            error: None,
+        }))
+    }
+}
+
+/// Counts the connection in `metrics`, by SNI.
+pub(crate) fn count(metrics: &TlsMetrics, meta: &ConnMeta, hello: Option<&ClientHello>) {
+    metrics.connection(meta.direction, hello.and_then(|h| h.server_name.as_deref()));
+}
+
+impl Watch {
+    pub(crate) fn sent_to_server(&mut self, n: usize) {
+        self.to_server += n as u64;
+    }
+
+    pub(crate) fn sent_to_client(&mut self, bytes: &[u8]) {
+        self.to_client += bytes.len() as u64;
+        if let ServerHelloState::Reading(buf) = &mut self.server_hello {
+            buf.extend_from_slice(&bytes[..bytes.len().min(MAX_SERVER_HELLO - buf.len())]);
+            self.server_hello = match parse_server_hello(buf) {
+                Parsed::Complete(hello) => ServerHelloState::Done(Some(hello)),
+                Parsed::NeedMore if buf.len() < MAX_SERVER_HELLO => return,
+                Parsed::NeedMore | Parsed::Invalid => ServerHelloState::Done(None),
+            };
+        }
+    }
+
+    pub(crate) fn failed(&mut self, e: &io::Error) {
+        self.error.get_or_insert(match e.kind() {
+            io::ErrorKind::ConnectionReset => "connection_reset",
+            io::ErrorKind::BrokenPipe => "broken_pipe",
+            io::ErrorKind::TimedOut => "timeout",
+            _ => "io",
+        });
+    }
+
+    /// Records the span: the connection is over.
+    pub(crate) fn finish(self: Box<Self>) {
+        let Watch {
+            shared,
+            trace_id,
+            meta,
+            hello,
+            start,
+            to_server,
+            to_client,
+            server_hello,
+            error,
+        } = *self;
+        let server_name = hello.as_ref().and_then(|h| h.server_name.clone());
+        let (kind, network) = match meta.direction {
+            Direction::Inbound => (
+                SpanKind::Server,
+                NetworkFields::new(meta.client, Some(meta.client.ip())),
+            ),
+            Direction::Outbound => (SpanKind::Client, NetworkFields::new(meta.target, None)),
+        };
+        let server_address: String = server_name
+            .clone()
+            .unwrap_or_else(|| meta.target.ip().to_string());
+        let name = match &server_name {
+            Some(sni) => sni.clone(),
+            None => meta.target.to_string(),
+        };
+        let mut span = SpanRecord::new(trace_id, new_span_id(), kind, name, start);
+        span.end = SystemTime::now();
+        span.network = Some(Arc::new(network));
+        let server = match server_hello {
+            ServerHelloState::Done(Some(h)) => Some(h),
+            _ => None,
+        };
+        span.tls = Some(Arc::new(TlsFields {
+            server_name,
+            protocol_version: server
+                .as_ref()
+                .and_then(|h| tls_version_name(h.version))
+                .map(Cow::Borrowed),
+            cipher: server.as_ref().map(|h| cipher_name(h.cipher_suite)),
+            next_protocol: server
+                .as_ref()
+                .and_then(|h| h.alpn.as_deref())
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            client_subject: None,
+        }));
+        let attrs = &mut span.attributes;
+        attrs.push(KeyValue::new(semconv::SERVER_ADDRESS, server_address));
+        attrs.push(KeyValue::new(
+            semconv::SERVER_PORT,
+            i64::from(meta.target.port()),
+        ));
+        if let Some(h) = &hello {
+            let versions: Vec<StringValue> = h
+                .versions
+                .iter()
+                .filter_map(|v| tls_version_name(*v))
+                .map(StringValue::from)
+                .collect();
+            if !versions.is_empty() {
+                attrs.push(KeyValue::new(
+                    CLIENT_VERSIONS,
+                    Value::Array(Array::String(versions)),
+                ));
+            }
+            if !h.alpn.is_empty() {
+                let alpn = h
+                    .alpn
+                    .iter()
+                    .map(|p| StringValue::from(String::from_utf8_lossy(p).into_owned()))
+                    .collect();
+                attrs.push(KeyValue::new(
+                    CLIENT_ALPN,
+                    Value::Array(Array::String(alpn)),
+                ));
+            }
+        }
+        attrs.push(KeyValue::new(BYTES_TO_SERVER, saturating(to_server)));
+        attrs.push(KeyValue::new(BYTES_TO_CLIENT, saturating(to_client)));
+        if let Some(e) = error {
+            span.set_error(e);
+        }
+        shared.sink.record(span);
+    }
+}
+
+fn saturating(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `tls.cipher`: the IANA name of a cipher suite (`TLS_AES_128_GCM_SHA256`),
+/// or its value in hex when rustls does not know it.
+pub(crate) fn cipher_name(suite: u16) -> Cow<'static, str> {
+    let suite = rustls::CipherSuite::from(suite);
+    match suite.as_str() {
+        // rustls names the TLS 1.3 suites TLS13_*; IANA, TLS_*.
+        Some(name) => match name.strip_prefix("TLS13_") {
+            Some(rest) => Cow::Owned(format!("TLS_{rest}")),
+            None => Cow::Borrowed(name),
+        },
+        None => Cow::Owned(format!("0x{:04x}", u16::from(suite))),
+    }
+}
