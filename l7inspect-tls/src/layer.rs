@@ -287,9 +287,7 @@ where
     meta.extensions.insert(Arc::new(fields));
     // The plaintext is detected again (HTTP/1, HTTP/2 or anything else).
     let detect = layer.detect.layer(Plaintext(inner));
-    detect
-        .oneshot(Conn { meta, io: stream })
-        .await
+    detect.oneshot(Conn { meta, io: stream }).await
 }
 
 /// The `tls.*` attributes of a terminated session.

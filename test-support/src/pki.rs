@@ -66,7 +66,24 @@ impl TestCa {
         self.leaf(&[name], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// A server certificate for `names` that expired in 2001.
+    pub fn expired_server(&self, names: &[&str]) -> Leaf {
+        self.leaf_with(names, ExtendedKeyUsagePurpose::ServerAuth, |p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        })
+    }
+
     fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+        self.leaf_with(names, usage, |_| {})
+    }
+
+    fn leaf_with(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let sans: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(sans).expect("valid names");
         params
@@ -75,6 +92,7 @@ impl TestCa {
         params.extended_key_usages = vec![usage];
         let serial: [u8; 16] = rand_serial();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
+        adjust(&mut params);
         let key = KeyPair::generate().expect("generate a leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign the leaf");
         Leaf {
