@@ -7,7 +7,7 @@ use crate::{
     ratelimit::RateLimited,
 };
 use l7inspect_detect::{Conn, DetectMeta, ServerEvent, is_http2_server_preface};
-use pin_project::pin_project;
+
 use std::{
     future::Future,
     io,
@@ -100,6 +100,23 @@ pub struct Connect<S> {
 #[derive(Clone, Debug)]
 pub struct Connector {
     shared: Arc<Shared>,
+    /// Applied to every connection this connector opens (TLS origination).
+    wrap: Option<Arc<dyn WrapUpstream>>,
+}
+
+/// What a [`Connector`] does to each connection it opens, once dialled:
+/// TLS origination wraps it in a client session (see
+/// [`Connector::with_wrap`]).
+pub trait WrapUpstream: Send + Sync + std::fmt::Debug + 'static {
+    /// `io` wrapped, or why it could not be.
+    fn wrap(&self, io: UpstreamIo) -> Pin<Box<dyn Future<Output = io::Result<UpstreamIo>> + Send>>;
+}
+
+/// A stream that replaces an upstream connection's TCP stream (a TLS
+/// client session over it, say), showing the TCP stream it runs on.
+pub trait UpstreamStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// The TCP connection underneath.
+    fn tcp(&self) -> &TcpStream;
 }
 
 #[derive(Debug)]
@@ -143,14 +160,18 @@ enum State {
     Taken,
 }
 
-/// The upstream connection's byte stream. While it lives, the
-/// [`LoopGuard`] knows its local address.
-#[pin_project]
+/// The upstream connection's byte stream: the TCP stream, or what a layer
+/// wrapped it in ([`UpstreamIo::wrap`]). While it lives, the [`LoopGuard`]
+/// knows its local address.
 #[derive(Debug)]
 pub struct UpstreamIo {
-    #[pin]
-    stream: TcpStream,
+    stream: Stream,
     _registration: Registration,
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Wrapped(Box<dyn UpstreamStream>),
 }
 
 /// Connecting to a connection's target failed.
@@ -212,6 +233,7 @@ impl ConnectLayer {
                     guard,
                     log: RateLimited::default(),
                 }),
+                wrap: None,
             },
         }
     }
@@ -263,17 +285,30 @@ impl Connector {
     /// unless a layer redirected it), bounded by the connect
     /// timeout. A failure is counted in
     /// `l7inspect_upstream_connect_errors_total` and logged (rate-limited).
+    ///
+    /// With a [wrap](Self::with_wrap), the connection is wrapped before it
+    /// is returned, within the same timeout; a failure to wrap is a connect
+    /// error like the others (its `error` label is `tls` for an
+    /// `InvalidData` error, which is what a TLS handshake fails with).
     pub async fn connect(&self, meta: &ConnMeta) -> Result<UpstreamIo, ConnectError> {
         let shared = &self.shared;
         let target = meta.upstream_addr();
-        let dialled = tokio::time::timeout(shared.config.timeout, dial(target, &shared.guard))
+        let connect = async {
+            let (stream, registration) = dial(target, &shared.guard).await?;
+            let io = UpstreamIo {
+                stream: Stream::Tcp(stream),
+                _registration: registration,
+            };
+            match &self.wrap {
+                Some(wrap) => wrap.wrap(io).await,
+                None => Ok(io),
+            }
+        };
+        let dialled = tokio::time::timeout(shared.config.timeout, connect)
             .await
             .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
         match dialled {
-            Ok((stream, registration)) => Ok(UpstreamIo {
-                stream,
-                _registration: registration,
-            }),
+            Ok(io) => Ok(io),
             Err(source) => {
                 let error = ConnectError { target, source };
                 shared
@@ -298,9 +333,38 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// The same connector, wrapping every connection it opens with `wrap`
+    /// (TLS origination: the keep-alive reconnections of an intercepted
+    /// connection must be TLS too, never plaintext).
+    pub fn with_wrap(&self, wrap: Arc<dyn WrapUpstream>) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            wrap: Some(wrap),
+        }
+    }
+}
+
 // === impl Upstream ===
 
 impl Upstream {
+    /// An upstream connection already established: what a layer that
+    /// replaced the connection (wrapped it in TLS) hands on.
+    pub fn ready(io: UpstreamIo) -> Self {
+        Self {
+            state: State::Connected(io),
+            http2_server_preface: false,
+        }
+    }
+
+    /// An upstream connection that failed: whoever takes it gets `error`.
+    pub fn failed(error: ConnectError) -> Self {
+        Self {
+            state: State::Failed(error),
+            http2_server_preface: false,
+        }
+    }
+
     fn connect(meta: ConnMeta, connector: Connector) -> Self {
         Self {
             state: State::Connecting(Box::pin(async move { connector.connect(&meta).await })),
@@ -406,9 +470,15 @@ impl DetectMeta for Connecting {
         let State::Connected(io) = &self.upstream.state else {
             return Poll::Ready(ServerEvent::Unreachable);
         };
+        if io.is_wrapped() {
+            // Its bytes cannot be peeked at without taking them (a TLS 1.3
+            // server's session tickets would look like a banner): the
+            // client decides.
+            return Poll::Pending;
+        }
         let mut head = [0u8; l7inspect_detect::HTTP2_FRAME_HEADER_LEN];
         let mut buf = ReadBuf::new(&mut head);
-        match ready!(io.stream.poll_peek(cx, &mut buf)) {
+        match ready!(io.get_ref().poll_peek(cx, &mut buf)) {
             Ok(n) if is_http2_server_preface(&head[..n]) => {
                 self.upstream.http2_server_preface = true;
                 Poll::Pending
@@ -422,7 +492,8 @@ impl DetectMeta for Connecting {
 // === impl ConnectError ===
 
 impl ConnectError {
-    /// The `error` label: `refused`, `timeout`, `unreachable`, `reset` or `other`.
+    /// The `error` label: `refused`, `timeout`, `unreachable`, `reset`,
+    /// `tls` (a wrapped connection's handshake failed) or `other`.
     pub fn kind_label(&self) -> &'static str {
         use io::ErrorKind::*;
         match self.source.kind() {
@@ -430,6 +501,7 @@ impl ConnectError {
             TimedOut => "timeout",
             HostUnreachable | NetworkUnreachable | AddrNotAvailable => "unreachable",
             ConnectionReset | ConnectionAborted => "reset",
+            InvalidData => "tls",
             _ => "other",
         }
     }
@@ -438,16 +510,97 @@ impl ConnectError {
 // === impl UpstreamIo ===
 
 impl UpstreamIo {
-    /// The TCP stream.
+    /// The TCP stream (underneath the wrapping, if any).
     pub fn get_ref(&self) -> &TcpStream {
-        &self.stream
+        match &self.stream {
+            Stream::Tcp(s) => s,
+            Stream::Wrapped(w) => w.tcp(),
+        }
+    }
+
+    /// Whether a layer wrapped the TCP stream.
+    pub fn is_wrapped(&self) -> bool {
+        matches!(self.stream, Stream::Wrapped(_))
+    }
+
+    /// The connection with its TCP stream replaced by `f(stream)` (a TLS
+    /// client session over it, say); the loop guard's registration goes
+    /// with it. An already wrapped connection is an `InvalidInput` error.
+    pub async fn wrap<S, F, Fut>(self, f: F) -> io::Result<UpstreamIo>
+    where
+        S: UpstreamStream,
+        F: FnOnce(TcpStream) -> Fut,
+        Fut: Future<Output = io::Result<S>>,
+    {
+        let Stream::Tcp(tcp) = self.stream else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the upstream connection is already wrapped",
+            ));
+        };
+        Ok(UpstreamIo {
+            stream: Stream::Wrapped(Box::new(f(tcp).await?)),
+            _registration: self._registration,
+        })
+    }
+
+    /// Ready once the idle connection has ended: the server closed it, or
+    /// sent something unasked, which only an error or a close can be.
+    /// Registers `cx` for its next readiness otherwise.
+    pub(crate) fn poll_idle_ended(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.stream {
+            Stream::Tcp(stream) => loop {
+                if ready!(stream.poll_read_ready(cx)).is_err() {
+                    return Poll::Ready(());
+                }
+                match stream.try_read(&mut [0u8; 1]) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    _ => return Poll::Ready(()),
+                }
+            },
+            // A session's own messages (TLS 1.3 tickets) are taken by the
+            // session and give no bytes: only data, a close or an error end it.
+            Stream::Wrapped(w) => {
+                let mut one = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut one);
+                match Pin::new(w).poll_read(cx, &mut buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(_) => Poll::Ready(()),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(s) => s.fmt(f),
+            Self::Wrapped(w) => f.debug_tuple("Wrapped").field(w.tcp()).finish(),
+        }
     }
 }
 
 impl std::os::fd::AsFd for UpstreamIo {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.stream.as_fd()
+        self.get_ref().as_fd()
     }
+}
+
+/// One `match` per call: the TCP stream, or the wrapping.
+macro_rules! on_stream {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.get_mut().stream {
+            Stream::Tcp($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Stream::Wrapped($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
 }
 
 impl AsyncRead for UpstreamIo {
@@ -456,7 +609,7 @@ impl AsyncRead for UpstreamIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.project().stream.poll_read(cx, buf)
+        on_stream!(self, s => s.poll_read(cx, buf))
     }
 }
 
@@ -466,7 +619,7 @@ impl AsyncWrite for UpstreamIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().stream.poll_write(cx, buf)
+        on_stream!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -474,18 +627,21 @@ impl AsyncWrite for UpstreamIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().stream.poll_write_vectored(cx, bufs)
+        on_stream!(self, s => s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Wrapped(w) => w.is_write_vectored(),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().stream.poll_flush(cx)
+        on_stream!(self, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().stream.poll_shutdown(cx)
+        on_stream!(self, s => s.poll_shutdown(cx))
     }
 }

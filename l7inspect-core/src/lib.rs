@@ -92,7 +92,8 @@ mod track;
 
 pub use admin::{Admin, AdminBody, AdminRoute, MAX_ROUTE_BODY, Readiness};
 pub use connect::{
-    Connect, ConnectConfig, ConnectError, ConnectLayer, Connecting, Connector, Upstream, UpstreamIo,
+    Connect, ConnectConfig, ConnectError, ConnectLayer, Connecting, Connector, Upstream,
+    UpstreamIo, UpstreamStream, WrapUpstream,
 };
 pub use http::{
     Forward, ForwardFuture, Http, HttpConfig, HttpLayer, NewRequestService, PlainForward,

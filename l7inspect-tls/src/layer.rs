@@ -1,18 +1,20 @@
 //! [`TlsLayer`]: terminates the configured inbound TLS and watches the TLS
 //! that passes through.
 
+use crate::intercept::{Interceptor, Originate};
 use crate::{
     io::{TlsIo, Watched},
     metrics::{TlsMetrics, VersionLabels},
     passthrough::{self, PassthroughSpans, cipher_name},
     terminate::{Terminator, handshake_reason},
 };
-use l7inspect_core::Connecting;
+use l7inspect_core::{Connecting, Direction, Upstream};
 use l7inspect_detect::{
     Conn, DetectConfig, DetectLayer, Detected, Outcome, PrefixedIo, Protocol, tls_version_name,
 };
 use l7inspect_trace::span::TlsFields;
 use pin_project::pin_project;
+use rustls_pki_types::ServerName;
 use std::{
     borrow::Cow,
     future::Future,
@@ -88,6 +90,7 @@ use tower::{BoxError, Layer, Service, ServiceExt};
 #[derive(Clone, Debug, Default)]
 pub struct TlsLayer {
     terminator: Option<Terminator>,
+    interceptor: Option<Interceptor>,
     spans: Option<PassthroughSpans>,
     metrics: TlsMetrics,
     detect: DetectLayer,
@@ -138,6 +141,15 @@ impl TlsLayer {
     pub fn with_termination(self, terminator: Terminator) -> Self {
         Self {
             terminator: Some(terminator),
+            ..self
+        }
+    }
+
+    /// The same layer, intercepting the outbound TLS that `interceptor`
+    /// names.
+    pub fn with_interception(self, interceptor: Interceptor) -> Self {
+        Self {
+            interceptor: Some(interceptor),
             ..self
         }
     }
@@ -202,6 +214,20 @@ where
             return ResponseFuture::Terminated(Box::pin(terminate(
                 d, tls, terminator, layer, inner,
             )));
+        }
+        if tls
+            && d.meta.meta.direction == Direction::Outbound
+            && let Some(interceptor) = &self.layer.interceptor
+            && let Some(sni) = d
+                .client_hello
+                .as_ref()
+                .and_then(|h| h.server_name.as_deref())
+            && interceptor.matches(sni)
+        {
+            let interceptor = interceptor.clone();
+            let layer = self.layer.clone();
+            let inner = self.inner.clone();
+            return ResponseFuture::Terminated(Box::pin(intercept(d, interceptor, layer, inner)));
         }
         let watch = if tls {
             passthrough::count(&self.layer.metrics, &d.meta.meta, d.client_hello.as_ref());
@@ -288,6 +314,134 @@ where
     // The plaintext is detected again (HTTP/1, HTTP/2 or anything else).
     let detect = layer.detect.layer(Plaintext(inner));
     detect.oneshot(Conn { meta, io: stream }).await
+}
+
+/// Intercepts one outbound connection: TLS to the real destination first
+/// (verified, with the client's SNI and ALPN), then the client's handshake
+/// with a minted leaf and the ALPN the destination chose, then the
+/// plaintext as for a terminated connection. A destination that cannot be
+/// trusted gets none of the client's bytes: the client's handshake fails
+/// with an alert, and a span and a log line say why.
+async fn intercept<S, I>(
+    d: Detected<Connecting, I>,
+    interceptor: Interceptor,
+    layer: TlsLayer,
+    inner: S,
+) -> Result<(), BoxError>
+where
+    S: Service<Detected<Connecting, TlsIo<I>>, Response = ()> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    I: AsyncRead + AsyncWrite + AsFd + Unpin + Send + 'static,
+{
+    let Detected {
+        mut meta,
+        io,
+        client_hello,
+        ..
+    } = d;
+    let hello = client_hello.expect("interception needs the ClientHello's SNI");
+    let sni = hello
+        .server_name
+        .clone()
+        .expect("interception needs an SNI");
+    let metrics = interceptor.metrics().clone();
+    let count = |result: &'static str| {
+        metrics
+            .intercepted
+            .get_or_create(&crate::metrics::ResultLabels { result })
+            .inc();
+    };
+    let name = match ServerName::try_from(sni.clone()) {
+        Ok(name) => name,
+        Err(_) => {
+            count("bad_server_name");
+            l7inspect_core::reset(io);
+            return Ok(());
+        }
+    };
+    // Only what the proxy can carry: HTTP/2 and HTTP/1.1.
+    let alpn: Vec<Vec<u8>> = hello
+        .alpn
+        .iter()
+        .filter(|p| p.as_slice() == b"h2" || p.as_slice() == b"http/1.1")
+        .cloned()
+        .collect();
+    let upstream = match meta.upstream.established().await {
+        Ok(upstream) => upstream,
+        Err(_) => {
+            // Counted and logged by the connect; the client is reset as a
+            // refused connect would be.
+            l7inspect_core::reset(io);
+            return Ok(());
+        }
+    };
+    let originate = Originate {
+        connector: interceptor.upstream(alpn),
+        name,
+        timeout: interceptor.handshake_timeout(),
+    };
+    let (upstream, leaf) = tokio::join!(
+        originate.connect_alpn(upstream),
+        interceptor.prepare_leaf(&sni)
+    );
+    let (upstream, chosen) = match (upstream, leaf) {
+        (Ok(upstream), Ok(())) => upstream,
+        (Err(e), _) => {
+            count("upstream_refused");
+            interceptor.warn(|suppressed| {
+                tracing::warn!(
+                    server_name = %sni,
+                    target = %meta.meta.upstream_addr(),
+                    suppressed,
+                    "intercepted TLS refused, nothing sent: the destination's TLS failed: {e}"
+                )
+            });
+            if let Some(spans) = &layer.spans {
+                spans.refused(meta.meta, hello, &e.to_string());
+            }
+            // The client's handshake fails with an alert.
+            let _ = tokio::time::timeout(
+                interceptor.handshake_timeout(),
+                interceptor.refuse().accept(io),
+            )
+            .await;
+            return Ok(());
+        }
+        (Ok(_), Err(e)) => {
+            count("leaf_error");
+            interceptor.warn(|suppressed| {
+                tracing::warn!(server_name = %sni, suppressed, "cannot mint a certificate: {e}")
+            });
+            l7inspect_core::reset(io);
+            return Ok(());
+        }
+    };
+    let accept = interceptor.acceptor(chosen.as_deref()).accept(io);
+    let stream = match tokio::time::timeout(interceptor.handshake_timeout(), accept).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            count("client_handshake");
+            let reason = handshake_reason(&e);
+            metrics.handshake_error(reason);
+            tracing::debug!(server_name = %sni, reason, "intercepted client's handshake failed: {e}");
+            return Ok(());
+        }
+        Err(_) => {
+            count("client_handshake");
+            metrics.handshake_error("timeout");
+            return Ok(());
+        }
+    };
+    count("intercepted");
+    meta.extensions.insert(Arc::new(session_fields(&stream)));
+    meta.upstream = Upstream::ready(upstream);
+    meta.connector = meta.connector.with_wrap(Arc::new(originate));
+    layer
+        .detect
+        .layer(Plaintext(inner))
+        .oneshot(Conn { meta, io: stream })
+        .await
 }
 
 /// The `tls.*` attributes of a terminated session.

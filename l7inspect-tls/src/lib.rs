@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod certs;
+mod intercept;
 mod io;
 mod layer;
 mod metrics;
@@ -46,6 +47,9 @@ mod passthrough;
 mod terminate;
 
 pub use certs::{CertError, CertPair, ReloadingCert};
+pub use intercept::{
+    InterceptConfig, InterceptError, Interceptor, ParseSniPatternError, SniPattern, make_ca,
+};
 pub use io::{TlsIo, Watched};
 pub use layer::{ResponseFuture, Tls, TlsLayer};
 pub use metrics::{
@@ -54,6 +58,7 @@ pub use metrics::{
 };
 pub use passthrough::{
     BYTES_TO_CLIENT, BYTES_TO_SERVER, CLIENT_ALPN, CLIENT_VERSIONS, PassthroughSpans,
+    UPSTREAM_ERROR,
 };
 pub use terminate::{
     ParsePortError, TerminateConfig, TerminateError, TerminatePort, TerminateTarget,

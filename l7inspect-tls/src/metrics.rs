@@ -26,6 +26,12 @@ pub struct TlsMetrics {
     /// `l7inspect_tls_handshake_errors_total{reason}`: terminations that
     /// failed, by reason.
     pub handshake_errors: Family<ReasonLabels, Counter>,
+    /// `l7inspect_tls_intercepted_connections_total{result}`: outbound
+    /// connections whose name is intercepted: `intercepted`,
+    /// `upstream_refused` (the destination's TLS failed or was not
+    /// trusted: nothing was sent), `client_handshake`, `leaf_error`,
+    /// `bad_server_name`.
+    pub intercepted: Family<ResultLabels, Counter>,
     /// `l7inspect_tls_certificate_reloads_total{result}`: certificate
     /// files that changed, `loaded` or `rejected`.
     pub reloads: Family<ResultLabels, Counter>,
@@ -63,7 +69,7 @@ pub struct ReasonLabels {
 /// Labels of [`TlsMetrics::reloads`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// `loaded` or `rejected`.
+    /// `loaded` or `rejected` (reloads); an interception's result.
     pub result: &'static str,
 }
 
@@ -81,6 +87,7 @@ impl TlsMetrics {
             connections: Family::default(),
             terminated: Family::default(),
             handshake_errors: Family::default(),
+            intercepted: Family::default(),
             reloads: Family::default(),
             expiry: Gauge::default(),
             names: BoundedLabels::new(max_server_names, "other"),
@@ -104,6 +111,11 @@ impl TlsMetrics {
             "handshake_errors",
             "TLS terminations that failed, by reason",
             self.handshake_errors.clone(),
+        );
+        r.register(
+            "intercepted_connections",
+            "Outbound connections to intercepted names, by result",
+            self.intercepted.clone(),
         );
         r.register(
             "certificate_reloads",

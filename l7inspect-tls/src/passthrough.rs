@@ -22,6 +22,9 @@ use std::{borrow::Cow, io, sync::Arc, time::SystemTime};
 pub const CLIENT_VERSIONS: &str = "l7inspect.tls.client.versions";
 /// `l7inspect.tls.client.alpn`: the ALPN protocols the ClientHello offered.
 pub const CLIENT_ALPN: &str = "l7inspect.tls.client.alpn";
+/// `l7inspect.tls.upstream_error`: why an intercepted connection's
+/// destination was refused (its certificate did not verify, say).
+pub const UPSTREAM_ERROR: &str = "l7inspect.tls.upstream_error";
 /// `l7inspect.bytes.to_server`: bytes from the client to the server.
 pub const BYTES_TO_SERVER: &str = "l7inspect.bytes.to_server";
 /// `l7inspect.bytes.to_client`: bytes from the server to the client.
@@ -63,6 +66,8 @@ pub(crate) struct Watch {
     to_client: u64,
     server_hello: ServerHelloState,
     error: Option<&'static str>,
+    /// Why it failed, when there is more to say than `error.type`.
+    detail: Option<String>,
 }
 
 enum ServerHelloState {
@@ -101,7 +106,21 @@ impl PassthroughSpans {
             to_client: 0,
             server_hello: ServerHelloState::Reading(Vec::new()),
             error: None,
+            detail: None,
         }))
+    }
+}
+
+impl PassthroughSpans {
+    /// Records the span of an intercepted connection refused because the
+    /// destination's TLS failed: an error, `error.type`
+    /// `tls_upstream`, and why in [`UPSTREAM_ERROR`].
+    pub(crate) fn refused(&self, meta: ConnMeta, hello: ClientHello, why: &str) {
+        if let Some(mut watch) = self.watch(meta, Some(hello)) {
+            watch.error = Some("tls_upstream");
+            watch.detail = Some(why.to_owned());
+            watch.finish();
+        }
     }
 }
 
@@ -148,6 +167,7 @@ impl Watch {
             to_client,
             server_hello,
             error,
+            detail,
         } = *self;
         let server_name = hello.as_ref().and_then(|h| h.server_name.clone());
         let (kind, network) = match meta.direction {
@@ -219,6 +239,9 @@ impl Watch {
         attrs.push(KeyValue::new(BYTES_TO_CLIENT, saturating(to_client)));
         if let Some(e) = error {
             span.set_error(e);
+        }
+        if let Some(why) = detail {
+            span.attributes.push(KeyValue::new(UPSTREAM_ERROR, why));
         }
         shared.sink.record(span);
     }

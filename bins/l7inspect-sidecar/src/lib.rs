@@ -36,8 +36,8 @@ use l7inspect_core::{
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use l7inspect_tls::{
-    DEFAULT_MAX_SERVER_NAMES, PassthroughSpans, TerminateConfig, TerminateError, Terminator,
-    TlsLayer, TlsMetrics,
+    DEFAULT_MAX_SERVER_NAMES, InterceptConfig, InterceptError, Interceptor, PassthroughSpans,
+    TerminateConfig, TerminateError, Terminator, TlsLayer, TlsMetrics,
 };
 use l7inspect_trace::{
     DEFAULT_MAX_ATTRIBUTE_LEN, ObserveConfig, Observer, Propagators, RequestMetrics,
@@ -105,6 +105,9 @@ pub struct TlsConfig {
     /// Terminate the inbound TLS of these ports with this certificate;
     /// `None`: nothing is terminated.
     pub terminate: Option<TerminateConfig>,
+    /// Intercept the outbound TLS of these names with this CA; `None`:
+    /// nothing is intercepted.
+    pub intercept: Option<InterceptConfig>,
     /// A span for every TLS connection passed through (default: on).
     pub passthrough_spans: bool,
     /// How many distinct SNI values `l7inspect_tls_connections_total`
@@ -116,6 +119,7 @@ impl Default for TlsConfig {
     fn default() -> Self {
         Self {
             terminate: None,
+            intercept: None,
             passthrough_spans: true,
             max_server_names: DEFAULT_MAX_SERVER_NAMES,
         }
@@ -190,6 +194,9 @@ pub enum BuildError {
     /// TLS termination could not start (a certificate, key or CA file).
     #[error(transparent)]
     Tls(#[from] TerminateError),
+    /// TLS interception could not start (its CA, or the upstream CA file).
+    #[error(transparent)]
+    Intercept(#[from] InterceptError),
 }
 
 /// A sidecar with every listener bound, ready to [`run`](Sidecar::run).
@@ -381,6 +388,10 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         Some(t) => Some(Terminator::new(t.clone(), tls_metrics.clone())?),
         None => None,
     };
+    let interceptor = match &config.tls.intercept {
+        Some(i) => Some(Interceptor::new(i.clone(), tls_metrics.clone())?),
+        None => None,
+    };
 
     let t = &config.tracing;
     let resource = t
@@ -422,6 +433,9 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
     }
     if let Some(terminator) = &terminator {
         tls = tls.with_termination(terminator.clone());
+    }
+    if let Some(interceptor) = interceptor {
+        tls = tls.with_interception(interceptor);
     }
     let ready = Readiness::default();
     let inspect = Inspect::new(export.recent());

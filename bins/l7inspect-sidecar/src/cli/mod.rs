@@ -13,6 +13,7 @@
 pub(crate) mod inject;
 mod log_level;
 mod tap;
+mod tls;
 
 pub(crate) use log_level::LogLevel;
 
@@ -20,7 +21,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind};
 use l7inspect_core::{ConnectConfig, HttpConfig, PassthroughConfig};
 use l7inspect_detect::DetectConfig;
 use l7inspect_sidecar::{Forward, SidecarConfig, TlsConfig, TracingConfig};
-use l7inspect_tls::{TerminateConfig, TerminatePort};
+use l7inspect_tls::{InterceptConfig, SniPattern, TerminateConfig, TerminatePort};
 use l7inspect_trace::export::{
     ExportConfig, OtelOverrides, Override, ResourceConfig, from_otel_env_with,
 };
@@ -46,7 +47,7 @@ pub(crate) fn parse() -> Invocation {
     let mut command = Args::command();
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|a| a == "inject" || a == "tap")
+        .is_some_and(|a| a == "inject" || a == "tap" || a == "tls")
     {
         // The proxy's L7INSPECT_* variables are not inject's (nor are the
         // OTEL_* ones, read only when the proxy runs).
@@ -57,6 +58,7 @@ pub(crate) fn parse() -> Invocation {
     match args.command.take() {
         Some(Command::Inject(inject_args)) => return Invocation::Done(inject::run(inject_args)),
         Some(Command::Tap(tap_args)) => return Invocation::Done(tap::run(tap_args)),
+        Some(Command::Tls(tls_args)) => return Invocation::Done(tls::run(tls_args)),
         None => {}
     }
     let threads = args.threads;
@@ -297,6 +299,47 @@ struct Args {
     )]
     tls_client_ca: Option<PathBuf>,
 
+    /// Intercept outbound TLS to these server names (repeatable;
+    /// comma-separated in the variable): exact names, or *.example.com for
+    /// any name one label under example.com. The sidecar answers with a
+    /// certificate for the name signed by --tls-intercept-ca-cert, traces
+    /// the HTTP inside, and opens TLS to the real destination, verified
+    /// against the system's roots or --tls-upstream-ca.
+    #[arg(long, env = "L7INSPECT_TLS_INTERCEPT_SNI", value_name = "PATTERN", value_delimiter = ',', requires_all = ["tls_intercept_ca_cert", "tls_intercept_ca_key"], help_heading = "TLS")]
+    tls_intercept_sni: Vec<SniPattern>,
+
+    /// The CA certificate (PEM) intercepted connections' certificates are
+    /// signed with; the applications must trust it (see `tls make-ca`).
+    #[arg(
+        long,
+        env = "L7INSPECT_TLS_INTERCEPT_CA_CERT",
+        value_name = "FILE",
+        requires = "tls_intercept_sni",
+        help_heading = "TLS"
+    )]
+    tls_intercept_ca_cert: Option<PathBuf>,
+
+    /// Its private key (PEM, PKCS#8).
+    #[arg(
+        long,
+        env = "L7INSPECT_TLS_INTERCEPT_CA_KEY",
+        value_name = "FILE",
+        requires = "tls_intercept_sni",
+        help_heading = "TLS"
+    )]
+    tls_intercept_ca_key: Option<PathBuf>,
+
+    /// Trust the CAs in FILE (PEM), instead of the system's roots, for the
+    /// destinations of intercepted connections.
+    #[arg(
+        long,
+        env = "L7INSPECT_TLS_UPSTREAM_CA",
+        value_name = "FILE",
+        requires = "tls_intercept_sni",
+        help_heading = "TLS"
+    )]
+    tls_upstream_ca: Option<PathBuf>,
+
     /// No span per TLS connection passed through (they are counted in
     /// metrics all the same).
     #[arg(long, env = "L7INSPECT_NO_TLS_SPANS", help_heading = "TLS")]
@@ -312,6 +355,8 @@ struct Args {
 enum Command {
     Inject(InjectArgs),
     Tap(tap::TapArgs),
+    /// TLS helpers: `tls make-ca` writes a CA for interception.
+    Tls(tls::TlsArgs),
 }
 
 /// Add l7inspect to Kubernetes manifests and write them to stdout.
@@ -518,6 +563,16 @@ impl Args {
                         Some(TerminateConfig {
                             client_ca: self.tls_client_ca,
                             ..TerminateConfig::new(self.tls_terminate, cert, key)
+                        })
+                    }
+                    _ => None,
+                },
+                intercept: match (self.tls_intercept_ca_cert, self.tls_intercept_ca_key) {
+                    // clap requires both with --tls-intercept-sni, and it with them.
+                    (Some(cert), Some(key)) if !self.tls_intercept_sni.is_empty() => {
+                        Some(InterceptConfig {
+                            upstream_ca: self.tls_upstream_ca,
+                            ..InterceptConfig::new(cert, key, self.tls_intercept_sni)
                         })
                     }
                     _ => None,

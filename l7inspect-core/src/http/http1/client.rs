@@ -131,16 +131,7 @@ impl Conn {
     /// something unasked, which only an error or a close can be). Registers
     /// `cx` for its next readiness otherwise.
     fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let stream = self.io.get_ref();
-        loop {
-            if ready!(stream.poll_read_ready(cx)).is_err() {
-                return Poll::Ready(());
-            }
-            match stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                _ => return Poll::Ready(()),
-            }
-        }
+        self.io.poll_idle_ended(cx)
     }
 
     /// Whether the connection is known to have ended, without waiting: the
