@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use l7inspect_test_support::TempDir;
@@ -64,6 +64,7 @@ fn trust(ca: &TestCa, dir: &TempDir) -> TlsConfig {
 
 #[tokio::test]
 async fn otlp_grpc_over_tls_trusting_the_certificate_variable() {
+    logs();
     let dir = TempDir::new("tls-grpc");
     let ca = TestCa::new("collector CA");
     let collector = Collector::start_tls(ServerTls::new(&ca.server(&["127.0.0.1"])));
@@ -107,6 +108,7 @@ async fn otlp_grpc_over_tls_trusting_the_certificate_variable() {
 
 #[tokio::test]
 async fn otlp_http_and_zipkin_over_tls_trusting_the_configured_ca() {
+    logs();
     let dir = TempDir::new("tls-http");
     let ca = TestCa::new("collector CA");
     let collector = Collector::start_tls(ServerTls::new(&ca.server(&["localhost", "127.0.0.1"])));
@@ -144,10 +146,30 @@ async fn otlp_http_and_zipkin_over_tls_trusting_the_configured_ca() {
 // ---------------------------------------------------------------------------
 // An untrusted collector
 
-/// Log lines, captured from the test's thread (the export task runs on
-/// it: a current-thread runtime).
+/// Warnings of every test in this binary, captured by a global subscriber
+/// that the first test to start installs. Global, not a per-test
+/// `set_default`: `tracing` caches each call site's interest process-wide,
+/// and another test's thread hitting the warning first without a
+/// subscriber left it disabled for this one's (seen 1 run in 30).
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);
+
+/// The captured warnings; call it at the start of every test, before any
+/// exporter runs.
+fn logs() -> &'static Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        logs
+    })
+}
 
 impl Write for Logs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -168,17 +190,9 @@ impl Logs {
 /// A collector whose certificate was signed by a CA the exporter does not
 /// trust receives nothing; every span is counted as failed; recording
 /// never waits; the warning names the reason.
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test]
 async fn untrusted_collector_receives_nothing_and_failures_are_counted() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
+    let logs = logs();
     let dir = TempDir::new("tls-untrusted");
     let trusted = TestCa::new("trusted CA");
     let impostor = TestCa::new("impostor CA");
@@ -225,10 +239,20 @@ async fn untrusted_collector_receives_nothing_and_failures_are_counted() {
     assert!(collector.zipkin_spans().is_empty());
 
     let logs = logs.text();
-    for exporter in ["otlp", "zipkin"] {
+    for (exporter, receiver) in [
+        ("otlp", Receiver::OtlpGrpc),
+        ("otlp", Receiver::OtlpHttp),
+        ("zipkin", Receiver::Zipkin),
+    ] {
+        // This test's lines: the collector's ports are its own.
+        let endpoint = collector.endpoint(receiver);
         let line = logs
             .lines()
-            .find(|l| l.contains("span export failed") && l.contains(exporter))
+            .find(|l| {
+                l.contains("span export failed")
+                    && l.contains(&format!("exporter=\"{exporter}\""))
+                    && l.contains(&endpoint)
+            })
             .unwrap_or_else(|| panic!("no warning for {exporter}: {logs}"));
         assert!(
             line.contains("invalid peer certificate: UnknownIssuer"),
@@ -245,6 +269,7 @@ async fn untrusted_collector_receives_nothing_and_failures_are_counted() {
 /// and none from one without.
 #[tokio::test]
 async fn client_certificate_is_presented_when_configured() {
+    logs();
     let dir = TempDir::new("tls-client");
     let server_ca = TestCa::new("collector CA");
     let client_ca = TestCa::new("exporters' CA");

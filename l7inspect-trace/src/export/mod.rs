@@ -1,5 +1,6 @@
 //! Span export: a bounded, non-blocking hand-off from finished spans to
-//! OTLP (gRPC or HTTP/protobuf) and Zipkin v2 JSON collectors, plus an
+//! OTLP (gRPC or HTTP/protobuf) and Zipkin v2 JSON collectors, over
+//! `http://` or `https://` (TLS as [`TlsConfig`] says), plus an
 //! in-memory ring of recent spans. Both wire formats are encoded here,
 //! straight from the finished spans ([`OtlpEncoder`]; Zipkin JSON).
 //!

@@ -1,4 +1,5 @@
-//! Zipkin v2 JSON encoding and upload.
+//! Zipkin v2 JSON encoding and upload (HTTP/1.1 POST, over TLS for an
+//! `https://` endpoint).
 //!
 //! Written here rather than taken from `opentelemetry-zipkin` (0.33, and
 //! deprecated since 0.32): that crate never sets `localEndpoint.serviceName`
