@@ -14,8 +14,8 @@
 //!   plus the B3 decisions (sampling-only headers, deferred contexts) a
 //!   parent's flags cannot carry; span and trace ids.
 //! - `export`: a bounded, non-blocking span queue ([`SpanSink`](export::SpanSink))
-//!   in front of OTLP (gRPC, HTTP/protobuf) and Zipkin exporters, and the
-//!   ring of recent spans.
+//!   in front of OTLP (gRPC, HTTP/protobuf) and Zipkin exporters (over
+//!   `http://` or `https://`), and the ring of recent spans.
 //! - `inspect`: [`Inspect`](inspect::Inspect), the live view of the ring:
 //!   a web page, a JSON span API and a tap stream, for an admin server.
 //!

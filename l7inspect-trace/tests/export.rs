@@ -587,8 +587,8 @@ async fn dead_collectors_never_block_and_count_drops() {
     };
     let zipkin = |addr: SocketAddr| ExportConfig {
         zipkin: Some(ZipkinConfig {
-            endpoint: format!("http://{addr}/api/v2/spans"),
             timeout: short,
+            ..ZipkinConfig::new(format!("http://{addr}/api/v2/spans"))
         }),
         ..ExportConfig::default()
     };

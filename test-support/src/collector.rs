@@ -3,6 +3,11 @@
 //! Zipkin v2 (`POST /api/v2/spans`, JSON checked against the official spec
 //! by [`zipkin_spec`](crate::zipkin_spec)).
 //!
+//! [`Collector::start_tls`] puts all three behind TLS ([`ServerTls`]: a
+//! certificate from [`pki`](crate::pki), ALPN `h2` for gRPC and
+//! `http/1.1` for the others, optionally requiring a client certificate),
+//! and records each handshake ([`Handshake`]) and each failed one.
+//!
 //! A [`Collector`] runs the three on a thread and runtime of its own, so
 //! that a synchronous test (processes in a network namespace) and an async
 //! one (on a current-thread runtime that the code under test shares) use it
@@ -36,8 +41,91 @@ use std::io::{self, Read as _};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::pki::{Leaf, TestCa};
+
+/// What a [`Collector`] started with [`Collector::start_tls`] presents,
+/// and whom it lets in.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The server's certificate chain, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// When set, a client must present a certificate that chains to these
+    /// CA certificates (PEM), or the handshake fails.
+    pub client_ca_pem: Option<String>,
+}
+
+impl ServerTls {
+    /// Presents `leaf` (e.g. `ca.server(&["127.0.0.1"])`), asks for no
+    /// client certificate.
+    pub fn new(leaf: &Leaf) -> Self {
+        Self {
+            cert_pem: leaf.cert_pem.clone(),
+            key_pem: leaf.key_pem.clone(),
+            client_ca_pem: None,
+        }
+    }
+
+    /// Requires a client certificate signed by `ca`.
+    pub fn require_client_cert(mut self, ca: &TestCa) -> Self {
+        self.client_ca_pem = Some(ca.cert_pem.clone());
+        self
+    }
+
+    /// The rustls configuration for one receiver, offering `alpn`.
+    fn server_config(&self, alpn: &[u8]) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("TLS 1.2 and 1.3 with ring");
+        let builder = match &self.client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in certs(pem) {
+                    roots.add(cert).expect("a usable client CA certificate");
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("a client certificate verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("a PEM key");
+        let mut config = builder
+            .with_single_cert(certs(&self.cert_pem), key)
+            .expect("a usable server certificate and key");
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(config)
+    }
+}
+
+fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
+}
+
+/// A TLS handshake a [`Collector`]'s receiver completed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    /// The protocol ALPN settled on (`h2`, `http/1.1`), if any.
+    pub alpn: Option<String>,
+    /// How many certificates the client presented (0: none).
+    pub client_certs: usize,
+}
 
 /// One of a [`Collector`]'s three receivers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +144,14 @@ impl Receiver {
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// The one protocol the receiver offers in ALPN.
+    fn alpn(self) -> &'static [u8] {
+        match self {
+            Receiver::OtlpGrpc => b"h2",
+            Receiver::OtlpHttp | Receiver::Zipkin => b"http/1.1",
+        }
     }
 }
 
@@ -196,6 +292,7 @@ impl Listeners {
 /// ```
 pub struct Collector {
     addrs: [SocketAddr; 3],
+    tls: bool,
     state: Arc<Mutex<State>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -215,6 +312,10 @@ struct Port {
     status: Option<http::StatusCode>,
     /// Accept the next this many connections and never read from them.
     stall_next: usize,
+    /// TLS handshakes completed.
+    handshakes: Vec<Handshake>,
+    /// TLS handshakes failed, and why (as the server saw it).
+    handshake_failures: Vec<String>,
 }
 
 #[derive(Default)]
@@ -229,8 +330,29 @@ impl Collector {
         Self::on(Listeners::loopback().expect("bind the collector's listeners"))
     }
 
+    /// The three receivers on ephemeral ports of 127.0.0.1, behind TLS.
+    pub fn start_tls(tls: ServerTls) -> Self {
+        Self::on_tls(
+            Listeners::loopback().expect("bind the collector's listeners"),
+            tls,
+        )
+    }
+
     /// The three receivers on listeners the caller bound.
     pub fn on(listeners: Listeners) -> Self {
+        Self::serve(listeners, None)
+    }
+
+    /// The three receivers on listeners the caller bound, behind TLS.
+    pub fn on_tls(listeners: Listeners, tls: ServerTls) -> Self {
+        Self::serve(listeners, Some(tls))
+    }
+
+    fn serve(listeners: Listeners, tls: Option<ServerTls>) -> Self {
+        let acceptors = Receiver::ALL.map(|r| {
+            tls.as_ref()
+                .map(|t| TlsAcceptor::from(t.server_config(r.alpn())))
+        });
         let list = [listeners.otlp_grpc, listeners.otlp_http, listeners.zipkin];
         let addrs = [0, 1, 2].map(|i| list[i].local_addr().expect("a bound listener"));
         for l in &list {
@@ -247,9 +369,10 @@ impl Collector {
                     .build()
                     .expect("the collector's runtime");
                 rt.block_on(async move {
-                    for (listener, receiver) in list.into_iter().zip(Receiver::ALL) {
+                    let all = list.into_iter().zip(Receiver::ALL).zip(acceptors);
+                    for ((listener, receiver), acceptor) in all {
                         let listener = TcpListener::from_std(listener).expect("a tokio listener");
-                        tokio::spawn(accept(listener, receiver, shared.clone()));
+                        tokio::spawn(accept(listener, receiver, acceptor, shared.clone()));
                     }
                     let _ = stopped.await;
                 });
@@ -257,6 +380,7 @@ impl Collector {
             .expect("spawn the collector's thread");
         Self {
             addrs,
+            tls: tls.is_some(),
             state,
             stop: Some(stop),
             thread: Some(thread),
@@ -270,14 +394,40 @@ impl Collector {
 
     /// The URL an exporter sends to: `http://ADDR` for OTLP/gRPC,
     /// `http://ADDR/v1/traces` for OTLP/HTTP, `http://ADDR/api/v2/spans`
-    /// for Zipkin.
+    /// for Zipkin; `https://` behind TLS.
     pub fn endpoint(&self, receiver: Receiver) -> String {
         let addr = self.addr(receiver);
+        let scheme = if self.tls { "https" } else { "http" };
         match receiver {
-            Receiver::OtlpGrpc => format!("http://{addr}"),
-            Receiver::OtlpHttp => format!("http://{addr}/v1/traces"),
-            Receiver::Zipkin => format!("http://{addr}/api/v2/spans"),
+            Receiver::OtlpGrpc => format!("{scheme}://{addr}"),
+            Receiver::OtlpHttp => format!("{scheme}://{addr}/v1/traces"),
+            Receiver::Zipkin => format!("{scheme}://{addr}/api/v2/spans"),
         }
+    }
+
+    /// The TLS handshakes `receiver` completed, oldest first.
+    pub fn handshakes(&self, receiver: Receiver) -> Vec<Handshake> {
+        self.state().ports[receiver.index()].handshakes.clone()
+    }
+
+    /// Why `receiver`'s failed TLS handshakes failed, oldest first (e.g.
+    /// `received fatal alert: UnknownCA` when the client did not trust the
+    /// certificate).
+    pub fn handshake_failures(&self, receiver: Receiver) -> Vec<String> {
+        self.state().ports[receiver.index()]
+            .handshake_failures
+            .clone()
+    }
+
+    /// Waits until `receiver` has seen at least `n` failed TLS handshakes,
+    /// and returns why each failed; fails the test after [`PATIENCE`].
+    pub async fn wait_handshake_failures(&self, receiver: Receiver, n: usize) -> Vec<String> {
+        let what = format!("{n} failed TLS handshakes at {receiver:?}");
+        crate::wait_for(&what, || {
+            let got = self.handshake_failures(receiver);
+            (got.len() >= n).then_some(got)
+        })
+        .await
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -457,7 +607,12 @@ fn take_answer(port: &mut Port, ok: http::StatusCode) -> http::StatusCode {
     port.status.unwrap_or(ok)
 }
 
-async fn accept(listener: TcpListener, receiver: Receiver, state: Arc<Mutex<State>>) {
+async fn accept(
+    listener: TcpListener,
+    receiver: Receiver,
+    acceptor: Option<TlsAcceptor>,
+    state: Arc<Mutex<State>>,
+) {
     let mut stalled = Vec::new();
     while let Ok((io, _)) = listener.accept().await {
         {
@@ -471,27 +626,56 @@ async fn accept(listener: TcpListener, receiver: Receiver, state: Arc<Mutex<Stat
             }
         }
         let state = state.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let io = TokioIo::new(io);
-            match receiver {
-                Receiver::OtlpGrpc => {
-                    let server = TraceServiceServer::new(Grpc { state })
-                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, TowerToHyperService::new(server))
-                        .await;
+            let Some(acceptor) = acceptor else {
+                return serve(io, receiver, state).await;
+            };
+            match acceptor.accept(io).await {
+                Ok(tls) => {
+                    let (_, session) = tls.get_ref();
+                    let handshake = Handshake {
+                        alpn: session
+                            .alpn_protocol()
+                            .map(|p| String::from_utf8_lossy(p).into_owned()),
+                        client_certs: session.peer_certificates().map_or(0, <[_]>::len),
+                    };
+                    lock(&state).ports[receiver.index()]
+                        .handshakes
+                        .push(handshake);
+                    serve(tls, receiver, state).await;
                 }
-                Receiver::OtlpHttp | Receiver::Zipkin => {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(http_request(receiver, &state, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                }
+                Err(e) => lock(&state).ports[receiver.index()]
+                    .handshake_failures
+                    .push(e.to_string()),
             }
         });
+    }
+}
+
+/// Serves one connection (plaintext or TLS) as `receiver`.
+async fn serve<I>(io: I, receiver: Receiver, state: Arc<Mutex<State>>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    match receiver {
+        Receiver::OtlpGrpc => {
+            let server = TraceServiceServer::new(Grpc { state })
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, TowerToHyperService::new(server))
+                .await;
+        }
+        Receiver::OtlpHttp | Receiver::Zipkin => {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(http_request(receiver, &state, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        }
     }
 }
 

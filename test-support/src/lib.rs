@@ -5,16 +5,16 @@
 //!   network namespace, no `iptables`, `curl` or `sshd`) says so, the same
 //!   way everywhere, visibly even when the harness captures output;
 //! - [`collector`]: OTLP/gRPC, OTLP/HTTP and Zipkin receivers on real
-//!   sockets, decoding with opentelemetry-proto and checking Zipkin JSON
-//!   against the official spec ([`zipkin_spec`]);
+//!   sockets, in plaintext or behind TLS, decoding with opentelemetry-proto
+//!   and checking Zipkin JSON against the official spec ([`zipkin_spec`]);
 //! - [`netns`]: network namespaces, made per test thread or named, and the
 //!   commands and processes run in them;
 //! - [`pki`]: a CA and the certificates it signs, made per test;
 //! - [`browser`]: headless Chromium, a page's DOM after its scripts ran
 //!   and screenshots;
 //! - bounded waits ([`eventually`], [`wait_for`], [`wait_for_blocking`]),
-//!   odd peers ([`silent_server`], [`closed_port`]) and Prometheus text
-//!   lookups ([`prom`]).
+//!   odd peers ([`silent_server`], [`closed_port`]), temporary directories
+//!   ([`TempDir`]) and Prometheus text lookups ([`prom`]).
 //!
 //! ```
 //! use l7inspect_test_support::{Need, skip};
@@ -249,4 +249,35 @@ pub fn example_bin(name: &str) -> std::path::PathBuf {
         .expect("target/<profile>")
         .join("examples")
         .join(name)
+}
+
+/// A fresh directory under the system's temporary directory, removed with
+/// what it holds when this drops (certificates and keys a test writes).
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// A new empty directory whose name starts with `l7inspect-{prefix}-`
+    /// and is unique in this machine's run (process id and a counter).
+    pub fn new(prefix: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("l7inspect-{prefix}-{}-{n}", std::process::id()));
+        // A leftover of an earlier process with the same id.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the temporary directory");
+        Self(dir)
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -199,19 +199,22 @@ fn bad_tracing_settings_name_the_flag_or_variable_and_exit_2() {
             None,
             "invalid value \"carrier-pigeon\" for --otlp-protocol",
         ),
-        // No TLS to collectors yet: refused before start-up, named as given.
+        // Neither http:// nor https://: refused before start-up, named as
+        // given.
         (
-            &["--otlp-endpoint", "https://collector:4317"],
+            &["--otlp-endpoint", "ftp://collector:4317"],
             None,
-            "invalid value \"https://collector:4317\" for --otlp-endpoint: https://",
+            "invalid value \"ftp://collector:4317\" for --otlp-endpoint: scheme ftp",
         ),
         (
             &[],
-            Some((
-                "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
-                "https://zipkin/api/v2/spans",
-            )),
-            "OTEL_EXPORTER_ZIPKIN_ENDPOINT=\"https://zipkin/api/v2/spans\": https://",
+            Some(("OTEL_EXPORTER_ZIPKIN_ENDPOINT", "zipkin:9411/api/v2/spans")),
+            "OTEL_EXPORTER_ZIPKIN_ENDPOINT=\"zipkin:9411/api/v2/spans\": ",
+        ),
+        (
+            &[],
+            Some(("OTEL_EXPORTER_OTLP_INSECURE", "maybe")),
+            "OTEL_EXPORTER_OTLP_INSECURE=\"maybe\": expected true or false",
         ),
         (
             &[],

@@ -2,6 +2,7 @@
 //! flags and the `OTEL_*` environment (see [`super::env`]) and hands to
 //! [`super::ExportPipeline::start`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -56,6 +57,8 @@ pub struct ExportConfig {
 pub struct OtlpConfig {
     /// The full traces URL, used as is: e.g. `http://collector:4317` for
     /// gRPC or `http://collector:4318/v1/traces` for HTTP/protobuf.
+    /// `https://` speaks TLS (gRPC: h2 negotiated by ALPN) as
+    /// [`tls`](Self::tls) says; `http://` is plaintext (gRPC: h2c).
     pub endpoint: String,
     /// The wire protocol.
     pub protocol: OtlpProtocol,
@@ -67,6 +70,8 @@ pub struct OtlpConfig {
     /// Bound on one export call, retries included; on expiry the batch is
     /// dropped for this exporter and counted as `export_failed`.
     pub timeout: Duration,
+    /// Whom to trust and what to present for an `https://` endpoint.
+    pub tls: TlsConfig,
 }
 
 /// The OTLP wire protocol.
@@ -89,11 +94,57 @@ pub enum Compression {
 /// The Zipkin exporter's settings (Zipkin v2 JSON over HTTP POST).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZipkinConfig {
-    /// The full URL spans are POSTed to, e.g. `http://zipkin:9411/api/v2/spans`.
+    /// The full URL spans are POSTed to, e.g. `http://zipkin:9411/api/v2/spans`;
+    /// `https://` speaks TLS as [`tls`](Self::tls) says.
     pub endpoint: String,
     /// Bound on one export call; on expiry the batch is dropped for this
     /// exporter and counted as `export_failed`.
     pub timeout: Duration,
+    /// Whom to trust and what to present for an `https://` endpoint.
+    /// [`from_otel_env_with`](super::from_otel_env_with) leaves it at the
+    /// default (the system's roots, no client certificate): the
+    /// specification has no certificate variables for Zipkin, and the
+    /// OTLP ones are not borrowed for it.
+    pub tls: TlsConfig,
+}
+
+/// TLS settings of an exporter, used when its endpoint is `https://`.
+///
+/// The files are read once, when the pipeline is built
+/// ([`ExportPipeline::start`](super::ExportPipeline::start)): a file that is
+/// missing, unreadable or holds no usable PEM is an
+/// [`ExportBuildError::TlsFile`](super::ExportBuildError::TlsFile) then, not
+/// a failure at the first export. A configured file is read even when the
+/// endpoint is `http://`, so a broken one is found at startup all the same.
+///
+/// The default trusts the system's roots (what `rustls-native-certs`
+/// finds: the platform's CA bundle, or the files `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` name) and presents no client certificate. TLS 1.2 and
+/// 1.3 are offered, with rustls's `ring` provider.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Trust the CA certificates in this PEM file (one or more) instead of
+    /// the system's roots: `OTEL_EXPORTER_OTLP_CERTIFICATE`.
+    pub ca: Option<PemFile>,
+    /// Present this certificate chain (PEM, the leaf first) when the
+    /// collector asks for one: `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`.
+    /// Needs [`client_key`](Self::client_key).
+    pub client_cert: Option<PemFile>,
+    /// The private key of [`client_cert`](Self::client_cert) (PEM:
+    /// PKCS#8, PKCS#1 or SEC1): `OTEL_EXPORTER_OTLP_CLIENT_KEY`.
+    pub client_key: Option<PemFile>,
+}
+
+/// A PEM file named in the configuration, and the setting that named it,
+/// so that an error about the file can say where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PemFile {
+    /// The file.
+    pub path: PathBuf,
+    /// The variable or flag that named it (e.g.
+    /// `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`); `None` for a configuration
+    /// built in code.
+    pub named_by: Option<&'static str>,
 }
 
 /// What names this process in every exported span: the OpenTelemetry
@@ -147,7 +198,8 @@ impl Default for ExportConfig {
 
 impl OtlpConfig {
     /// An exporter to `endpoint` over `protocol`, with no headers, no
-    /// compression and the default 10 s timeout.
+    /// compression, the default 10 s timeout and, for `https://`, the
+    /// system's roots.
     pub fn new(endpoint: impl Into<String>, protocol: OtlpProtocol) -> Self {
         Self {
             endpoint: endpoint.into(),
@@ -155,6 +207,7 @@ impl OtlpConfig {
             headers: Vec::new(),
             compression: None,
             timeout: DEFAULT_EXPORT_TIMEOUT,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -174,11 +227,25 @@ impl OtlpProtocol {
 // === impl ZipkinConfig ===
 
 impl ZipkinConfig {
-    /// An exporter POSTing to `endpoint` with the default 10 s timeout.
+    /// An exporter POSTing to `endpoint` with the default 10 s timeout
+    /// (and, for `https://`, the system's roots).
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
             timeout: DEFAULT_EXPORT_TIMEOUT,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+// === impl PemFile ===
+
+impl PemFile {
+    /// The file at `path`, named in code (no variable to blame).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            named_by: None,
         }
     }
 }

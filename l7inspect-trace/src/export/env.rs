@@ -29,11 +29,26 @@
 //!   `http://localhost:4318/v1/traces`, `http://localhost:9411/api/v2/spans`);
 //!   `none` runs none, whatever endpoints are set. `console` (one JSON line
 //!   per span on standard output) runs only when listed.
+//! - Endpoints are `http://` (plaintext; h2c for gRPC) or `https://` (TLS).
+//!   An OTLP/gRPC endpoint may have no scheme (`collector:4317`): then
+//!   `OTEL_EXPORTER_OTLP_INSECURE` decides, as the specification says,
+//!   `true` giving `http://` and `false` (the default) `https://`; it is
+//!   resolved here, so [`OtlpConfig::endpoint`] always has a scheme. For
+//!   an endpoint with a scheme, and for `http/protobuf`, the variable has
+//!   no effect (an `http/protobuf` endpoint needs a scheme).
+//! - `OTEL_EXPORTER_OTLP_CERTIFICATE`, `..._CLIENT_CERTIFICATE` and
+//!   `..._CLIENT_KEY` (and their `TRACES_` forms, which win) are file paths
+//!   put in [`OtlpConfig::tls`]; the files are read when the pipeline is
+//!   built, not here (an unusable file is an
+//!   [`ExportBuildError::TlsFile`](super::ExportBuildError::TlsFile) naming
+//!   the variable and the file). Zipkin has no such variables: an
+//!   `https://` Zipkin endpoint is checked against the system's roots.
 
 use std::time::Duration;
 
 use super::config::{
-    Compression, ExportConfig, OtlpConfig, OtlpProtocol, SamplerConfig, ZipkinConfig,
+    Compression, ExportConfig, OtlpConfig, OtlpProtocol, PemFile, SamplerConfig, TlsConfig,
+    ZipkinConfig,
 };
 use crate::Propagators;
 
@@ -61,6 +76,27 @@ pub const OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_TRAC
 pub const OTEL_EXPORTER_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`
 pub const OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM file of the CA certificates
+/// to trust for an `https://` collector, instead of the system's roots.
+pub const OTEL_EXPORTER_OTLP_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+/// `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`
+pub const OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE";
+/// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`: a PEM file of the client
+/// certificate (chain) to present to the collector.
+pub const OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
+/// `OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE`
+pub const OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE: &str =
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE";
+/// `OTEL_EXPORTER_OTLP_CLIENT_KEY`: a PEM file of the client
+/// certificate's private key.
+pub const OTEL_EXPORTER_OTLP_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
+/// `OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY`
+pub const OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY";
+/// `OTEL_EXPORTER_OTLP_INSECURE`: `true` or `false`; whether an OTLP/gRPC
+/// endpoint without a scheme is plaintext.
+pub const OTEL_EXPORTER_OTLP_INSECURE: &str = "OTEL_EXPORTER_OTLP_INSECURE";
+/// `OTEL_EXPORTER_OTLP_TRACES_INSECURE`
+pub const OTEL_EXPORTER_OTLP_TRACES_INSECURE: &str = "OTEL_EXPORTER_OTLP_TRACES_INSECURE";
 /// `OTEL_EXPORTER_ZIPKIN_ENDPOINT`
 pub const OTEL_EXPORTER_ZIPKIN_ENDPOINT: &str = "OTEL_EXPORTER_ZIPKIN_ENDPOINT";
 /// `OTEL_EXPORTER_ZIPKIN_TIMEOUT`
@@ -99,6 +135,14 @@ pub const VARIABLES: &[&str] = &[
     OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
     OTEL_EXPORTER_OTLP_TIMEOUT,
     OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+    OTEL_EXPORTER_OTLP_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_CLIENT_KEY,
+    OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
+    OTEL_EXPORTER_OTLP_INSECURE,
+    OTEL_EXPORTER_OTLP_TRACES_INSECURE,
     OTEL_EXPORTER_ZIPKIN_ENDPOINT,
     OTEL_EXPORTER_ZIPKIN_TIMEOUT,
     OTEL_TRACES_EXPORTER,
@@ -368,6 +412,20 @@ pub fn from_otel_env_with(
         },
         None => OtlpProtocol::Grpc,
     };
+    let insecure = match choose(
+        None,
+        &[
+            OTEL_EXPORTER_OTLP_TRACES_INSECURE,
+            OTEL_EXPORTER_OTLP_INSECURE,
+        ],
+    ) {
+        Some(g) => match g.value.trim().to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" => false,
+            _ => return Err(g.err("expected true or false")),
+        },
+        None => false,
+    };
 
     let endpoint = match choose(
         overrides.otlp_endpoint.as_ref(),
@@ -377,8 +435,8 @@ pub fn from_otel_env_with(
         ],
     ) {
         Some(g) => {
-            let url = g.value.trim();
-            check_url(url).map_err(|reason| g.err(reason))?;
+            let url = otlp_url(g.value.trim(), protocol, insecure).map_err(|r| g.err(r))?;
+            let url = url.as_str();
             // Only the generic variable is a base URL; the flag and the
             // traces variable are the full URL.
             Some(match protocol {
@@ -437,12 +495,34 @@ pub fn from_otel_env_with(
                 Some(g) => parse_millis(g.var, &g.value)?,
                 None => super::config::DEFAULT_EXPORT_TIMEOUT,
             };
+            // Paths only: the files are read when the pipeline is built.
+            let file = |vars: &[&'static str]| {
+                choose(None, vars).map(|g| PemFile {
+                    path: g.value.trim().into(),
+                    named_by: Some(g.var),
+                })
+            };
+            let tls = TlsConfig {
+                ca: file(&[
+                    OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+                    OTEL_EXPORTER_OTLP_CERTIFICATE,
+                ]),
+                client_cert: file(&[
+                    OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+                    OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
+                ]),
+                client_key: file(&[
+                    OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
+                    OTEL_EXPORTER_OTLP_CLIENT_KEY,
+                ]),
+            };
             Some(OtlpConfig {
                 endpoint,
                 protocol,
                 headers,
                 compression,
                 timeout,
+                tls,
             })
         }
     };
@@ -617,22 +697,32 @@ fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<SamplerCon
     })
 }
 
-/// An exporter endpoint: `http://` and a host. (`https://` is refused here,
-/// where the error can name the variable, until the exporters speak TLS.)
+/// An exporter endpoint: `http://` or `https://`, and a host.
 fn check_url(v: &str) -> Result<(), String> {
     let uri: http::Uri = v.parse().map_err(|e| format!("not a URL: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err("https:// is not supported yet (no TLS to collectors): use http://".into());
-        }
-        Some(other) => return Err(format!("scheme {other} is not http")),
-        None => return Err("no scheme: expected http://".into()),
+        Some("http" | "https") => {}
+        Some(other) => return Err(format!("scheme {other} is not http or https")),
+        None => return Err("no scheme: expected http:// or https://".into()),
     }
     if uri.authority().is_none() {
         return Err("no host".into());
     }
     Ok(())
+}
+
+/// An OTLP endpoint with its scheme: as given when it has one (checked by
+/// [`check_url`]); for gRPC without one (`host:port`), `http://` when
+/// `insecure`, else `https://` (the specification's
+/// `OTEL_EXPORTER_OTLP_INSECURE`, which applies to nothing else).
+fn otlp_url(v: &str, protocol: OtlpProtocol, insecure: bool) -> Result<String, String> {
+    let uri: http::Uri = v.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme().is_none() && protocol == OtlpProtocol::Grpc && uri.authority().is_some() {
+        let scheme = if insecure { "http" } else { "https" };
+        return Ok(format!("{scheme}://{v}"));
+    }
+    check_url(v)?;
+    Ok(v.to_owned())
 }
 
 fn parse_millis(var: &'static str, v: &str) -> Result<Duration, EnvError> {
@@ -912,12 +1002,12 @@ mod tests {
             ),
             (
                 OtelOverrides {
-                    otlp_endpoint: flag("--otlp-endpoint", "https://c:4317".into()),
+                    otlp_endpoint: flag("--otlp-endpoint", "tcp://c:4317".into()),
                     ..OtelOverrides::default()
                 },
                 "--otlp-endpoint",
-                "https://c:4317",
-                "https:// is not supported yet (no TLS to collectors): use http://",
+                "tcp://c:4317",
+                "scheme tcp is not http or https",
             ),
             (
                 OtelOverrides {
@@ -926,7 +1016,7 @@ mod tests {
                 },
                 "--zipkin-endpoint",
                 "zipkin:9411",
-                "no scheme: expected http://",
+                "no scheme: expected http:// or https://",
             ),
             (
                 OtelOverrides {
@@ -1096,6 +1186,7 @@ mod tests {
                 ],
                 compression: Some(Compression::Gzip),
                 timeout: Duration::from_millis(250),
+                tls: TlsConfig::default(),
             }
         );
         let e = env(&[
@@ -1118,28 +1209,32 @@ mod tests {
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, &'a str);
         let cases: &[Case] = &[
             (
-                &[(OTEL_EXPORTER_OTLP_ENDPOINT, "c:4317")],
+                // Only gRPC endpoints may leave the scheme out.
+                &[
+                    (OTEL_EXPORTER_OTLP_ENDPOINT, "c:4318"),
+                    (OTEL_EXPORTER_OTLP_PROTOCOL, "http/protobuf"),
+                ],
                 OTEL_EXPORTER_OTLP_ENDPOINT,
-                "c:4317",
-                "no scheme: expected http://",
+                "c:4318",
+                "no scheme: expected http:// or https://",
             ),
             (
                 &[(OTEL_EXPORTER_OTLP_ENDPOINT, "ftp://c/otel")],
                 OTEL_EXPORTER_OTLP_ENDPOINT,
                 "ftp://c/otel",
-                "scheme ftp is not http",
+                "scheme ftp is not http or https",
             ),
             (
                 &[(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "/v1/traces")],
                 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
                 "/v1/traces",
-                "no scheme: expected http://",
+                "no scheme: expected http:// or https://",
             ),
             (
-                &[(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "https://collector:4317")],
-                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-                "https://collector:4317",
-                "https:// is not supported yet (no TLS to collectors): use http://",
+                &[(OTEL_EXPORTER_OTLP_INSECURE, "yes")],
+                OTEL_EXPORTER_OTLP_INSECURE,
+                "yes",
+                "expected true or false",
             ),
             (
                 &[base, (OTEL_EXPORTER_OTLP_PROTOCOL, "http/json")],
@@ -1189,6 +1284,183 @@ mod tests {
     }
 
     #[test]
+    fn https_endpoints() {
+        let e = env(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "https://c:4318"),
+            (OTEL_EXPORTER_OTLP_PROTOCOL, "http/protobuf"),
+            (OTEL_EXPORTER_ZIPKIN_ENDPOINT, "https://z:9411/api/v2/spans"),
+        ])
+        .unwrap();
+        assert_eq!(e.export.otlp.unwrap().endpoint, "https://c:4318/v1/traces");
+        let zipkin = e.export.zipkin.unwrap();
+        assert_eq!(zipkin.endpoint, "https://z:9411/api/v2/spans");
+        // No Zipkin certificate variables: the system's roots.
+        assert_eq!(zipkin.tls, TlsConfig::default());
+        let e = env(&[(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "https://c:4317")]).unwrap();
+        assert_eq!(e.export.otlp.unwrap().endpoint, "https://c:4317");
+    }
+
+    #[test]
+    fn insecure_decides_the_scheme_of_grpc_endpoints_without_one() {
+        let endpoint = |vars: &[(&str, &str)]| env(vars).unwrap().export.otlp.unwrap().endpoint;
+        let bare = (OTEL_EXPORTER_OTLP_ENDPOINT, "c:4317");
+        assert_eq!(endpoint(&[bare]), "https://c:4317");
+        assert_eq!(
+            endpoint(&[bare, (OTEL_EXPORTER_OTLP_INSECURE, "false")]),
+            "https://c:4317"
+        );
+        assert_eq!(
+            endpoint(&[bare, (OTEL_EXPORTER_OTLP_INSECURE, "TRUE")]),
+            "http://c:4317"
+        );
+        // The traces variable wins over the generic one.
+        assert_eq!(
+            endpoint(&[
+                bare,
+                (OTEL_EXPORTER_OTLP_INSECURE, "true"),
+                (OTEL_EXPORTER_OTLP_TRACES_INSECURE, "false"),
+            ]),
+            "https://c:4317"
+        );
+        // A scheme is never overridden.
+        assert_eq!(
+            endpoint(&[
+                (OTEL_EXPORTER_OTLP_ENDPOINT, "http://c:4317"),
+                (OTEL_EXPORTER_OTLP_INSECURE, "false"),
+            ]),
+            "http://c:4317"
+        );
+        assert_eq!(
+            endpoint(&[
+                (OTEL_EXPORTER_OTLP_ENDPOINT, "https://c:4317"),
+                (OTEL_EXPORTER_OTLP_INSECURE, "true"),
+            ]),
+            "https://c:4317"
+        );
+        // The flag follows the same rule.
+        let overrides = OtelOverrides {
+            otlp_endpoint: flag("--otlp-endpoint", "c:4317".into()),
+            ..OtelOverrides::default()
+        };
+        let e = env_with(&overrides, &[(OTEL_EXPORTER_OTLP_TRACES_INSECURE, "true")]).unwrap();
+        assert_eq!(e.export.otlp.unwrap().endpoint, "http://c:4317");
+    }
+
+    #[test]
+    fn certificate_variables_traces_first() {
+        let tls = |vars: &[(&str, &str)]| {
+            let mut all = vec![(OTEL_EXPORTER_OTLP_ENDPOINT, "https://c:4317")];
+            all.extend_from_slice(vars);
+            env(&all).unwrap().export.otlp.unwrap().tls
+        };
+        let file = |path: &str, var: &'static str| {
+            Some(PemFile {
+                path: path.into(),
+                named_by: Some(var),
+            })
+        };
+        assert_eq!(tls(&[]), TlsConfig::default());
+        assert_eq!(
+            tls(&[
+                (OTEL_EXPORTER_OTLP_CERTIFICATE, "/g/ca.pem"),
+                (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE, "/g/client.crt"),
+                (OTEL_EXPORTER_OTLP_CLIENT_KEY, " /g/client.key "),
+            ]),
+            TlsConfig {
+                ca: file("/g/ca.pem", OTEL_EXPORTER_OTLP_CERTIFICATE),
+                client_cert: file("/g/client.crt", OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE),
+                client_key: file("/g/client.key", OTEL_EXPORTER_OTLP_CLIENT_KEY),
+            }
+        );
+        assert_eq!(
+            tls(&[
+                (OTEL_EXPORTER_OTLP_CERTIFICATE, "/g/ca.pem"),
+                (OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE, "/t/ca.pem"),
+                (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE, "/g/client.crt"),
+                (
+                    OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+                    "/t/client.crt"
+                ),
+                (OTEL_EXPORTER_OTLP_CLIENT_KEY, "/g/client.key"),
+                (OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY, "/t/client.key"),
+                // Empty counts as unset.
+                (OTEL_EXPORTER_OTLP_TRACES_INSECURE, ""),
+            ]),
+            TlsConfig {
+                ca: file("/t/ca.pem", OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE),
+                client_cert: file(
+                    "/t/client.crt",
+                    OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE
+                ),
+                client_key: file("/t/client.key", OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY),
+            }
+        );
+        assert_eq!(
+            tls(&[
+                (OTEL_EXPORTER_OTLP_CERTIFICATE, "/g/ca.pem"),
+                (OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE, ""),
+            ])
+            .ca,
+            file("/g/ca.pem", OTEL_EXPORTER_OTLP_CERTIFICATE)
+        );
+    }
+
+    /// The files are read when the pipeline is built: an unusable one
+    /// stops it, and the error names the variable and the file.
+    #[tokio::test]
+    async fn unusable_certificate_files_name_variable_and_file() {
+        use crate::export::{ExportBuildError, ExportPipeline};
+        use l7inspect_test_support::TempDir;
+
+        let dir = TempDir::new("env-certs");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not PEM").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let build = |vars: &[(&str, &str)]| {
+            let mut all = vec![(OTEL_EXPORTER_OTLP_ENDPOINT, "https://127.0.0.1:4317")];
+            all.extend_from_slice(vars);
+            let e = env(&all).unwrap();
+            let resource = opentelemetry_sdk::Resource::builder_empty().build();
+            ExportPipeline::start(e.export, resource).unwrap_err()
+        };
+        let garbage_s = garbage.to_str().unwrap();
+        let missing_s = missing.to_str().unwrap();
+        for (var, path, role, why) in [
+            (
+                OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+                garbage_s,
+                "CA certificates",
+                "no PEM CERTIFICATE section in it",
+            ),
+            (
+                OTEL_EXPORTER_OTLP_CERTIFICATE,
+                missing_s,
+                "CA certificates",
+                "cannot read it: No such file or directory (os error 2)",
+            ),
+        ] {
+            let err = build(&[(var, path)]);
+            assert!(
+                matches!(&err, ExportBuildError::TlsFile { file, .. } if file.named_by == Some(var)),
+                "{err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("OTLP exporter for https://127.0.0.1:4317: {role} {path:?} ({var}): {why}")
+            );
+        }
+        let err = build(&[
+            (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE, garbage_s),
+            (OTEL_EXPORTER_OTLP_CLIENT_KEY, missing_s),
+        ]);
+        let text = err.to_string();
+        assert!(
+            text.contains(OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE) && text.contains(garbage_s),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn header_errors_redact_the_value() {
         let e = env(&[
             (OTEL_EXPORTER_OTLP_ENDPOINT, "http://c:4317"),
@@ -1221,6 +1493,7 @@ mod tests {
             Some(ZipkinConfig {
                 endpoint: "http://zipkin:9411/api/v2/spans".into(),
                 timeout: Duration::from_millis(500),
+                tls: TlsConfig::default(),
             })
         );
         assert_eq!(e.export.otlp, None);

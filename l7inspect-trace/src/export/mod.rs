@@ -1,5 +1,6 @@
 //! Span export: a bounded, non-blocking hand-off from finished spans to
-//! OTLP (gRPC or HTTP/protobuf) and Zipkin v2 JSON collectors, plus an
+//! OTLP (gRPC or HTTP/protobuf) and Zipkin v2 JSON collectors, over
+//! `http://` or `https://` (TLS as [`TlsConfig`] says), plus an
 //! in-memory ring of recent spans. Both wire formats are encoded here,
 //! straight from the finished spans ([`OtlpEncoder`]; Zipkin JSON).
 //!
@@ -64,12 +65,13 @@ mod pipeline;
 mod recent;
 mod sdk;
 mod stats;
+mod tls;
 mod zipkin;
 
 pub use config::{
     Compression, DEFAULT_BATCH_DELAY, DEFAULT_EXPORT_TIMEOUT, DEFAULT_MAX_BATCH,
-    DEFAULT_QUEUE_SIZE, DEFAULT_RECENT_CAPACITY, ExportConfig, OtlpConfig, OtlpProtocol,
-    ResourceConfig, SamplerConfig, UNKNOWN_SERVICE, ZipkinConfig,
+    DEFAULT_QUEUE_SIZE, DEFAULT_RECENT_CAPACITY, ExportConfig, OtlpConfig, OtlpProtocol, PemFile,
+    ResourceConfig, SamplerConfig, TlsConfig, UNKNOWN_SERVICE, ZipkinConfig,
 };
 pub use env::{
     EnvError, OtelEnv, OtelOverrides, Override, VARIABLES, from_otel_env, from_otel_env_with,

@@ -12,11 +12,12 @@ use opentelemetry_semantic_conventions::resource::SERVICE_NAME;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::config::{ExportConfig, UNKNOWN_SERVICE};
+use super::config::{ExportConfig, PemFile, UNKNOWN_SERVICE};
 use super::console::ConsoleExporter;
 use super::otlp::OtlpExporter;
 use super::recent::RecentSpans;
 use super::stats::{DropReason, ExportStats, ExporterKind};
+use super::tls::TlsError;
 use super::zipkin::ZipkinExporter;
 use crate::span::SpanRecord;
 
@@ -86,6 +87,27 @@ pub enum ExportBuildError {
         /// Why it was rejected.
         reason: String,
     },
+    /// A certificate or key file in an exporter's
+    /// [`TlsConfig`](super::TlsConfig) is missing, unreadable or holds no
+    /// usable PEM.
+    ///
+    /// Displayed as `OTLP exporter for URL: CA certificates
+    /// "/path/ca.pem" (OTEL_EXPORTER_OTLP_CERTIFICATE): reason`.
+    #[error("{exporter} exporter for {endpoint}: {role} {}: {reason}", super::tls::describe(.file))]
+    TlsFile {
+        /// `OTLP` or `Zipkin`.
+        exporter: &'static str,
+        /// The configured endpoint.
+        endpoint: String,
+        /// What the file was to hold: `CA certificates`, `client
+        /// certificate` or `client key`.
+        role: &'static str,
+        /// The file, and the variable that named it.
+        file: PemFile,
+        /// Why it cannot be used, e.g. `cannot read it: No such file or
+        /// directory (os error 2)` or `no PEM CERTIFICATE section in it`.
+        reason: String,
+    },
     /// An exporter is configured but there is no Tokio runtime to run the
     /// export task on.
     #[error("exporting spans needs a Tokio runtime; start the pipeline from within one")]
@@ -142,6 +164,28 @@ enum Outcome {
 struct Warnings {
     last: HashMap<&'static str, Instant>,
     queue_full_seen: u64,
+}
+
+// === impl ExportBuildError ===
+
+impl ExportBuildError {
+    /// The error for TLS settings that cannot be used, naming the exporter
+    /// (`Otlp` or `Zipkin`) and endpoint they were for.
+    pub(crate) fn from_tls(kind: ExporterKind, endpoint: &str, e: TlsError) -> Self {
+        let endpoint = endpoint.to_owned();
+        let zipkin = kind == ExporterKind::Zipkin;
+        match e {
+            TlsError::File { role, file, reason } => Self::TlsFile {
+                exporter: if zipkin { "Zipkin" } else { "OTLP" },
+                endpoint,
+                role,
+                file,
+                reason,
+            },
+            TlsError::Other(reason) if zipkin => Self::Zipkin { endpoint, reason },
+            TlsError::Other(reason) => Self::Otlp { endpoint, reason },
+        }
+    }
 }
 
 // === impl ExportPipeline ===

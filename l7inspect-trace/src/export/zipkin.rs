@@ -1,4 +1,5 @@
-//! Zipkin v2 JSON encoding and upload.
+//! Zipkin v2 JSON encoding and upload (HTTP/1.1 POST, over TLS for an
+//! `https://` endpoint).
 //!
 //! Written here rather than taken from `opentelemetry-zipkin` (0.33, and
 //! deprecated since 0.32): that crate never sets `localEndpoint.serviceName`
@@ -14,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::header::CONTENT_TYPE;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry::Array;
 use opentelemetry::trace::{SpanId, SpanKind, Status};
 use opentelemetry_http::hyper::HyperClient;
@@ -21,14 +24,15 @@ use opentelemetry_http::{Bytes, HttpClient};
 use opentelemetry_semantic_conventions::attribute::SERVICE_PEER_NAME;
 use serde_json::{Map, Value as Json, json};
 
-use super::ExportBuildError;
 use super::config::ZipkinConfig;
+use super::tls::{self, ALPN_HTTP11};
+use super::{ExportBuildError, ExporterKind};
 use crate::span::{AttrValue, SCOPE_NAME, SCOPE_VERSION, SpanRecord};
 
 /// POSTs batches as a Zipkin v2 JSON list.
 #[derive(Debug)]
 pub(crate) struct ZipkinExporter {
-    client: HyperClient,
+    client: HyperClient<HttpsConnector<HttpConnector>>,
     endpoint: http::Uri,
     service_name: String,
 }
@@ -45,11 +49,19 @@ impl ZipkinExporter {
             .endpoint
             .parse::<http::Uri>()
             .map_err(|e| fail(e.to_string()))?;
-        if endpoint.scheme_str() != Some("http") {
-            return Err(fail("only http:// endpoints are supported".into()));
-        }
+        let https = match endpoint.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(fail(
+                    "the endpoint must be an http:// or https:// URL".into(),
+                ));
+            }
+        };
+        let connector = tls::connector(&cfg.tls, https, ALPN_HTTP11, HttpConnector::new())
+            .map_err(|e| ExportBuildError::from_tls(ExporterKind::Zipkin, &cfg.endpoint, e))?;
         Ok(Self {
-            client: HyperClient::with_default_connector(cfg.timeout, None),
+            client: HyperClient::new(connector, cfg.timeout, None),
             endpoint,
             service_name,
         })

@@ -83,6 +83,11 @@ Also read, as the OpenTelemetry SDKs read them:
   OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TRACES_HEADERS,
   OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_COMPRESSION,
   OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, OTEL_EXPORTER_ZIPKIN_TIMEOUT,
+  for https:// collectors OTEL_EXPORTER_OTLP_CERTIFICATE, OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE
+  (trusted CAs, PEM; else the system's roots), OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
+  OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE, OTEL_EXPORTER_OTLP_CLIENT_KEY,
+  OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY, OTEL_EXPORTER_OTLP_INSECURE,
+  OTEL_EXPORTER_OTLP_TRACES_INSECURE (a grpc endpoint without a scheme: true for plaintext),
   OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
   OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT (else OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT; default 2048);
   and RUST_LOG (see --log-level).
@@ -226,7 +231,8 @@ struct Args {
     service_name: Option<String>,
 
     /// OTLP traces endpoint: the full URL (http://collector:4317 for grpc,
-    /// http://collector:4318/v1/traces for http/protobuf). OTEL_EXPORTER_OTLP_ENDPOINT
+    /// http://collector:4318/v1/traces for http/protobuf; https:// for
+    /// TLS). OTEL_EXPORTER_OTLP_ENDPOINT
     /// is a base URL, to which /v1/traces is appended for http/protobuf
     /// [env: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT]
     #[arg(long, value_name = "URL", help_heading = "Tracing")]
@@ -237,7 +243,8 @@ struct Args {
     #[arg(long, value_name = "PROTOCOL", help_heading = "Tracing")]
     otlp_protocol: Option<String>,
 
-    /// Zipkin v2 endpoint, e.g. http://zipkin:9411/api/v2/spans [env:
+    /// Zipkin v2 endpoint, e.g. http://zipkin:9411/api/v2/spans (https://:
+    /// TLS, checked against the system's roots) [env:
     /// OTEL_EXPORTER_ZIPKIN_ENDPOINT]
     #[arg(long, value_name = "URL", help_heading = "Tracing")]
     zipkin_endpoint: Option<String>,

@@ -1,6 +1,7 @@
 //! OTLP export: a hand-written protobuf encoder for
 //! `ExportTraceServiceRequest` and the two transports, OTLP/HTTP
-//! (protobuf body) and OTLP/gRPC (unary `TraceService/Export` over h2c).
+//! (protobuf body) and OTLP/gRPC (unary `TraceService/Export` over h2c, or
+//! h2 over TLS for `https://`).
 //!
 //! # Why hand-written
 //! With 100% sampling, proxying one HTTP/1.1 request cost ~40k instructions
@@ -29,7 +30,8 @@
 //!
 //! # Layout
 //! - `encode`: [`OtlpEncoder`].
-//! - `transport`: the exporter: OTLP/HTTP and OTLP/gRPC over hyper.
+//! - `transport`: the exporter: OTLP/HTTP and OTLP/gRPC over hyper (TLS
+//!   from `export::tls`).
 //!
 //! # Lengths of nested messages
 //! A submessage's length precedes it but is only known after it. Instead

@@ -1,5 +1,6 @@
 //! The OTLP exporter: sends encoded batches over OTLP/HTTP (a protobuf
-//! body) or OTLP/gRPC (unary `TraceService/Export` over h2c).
+//! body) or OTLP/gRPC (unary `TraceService/Export` over h2: h2c for
+//! `http://`, TLS with ALPN `h2` for `https://`).
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, TE, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -17,12 +19,17 @@ use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_sdk::Resource;
 
 use super::OtlpEncoder;
-use crate::export::ExportBuildError;
 use crate::export::config::{Compression, OtlpConfig, OtlpProtocol};
+use crate::export::tls::{self, ALPN_H2, ALPN_HTTP11};
+use crate::export::{ExportBuildError, ExporterKind};
 use crate::span::SpanRecord;
 
 /// The gRPC method OTLP/gRPC exports call.
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// The connector under both clients: plain TCP for `http://`, TLS over
+/// it for `https://` (see [`tls`]).
+type Connector = HttpsConnector<HttpConnector>;
 
 /// Sends encoded batches to an OTLP collector over the configured protocol.
 #[derive(Debug)]
@@ -40,7 +47,7 @@ pub(crate) struct OtlpExporter {
 #[derive(Debug)]
 enum Transport {
     Http {
-        client: HyperClient,
+        client: HyperClient<Connector>,
         endpoint: Uri,
         headers: HeaderMap,
     },
@@ -48,7 +55,10 @@ enum Transport {
         /// `None` after a transport failure or a cancelled export: the
         /// next export dials a new connection instead of reusing one that
         /// may be stuck.
-        client: Option<Client<HttpConnector, Full<Bytes>>>,
+        client: Option<Client<Connector, Full<Bytes>>>,
+        /// What a new client dials with (cheap to clone: the TLS
+        /// configuration is shared).
+        connector: Connector,
         uri: Uri,
         headers: HeaderMap,
         timeout: Duration,
@@ -58,8 +68,9 @@ enum Transport {
 // === impl OtlpExporter ===
 
 impl OtlpExporter {
-    /// Checks `cfg` (an `http://` endpoint, valid header names and values)
-    /// and builds the client; it connects on the first export.
+    /// Checks `cfg` (an `http://` or `https://` endpoint, valid header
+    /// names and values), reads the files its TLS settings name, and builds
+    /// the client; it connects on the first export.
     pub(crate) fn new(cfg: &OtlpConfig, resource: &Resource) -> Result<Self, ExportBuildError> {
         let fail = |reason: String| ExportBuildError::Otlp {
             endpoint: cfg.endpoint.clone(),
@@ -69,15 +80,15 @@ impl OtlpExporter {
             .endpoint
             .parse::<Uri>()
             .map_err(|e| fail(format!("not a valid URL: {e}")))?;
-        match endpoint.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+        let https = match endpoint.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
                 return Err(fail(
-                    "only http:// endpoints are supported (no TLS to collectors yet)".into(),
+                    "the endpoint must be an http:// or https:// URL".into(),
                 ));
             }
-            _ => return Err(fail("the endpoint must be an http:// URL".into())),
-        }
+        };
         let Some(authority) = endpoint.authority().cloned() else {
             return Err(fail("the endpoint has no host".into()));
         };
@@ -107,8 +118,12 @@ impl OtlpExporter {
                 if gzip {
                     headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                 }
+                let connector = tls::connector(&cfg.tls, https, ALPN_HTTP11, HttpConnector::new())
+                    .map_err(|e| {
+                        ExportBuildError::from_tls(ExporterKind::Otlp, &cfg.endpoint, e)
+                    })?;
                 Transport::Http {
-                    client: HyperClient::with_default_connector(cfg.timeout, None),
+                    client: HyperClient::new(connector, cfg.timeout, None),
                     endpoint,
                     headers,
                 }
@@ -117,7 +132,7 @@ impl OtlpExporter {
                 // As tonic does, only the scheme and authority of the
                 // endpoint count; the path is the method's.
                 let uri = Uri::builder()
-                    .scheme("http")
+                    .scheme(if https { "https" } else { "http" })
                     .authority(authority)
                     .path_and_query(GRPC_EXPORT_PATH)
                     .build()
@@ -134,8 +149,13 @@ impl OtlpExporter {
                         HeaderValue::from_static("gzip"),
                     );
                 }
+                let connector = tls::connector(&cfg.tls, https, ALPN_H2, grpc_connector())
+                    .map_err(|e| {
+                        ExportBuildError::from_tls(ExporterKind::Otlp, &cfg.endpoint, e)
+                    })?;
                 Transport::Grpc {
                     client: None,
+                    connector,
                     uri,
                     headers,
                     timeout: cfg.timeout,
@@ -177,6 +197,7 @@ impl OtlpExporter {
             }
             Transport::Grpc {
                 client,
+                connector,
                 uri,
                 headers,
                 timeout,
@@ -187,7 +208,7 @@ impl OtlpExporter {
                 let c = client.take().unwrap_or_else(|| {
                     Client::builder(TokioExecutor::new())
                         .http2_only(true)
-                        .build(grpc_connector())
+                        .build(connector.clone())
                 });
                 let mut req = http::Request::post(uri.clone())
                     .body(Full::new(body))
@@ -287,7 +308,7 @@ fn grpc_timeout(timeout: Duration) -> HeaderValue {
 /// One unary call. The outer `Err` is a transport failure (the connection
 /// is not reused); `Ok(Err)` is an answer other than OK.
 async fn grpc_call(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &Client<Connector, Full<Bytes>>,
     req: http::Request<Full<Bytes>>,
 ) -> Result<Result<(), String>, String> {
     // The legacy client's Display is terse; its sources say why.
@@ -363,14 +384,17 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_must_be_plain_http() {
+    fn endpoints_must_be_http_or_https() {
         let resource = resource();
         for (endpoint, why) in [
             (
-                "https://collector:4317",
-                "only http:// endpoints are supported",
+                "ftp://collector:4317",
+                "the endpoint must be an http:// or https:// URL",
             ),
-            ("collector:4317", "the endpoint must be an http:// URL"),
+            (
+                "collector:4317",
+                "the endpoint must be an http:// or https:// URL",
+            ),
             ("http://", "not a valid URL"),
         ] {
             for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
@@ -388,5 +412,44 @@ mod tests {
             err.contains("header \"bad name\" has an invalid name"),
             "{err}"
         );
+    }
+
+    /// A collector whose certificate no configured root signed: the export
+    /// fails at the handshake, and the reason says so.
+    #[tokio::test]
+    async fn untrusted_collector_fails_with_rustls_reason() {
+        use l7inspect_test_support::TempDir;
+        use l7inspect_test_support::collector::{Collector, Receiver, ServerTls};
+        use l7inspect_test_support::pki::TestCa;
+
+        let dir = TempDir::new("otlp-untrusted");
+        let trusted = TestCa::new("trusted CA");
+        let other = TestCa::new("other CA");
+        let collector = Collector::start_tls(ServerTls::new(&other.server(&["127.0.0.1"])));
+        let span = Arc::new(crate::span::SpanRecord::new(
+            opentelemetry::trace::TraceId::from(1u128),
+            opentelemetry::trace::SpanId::from(2u64),
+            opentelemetry::trace::SpanKind::Server,
+            "GET",
+            std::time::SystemTime::now(),
+        ));
+        for (receiver, protocol) in [
+            (Receiver::OtlpGrpc, OtlpProtocol::Grpc),
+            (Receiver::OtlpHttp, OtlpProtocol::HttpProtobuf),
+        ] {
+            let mut cfg = OtlpConfig::new(collector.endpoint(receiver), protocol);
+            cfg.tls.ca = Some(crate::export::PemFile::new(trusted.write_cert(dir.path())));
+            let mut exporter = OtlpExporter::new(&cfg, &resource()).unwrap();
+            let err = exporter
+                .export(std::slice::from_ref(&span))
+                .await
+                .unwrap_err();
+            assert!(
+                err.contains("invalid peer certificate: UnknownIssuer"),
+                "{protocol:?}: {err}"
+            );
+        }
+        assert!(collector.otlp_spans(Receiver::OtlpGrpc).is_empty());
+        assert!(collector.otlp_spans(Receiver::OtlpHttp).is_empty());
     }
 }
