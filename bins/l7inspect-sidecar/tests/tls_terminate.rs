@@ -12,7 +12,7 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7inspect_sidecar::{BuildError, SidecarConfig, TlsConfig};
 use l7inspect_test_support::{
-    Need, PATIENCE, eventually,
+    Need, PATIENCE, TempDir, eventually,
     pki::{Leaf, TestCa},
     skip,
 };
@@ -39,28 +39,6 @@ const BOUND: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------
 // Fixtures
-
-/// A directory for one test's files, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("l7inspect-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A backend that answers every request `200` with `backend saw {version}
 /// {path}`, counting requests. `h2c`: it also speaks HTTP/2 with prior
