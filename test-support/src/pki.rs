@@ -15,7 +15,14 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SerialNumber,
 };
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+use tokio_rustls::rustls::{
+    self,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+};
 
 /// A certificate authority for one test.
 pub struct TestCa {
@@ -102,6 +109,34 @@ impl TestCa {
         }
     }
 
+    /// A rustls client configuration that trusts only this CA, offers
+    /// `alpn`, presents `client` when given, and makes a full handshake on
+    /// every connection (a resumed session would not show the server's
+    /// certificate again).
+    pub fn client_config(&self, alpn: &[&[u8]], client: Option<&Leaf>) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der()).expect("a usable CA certificate");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS 1.2 and 1.3 with ring")
+            .with_root_certificates(roots);
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some(leaf) => builder
+                .with_client_auth_cert(vec![leaf.der()], leaf.key_der())
+                .expect("a usable client certificate"),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.resumption = rustls::client::Resumption::disabled();
+        config
+    }
+
+    /// The CA certificate, DER.
+    pub fn der(&self) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).expect("our own PEM")
+    }
+
     /// Writes the CA certificate to `dir/ca.pem` and returns its path.
     pub fn write_cert(&self, dir: &Path) -> PathBuf {
         let path = dir.join("ca.pem");
@@ -111,6 +146,16 @@ impl TestCa {
 }
 
 impl Leaf {
+    /// The certificate, DER.
+    pub fn der(&self) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).expect("our own PEM")
+    }
+
+    /// The private key, DER.
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("our own PEM")
+    }
+
     /// Writes the certificate and key to `dir/{name}.crt` and
     /// `dir/{name}.key`, returning both paths.
     pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {

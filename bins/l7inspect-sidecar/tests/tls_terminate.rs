@@ -19,7 +19,7 @@ use l7inspect_test_support::{
 use l7inspect_tls::{TerminateConfig, TerminatePort};
 use l7inspect_trace::span::SpanRecord;
 use opentelemetry::Value;
-use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls_pki_types::{CertificateDer, ServerName};
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -123,32 +123,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A rustls client trusting only `ca`, offering `alpn`, optionally with a
+/// A TLS client trusting only `ca`, offering `alpn`, optionally with a
 /// client certificate.
 fn connector(ca: &TestCa, alpn: &[&[u8]], client: Option<&Leaf>) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match client {
-        None => builder.with_no_client_auth(),
-        Some(leaf) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()],
-                rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    // Every connection a full handshake: a resumed session does not show
-    // the server's certificate again (the client reports the first one).
-    config.resumption = rustls::client::Resumption::disabled();
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(Arc::new(ca.client_config(alpn, client)))
 }
 
 /// An HTTP/1.1 connection over TLS to `addr` (SNI `localhost`), and the
@@ -188,7 +166,7 @@ async fn get(
 }
 
 fn der(leaf: &Leaf) -> CertificateDer<'static> {
-    CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()
+    leaf.der()
 }
 
 /// The finished spans whose `url.path` is `path`.
