@@ -26,9 +26,10 @@ pub enum TlsIo<I> {
     Terminated(Box<TlsStream<PrefixedIo<I>>>),
 }
 
-/// A stream that, when a [`Watch`] is set, counts its bytes and reads the
+/// A stream that, when watched (spans on), counts its bytes and reads the
 /// server's first flight as it is written to the client; the span is
-/// recorded when the stream is dropped (the connection is over).
+/// recorded once the stream is dropped (the connection is over) and the
+/// future of the service that relayed it has ended (see [`Tls`](crate::Tls)).
 pub struct Watched<I> {
     io: I,
     watch: Option<Box<Watch>>,
@@ -43,7 +44,7 @@ impl<I> Watched<I> {
 impl<I> Drop for Watched<I> {
     fn drop(&mut self) {
         if let Some(watch) = self.watch.take() {
-            watch.finish();
+            watch.stream_closed();
         }
     }
 }

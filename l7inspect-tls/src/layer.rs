@@ -5,7 +5,7 @@ use crate::intercept::{Interceptor, Originate};
 use crate::{
     io::{TlsIo, Watched},
     metrics::{TlsMetrics, VersionLabels},
-    passthrough::{self, PassthroughSpans, cipher_name},
+    passthrough::{self, PassthroughSpans, SpanEnd, cipher_name},
     terminate::{Terminator, handshake_reason},
 };
 use l7inspect_core::{Connecting, Direction, Upstream};
@@ -54,7 +54,12 @@ use tower::{BoxError, Layer, Service, ServiceExt};
 ///   `not_tls`: it never reaches the application in plaintext.
 /// - **Any other TLS connection** passes through byte for byte; it is
 ///   counted by SNI in `l7inspect_tls_connections_total`, and with spans
-///   on, gets one span when it closes.
+///   on, gets one span when it closes: once its client stream is dropped
+///   and the inner service's future has ended. The span is failed
+///   (`error.type`: `connection_reset`, `broken_pipe`, `timeout`,
+///   `connection_refused`, `io` or `other`) when a read or write of the
+///   client stream failed or, for the upstream side, when the inner
+///   service returned an error.
 /// - **Everything else** is handed on untouched.
 ///
 /// # Example
@@ -109,6 +114,15 @@ pub struct Tls<S> {
 pub enum ResponseFuture<F> {
     /// Handed on as it came.
     Inner(#[pin] F),
+    /// Passed through with a span: the inner service's future, whose
+    /// outcome (an error from the upstream side) goes to the span.
+    Watched {
+        /// The inner service's future.
+        #[pin]
+        future: F,
+        /// Where its outcome goes.
+        end: SpanEnd,
+    },
     /// Terminated: the handshake, the plaintext's detection, the inner
     /// service.
     Terminated(Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>),
@@ -124,6 +138,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ResponseProj::Inner(f) => f.poll(cx).map_err(Into::into),
+            ResponseProj::Watched { future, end } => {
+                let res = std::task::ready!(future.poll(cx)).map_err(Into::into);
+                end.ended(res.as_ref().err().map(|e| &**e as _));
+                Poll::Ready(res)
+            }
             ResponseProj::Terminated(f) => f.as_mut().poll(cx),
         }
     }
@@ -229,14 +248,15 @@ where
             let inner = self.inner.clone();
             return ResponseFuture::Terminated(Box::pin(intercept(d, interceptor, layer, inner)));
         }
-        let watch = if tls {
+        let (watch, end) = if tls {
             passthrough::count(&self.layer.metrics, &d.meta.meta, d.client_hello.as_ref());
             self.layer
                 .spans
                 .as_ref()
                 .and_then(|s| s.watch(d.meta.meta, d.client_hello.clone()))
+                .map_or((None, None), |(w, e)| (Some(w), Some(e)))
         } else {
-            None
+            (None, None)
         };
         let Detected {
             outcome,
@@ -251,12 +271,16 @@ where
             w.sent_to_server(prefix.len());
             w
         });
-        ResponseFuture::Inner(self.inner.call(Detected {
+        let future = self.inner.call(Detected {
             outcome,
             client_hello,
             meta,
             io: PrefixedIo::new(prefix, TlsIo::Plain(Watched::new(io, watch))),
-        }))
+        });
+        match end {
+            Some(end) => ResponseFuture::Watched { future, end },
+            None => ResponseFuture::Inner(future),
+        }
     }
 }
 

@@ -15,7 +15,13 @@ use opentelemetry::{
     trace::{SpanKind, TraceId},
 };
 use opentelemetry_semantic_conventions::attribute as semconv;
-use std::{borrow::Cow, io, sync::Arc, time::SystemTime};
+use std::{
+    borrow::Cow,
+    error::Error,
+    io,
+    sync::{Arc, Mutex, PoisonError},
+    time::SystemTime,
+};
 
 /// `l7inspect.tls.client.versions`: the TLS versions the ClientHello
 /// offered (`1.2`, `1.3`).
@@ -56,6 +62,14 @@ struct Shared {
 }
 
 /// What one connection's span is made of, gathered as its bytes pass.
+///
+/// The span is recorded once both the client stream (whose drop calls
+/// [`Watch::stream_closed`]) and the future of the service relaying the
+/// connection (its [`SpanEnd`]) are done, by whichever ends last: the
+/// future's error is the only news of a failure on the upstream side (a
+/// reset, a refused connect), which the client stream never sees, and a
+/// stream that outlives the future (handed to a task of its own) still
+/// gets its span.
 pub(crate) struct Watch {
     shared: Arc<Shared>,
     trace_id: TraceId,
@@ -68,6 +82,35 @@ pub(crate) struct Watch {
     error: Option<&'static str>,
     /// Why it failed, when there is more to say than `error.type`.
     detail: Option<String>,
+    /// Shared with the [`SpanEnd`]; taken when the stream closes (so that
+    /// a parked watch does not hold the cell it is parked in).
+    ending: Option<Arc<Ending>>,
+}
+
+/// The outcome of a watched connection's service, as its future sees it:
+/// [`ResponseFuture`](crate::ResponseFuture) reports how the future ended
+/// (dropped unfinished: as if it succeeded). One per watched connection,
+/// made with its [`Watch`]; not constructible outside this crate.
+pub struct SpanEnd {
+    ending: Option<Arc<Ending>>,
+}
+
+/// Where the two ends of a watched connection meet: one allocation per
+/// watched connection, one lock at each end, none per read or write.
+pub(crate) struct Ending {
+    state: Mutex<EndState>,
+}
+
+enum EndState {
+    /// Both the stream and the future are running.
+    Open,
+    /// The stream is closed; its watch waits for the future's outcome.
+    Parked(Box<Watch>),
+    /// The future ended, failed with this error type or not; the stream's
+    /// close records the span.
+    Ended(Option<&'static str>),
+    /// The span is recorded.
+    Recorded,
 }
 
 enum ServerHelloState {
@@ -88,15 +131,26 @@ impl PassthroughSpans {
         }
     }
 
-    /// The watch of a new connection, when its span is sampled.
-    pub(crate) fn watch(&self, meta: ConnMeta, hello: Option<ClientHello>) -> Option<Box<Watch>> {
+    /// The watch of a new connection and the end its service's future
+    /// reports to, when its span is sampled.
+    pub(crate) fn watch(
+        &self,
+        meta: ConnMeta,
+        hello: Option<ClientHello>,
+    ) -> Option<(Box<Watch>, SpanEnd)> {
         // Sampled or not, as a request with no parent would be; the trace
         // id is drawn now so the decision is the one the span would carry.
         let trace_id = new_trace_id();
         if !self.shared.sampler.should_sample(None, None, trace_id) {
             return None;
         }
-        Some(Box::new(Watch {
+        let ending = Arc::new(Ending {
+            state: Mutex::new(EndState::Open),
+        });
+        let end = SpanEnd {
+            ending: Some(ending.clone()),
+        };
+        let watch = Box::new(Watch {
             shared: self.shared.clone(),
             trace_id,
             meta,
@@ -107,7 +161,9 @@ impl PassthroughSpans {
             server_hello: ServerHelloState::Reading(Vec::new()),
             error: None,
             detail: None,
-        }))
+            ending: Some(ending),
+        });
+        Some((watch, end))
     }
 }
 
@@ -116,7 +172,9 @@ impl PassthroughSpans {
     /// destination's TLS failed: an error, `error.type`
     /// `tls_upstream`, and why in [`UPSTREAM_ERROR`].
     pub(crate) fn refused(&self, meta: ConnMeta, hello: ClientHello, why: &str) {
-        if let Some(mut watch) = self.watch(meta, Some(hello)) {
+        if let Some((mut watch, _)) = self.watch(meta, Some(hello)) {
+            // Nothing to wait for: the connection ends here.
+            watch.ending = None;
             watch.error = Some("tls_upstream");
             watch.detail = Some(why.to_owned());
             watch.finish();
@@ -147,16 +205,41 @@ impl Watch {
     }
 
     pub(crate) fn failed(&mut self, e: &io::Error) {
-        self.error.get_or_insert(match e.kind() {
-            io::ErrorKind::ConnectionReset => "connection_reset",
-            io::ErrorKind::BrokenPipe => "broken_pipe",
-            io::ErrorKind::TimedOut => "timeout",
-            _ => "io",
-        });
+        self.error.get_or_insert(io_error_type(e));
+    }
+
+    /// The client stream is closed: records the span if the service's
+    /// future has ended, else leaves it for the future's [`SpanEnd`].
+    pub(crate) fn stream_closed(mut self: Box<Self>) {
+        let Some(ending) = self.ending.take() else {
+            return self.finish();
+        };
+        let mut state = ending.lock();
+        match std::mem::replace(&mut *state, EndState::Recorded) {
+            EndState::Open => *state = EndState::Parked(self),
+            EndState::Ended(error) => {
+                drop(state);
+                self.finish_with(error);
+            }
+            // A stream closes once: only the future's end gets here.
+            other @ (EndState::Parked(_) | EndState::Recorded) => {
+                *state = other;
+                drop(state);
+                self.finish();
+            }
+        }
+    }
+
+    fn finish_with(mut self: Box<Self>, error: Option<&'static str>) {
+        // The stream's own error came first, if any.
+        if let Some(e) = error {
+            self.error.get_or_insert(e);
+        }
+        self.finish();
     }
 
     /// Records the span: the connection is over.
-    pub(crate) fn finish(self: Box<Self>) {
+    fn finish(self: Box<Self>) {
         let Watch {
             shared,
             trace_id,
@@ -168,6 +251,7 @@ impl Watch {
             server_hello,
             error,
             detail,
+            ending: _,
         } = *self;
         let server_name = hello.as_ref().and_then(|h| h.server_name.clone());
         let (kind, network) = match meta.direction {
@@ -244,6 +328,83 @@ impl Watch {
             span.attributes.push(KeyValue::new(UPSTREAM_ERROR, why));
         }
         shared.sink.record(span);
+    }
+}
+
+// === impl SpanEnd ===
+
+impl SpanEnd {
+    /// The service's future ended, with `error` if it failed.
+    pub(crate) fn ended(&mut self, error: Option<&(dyn Error + 'static)>) {
+        if let Some(ending) = self.ending.take() {
+            ending.future_ended(error.map(error_type));
+        }
+    }
+}
+
+impl Drop for SpanEnd {
+    fn drop(&mut self) {
+        self.ended(None);
+    }
+}
+
+impl std::fmt::Debug for SpanEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanEnd")
+            .field("ended", &self.ending.is_none())
+            .finish()
+    }
+}
+
+// === impl Ending ===
+
+impl Ending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, EndState> {
+        // The state is valid after any panic: every change is one assignment.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn future_ended(&self, error: Option<&'static str>) {
+        let mut state = self.lock();
+        let parked = match std::mem::replace(&mut *state, EndState::Recorded) {
+            EndState::Open => {
+                *state = EndState::Ended(error);
+                None
+            }
+            EndState::Parked(watch) => Some(watch),
+            // A future ends once.
+            other @ (EndState::Ended(_) | EndState::Recorded) => {
+                *state = other;
+                None
+            }
+        };
+        drop(state);
+        if let Some(watch) = parked {
+            watch.finish_with(error);
+        }
+    }
+}
+
+/// `error.type` of a failed connection: from the first I/O error in the
+/// chain (a reset, a broken pipe, a refused connect...), else `other`.
+fn error_type(e: &(dyn Error + 'static)) -> &'static str {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return io_error_type(io);
+        }
+        next = e.source();
+    }
+    "other"
+}
+
+fn io_error_type(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset => "connection_reset",
+        io::ErrorKind::BrokenPipe => "broken_pipe",
+        io::ErrorKind::TimedOut => "timeout",
+        io::ErrorKind::ConnectionRefused => "connection_refused",
+        _ => "io",
     }
 }
 
