@@ -551,7 +551,8 @@ impl WrapUpstream for Originate {
 /// Writes a new CA for interception to `dir/ca.pem` and `dir/ca.key`
 /// (the key readable by its owner only), valid for `days`, with `name` as
 /// its common name: for development and staging. Whoever trusts it trusts
-/// every certificate this proxy mints with it, for any name.
+/// every certificate this proxy mints with it, for any name. Either file
+/// already there is an error naming it, and then neither is written.
 pub fn make_ca(dir: &Path, name: &str, days: u32) -> Result<(PathBuf, PathBuf), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut params = CertificateParams::default();
@@ -566,17 +567,35 @@ pub fn make_ca(dir: &Path, name: &str, days: u32) -> Result<(PathBuf, PathBuf), 
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let cert_path = dir.join("ca.pem");
     let key_path = dir.join("ca.key");
-    let write = |path: &Path, text: &str, mode: u32| {
-        use std::io::Write;
+    let open = |path: &Path, mode: u32| {
         fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|e| format!("{}: {e}", path.display()))
     };
-    write(&key_path, &key.serialize_pem(), 0o600)?;
-    write(&cert_path, &cert.pem(), 0o644)?;
+    // Both files are created (never overwritten) before either is written:
+    // a `ca.pem` already there must not get a new `ca.key` beside it, nor
+    // the other way round.
+    let key_file = open(&key_path, 0o600)?;
+    let cert_file = open(&cert_path, 0o644).inspect_err(|_| {
+        let _ = fs::remove_file(&key_path);
+    })?;
+    let write = |mut file: fs::File, path: &Path, text: &str| {
+        use std::io::Write;
+        file.write_all(text.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    write(key_file, &key_path, &key.serialize_pem())
+        .and_then(|()| write(cert_file, &cert_path, &cert.pem()))
+        .inspect_err(|_| {
+            // Half a CA is of no use: neither stays.
+            let _ = fs::remove_file(&key_path);
+            let _ = fs::remove_file(&cert_path);
+        })?;
     Ok((cert_path, key_path))
 }
+
+#[cfg(test)]
+mod tests;
