@@ -20,7 +20,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7inspect_sidecar::Forward;
-use l7inspect_test_support::{eventually, prom, silent_server};
+use l7inspect_test_support::{TempDir, closed_port, eventually, pki::TestCa, prom, silent_server};
+use l7inspect_tls::{InterceptConfig, TerminateConfig, TerminatePort};
+use rustls_pki_types::ServerName;
 use serde_json::Value;
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -476,6 +478,35 @@ async fn scrape_after_traffic() -> String {
         target: silent_server().await,
     });
     config.passthrough.idle_timeout = Some(Duration::from_millis(200));
+    // TLS: a terminated inbound listener (its own port), and outbound
+    // interception of one name.
+    let dir = TempDir::new("grafana-tls");
+    let ca = TestCa::new("grafana test CA");
+    let (cert, key) = ca.server(&["localhost"]).write(dir.path(), "server");
+    let ca_cert = ca.write_cert(dir.path());
+    let ca_key = dir.path().join("ca.key");
+    std::fs::write(&ca_key, &ca.key_pem).unwrap();
+    // Free now: the terminated port must be known before the listener binds.
+    let tls_port = closed_port().port();
+    config.inbound_forwards.push(Forward {
+        listen: SocketAddr::from(([127, 0, 0, 1], tls_port)),
+        target,
+    });
+    let mut terminate = TerminateConfig::new(
+        vec![TerminatePort {
+            port: tls_port,
+            app_port: None,
+        }],
+        cert.clone(),
+        key,
+    );
+    terminate.reload_interval = Duration::from_millis(100);
+    config.tls.terminate = Some(terminate);
+    config.tls.intercept = Some(InterceptConfig::new(
+        ca_cert,
+        ca_key,
+        vec!["intercepted.test".parse().unwrap()],
+    ));
     let sidecar = start(config).await;
     let inbound = sidecar.addrs.inbound_forwards[0].listen;
     let outbound = sidecar.addrs.outbound_forwards[0].listen;
@@ -502,6 +533,31 @@ async fn scrape_after_traffic() -> String {
     // way the close is counted.
     let _ = idle.write_all(b"hello\r\n").await;
     let _ = idle.read(&mut [0; 16]).await;
+    // TLS terminated (and a plaintext client refused), TLS passed through
+    // by name, and an interception refused (the destination speaks no TLS).
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        ca.client_config(&[b"http/1.1"], None),
+    ));
+    let terminated = sidecar.addrs.inbound_forwards[3].listen;
+    let tcp = TcpStream::connect(terminated).await.unwrap();
+    tls.connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("the terminated port's handshake");
+    let mut plain = TcpStream::connect(terminated).await.unwrap();
+    let _ = plain.write_all(b"hello\r\n").await;
+    let _ = plain.read(&mut [0; 16]).await;
+    for name in ["passthrough.test", "intercepted.test"] {
+        let tcp = TcpStream::connect(outbound).await.unwrap();
+        let _ = tls.connect(ServerName::try_from(name).unwrap(), tcp).await;
+    }
+    // A new certificate, loaded.
+    let new = ca.server(&["localhost"]);
+    let tmp = dir.path().join("server.crt.new");
+    std::fs::write(&tmp, &new.cert_pem).unwrap();
+    std::fs::rename(&tmp, &cert).unwrap();
+    let new_key = dir.path().join("server.key");
+    std::fs::write(&tmp, &new.key_pem).unwrap();
+    std::fs::rename(&tmp, &new_key).unwrap();
 
     let wanted = [
         "http_server_request_duration_seconds_count",
@@ -511,6 +567,11 @@ async fn scrape_after_traffic() -> String {
         "l7inspect_upstream_connect_errors_total",
         "l7inspect_connections_refused_total",
         "l7inspect_tcp_idle_timeouts_total",
+        "l7inspect_tls_connections_total",
+        "l7inspect_tls_terminated_connections_total",
+        "l7inspect_tls_handshake_errors_total",
+        "l7inspect_tls_intercepted_connections_total",
+        "l7inspect_tls_certificate_reloads_total",
     ];
     let all_there = || async {
         let text = sidecar.metrics();

@@ -12,7 +12,7 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7inspect_sidecar::{BuildError, SidecarConfig, TlsConfig};
 use l7inspect_test_support::{
-    Need, PATIENCE, TempDir, eventually,
+    Need, PATIENCE, TempDir, closed_port, eventually,
     pki::{Leaf, TestCa},
     skip,
 };
@@ -96,7 +96,7 @@ fn terminating(backend: SocketAddr, cert: PathBuf, key: PathBuf) -> SidecarConfi
     let mut config = forward_config(backend);
     // The listener's port is not known before it is bound: terminate the
     // port the forward listens on, picked here.
-    let port = free_port();
+    let port = closed_port().port();
     config.inbound_forwards[0].listen = SocketAddr::from(([127, 0, 0, 1], port));
     let mut terminate = TerminateConfig::new(
         vec![TerminatePort {
@@ -112,15 +112,6 @@ fn terminating(backend: SocketAddr, cert: PathBuf, key: PathBuf) -> SidecarConfi
         ..TlsConfig::default()
     };
     config
-}
-
-/// A port free now (bound and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A TLS client trusting only `ca`, offering `alpn`, optionally with a
