@@ -298,6 +298,28 @@ fn loop_guard_refuses_redirected_own_traffic_multi_thread() {
 
 // === helpers ===
 
+/// Builds a sidecar whose ports a sidecar just dropped had bound. Another
+/// test thread spawning a process (iptables) copies every descriptor of
+/// this process into its child until the child execs, so a listener just
+/// dropped here may live on for that moment and its port be briefly in
+/// use: retried while that is the error, for a bounded time.
+async fn build_again(
+    config: SidecarConfig,
+) -> Result<l7inspect_sidecar::Sidecar, l7inspect_sidecar::BuildError> {
+    let deadline = tokio::time::Instant::now() + l7inspect_test_support::PATIENCE;
+    loop {
+        match l7inspect_sidecar::build(config.clone()).await {
+            Err(l7inspect_sidecar::BuildError::Bind(e))
+                if e.source.kind() == io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Which transparent listener a test redirects to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Listener {
@@ -516,18 +538,14 @@ fn default_listeners_are_dual_stack() {
                 ],
                 ..defaults()
             };
-            let err = l7inspect_sidecar::build(typo)
-                .await
-                .expect_err("fd00::99 is not here");
+            let err = build_again(typo).await.expect_err("fd00::99 is not here");
             assert!(err.to_string().contains("[fd00::99]:0"), "{err}");
 
             // The listeners are gone with the sidecar; now without IPv6.
             std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
                 .and_then(|()| std::fs::write("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "1"))
                 .map_err(|e| Skip::netns(format!("cannot disable IPv6 in the namespace: {e}")))?;
-            let sidecar = l7inspect_sidecar::build(defaults())
-                .await
-                .expect("starts without IPv6");
+            let sidecar = build_again(defaults()).await.expect("starts without IPv6");
             assert_eq!(
                 sidecar.addrs().outbound,
                 vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 4140))]
