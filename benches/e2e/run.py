@@ -5,6 +5,7 @@
     python3 benches/e2e/run.py --duration 3 --soak 0 --only direct,haproxy,l7-1hop-off --tests h1   # smoke test
     python3 benches/e2e/run.py --tests callgrind,syscalls --only haproxy,l7-1hop-off,l7-1hop-ring,l7-1hop-otlp
     python3 benches/e2e/run.py --tests rounds --rounds 5 --only direct,haproxy,l7-1hop-off,l7-1hop-otlp
+    python3 benches/e2e/run.py --tests tls    # HTTPS through haproxy-tls, nginx-tls, l7-1hop-tls-off/-otlp (opt-in)
 
 Installs its tools with apt-get when missing (haproxy, nginx and its stream
 module, wrk, h2load; valgrind for --tests callgrind), builds the sidecar and
