@@ -5,6 +5,7 @@
     python3 benches/e2e/run.py --duration 3 --soak 0 --only direct,haproxy,l7-1hop-off --tests h1   # smoke test
     python3 benches/e2e/run.py --tests callgrind,syscalls --only haproxy,l7-1hop-off,l7-1hop-ring,l7-1hop-otlp
     python3 benches/e2e/run.py --tests rounds --rounds 5 --only direct,haproxy,l7-1hop-off,l7-1hop-otlp
+    python3 benches/e2e/run.py --tests tls    # HTTPS through haproxy-tls, nginx-tls, l7-1hop-tls-off/-otlp (opt-in)
 
 Installs its tools with apt-get when missing (haproxy, nginx and its stream
 module, wrk, h2load; valgrind for --tests callgrind), builds the sidecar and
@@ -571,17 +572,33 @@ def wrk(port, conns, duration, close=False, pids=None):
     return classify(r)
 
 
-def h2load(port, conns, streams, duration, logfile, rps_per_conn=0, pids=None):
+def h2load(port, conns, streams, duration, logfile, rps_per_conn=0, pids=None, scheme="http", h1=False):
+    """h2load for `duration` s after a 1 s warm-up (h2c, or HTTP/1.1 with
+    h1; scheme https: over TLS, and the negotiated TLS in the result)."""
     cmd = ["h2load", "-t1", f"-c{conns}", f"-m{streams}", f"-D{duration}",
-           "--warm-up-time=1", f"--log-file={logfile}"]
+           "--warm-up-time=1", f"--log-file={logfile}"] + (["--h1"] if h1 else [])
     if rps_per_conn:
         cmd.append(f"--rps={rps_per_conn}")
-    out, err, _, cpu = run_load(cmd + [f"http://127.0.0.1:{port}/"], pids, 1, duration, duration + 60)
+    out, err, _, cpu = run_load(cmd + [f"{scheme}://127.0.0.1:{port}/"], pids, 1, duration, duration + 60)
+    r = h2load_result(out, err, logfile)
+    r.update(cpu)
+    return classify(r)
+
+
+def h2load_result(out, err, logfile=None):
+    """h2load's counts, rate, TLS session (if any) and, from its log file,
+    the latency percentiles of the successful requests."""
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
-    m2 = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
+    m2 = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", out)
     if not m or not m2:
         raise RuntimeError("h2load: " + out[-800:] + err[-500:])
+    took = float(m2.group(1)) / {"us": 1e6, "ms": 1e3, "s": 1}[m2.group(2)]
+    tls = {k: v.strip() for k, v in re.findall(r"^(TLS Protocol|Cipher|Server Temp Key|Application protocol): (.*)$",
+                                                out, re.M)}
     lat = []
+    if not logfile:
+        return {"requests": int(m.group(4)), "failed": int(m.group(5)) + int(m.group(6)),
+                "rps": float(m2.group(3)), "h2load_s": took, **({"tls": tls} if tls else {})}
     with open(logfile) as f:
         for line in f:
             parts = line.split()
@@ -593,10 +610,11 @@ def h2load(port, conns, streams, duration, logfile, rps_per_conn=0, pids=None):
     def pct(q):
         return lat[min(len(lat) - 1, int(q / 100.0 * len(lat)))] if lat else None
     r = {"requests": int(m.group(4)), "failed": int(m.group(5)) + int(m.group(6)),
-         "rps": float(m2.group(2)), "p50_us": pct(50), "p99_us": pct(99),
+         "rps": float(m2.group(3)), "p50_us": pct(50), "p99_us": pct(99),
          "p999_us": pct(99.9)}
-    r.update(cpu)
-    return classify(r)
+    if tls:
+        r["tls"] = tls
+    return r
 
 
 def l7bench(args, budget, pids=None, window=None, rate_key="rps"):
@@ -989,6 +1007,303 @@ def measure(name, desc, prefix, tmp):
             stop(p)
     return res
 
+# ------------------------------------------------------------ TLS termination
+#
+# --tests tls (opt-in): HTTPS through a proxy that terminates TLS and
+# forwards plaintext to the same nginx backend. Its own targets (below),
+# each with two listeners: HTTP/1.1 over TLS (tls_h1) and h2 over TLS
+# (tls_h2). One ECDSA P-256 certificate per run, made with openssl. The load
+# is h2load for everything (it prints the negotiated protocol and cipher,
+# and sends no SNI to an IP address); the saturating runs are under the
+# proxy's CPU limit, as in the cleartext tests.
+
+TLS_TARGETS = [
+    # name, description, port prefix
+    ("haproxy-tls", "haproxy 1 hop, nbthread 1, bind ... ssl crt (OpenSSL); plaintext to the backend "
+                    "(keep-alive, http-reuse safe; h2: proto h2 to the h2c port)", "haproxy_tls"),
+    ("nginx-tls", "nginx 1 hop, 1 worker, listen ... ssl (OpenSSL); upstream keepalive over HTTP/1.1 "
+                  "(h2 in, HTTP/1.1 upstream)", "nginx_tls"),
+    ("l7-1hop-tls-off", "l7inspect 1 hop, --tls-terminate on its inbound forwards (rustls, ring), "
+                        "tracing off (--sample-ratio 0)", "l7tls_off"),
+    ("l7-1hop-tls-otlp", "l7inspect 1 hop, --tls-terminate, 100% sampled, OTLP/HTTP to the live local sink",
+     "l7tls_otlp"),
+]
+TLS_KINDS = ("tls_h1", "tls_h2")
+# The plaintext backend port each TLS listener forwards to.
+TLS_BACKEND = {"tls_h1": "h1", "tls_h2": "h2"}
+# Ports: free offsets of the 100 (see OFFSETS); l7inspect's admin port third.
+for _prefix, _base in (("haproxy_tls", 45), ("nginx_tls", 55), ("l7tls_off", 61), ("l7tls_otlp", 64)):
+    OFFSETS[f"{_prefix}_tls_h1"] = _base
+    OFFSETS[f"{_prefix}_tls_h2"] = _base + 1
+    if _prefix.startswith("l7"):
+        OFFSETS[f"{_prefix}_admin"] = _base + 2
+L7_TLS = {"l7-1hop-tls-off": ("l7tls_off", "off"), "l7-1hop-tls-otlp": ("l7tls_otlp", "otlp-http")}
+
+
+def make_cert(tmp):
+    """One ECDSA P-256 self-signed certificate for every TLS target:
+    (cert.pem, key.pem (PKCS#8), cert+key in one file for haproxy)."""
+    cert, key, both = (os.path.join(tmp, f) for f in ("tls-cert.pem", "tls-key.pem", "tls-both.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", "/CN=bench.local",
+                    "-addext", "subjectAltName=DNS:bench.local,IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=60)
+    with open(both, "w") as f:
+        for path in (cert, key):
+            with open(path) as src:
+                f.write(src.read())
+    return {"cert": cert, "key": key, "pem": both}
+
+
+def start_tls_target(name, tmp, certs):
+    """Start a TLS target in the CPU-limit cgroup; (PIDs, admin ports)."""
+    c = ARGS.proxy_cpu
+    if name == "haproxy-tls":
+        kw = {f"{k.upper()}_PORT": P[f"haproxy_tls_{k}"] for k in TLS_KINDS}
+        kw.update({f"BACKEND_{b.upper()}_PORT": P[f"backend_{b}"] for b in TLS_BACKEND.values()})
+        cfg = render("haproxy-tls.cfg", os.path.join(tmp, "haproxy-tls.cfg"), PEM=certs["pem"], **kw)
+        return [start(["haproxy", "-db", "-f", cfg], c, name, tmp, cgroup=LIMIT)], []
+    if name == "nginx-tls":
+        kw = {f"{k.upper()}_PORT": P[f"nginx_tls_{k}"] for k in TLS_KINDS}
+        cfg = render("nginx-proxy-tls.conf", os.path.join(tmp, "nginx-proxy-tls.conf"), DIR=tmp,
+                     CERT=certs["cert"], KEY=certs["key"], BACKEND_H1_PORT=P["backend_h1"], **kw)
+        return [start(["nginx", "-p", tmp, "-c", cfg, "-g", "daemon off;"], c, name, tmp, cgroup=LIMIT)], []
+    prefix, trace = L7_TLS[name]
+    pairs = [(P[f"{prefix}_{k}"], P[f"backend_{TLS_BACKEND[k]}"]) for k in TLS_KINDS]
+    cmd = sidecar_cmd(P[f"{prefix}_admin"], inbound=pairs, trace=trace)
+    for lp, _ in pairs:
+        cmd += ["--tls-terminate", str(lp)]  # the listener's own port: plaintext to its target
+    cmd += ["--tls-cert", certs["cert"], "--tls-key", certs["key"]]
+    return [start(cmd, c, name, tmp, sidecar_env(), cgroup=LIMIT)], [P[f"{prefix}_admin"]]
+
+
+def https_get_ok(port):
+    """One GET over TLS (the self-signed certificate not verified)."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    c = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx)
+    c.request("GET", "/", headers={"Host": "bench.local"})
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    if r.status != 200 or body != BODY:
+        raise RuntimeError(f"GET over TLS through port {port}: {r.status}, {len(body)} bytes")
+
+
+def h2load_whole(cmds, pids, min_s=0.0):
+    """Run h2load commands (fixed request counts) one after the other on the
+    load CPU, again from the first while less than min_s has passed; the
+    proxy's CPU over the whole span, from before the first starts to after
+    the last ends (no connection outlives a run here, so there is nothing
+    to trim). The rate is the successful requests over that span."""
+    runs = []
+    s0 = snapshot(pids)
+    t0 = time.monotonic()
+    while True:
+        for cmd in cmds:
+            p = subprocess.Popen(load_cmd(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 stdin=subprocess.DEVNULL, text=True)
+            p._e2e_name = "h2load"
+            CHILDREN.append(p)
+            try:
+                out, err = p.communicate(timeout=120)
+            finally:
+                stop(p)
+            runs.append(h2load_result(out, err))
+        if time.monotonic() - t0 >= min_s:
+            break
+    s1 = snapshot(pids)
+    wall = s1[0] - s0[0]
+    r = {"requests": sum(x["requests"] for x in runs), "failed": sum(x["failed"] for x in runs),
+         "h2load_runs": len(runs), "tls": runs[-1].get("tls")}
+    r["rps"] = r["requests"] / wall
+    r.update(window_cpu(s0, s1, pids))
+    return classify(r)
+
+
+def measure_tls(name, desc, prefix, tmp, certs):
+    """--tests tls on one target: HTTP/1.1 keep-alive over TLS at a fixed
+    rate (latency, CPU per request) and saturating; h2 over TLS saturating;
+    a new TLS connection per request, resumed (h2load reconnects after
+    `Connection: close` and offers the session it was given) and with full
+    handshakes (fresh h2load clients, one request each), saturating; and
+    full handshakes at a fixed rate (CPU per connection)."""
+    res = {"target": name, "description": desc, "ok": True, "error": None, "notes": [], "tls_target": True}
+    port = {k: P[f"{prefix}_{k}"] for k in TLS_KINDS}
+    procs, admins = [], []
+    d = ARGS.duration
+
+    def step(key, fn):
+        try:
+            res[key] = fn()
+        except Exception as e:
+            res[key] = {"error": str(e)[:300]}
+            res["notes"].append(f"{key} failed: {str(e)[:200]}")
+            log(f"{name}: {key} failed: {e}")
+
+    try:
+        procs, admins = start_tls_target(name, tmp, certs)
+        for p in procs:
+            for k in TLS_KINDS:
+                wait_port(port[k], p)
+        pids = [p.pid for p in procs]
+        # HTTP/1.1 over TLS only: l7inspect forwards in the version the
+        # client chose, and its tls_h2 listener's backend speaks only h2c
+        # (the h2 runs below fail if h2 does not work).
+        https_get_ok(port["tls_h1"])
+        time.sleep(1.0)
+        res["rss_idle_kib"] = mem_kib(pids, "VmRSS")
+        log_file = os.path.join(tmp, "h2load-tls.log")
+        h1 = port["tls_h1"]
+        url = f"https://127.0.0.1:{h1}/"
+
+        step("tls_h1_lat", lambda: repeated(lambda: at_rate(h2load(
+            h1, ARGS.lat_conns, 1, d, log_file, rps_per_conn=max(1, ARGS.h1_rate // ARGS.lat_conns),
+            pids=pids, scheme="https", h1=True))))
+
+        def h1_sat():
+            with limited():
+                return repeated(lambda: h2load(h1, ARGS.sat_conns, 1, d, log_file, pids=pids,
+                                               scheme="https", h1=True))
+        step("tls_h1_sat", h1_sat)
+
+        def h2_sat():
+            with limited():
+                return repeated(lambda: h2load(port["tls_h2"], ARGS.h2_sat_conns, ARGS.h2_streams, d, log_file,
+                                               pids=pids, scheme="https"))
+        step("tls_h2_sat", h2_sat)
+
+        # A new connection per request, the session resumed: h2load's
+        # clients reconnect after `Connection: close` and offer the session
+        # (TLS 1.3 ticket) of their last connection: a PSK handshake with a
+        # fresh X25519 exchange, no certificate. The count is sized from a
+        # 1 s warm-up so that the run lasts about --duration seconds.
+        close = ["h2load", "-t1", "--h1", "-H", "Connection: close"]
+
+        def resumed():
+            with limited():
+                w = h2load_whole([close + [f"-c{ARGS.close_conns}", f"-n{ARGS.close_conns * 20}", url]], pids,
+                                 min_s=1.0)
+                n = max(ARGS.close_conns, int(w["rps"] * d))
+                return repeated(lambda: h2load_whole([close + [f"-c{ARGS.close_conns}", f"-n{n}", url]], pids))
+        step("tls_resume_sat", resumed)
+
+        # Full handshakes: every h2load client is new (no session to offer)
+        # and makes one request: bursts of --tls-burst connections opened at
+        # once, burst after burst, for --duration seconds.
+        burst = ["h2load", "-t1", "--h1", f"-c{ARGS.tls_burst}", f"-n{ARGS.tls_burst}", url]
+
+        def full():
+            with limited():
+                h2load_whole([burst], pids, min_s=1.0)  # warm-up
+                return repeated(lambda: h2load_whole([burst], pids, min_s=d))
+        step("tls_full_sat", full)
+
+        # Full handshakes at a fixed rate, without the limit: the proxy's CPU
+        # per new connection when every proxy gets the same connections.
+        rate = ARGS.tls_conn_rate
+        per = max(1, rate // 10)  # h2load -r: new clients per 100 ms
+
+        def full_rate():
+            n = per * 10 * d
+            r = h2load_whole([["h2load", "-t1", "--h1", f"-c{n}", f"-n{n}", f"-r{per}", "--rate-period=100ms",
+                               url]], pids)
+            return at_rate(r)
+        step("tls_full_rate", lambda: repeated(full_rate))
+
+        res["rss_peak_kib"] = mem_kib(pids, "VmHWM")
+        if admins:
+            time.sleep(2.5)  # let the batch exporter flush
+            res["spans_exported"], res["spans_dropped"] = span_counters(admins)
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{p._e2e_name} died during the run (exit {p.returncode})")
+        if name == "nginx-tls":
+            res["notes"].append("CPU and memory are master + worker")
+    except Exception as e:
+        res["ok"] = False
+        res["error"] = str(e)[:300]
+        log(f"{name}: FAILED: {e}")
+    finally:
+        for p in procs:
+            stop(p)
+    return res
+
+
+TLS_SAT = (("tls_h1_sat", "HTTP/1.1 keep-alive"), ("tls_h2_sat", "h2"),
+           ("tls_resume_sat", "new conn/req, resumed"), ("tls_full_sat", "new conn/req, full handshake"))
+
+
+def tls_tables(results):
+    got = [r for r in results if r.get("tls_target")]
+    if not got:
+        return []
+    out = []
+
+    def tls_of(r):
+        for key, _ in TLS_SAT:
+            t = r.get(key, {}).get("tls") if isinstance(r.get(key), dict) else None
+            if t:
+                return f"{t.get('TLS Protocol', '?')} {t.get('Cipher', '?')} {t.get('Server Temp Key', '')}".strip()
+        return "—"
+    hdr = ["target", "TLS (HTTP/1.1 run)"]
+    for _, label in TLS_SAT:
+        hdr += [f"{label} req/s", "CPU %", "CPU µs/req"]
+    rows = []
+    for r in got:
+        if not r["ok"]:
+            rows.append([r["target"], "not measured: " + (r["error"] or "?")] + ["—"] * (len(hdr) - 2))
+            continue
+        row = [r["target"], tls_of(r)]
+        for key, _ in TLS_SAT:
+            x = r.get(key) if isinstance(r.get(key), dict) else {}
+            row += [rate_cell(x), cpu_cell(x), fmt(x.get("cpu_us_per_req"), ".1f")]
+        rows.append(row)
+    out.append((f"HTTPS through a TLS-terminating proxy, saturating (proxy CPU % {cpu_of()}; "
+                "new-connection rows: one request per connection, req/s = connections/s)", hdr, rows))
+    hdr = ["target", f"HTTP/1.1 over TLS {ARGS.h1_rate}/s p50 / p99 / p99.9 ms", "CPU µs/req",
+           f"full handshakes {ARGS.tls_conn_rate}/s p50 / p99 ms (h2load, connect to response)", "CPU µs/conn"]
+    rows = []
+    for r in got:
+        if not r["ok"]:
+            continue
+        lat = r.get("tls_h1_lat") if isinstance(r.get("tls_h1_lat"), dict) else {}
+        fr = r.get("tls_full_rate") if isinstance(r.get("tls_full_rate"), dict) else {}
+        rows.append([r["target"], us3(lat), fmt(lat.get("cpu_us_per_req"), ".1f"),
+                     fmt(fr.get("rps"), ".0f") + " conn/s achieved", fmt(fr.get("cpu_us_per_req"), ".1f")])
+    out.append(("HTTPS at a fixed rate, no CPU limit (every proxy serves the same load)", hdr, rows))
+    ha = next((r for r in got if r["ok"] and r["target"] == "haproxy-tls"), None)
+    rows = []
+    for r in got:
+        if not r["ok"] or not ha or r is ha:
+            continue
+        row = [r["target"]]
+        for key, _ in TLS_SAT:
+            x, h = r.get(key), ha.get(key)
+            if not (isinstance(x, dict) and isinstance(h, dict) and x.get("rps") and h.get("rps")):
+                row += ["—", "—"]
+            elif x.get("bound") != "proxy" or h.get("bound") != "proxy":
+                why = ", ".join(f"{n} {b}" for n, b in ((r["target"], x.get("bound")), ("haproxy-tls", h.get("bound")))
+                                if b != "proxy")
+                row += [f"— ({why})", "—"]
+            else:
+                row += [f"{x['rps'] / h['rps']:.2f}×", f"{x['cpu_us_per_req'] / h['cpu_us_per_req']:.2f}×"]
+        for key in ("tls_h1_lat", "tls_full_rate"):
+            x, h = r.get(key), ha.get(key)
+            ok = isinstance(x, dict) and isinstance(h, dict) and x.get("cpu_us_per_req") and h.get("cpu_us_per_req")
+            row.append(f"{x['cpu_us_per_req'] / h['cpu_us_per_req']:.2f}×" if ok else "—")
+        rows.append(row)
+    if rows:
+        hdr = ["target"]
+        for _, label in TLS_SAT:
+            hdr += [f"{label} req/s ÷ haproxy-tls", "CPU/req ÷"]
+        hdr += ["fixed-rate HTTP/1.1 CPU/req ÷", "fixed-rate full handshake CPU/conn ÷"]
+        out.append(("TLS: against haproxy-tls (saturating: CPU-bound rows only)", hdr, rows))
+    return out
+
+
 # ------------------------------------------------------ callgrind, syscalls
 
 
@@ -1325,6 +1640,8 @@ def tables(results):
     def rows_of(cells):
         rows = []
         for r in results:
+            if r.get("tls_target"):
+                continue
             if not r["ok"]:
                 rows.append([r["target"], "not measured: " + (r["error"] or "?")] + ["—"] * (len(hdr) - 2))
                 continue
@@ -1385,7 +1702,7 @@ def tables(results):
          if g("soak").get("rss_first_kib") is not None else "—"),
         fmt(g("soak").get("slope_kib_per_min"), ".0f"),
     ])))
-    out += ratio_tables(results) + rounds_table(results) + profile_tables(results)
+    out += ratio_tables(results) + rounds_table(results) + profile_tables(results) + tls_tables(results)
     # Tables with nothing measured (e.g. --tests callgrind only) are left out.
     return [t for t in out if any(c != "—" for row in t[2] for c in row[1:])]
 
@@ -1432,6 +1749,7 @@ def ratio_tables(results):
     """Direct's headroom over the best proxy, and each target against haproxy
     (req/s and CPU per request) from CPU-bound rows only."""
     out = []
+    results = [r for r in results if not r.get("tls_target")]  # tls_tables() has their own
     rows = [[label, format(d, ".0f"), f"{name} {b:.0f}", f"{ratio:.2f}×",
              "ok" if ratio >= HEADROOM_WARN else f"WARNING: under {HEADROOM_WARN}×, the load side may be the limit"]
             for label, d, name, b, ratio in headroom(results)]
@@ -1533,15 +1851,24 @@ def notes_of(r):
             extra.append(f"{key} error kinds {json.dumps(v['error_kinds'])}")
     for key in ("grpc_rate", "grpc_sat"):
         nz(key, "grpc_not_ok", "answers not gRPC OK")
-    for key in ("h2_rate", "h2_sat"):
+    for key in ("h2_rate", "h2_sat", "tls_h1_lat", "tls_h1_sat", "tls_h2_sat", "tls_resume_sat", "tls_full_sat",
+                "tls_full_rate"):
         nz(key, "failed", "failed requests")
+    for key in ("tls_h1_lat", "tls_full_rate"):
+        v = r.get(key)
+        if isinstance(v, dict) and v.get("rps") is not None:
+            extra.append(f"{key} achieved {v['rps']:.0f}/s")
+    tls = sorted({f"{k}: {v['tls'].get('Cipher')}, {v['tls'].get('Application protocol')}"
+                  for k, v in r.items() if k.startswith("tls_") and isinstance(v, dict) and v.get("tls")})
+    if tls:
+        extra.append("negotiated " + "; ".join(tls))
     s = r.get("soak")
     if isinstance(s, dict) and "keep_alive" in s:
         ka, nc = s["keep_alive"], s["new_conn"]
         extra.append(f"soak {s['seconds']} s on a fresh process: keep-alive {ka['rps']:.0f} req/s (p99 {ka['p99_us'] or 0:.0f} µs, "
                      f"{ka['errors']} errors, {ka['unfinished']} unfinished), new-conn {nc['rps']:.0f} req/s "
                      f"({nc['errors']} errors, {nc['unfinished']} unfinished)")
-    lim = [(k, r[k]) for k in ("h1_sat", "h2_sat", "grpc_sat", "tcp_bulk", "h1close_sat")
+    lim = [(k, r[k]) for k in ("h1_sat", "h2_sat", "grpc_sat", "tcp_bulk", "h1close_sat") + tuple(k for k, _ in TLS_SAT)
            if isinstance(r.get(k), dict) and r[k].get("cpu_limit")]
     if lim:
         extra.append(f"under a {lim[0][1]['cpu_limit']:g}-core CPU limit ({', '.join(k for k, _ in lim)}): "
@@ -1617,6 +1944,8 @@ def ensure_tools():
     tests = ARGS.tests.split(",")
     if "callgrind" in tests:
         need["valgrind"] = "valgrind"
+    if "tls" in tests:
+        need["openssl"] = "openssl"
     if "syscalls" in tests:
         need["perf" if shutil.which("perf") else "strace"] = "strace"  # perf if there, else strace
     missing = {pkg for tool, pkg in need.items() if shutil.which(tool) is None}
@@ -1634,6 +1963,7 @@ def ensure_tools():
 
 ALL_TESTS = "mem,h1,h1close,h2,grpc,tcp,ttfb,soak"
 PROFILE_TESTS = "callgrind,syscalls,rounds"  # not in the default run: --tests callgrind,syscalls
+OPT_IN_TESTS = "tls"  # not in the default run either: HTTPS through the TLS targets (TLS_TARGETS)
 
 
 def main():
@@ -1643,7 +1973,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each measurement N times and report the median (all runs kept in the JSON)")
     ap.add_argument("--only", default="", help="comma-separated target names (default: all)")
-    ap.add_argument("--tests", default=ALL_TESTS, help=f"comma-separated measurements (default: {ALL_TESTS}; also {PROFILE_TESTS}, not in the default)")
+    ap.add_argument("--tests", default=ALL_TESTS, help=f"comma-separated measurements (default: {ALL_TESTS}; also {PROFILE_TESTS} and {OPT_IN_TESTS}, "
+                         "not in the default; tls runs the TLS targets, " + ", ".join(n for n, _, _ in TLS_TARGETS) + ")")
     ap.add_argument("--proxy-cpu", type=int, default=0, help="CPU of the proxy, alone (default 0)")
     ap.add_argument("--load-cpu", type=int, default=1, help="CPU for the load generators, backends and OTLP receiver")
     ap.add_argument("--proxy-cpu-limit", type=float, default=0.5,
@@ -1687,6 +2018,10 @@ def main():
     ap.add_argument("--netns", choices=("auto", "yes", "no"), default="auto",
                     help="run everything in a private network namespace with only loopback "
                          "(unshare -n; needs root). auto: when possible (default)")
+    ap.add_argument("--tls-burst", type=int, default=64,
+                    help="--tests tls, full handshakes: connections h2load opens at once per burst (default 64)")
+    ap.add_argument("--tls-conn-rate", type=int, default=500,
+                    help="--tests tls: new connections/s (full handshakes) of the fixed-rate run (default 500)")
     ap.add_argument("--no-build", action="store_true", help="use the existing target/release binaries")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ARGS = ap.parse_args()
@@ -1694,7 +2029,7 @@ def main():
         sys.exit("--repeat must be at least 1")
     if not 0 <= ARGS.proxy_cpu_limit <= 1:
         sys.exit("--proxy-cpu-limit must be between 0 (off) and 1 core (the proxy has one core)")
-    known = ALL_TESTS + "," + PROFILE_TESTS
+    known = ALL_TESTS + "," + PROFILE_TESTS + "," + OPT_IN_TESTS
     unknown = set(ARGS.tests.split(",")) - set(known.split(","))
     if unknown:
         sys.exit(f"--tests: unknown {sorted(unknown)}; known: {known}")
@@ -1768,8 +2103,10 @@ def main():
     for name, desc, prefix in TARGETS:
         if only and name not in only:
             continue
+        standard = set(ARGS.tests.split(",")) - {"callgrind", "rounds", "tls"}
+        if not standard and not {"callgrind", "rounds"} & set(ARGS.tests.split(",")):
+            continue  # --tests tls alone: only the TLS targets below
         log(f"target {name}")
-        standard = set(ARGS.tests.split(",")) - {"callgrind", "rounds"}
         if standard:
             res = measure(name, desc, prefix, tmp)
         else:
@@ -1782,9 +2119,16 @@ def main():
                 res["callgrind"] = {"error": str(e)[:300]}
                 log(f"{name}: callgrind failed: {e}")
         results.append(res)
+    if "tls" in ARGS.tests.split(","):
+        certs = make_cert(tmp)
+        for name, desc, prefix in TLS_TARGETS:
+            if only and name not in only:
+                continue
+            log(f"target {name}")
+            results.append(measure_tls(name, desc, prefix, tmp, certs))
     if "rounds" in ARGS.tests.split(","):
         log("interleaved rounds")
-        rounds_profile(results, tmp)
+        rounds_profile([r for r in results if not r.get("tls_target")], tmp)
     stop_all()
 
     tabs = tables(results)
@@ -1793,7 +2137,8 @@ def main():
         "duration", "repeat", "proxy_cpu", "proxy_cpu_limit", "load_cpu", "h1_rate", "lat_conns", "sat_conns", "close_conns",
         "h2_conns", "h2_sat_conns", "h2_streams", "h2_rate", "grpc_conns", "grpc_streams", "grpc_rate",
         "tcp_streams", "ttfb_count", "idle_conns", "soak", "soak_rate", "soak_conn_rate", "tests",
-        "rounds", "profile_requests", "profile_warmup", "syscall_requests", "profile_conns")}
+        "rounds", "profile_requests", "profile_warmup", "syscall_requests", "profile_conns",
+        "tls_burst", "tls_conn_rate")}
     params["netns"] = os.environ.get(NETNS_ENV) == "1"
     params["cgroup"] = f"v{LIMIT.version}, CFS period {LIMIT.PERIOD_US} µs" if LIMIT else None
     os.makedirs(ARGS.out, exist_ok=True)
