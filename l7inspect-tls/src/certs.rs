@@ -59,8 +59,8 @@ impl CertPair {
             path: path.to_owned(),
             reason,
         };
-        let cert_pem = fs::read(cert).map_err(|e| fail(cert, io_reason(&e)))?;
-        let key_pem = fs::read(key).map_err(|e| fail(key, io_reason(&e)))?;
+        let cert_pem = read(cert).map_err(|r| fail(cert, r))?;
+        let key_pem = read(key).map_err(|r| fail(key, r))?;
         let chain = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| fail(cert, format!("not a PEM certificate file: {e}")))?;
@@ -238,6 +238,29 @@ fn stamp(path: &Path) -> Option<Stamp> {
         mtime: m.mtime(),
         mtime_nsec: m.mtime_nsec(),
     })
+}
+
+/// Reads `path`; the error is the reason, for a message that names the
+/// file.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, String> {
+    fs::read(path).map_err(|e| io_reason(&e))
+}
+
+/// The CA certificates in the PEM file at `path` (client CAs, upstream
+/// CAs); the error is the reason.
+pub(crate) fn read_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let pem = read(path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("not a PEM certificate file: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate in the file".into());
+    }
+    Ok(roots)
 }
 
 fn io_reason(e: &io::Error) -> String {

@@ -200,15 +200,8 @@ impl Interceptor {
             reason,
         };
         let read = |path: &Path| {
-            fs::read_to_string(path).map_err(|e| {
-                fail(
-                    path,
-                    match e.kind() {
-                        io::ErrorKind::NotFound => "no such file".into(),
-                        _ => format!("cannot read it: {e}"),
-                    },
-                )
-            })
+            let bytes = crate::certs::read(path).map_err(|r| fail(path, r))?;
+            String::from_utf8(bytes).map_err(|_| fail(path, "not a PEM file (not text)".into()))
         };
         let cert_pem = read(&config.ca_cert)?;
         let key_pem = read(&config.ca_key)?;
@@ -238,20 +231,7 @@ impl Interceptor {
             .map_err(|e| fail(&config.ca_cert, format!("cannot sign with it: {e}")))?;
 
         let roots = match &config.upstream_ca {
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(read(path)?.as_bytes()) {
-                    let cert =
-                        cert.map_err(|e| fail(path, format!("not a PEM certificate file: {e}")))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| fail(path, format!("not a usable CA certificate: {e}")))?;
-                }
-                if roots.is_empty() {
-                    return Err(fail(path, "no certificate in the file".into()));
-                }
-                roots
-            }
+            Some(path) => crate::certs::read_roots(path).map_err(|r| fail(path, r))?,
             None => system_roots(),
         };
         let provider = Arc::new(ring::default_provider());

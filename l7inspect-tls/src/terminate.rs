@@ -3,22 +3,21 @@
 //! ([`TerminateTargetLayer`]).
 
 use crate::{
-    certs::{CertError, CertPair, ReloadingCert},
+    certs::{CertError, CertPair, ReloadingCert, read_roots},
     metrics::TlsMetrics,
 };
 use l7inspect_core::{ConnMeta, Direction};
 use l7inspect_detect::Conn;
 use rustls::{
-    RootCertStore, ServerConfig,
+    ServerConfig,
     crypto::{CryptoProvider, ring},
     server::WebPkiClientVerifier,
 };
-use rustls_pki_types::{CertificateDer, pem::PemObject};
 use std::{
     collections::HashMap,
     fmt, io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     str::FromStr,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
@@ -313,29 +312,14 @@ async fn speaks_h2(addr: SocketAddr) -> bool {
 }
 
 fn client_verifier(
-    path: &PathBuf,
+    path: &Path,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TerminateError> {
     let fail = |reason: String| TerminateError::ClientCa {
-        path: path.clone(),
+        path: path.to_owned(),
         reason,
     };
-    let pem = std::fs::read(path).map_err(|e| {
-        fail(match e.kind() {
-            io::ErrorKind::NotFound => "no such file".into(),
-            _ => e.to_string(),
-        })
-    })?;
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| fail(format!("not a PEM certificate file: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| fail(format!("not a usable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(fail("no certificate in the file".into()));
-    }
+    let roots = read_roots(path).map_err(fail)?;
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
         .map_err(|e| fail(e.to_string()))
