@@ -19,13 +19,12 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7inspect_sidecar::{Forward, SidecarConfig, TlsConfig};
 use l7inspect_test_support::{
-    Need, TempDir, eventually,
+    TempDir, eventually,
     pki::{Leaf, TestCa},
-    skip,
 };
 use l7inspect_tls::{InterceptConfig, UPSTREAM_ERROR};
 use l7inspect_trace::span::SpanRecord;
-use opentelemetry::{Value, trace::SpanKind};
+use opentelemetry::trace::SpanKind;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use std::{
     convert::Infallible,
@@ -37,7 +36,7 @@ use std::{
     },
     time::Duration,
 };
-use support::{Running, start};
+use support::{Running, attr, have, spans_for, start};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, BufWriter},
     net::{TcpListener, TcpStream},
@@ -105,7 +104,7 @@ impl Upstream {
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
-            vec![der(leaf)],
+            vec![leaf.der()],
             PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
         )
         .unwrap();
@@ -382,20 +381,6 @@ async fn read_response<S: tokio::io::AsyncRead + Unpin>(
     (status, head, String::from_utf8(body).unwrap())
 }
 
-fn der(leaf: &Leaf) -> CertificateDer<'static> {
-    CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()
-}
-
-/// The finished spans whose `url.path` is `path`.
-fn spans_for(sidecar: &Running, path: &str) -> Vec<Arc<SpanRecord>> {
-    sidecar
-        .spans
-        .snapshot()
-        .into_iter()
-        .filter(|s| s.http.as_ref().is_some_and(|h| h.path == path))
-        .collect()
-}
-
 /// The first finished span that `pick` accepts (bounded wait).
 async fn wait_span(
     sidecar: &Running,
@@ -409,24 +394,6 @@ async fn wait_span(
         sidecar.spans.snapshot()
     );
     find().unwrap()
-}
-
-fn attr(span: &SpanRecord, key: &str) -> Option<String> {
-    span.attribute(key).map(|v| match v {
-        Value::String(s) => s.as_str().to_owned(),
-        other => other.to_string(),
-    })
-}
-
-fn have(test: &str, program: &str, version_arg: &str) -> bool {
-    let ok = std::process::Command::new(program)
-        .arg(version_arg)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip(test, Need::Tools, format!("{program} not found"));
-    }
-    ok
 }
 
 /// `curl -sS --cacert {ca} --resolve {name}:{port}:127.0.0.1
@@ -551,7 +518,7 @@ async fn curl_through_interception_http1_and_h2() {
         .await
         .expect("the minted leaf verifies against the interception CA");
         let served = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
-        assert_ne!(served, der(&leaf));
+        assert_ne!(served, leaf.der());
         drop(stream);
         sidecar.wait_metric(&intercepted("intercepted"), 2.0).await;
         upstream.assert_no_plaintext();
@@ -817,7 +784,7 @@ async fn other_names_pass_through_untouched() {
     .unwrap();
     assert_eq!(
         stream.get_ref().1.peer_certificates().unwrap()[0],
-        der(&leaf)
+        leaf.der()
     );
     drop(stream);
     let span = wait_span(&sidecar, "named localhost", |s| s.name == "localhost").await;

@@ -12,13 +12,11 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7inspect_sidecar::{BuildError, SidecarConfig, TlsConfig};
 use l7inspect_test_support::{
-    Need, PATIENCE, TempDir, closed_port, eventually,
+    PATIENCE, TempDir, closed_port, eventually,
     pki::{Leaf, TestCa},
-    skip,
 };
 use l7inspect_tls::{TerminateConfig, TerminatePort};
 use l7inspect_trace::span::SpanRecord;
-use opentelemetry::Value;
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::{
     convert::Infallible,
@@ -30,7 +28,7 @@ use std::{
     },
     time::Duration,
 };
-use support::{Running, forward_config, start};
+use support::{Running, attr, forward_config, have, spans_for, start};
 use tokio::{net::TcpStream, time::timeout};
 use tokio_rustls::TlsConnector;
 
@@ -156,44 +154,12 @@ async fn get(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn der(leaf: &Leaf) -> CertificateDer<'static> {
-    leaf.der()
-}
-
-/// The finished spans whose `url.path` is `path`.
-fn spans_for(sidecar: &Running, path: &str) -> Vec<Arc<SpanRecord>> {
-    sidecar
-        .spans
-        .snapshot()
-        .into_iter()
-        .filter(|s| s.http.as_ref().is_some_and(|h| h.path == path))
-        .collect()
-}
-
 async fn wait_span(sidecar: &Running, path: &str) -> Arc<SpanRecord> {
     assert!(
         eventually(|| async { !spans_for(sidecar, path).is_empty() }).await,
         "no span for {path}"
     );
     spans_for(sidecar, path).remove(0)
-}
-
-fn attr(span: &SpanRecord, key: &str) -> Option<String> {
-    span.attribute(key).map(|v| match v {
-        Value::String(s) => s.as_str().to_owned(),
-        other => other.to_string(),
-    })
-}
-
-fn have(test: &str, program: &str, version_arg: &str) -> bool {
-    let ok = std::process::Command::new(program)
-        .arg(version_arg)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip(test, Need::Tools, format!("{program} not found"));
-    }
-    ok
 }
 
 async fn run(program: &str, args: &[&str]) -> std::process::Output {
@@ -392,7 +358,7 @@ async fn certificate_replaced_by_rename_under_load() {
 
     // A connection opened before the change.
     let (mut before, seen) = h1_over_tls(&tls, addr).await.unwrap();
-    assert_eq!(seen, der(&old));
+    assert_eq!(seen, old.der());
     assert_eq!(get(&mut before, "/before").await.unwrap().0, 200);
 
     let mut failures = Vec::new();
@@ -418,7 +384,7 @@ async fn certificate_replaced_by_rename_under_load() {
     for _ in 0..100 {
         let (n, r) = one(&mut sent).await;
         match r {
-            Ok(Ok((200, cert))) => assert_eq!(cert, der(&old)),
+            Ok(Ok((200, cert))) => assert_eq!(cert, old.der()),
             other => failures.push(format!("request {n}: {other:?}")),
         }
     }
@@ -437,12 +403,12 @@ async fn certificate_replaced_by_rename_under_load() {
         );
         let (n, r) = one(&mut sent).await;
         match r {
-            Ok(Ok((200, cert))) if cert == der(&new) => {
+            Ok(Ok((200, cert))) if cert == new.der() => {
                 first_new.get_or_insert(n);
                 after += 1;
             }
             Ok(Ok((200, cert))) => {
-                assert_eq!(cert, der(&old));
+                assert_eq!(cert, old.der());
                 assert!(
                     first_new.is_none(),
                     "request {n} got the old certificate after the new one"
@@ -485,7 +451,7 @@ async fn certificate_replaced_by_rename_under_load() {
         .await;
     for i in 0..20 {
         let (mut sender, cert) = h1_over_tls(&tls, addr).await.unwrap();
-        assert_eq!(cert, der(&new), "after the garbage key, handshake {i}");
+        assert_eq!(cert, new.der(), "after the garbage key, handshake {i}");
         assert_eq!(get(&mut sender, "/after-garbage").await.unwrap().0, 200);
     }
 }
@@ -514,14 +480,14 @@ async fn kubernetes_secret_symlink_swap() {
     let sidecar = start(terminating(app, root.join("tls.crt"), root.join("tls.key"))).await;
     let tls = connector(&ca, &[b"http/1.1"], None);
     let (_, seen) = h1_over_tls(&tls, sidecar.inbound()).await.unwrap();
-    assert_eq!(seen, der(&first));
+    assert_eq!(seen, first.der());
 
     write_version("..v2", &second);
     std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
     std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
     let swapped = eventually(|| async {
         let (_, seen) = h1_over_tls(&tls, sidecar.inbound()).await.unwrap();
-        seen == der(&second)
+        seen == second.der()
     })
     .await;
     assert!(swapped, "the swapped secret was never served");

@@ -5,7 +5,7 @@
 
 use l7inspect_sidecar::{BoundAddrs, Forward, SidecarConfig, build};
 use l7inspect_test_support::eventually;
-use l7inspect_trace::export::RecentSpans;
+use l7inspect_trace::{export::RecentSpans, span::SpanRecord};
 use prometheus_client::registry::Registry;
 use std::{net::SocketAddr, sync::Arc};
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -127,4 +127,40 @@ impl Pattern {
         self.fill(scratch);
         scratch[..] == *got
     }
+}
+
+/// The finished spans whose `url.path` is `path`.
+pub fn spans_for(sidecar: &Running, path: &str) -> Vec<Arc<SpanRecord>> {
+    sidecar
+        .spans
+        .snapshot()
+        .into_iter()
+        .filter(|s| s.http.as_ref().is_some_and(|h| h.path == path))
+        .collect()
+}
+
+/// Attribute `key` of `span` as text (a string as it is, anything else
+/// as OpenTelemetry prints it).
+pub fn attr(span: &SpanRecord, key: &str) -> Option<String> {
+    span.attribute(key).map(|v| match v {
+        opentelemetry::Value::String(s) => s.as_str().to_owned(),
+        other => other.to_string(),
+    })
+}
+
+/// Whether `program version_arg` runs; if not, the test is skipped (a
+/// failure when `L7INSPECT_REQUIRE_TOOLS=1`).
+pub fn have(test: &str, program: &str, version_arg: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .arg(version_arg)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        l7inspect_test_support::skip(
+            test,
+            l7inspect_test_support::Need::Tools,
+            format!("{program} not found"),
+        );
+    }
+    ok
 }
