@@ -103,6 +103,7 @@ pub use loop_guard::{Loop, LoopGuard, PendingDial, Registration};
 pub use meta::{Accepted, ConnMeta, Direction};
 pub use metrics::{
     ConnLabels, ConnectErrorLabels, DirectionLabels, Metrics, ProcessCollector, RefusedLabels,
+    Timeout, TimeoutLabels,
 };
 pub use orig_dst::{
     FixedTarget, FixedTargetLayer, OrigDst, OrigDstLayer, ResponseFuture as OrigDstFuture,

@@ -43,6 +43,69 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `l7inspect_timeouts_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    /// `inbound` or `outbound`.
+    pub direction: Direction,
+    /// Which bound expired.
+    pub reason: Timeout,
+}
+
+/// The bounds the proxy puts on a peer's time: the `reason` label of
+/// `l7inspect_timeouts_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Timeout {
+    /// A client sent part of an HTTP/1 request head, or an HTTP/2 header
+    /// block, and did not finish it in time (`request_head`).
+    RequestHead,
+    /// An HTTP connection stayed idle between requests (`idle`).
+    Idle,
+    /// A client sent nothing, and its server nothing either, before
+    /// detection could start (`client_silent`).
+    ClientSilent,
+    /// The upstream connect did not complete (`upstream_connect`).
+    UpstreamConnect,
+    /// The upstream server did not start its response in time
+    /// (`upstream_response`).
+    UpstreamResponse,
+    /// A TLS client did not finish its handshake in time (`tls_handshake`).
+    TlsHandshake,
+}
+
+impl Timeout {
+    /// Every reason, for registering each series at zero.
+    pub const ALL: [Timeout; 6] = [
+        Timeout::RequestHead,
+        Timeout::Idle,
+        Timeout::ClientSilent,
+        Timeout::UpstreamConnect,
+        Timeout::UpstreamResponse,
+        Timeout::TlsHandshake,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timeout::RequestHead => "request_head",
+            Timeout::Idle => "idle",
+            Timeout::ClientSilent => "client_silent",
+            Timeout::UpstreamConnect => "upstream_connect",
+            Timeout::UpstreamResponse => "upstream_response",
+            Timeout::TlsHandshake => "tls_handshake",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Timeout {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
 /// Handles to every metric the proxy records. Cheap to clone (each family is
 /// an `Arc`).
 ///
@@ -69,6 +132,9 @@ pub struct Metrics {
     pub refused: Family<RefusedLabels, Counter>,
     /// `l7inspect_tcp_idle_timeouts_total`: passthrough connections closed as idle.
     pub idle_timeouts: Family<DirectionLabels, Counter>,
+    /// `l7inspect_timeouts_total`: connections and requests cut by a
+    /// timeout, by direction and [`Timeout`].
+    pub timeouts: Family<TimeoutLabels, Counter>,
 }
 
 /// Collects the standard `process_*` metrics from `/proc` on each scrape.
@@ -124,7 +190,28 @@ impl Metrics {
             "Passthrough connections closed by the idle timeout",
             self.idle_timeouts.clone(),
         );
+        // Every reason from zero, so that a rate or an alert has a series
+        // before the first timeout.
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            for reason in Timeout::ALL {
+                let _ = self
+                    .timeouts
+                    .get_or_create(&TimeoutLabels { direction, reason });
+            }
+        }
+        registry.register(
+            "l7inspect_timeouts",
+            "Connections and requests cut by a timeout, by direction and reason",
+            self.timeouts.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector::new()));
+    }
+
+    /// Counts one expiry of `reason`.
+    pub fn timed_out(&self, direction: Direction, reason: Timeout) {
+        self.timeouts
+            .get_or_create(&TimeoutLabels { direction, reason })
+            .inc();
     }
 }
 
