@@ -30,7 +30,7 @@ pub struct DirectionLabels {
 pub struct ConnectErrorLabels {
     /// `inbound` or `outbound`.
     pub direction: Direction,
-    /// `refused`, `timeout`, `unreachable`, `reset` or `other`.
+    /// `refused`, `timeout`, `unreachable`, `reset`, `tls`, `descriptors` or `other`.
     pub error: &'static str,
 }
 
@@ -39,8 +39,25 @@ pub struct ConnectErrorLabels {
 pub struct RefusedLabels {
     /// `inbound` or `outbound`.
     pub direction: Direction,
-    /// `loop` (would connect to the proxy itself) or `no_original_dst`.
-    pub reason: &'static str,
+    /// Why it was refused.
+    pub reason: Refusal,
+}
+
+/// Why a connection was refused before any upstream connect: the `reason`
+/// label of `l7inspect_connections_refused_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Refusal {
+    /// Forwarding it would reach the proxy itself (`loop`).
+    Loop,
+    /// The kernel has no original destination for it (`no_original_dst`).
+    NoOriginalDst,
+    /// Its listener already held as many connections as its limit allows
+    /// (`limit`; see [`LimitLayer`](crate::LimitLayer)).
+    Limit,
+    /// The process already held as many proxied connections as its
+    /// descriptor limit leaves room for (`descriptors`; see
+    /// [`LimitLayer::descriptor_budget`](crate::LimitLayer::descriptor_budget)).
+    Descriptors,
 }
 
 /// Labels of `l7inspect_timeouts_total`.
@@ -97,6 +114,35 @@ impl Timeout {
     }
 }
 
+impl Refusal {
+    /// Every reason, for registering each series at zero.
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Loop,
+        Refusal::NoOriginalDst,
+        Refusal::Limit,
+        Refusal::Descriptors,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Loop => "loop",
+            Refusal::NoOriginalDst => "no_original_dst",
+            Refusal::Limit => "limit",
+            Refusal::Descriptors => "descriptors",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Refusal {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
 impl prometheus_client::encoding::EncodeLabelValue for Timeout {
     fn encode(
         &self,
@@ -116,7 +162,8 @@ impl prometheus_client::encoding::EncodeLabelValue for Timeout {
 /// counters get their `_total` suffix from the OpenMetrics encoder.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
-    /// `l7inspect_tcp_open_connections`: connections open now, after detection.
+    /// `l7inspect_tcp_open_connections`: connections open now, by their
+    /// detected protocol, or `detecting` while detection runs.
     pub open_connections: Family<ConnLabels, Gauge>,
     /// `l7inspect_tcp_connections_total`: connections handled, counted when detection ends.
     pub connections: Family<ConnLabels, Counter>,
@@ -128,7 +175,8 @@ pub struct Metrics {
     pub detections: Family<ConnLabels, Counter>,
     /// `l7inspect_upstream_connect_errors_total`: failed upstream connects.
     pub connect_errors: Family<ConnectErrorLabels, Counter>,
-    /// `l7inspect_connections_refused_total`: connections refused before any upstream connect.
+    /// `l7inspect_connections_refused_total`: connections refused before
+    /// any upstream connect, by direction and [`Refusal`].
     pub refused: Family<RefusedLabels, Counter>,
     /// `l7inspect_tcp_idle_timeouts_total`: passthrough connections closed as idle.
     pub idle_timeouts: Family<DirectionLabels, Counter>,
@@ -150,7 +198,7 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "l7inspect_tcp_open_connections",
-            "TCP connections open now, by direction and detected protocol",
+            "TCP connections open now, by direction and detected protocol (detecting: not yet detected)",
             self.open_connections.clone(),
         );
         registry.register(
@@ -180,9 +228,17 @@ impl Metrics {
             "Failed connects to a connection's target, by direction and error",
             self.connect_errors.clone(),
         );
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            for reason in Refusal::ALL {
+                let _ = self
+                    .refused
+                    .get_or_create(&RefusedLabels { direction, reason });
+            }
+        }
         registry.register(
             "l7inspect_connections_refused",
-            "Connections refused before any upstream connect (loop, no original destination)",
+            "Connections refused before any upstream connect (loop, no original destination, \
+             listener limit, descriptor budget)",
             self.refused.clone(),
         );
         registry.register(
@@ -205,6 +261,13 @@ impl Metrics {
             self.timeouts.clone(),
         );
         registry.register_collector(Box::new(ProcessCollector::new()));
+    }
+
+    /// Counts one connection refused for `reason`.
+    pub fn connection_refused(&self, direction: Direction, reason: Refusal) {
+        self.refused
+            .get_or_create(&RefusedLabels { direction, reason })
+            .inc();
     }
 
     /// Counts one expiry of `reason`.

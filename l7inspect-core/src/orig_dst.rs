@@ -4,7 +4,7 @@
 use crate::{
     loop_guard::{Loop, LoopGuard},
     meta::{Accepted, ConnMeta},
-    metrics::{Metrics, RefusedLabels},
+    metrics::{Metrics, Refusal},
     ratelimit::RateLimited,
 };
 use l7inspect_detect::Conn;
@@ -225,15 +225,10 @@ where
 
     fn call(&mut self, conn: Conn<Accepted, TcpStream>) -> Self::Future {
         let Conn { meta: accepted, io } = conn;
-        let refuse = |reason: &'static str, message: &dyn std::fmt::Display| {
+        let refuse = |reason: Refusal, message: &dyn std::fmt::Display| {
             self.shared
                 .metrics
-                .refused
-                .get_or_create(&RefusedLabels {
-                    direction: accepted.direction,
-                    reason,
-                })
-                .inc();
+                .connection_refused(accepted.direction, reason);
             self.shared.log.warn(|suppressed| {
                 tracing::warn!(
                     client = %accepted.client,
@@ -248,7 +243,7 @@ where
             Ok(target) => target,
             Err(e) => {
                 refuse(
-                    "no_original_dst",
+                    Refusal::NoOriginalDst,
                     &format_args!(
                         "no original destination ({e}); is the iptables REDIRECT rule in place?"
                     ),
@@ -270,7 +265,7 @@ where
                     "it is the proxy's own upstream connection, redirected back to the proxy (exempt the proxy's UID from the redirect)"
                 }
             };
-            refuse("loop", &format_args!("{target} would loop: {why}"));
+            refuse(Refusal::Loop, &format_args!("{target} would loop: {why}"));
             reset(io);
             return ResponseFuture::Refused;
         }
