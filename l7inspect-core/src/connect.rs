@@ -2,11 +2,13 @@
 
 use crate::{
     loop_guard::{LoopGuard, Registration},
-    meta::ConnMeta,
-    metrics::{ConnectErrorLabels, Metrics},
+    meta::{ConnMeta, Direction},
+    metrics::{ConnLabels, ConnectErrorLabels, Metrics},
     ratelimit::RateLimited,
+    track::{DETECTING, OpenGuard},
 };
 use l7inspect_detect::{Conn, DetectMeta, ServerEvent, is_http2_server_preface};
+use prometheus_client::metrics::gauge::Gauge;
 
 use std::{
     future::Future,
@@ -50,6 +52,11 @@ pub struct ConnectConfig {
 /// (when [metrics](Self::with_metrics) are given) and logged (rate-limited)
 /// with the target and the OS error; whoever takes the [`Upstream`] then
 /// gets the [`ConnectError`].
+///
+/// From the call on, the connection is counted in
+/// `l7inspect_tcp_open_connections{protocol="detecting"}` of those metrics,
+/// until a [`TrackLayer`](crate::TrackLayer) below detection moves it to its
+/// protocol, or until the [`Connecting`] is dropped (detection failed).
 ///
 /// # Example
 ///
@@ -125,6 +132,9 @@ struct Shared {
     metrics: Metrics,
     guard: LoopGuard,
     log: RateLimited,
+    /// `l7inspect_tcp_open_connections{protocol="detecting"}`, inbound and
+    /// outbound: looked up once, not per connection.
+    detecting: [Gauge; 2],
 }
 
 /// A connection whose upstream connect is under way: the metadata the
@@ -144,6 +154,9 @@ pub struct Connecting {
     /// [`Forward::connection_extensions`](crate::Forward::connection_extensions)).
     /// Empty, and allocation-free, unless a layer adds something.
     pub extensions: http::Extensions,
+    /// The connection's place in `l7inspect_tcp_open_connections` while
+    /// detection runs, which [`Track`](crate::Track) takes over.
+    pub(crate) open: Option<OpenGuard>,
 }
 
 /// An upstream connection in the making.
@@ -225,6 +238,15 @@ impl ConnectLayer {
     }
 
     fn from_parts(config: ConnectConfig, metrics: Metrics, guard: LoopGuard) -> Self {
+        let detecting = [Direction::Inbound, Direction::Outbound].map(|direction| {
+            metrics
+                .open_connections
+                .get_or_create(&ConnLabels {
+                    direction,
+                    protocol: DETECTING,
+                })
+                .clone()
+        });
         Self {
             connector: Connector {
                 shared: Arc::new(Shared {
@@ -232,6 +254,7 @@ impl ConnectLayer {
                     metrics,
                     guard,
                     log: RateLimited::default(),
+                    detecting,
                 }),
                 wrap: None,
             },
@@ -265,6 +288,11 @@ where
     }
 
     fn call(&mut self, conn: Conn<ConnMeta, I>) -> S::Future {
+        let detecting = match conn.meta.direction {
+            Direction::Inbound => &self.connector.shared.detecting[0],
+            Direction::Outbound => &self.connector.shared.detecting[1],
+        };
+        let open = OpenGuard::new(detecting.clone());
         let upstream = Upstream::connect(conn.meta, self.connector.clone());
         self.inner.call(Conn {
             meta: Connecting {
@@ -272,6 +300,7 @@ where
                 upstream,
                 connector: self.connector.clone(),
                 extensions: http::Extensions::new(),
+                open: Some(open),
             },
             io: conn.io,
         })
@@ -493,9 +522,14 @@ impl DetectMeta for Connecting {
 
 impl ConnectError {
     /// The `error` label: `refused`, `timeout`, `unreachable`, `reset`,
-    /// `tls` (a wrapped connection's handshake failed) or `other`.
+    /// `tls` (a wrapped connection's handshake failed), `descriptors` (the
+    /// process or the system is out of file descriptors: `EMFILE`,
+    /// `ENFILE`) or `other`.
     pub fn kind_label(&self) -> &'static str {
         use io::ErrorKind::*;
+        if crate::limit::is_out_of_descriptors(&self.source) {
+            return "descriptors";
+        }
         match self.source.kind() {
             ConnectionRefused => "refused",
             TimedOut => "timeout",

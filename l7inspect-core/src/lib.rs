@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! serve(listener)                       accept loop, one task per connection
+//!   -> LimitLayer                       listener limit, descriptor budget: refuse past them
 //!   -> OrigDstLayer | FixedTargetLayer  where it goes (SO_ORIGINAL_DST or fixed), loop guard
 //!   -> ConnectLayer                     dial the target now, 1:1, beside detection
 //!   -> l7inspect_detect::DetectLayer    what it speaks (server-first aware)
@@ -63,6 +64,8 @@
 //! # Layout
 //! - `meta`: [`Accepted`], [`ConnMeta`], [`Direction`].
 //! - `serve`: [`serve`], the accept loop, and [`bind`].
+//! - `limit`: [`LimitLayer`]: a listener's connection limit, the process's
+//!   descriptor budget.
 //! - `orig_dst`: [`OrigDstLayer`], [`FixedTargetLayer`], [`original_dst`].
 //! - `loop_guard`: [`LoopGuard`].
 //! - `connect`: [`ConnectLayer`], [`Connecting`], [`Upstream`], [`ConnectError`].
@@ -81,6 +84,7 @@
 mod admin;
 mod connect;
 mod http;
+mod limit;
 mod loop_guard;
 mod meta;
 mod metrics;
@@ -99,11 +103,12 @@ pub use http::{
     Forward, ForwardFuture, Http, HttpConfig, HttpLayer, NewRequestService, PlainForward,
     RequestBody, ResponseBody, UpstreamClosed, local_response, remove_hop_by_hop,
 };
+pub use limit::{Limit, LimitLayer, ResponseFuture as LimitFuture};
 pub use loop_guard::{Loop, LoopGuard, PendingDial, Registration};
 pub use meta::{Accepted, ConnMeta, Direction};
 pub use metrics::{
-    ConnLabels, ConnectErrorLabels, DirectionLabels, Metrics, ProcessCollector, RefusedLabels,
-    Timeout, TimeoutLabels,
+    ConnLabels, ConnectErrorLabels, DirectionLabels, Metrics, ProcessCollector, Refusal,
+    RefusedLabels, Timeout, TimeoutLabels,
 };
 pub use orig_dst::{
     FixedTarget, FixedTargetLayer, OrigDst, OrigDstLayer, ResponseFuture as OrigDstFuture,

@@ -1,6 +1,11 @@
 //! [`serve`]: the accept loop.
 
-use crate::{meta::Accepted, meta::Direction, ratelimit::RateLimited};
+use crate::{
+    limit::{SpareFd, is_out_of_descriptors},
+    meta::Accepted,
+    meta::Direction,
+    ratelimit::RateLimited,
+};
 use l7inspect_detect::Conn;
 use pin_project::pin_project;
 use std::{
@@ -46,8 +51,13 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// on a task of `tracker` (so the caller can wait for them to drain).
 ///
 /// Accepted sockets get `TCP_NODELAY`. A failed accept is retried: at once
-/// for errors of one connection (aborted), after 50 ms for exhausted
-/// resources (too many open files), with a rate-limited warning.
+/// for errors of one connection (aborted), after 50 ms for other exhausted
+/// resources, with a rate-limited warning. When the process or the system
+/// is out of file descriptors (`EMFILE`, `ENFILE`), each failed accept
+/// refuses one queued connection with a reset, through a descriptor held in
+/// reserve for that, rather than leaving its client to hang in the listen
+/// backlog (a [`LimitLayer::descriptor_budget`](crate::LimitLayer::descriptor_budget)
+/// keeps the proxy from getting there).
 ///
 /// A plain function, not a service: it accepts connections until `shutdown`
 /// completes and hands each one, as a [`Conn`] of [`Accepted`] metadata and
@@ -71,6 +81,7 @@ pub async fn serve<S>(
         }
     };
     let log = RateLimited::default();
+    let mut spare = SpareFd::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, client) = tokio::select! {
@@ -79,7 +90,9 @@ pub async fn serve<S>(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    if !is_connection_error(&e) {
+                    if is_out_of_descriptors(&e) && spare.refuse_one(&listener) {
+                        log.warn(|suppressed| tracing::warn!(%local, suppressed, "accept failed: {e}; refusing queued connections"));
+                    } else if !is_connection_error(&e) {
                         log.warn(|suppressed| tracing::warn!(%local, suppressed, "accept failed: {e}"));
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -87,6 +100,7 @@ pub async fn serve<S>(
                 }
             },
         };
+        spare.rearm();
         let _ = stream.set_nodelay(true);
         // The accepted socket's own local address: the original one when
         // the listener is bound to a wildcard address.

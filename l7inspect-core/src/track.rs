@@ -1,12 +1,12 @@
 //! [`TrackLayer`]: connection metrics, recorded once detection has named the
-//! protocol.
+//! protocol; and a connection's place in the open-connections gauge.
 
 use crate::{
     connect::Connecting,
     metrics::{ConnLabels, Metrics},
 };
 use l7inspect_detect::{Detected, PrefixedIo};
-use pin_project::{pin_project, pinned_drop};
+use pin_project::pin_project;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use std::{
     future::Future,
@@ -36,6 +36,13 @@ use tower::{Layer, Service};
 /// `l7inspect_tcp_read_bytes_total` and `l7inspect_tcp_write_bytes_total`.
 /// The bytes read during detection are counted here, since the counting
 /// stream only sees later reads.
+///
+/// [`ConnectLayer`](crate::ConnectLayer), above detection, counts each
+/// connection in `l7inspect_tcp_open_connections{protocol="detecting"}`
+/// from accept on; this layer moves it to its protocol when detection ends
+/// (one gauge down, the other up: never counted twice, and no cost per
+/// byte), so that the gauge counts every open connection, silent ones
+/// included.
 ///
 /// # Example
 ///
@@ -71,6 +78,12 @@ use tower::{Layer, Service};
 /// assert_eq!(svc.oneshot(Conn { meta: accepted, io: &ping[..] }).await?, ping.len());
 /// let labels = ConnLabels { direction: Direction::Outbound, protocol: "redis" };
 /// assert_eq!(metrics.connections.get_or_create(&labels).get(), 1);
+/// // Open while detection ran (`detecting`), then as `redis`; closed now.
+/// let open = |protocol| {
+///     let labels = ConnLabels { direction: Direction::Outbound, protocol };
+///     metrics.open_connections.get_or_create(&labels).get()
+/// };
+/// assert_eq!((open("detecting"), open("redis")), (0, 0));
 /// assert_eq!(metrics.read_bytes.get_or_create(&labels).get(), ping.len() as u64);
 /// # Ok(()) }
 /// ```
@@ -100,11 +113,24 @@ pub struct CountingIo<I> {
 
 /// The future of [`Track`]: the inner future, holding the connection's place
 /// in `l7inspect_tcp_open_connections` until it completes or is dropped.
-#[pin_project(PinnedDrop)]
+#[pin_project]
 pub struct ResponseFuture<F> {
     #[pin]
     inner: F,
-    open: Gauge,
+    _open: OpenGuard,
+}
+
+/// The `protocol` label of `l7inspect_tcp_open_connections` for connections
+/// whose detection has not ended.
+pub(crate) const DETECTING: &str = "detecting";
+
+/// A connection's place in `l7inspect_tcp_open_connections`: one up on
+/// creation, one down on drop, and [`move_to`](Self::move_to) another
+/// label in between. Holds a handle to the gauge (an `Arc`), so it costs
+/// no allocation and no label lookup of its own.
+#[derive(Debug)]
+pub(crate) struct OpenGuard {
+    gauge: Gauge,
 }
 
 // === impl TrackLayer ===
@@ -142,7 +168,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, d: Detected<Connecting, I>) -> Self::Future {
+    fn call(&mut self, mut d: Detected<Connecting, I>) -> Self::Future {
         let labels = ConnLabels {
             direction: d.meta.meta.direction,
             protocol: d.outcome.as_str(),
@@ -150,8 +176,14 @@ where
         let m = &self.metrics;
         m.detections.get_or_create(&labels).inc();
         m.connections.get_or_create(&labels).inc();
-        let open = m.open_connections.get_or_create(&labels).clone();
-        open.inc();
+        let gauge = m.open_connections.get_or_create(&labels).clone();
+        let open = match d.meta.open.take() {
+            Some(mut open) => {
+                open.move_to(gauge);
+                open
+            }
+            None => OpenGuard::new(gauge),
+        };
         let read = m.read_bytes.get_or_create(&labels).clone();
         let written = m.write_bytes.get_or_create(&labels).clone();
         let (prefix, io) = d.io.into_parts();
@@ -164,7 +196,7 @@ where
                 meta: d.meta,
                 io,
             }),
-            open,
+            _open: open,
         }
     }
 }
@@ -177,10 +209,28 @@ impl<F: Future> Future for ResponseFuture<F> {
     }
 }
 
-#[pinned_drop]
-impl<F> PinnedDrop for ResponseFuture<F> {
-    fn drop(self: Pin<&mut Self>) {
-        self.open.dec();
+// === impl OpenGuard ===
+
+impl OpenGuard {
+    /// Counts a connection in `gauge`.
+    pub(crate) fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self { gauge }
+    }
+
+    /// Moves the connection to `gauge` (from `detecting` to its protocol).
+    /// Down first, then up: a scrape in between may miss the connection,
+    /// but never counts it twice.
+    pub(crate) fn move_to(&mut self, gauge: Gauge) {
+        self.gauge.dec();
+        gauge.inc();
+        self.gauge = gauge;
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
