@@ -31,8 +31,8 @@ mod telemetry;
 
 use l7inspect_core::{
     Admin, AdminRoute, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpConfig,
-    HttpLayer, LoopGuard, Metrics, OrigDstLayer, Passthrough, PassthroughConfig, Readiness,
-    TrackLayer, serve,
+    HttpLayer, LimitLayer, LoopGuard, Metrics, OrigDstLayer, Passthrough, PassthroughConfig,
+    Readiness, TrackLayer, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use l7inspect_tls::{
@@ -97,6 +97,105 @@ pub struct SidecarConfig {
     pub tracing: TracingConfig,
     /// TLS: inbound termination, spans of the TLS passed through.
     pub tls: TlsConfig,
+    /// How many connections are held open at once.
+    pub limits: LimitsConfig,
+}
+
+/// How many connections the sidecar holds open at once; past a limit, a
+/// new connection is reset as it is accepted, before any upstream connect,
+/// and counted in `l7inspect_connections_refused_total`.
+#[derive(Clone, Debug)]
+pub struct LimitsConfig {
+    /// The most connections each listener holds at once (`reason="limit"`):
+    /// the transparent inbound listener (all its addresses together), the
+    /// transparent outbound one, each explicit forward. 0: no limit.
+    /// Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections_per_listener: usize,
+    /// The most proxied connections the whole process holds at once
+    /// (`reason="descriptors"`): `None` (the default) derives it from the
+    /// descriptor limit (`RLIMIT_NOFILE`) when [`build`] runs, with
+    /// [`descriptor_budget`], so that the admin server, the exporters and
+    /// the listeners always have descriptors left.
+    pub max_proxied_connections: Option<usize>,
+}
+
+/// The default of [`LimitsConfig::max_connections_per_listener`]: well
+/// above what a pod's workload needs, well below what exhausts its memory
+/// (each open connection costs the proxy tens of KiB; see
+/// docs/robustness.md) or its ephemeral ports (about 28,000 connections to
+/// one application port).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Descriptors left for everything but proxied connections, at the least:
+/// the standard streams, the runtime's epoll and wake-up descriptors, the
+/// listeners and each one's spare descriptor, the admin server's
+/// connections (probes, scrapes, the live view), the exporters'
+/// connections, and what a `/metrics` scrape opens under `/proc`.
+pub const MIN_DESCRIPTOR_RESERVE: u64 = 64;
+
+/// The descriptors a proxied connection holds: its client's and its
+/// upstream's.
+pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+
+/// The number of proxied connections a descriptor limit of `nofile` leaves
+/// room for: `(nofile - reserve) / 2`, where the reserve is
+/// [`MIN_DESCRIPTOR_RESERVE`] plus 1/32 of the limit (room for what grows
+/// with the traffic: TLS termination's HTTP/2 probes of the application,
+/// an HTTP upstream connection redialled while its client's is open).
+///
+/// | `nofile` | reserve | budget |
+/// |---|---|---|
+/// | 256 | 72 | 92 |
+/// | 1024 (a common default) | 96 | 464 |
+/// | 1048576 (containerd's, systemd's hard limit) | 32832 | 507872 |
+pub fn descriptor_budget(nofile: u64) -> usize {
+    let reserve = MIN_DESCRIPTOR_RESERVE + nofile / 32;
+    let budget = nofile.saturating_sub(reserve) / DESCRIPTORS_PER_CONNECTION;
+    usize::try_from(budget).unwrap_or(usize::MAX)
+}
+
+/// The descriptor limit (`RLIMIT_NOFILE`) before and after
+/// [`raise_nofile_limit`]; `None` is unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NofileLimit {
+    /// The soft limit the process started with.
+    pub before: Option<u64>,
+    /// The soft limit now: what the process may open.
+    pub soft: Option<u64>,
+    /// The hard limit: the most the soft limit may be raised to.
+    pub hard: Option<u64>,
+}
+
+/// Raises the soft descriptor limit (`RLIMIT_NOFILE`) to the hard limit, as
+/// nginx's `worker_rlimit_nofile`, haproxy and Go programs do: the soft
+/// limit of 1024 that many systems start processes with is a guard for
+/// programs using `select(2)`, which this one does not, and at 1024 the
+/// sidecar could proxy fewer than 500 connections. The binary calls it
+/// once at start-up; an embedder decides for its own process.
+pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+    let raise = match (current, maximum) {
+        (Some(soft), Some(hard)) => soft < hard,
+        // An unlimited hard limit is not allowed for descriptors (it is
+        // capped by fs.nr_open); there is nothing to raise to.
+        _ => false,
+    };
+    if raise {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: maximum,
+                maximum,
+            },
+        )?;
+    }
+    let now = getrlimit(Resource::Nofile);
+    Ok(NofileLimit {
+        before: current,
+        soft: now.current,
+        hard: now.maximum,
+    })
 }
 
 /// What the sidecar does with TLS.
@@ -204,7 +303,10 @@ pub enum BuildError {
 pub struct Sidecar {
     config: SidecarConfig,
     addrs: BoundAddrs,
-    listeners: Vec<(TcpListener, Direction, Target)>,
+    /// Each listener's socket, direction, target, and the index of the
+    /// listener it is an address of (its connection limit is shared).
+    listeners: Vec<(TcpListener, Direction, Target, usize)>,
+    max_proxied_connections: Option<usize>,
     admin: Vec<TcpListener>,
     admin_service: Admin,
     metrics: Metrics,
@@ -252,6 +354,16 @@ impl Default for SidecarConfig {
             http: HttpConfig::default(),
             tracing: TracingConfig::default(),
             tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_listener: DEFAULT_MAX_CONNECTIONS,
+            max_proxied_connections: None,
         }
     }
 }
@@ -277,6 +389,10 @@ impl Default for TracingConfig {
 /// Binds every listener of `config`, starts span export and registers the
 /// metrics. Fails with a [`BindError`] naming the first listener that could
 /// not be bound, or an export error. Must run inside a Tokio runtime.
+///
+/// The budget of proxied connections is derived here from the descriptor
+/// limit in force, unless the config sets it (see [`LimitsConfig`]); a
+/// budget under 100 is logged as a warning.
 ///
 /// A listener with several addresses (IPv4 and IPv6) leaves out an IPv6
 /// address, with a log line, when the host has no IPv6 (the address family
@@ -335,6 +451,8 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
     };
     let admin = admin.into_iter().map(|(l, _)| l).collect();
     let mut listeners = Vec::new();
+    // Which listener a socket is an address of: its connection limit.
+    let mut group = 0;
     if config.transparent {
         for (what, list, direction) in [
             ("inbound", &config.inbound_listen, Direction::Inbound),
@@ -346,8 +464,9 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
                     Direction::Inbound => addrs.inbound.push(bound),
                     Direction::Outbound => addrs.outbound.push(bound),
                 }
-                listeners.push((l, direction, Target::OrigDst));
+                listeners.push((l, direction, Target::OrigDst, group));
             }
+            group += 1;
         }
     }
     for (what, forwards, direction) in [
@@ -373,8 +492,20 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
                 Direction::Inbound => addrs.inbound_forwards.push(bound),
                 Direction::Outbound => addrs.outbound_forwards.push(bound),
             }
-            listeners.push((l, direction, Target::Fixed(f.target)));
+            listeners.push((l, direction, Target::Fixed(f.target), group));
+            group += 1;
         }
+    }
+    let max_proxied_connections = config.limits.max_proxied_connections.or_else(|| {
+        let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        nofile.map(descriptor_budget)
+    });
+    if let Some(budget) = max_proxied_connections.filter(|&b| b < 100) {
+        tracing::warn!(
+            "the descriptor limit leaves room for only {budget} proxied connections; \
+             raise its hard limit (LimitNOFILE= in systemd, ulimit -Hn, the container \
+             runtime's nofile setting)"
+        );
     }
 
     let metrics = Metrics::default();
@@ -448,6 +579,7 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         config,
         addrs,
         listeners,
+        max_proxied_connections,
         admin,
         admin_service,
         metrics,
@@ -476,6 +608,12 @@ impl Sidecar {
         &self.addrs
     }
 
+    /// The most proxied connections the process holds at once (`None`:
+    /// no budget, the descriptor limit being unlimited).
+    pub fn max_proxied_connections(&self) -> Option<usize> {
+        self.max_proxied_connections
+    }
+
     /// The metrics registry (what `/metrics` serves).
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
@@ -496,6 +634,7 @@ impl Sidecar {
         let Sidecar {
             config,
             listeners,
+            max_proxied_connections,
             admin,
             admin_service,
             metrics,
@@ -520,11 +659,20 @@ impl Sidecar {
         let track = TrackLayer::new(metrics.clone());
         let passthrough =
             Passthrough::new(config.passthrough.clone()).with_metrics(metrics.clone());
-        let orig_dst = OrigDstLayer::new(guard).with_metrics(metrics);
+        // One budget for every listener; one limit per listener, shared by
+        // its addresses.
+        let budget = LimitLayer::descriptor_budget(max_proxied_connections.unwrap_or(usize::MAX))
+            .with_metrics(metrics.clone());
+        let per_listener = match config.limits.max_connections_per_listener {
+            0 => usize::MAX,
+            max => max,
+        };
+        let mut limits: Vec<LimitLayer> = Vec::new();
+        let orig_dst = OrigDstLayer::new(guard).with_metrics(metrics.clone());
         // HTTP connections close gracefully (GOAWAY, close after the
         // in-flight request) as soon as shutdown starts.
         let http = HttpLayer::new(stop.clone()).with_config(config.http);
-        for (listener, direction, target) in listeners {
+        for (listener, direction, target, group) in listeners {
             let requests = match direction {
                 Direction::Inbound => inbound_requests.clone(),
                 Direction::Outbound => outbound_requests.clone(),
@@ -541,15 +689,21 @@ impl Sidecar {
                 .service(passthrough.clone());
             let stopped = stop.clone().cancelled_owned();
             let tracker = conns.clone();
+            while limits.len() <= group {
+                limits.push(LimitLayer::new(per_listener).with_metrics(metrics.clone()));
+            }
+            // Refused past the listener's limit, then past the process's
+            // budget, before anything else is done with a connection.
+            let limited = ServiceBuilder::new()
+                .layer(limits[group].clone())
+                .layer(budget.clone());
             match target {
                 Target::OrigDst => {
-                    let svc = ServiceBuilder::new().layer(orig_dst.clone()).service(stack);
+                    let svc = limited.layer(orig_dst.clone()).service(stack);
                     loops.spawn(serve(listener, direction, svc, tracker, stopped));
                 }
                 Target::Fixed(t) => {
-                    let svc = ServiceBuilder::new()
-                        .layer(FixedTargetLayer::new(t))
-                        .service(stack);
+                    let svc = limited.layer(FixedTargetLayer::new(t)).service(stack);
                     loops.spawn(serve(listener, direction, svc, tracker, stopped));
                 }
             }

@@ -25,6 +25,17 @@ fn main() -> ExitCode {
         } => (*config, threads, log_level),
         cli::Invocation::Done(code) => return code,
     };
+    // Before the runtime and the listeners exist: every descriptor they
+    // open counts against the limit.
+    match l7inspect_sidecar::raise_nofile_limit() {
+        Ok(l) => tracing::info!(
+            soft = l.soft,
+            hard = l.hard,
+            started_with = l.before,
+            "descriptor limit (RLIMIT_NOFILE): soft raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!("cannot raise the descriptor limit (RLIMIT_NOFILE): {e}"),
+    }
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -42,6 +53,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let max_per_listener = config.limits.max_connections_per_listener;
     let t = &config.tracing;
     let service = t.resource.service_name.clone();
     // As a user writes them: `off` when not exporting.
@@ -83,6 +95,13 @@ fn main() -> ExitCode {
             inbound_forwards = %forwards(&a.inbound_forwards),
             outbound_forwards = %forwards(&a.outbound_forwards),
             admin = %list(&a.admin),
+            max_connections_per_listener = %match max_per_listener {
+                0 => "unlimited".to_owned(),
+                n => n.to_string(),
+            },
+            max_proxied_connections = %sidecar
+                .max_proxied_connections()
+                .map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
             "listening"
         );
         tracing::info!(

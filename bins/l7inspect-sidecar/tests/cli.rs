@@ -96,6 +96,7 @@ fn help_names_every_flag_and_its_env_var() {
         ("--shutdown-grace", &["L7INSPECT_SHUTDOWN_GRACE"][..]),
         ("--detect-timeout", &["L7INSPECT_DETECT_TIMEOUT"][..]),
         ("--connect-timeout", &["L7INSPECT_CONNECT_TIMEOUT"][..]),
+        ("--max-connections", &["L7INSPECT_MAX_CONNECTIONS"][..]),
         ("--threads", &["L7INSPECT_THREADS"][..]),
         ("--log-level", &["L7INSPECT_LOG_LEVEL"][..]),
         ("--log-format", &["L7INSPECT_LOG_FORMAT"][..]),
@@ -152,6 +153,7 @@ fn bad_values_name_the_flag_and_exit_2() {
         (&["--admin-listen", "nowhere"], "--admin-listen"),
         (&["--log-format", "xml"], "--log-format"),
         (&["--threads", "0"], "--threads"),
+        (&["--max-connections", "-1"], "--max-connections"),
         (&["--log-level", "info,[bad"], "--log-level"),
         (&["--no-such-flag"], "--no-such-flag"),
     ] {

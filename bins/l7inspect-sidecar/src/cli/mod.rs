@@ -20,7 +20,7 @@ pub(crate) use log_level::LogLevel;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind};
 use l7inspect_core::{ConnectConfig, HttpConfig, PassthroughConfig};
 use l7inspect_detect::DetectConfig;
-use l7inspect_sidecar::{Forward, SidecarConfig, TlsConfig, TracingConfig};
+use l7inspect_sidecar::{Forward, LimitsConfig, SidecarConfig, TlsConfig, TracingConfig};
 use l7inspect_tls::{InterceptConfig, SniPattern, TerminateConfig, TerminatePort};
 use l7inspect_trace::export::{
     ExportConfig, OtelOverrides, Override, ResourceConfig, from_otel_env_with,
@@ -203,6 +203,15 @@ struct Args {
     /// How long an upstream connect may take.
     #[arg(long, env = "L7INSPECT_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
+
+    /// The most connections each listener holds open at once (the
+    /// transparent inbound one, the outbound one, each forward); past it a
+    /// new connection is reset at once and counted as refused (limit). 0:
+    /// no limit. Besides, the proxied connections of all listeners together
+    /// are kept within what the descriptor limit (RLIMIT_NOFILE, raised to
+    /// its hard limit at start) leaves room for (descriptors).
+    #[arg(long, env = "L7INSPECT_MAX_CONNECTIONS", value_name = "N", default_value_t = l7inspect_sidecar::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 
     /// Worker threads. One suits a sidecar that shares its pod's CPU.
     #[arg(long, env = "L7INSPECT_THREADS", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -586,6 +595,10 @@ impl Args {
                 },
                 passthrough_spans: !self.no_tls_spans,
                 max_server_names: self.tls_sni_label_limit,
+            },
+            limits: LimitsConfig {
+                max_connections_per_listener: self.max_connections,
+                ..LimitsConfig::default()
             },
         }
     }
