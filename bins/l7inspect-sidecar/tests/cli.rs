@@ -153,7 +153,7 @@ fn bad_values_name_the_flag_and_exit_2() {
         (&["--admin-listen", "nowhere"], "--admin-listen"),
         (&["--log-format", "xml"], "--log-format"),
         (&["--threads", "0"], "--threads"),
-        (&["--max-connections", "-1"], "--max-connections"),
+        (&["--max-connections", "many"], "--max-connections"),
         (&["--log-level", "info,[bad"], "--log-level"),
         (&["--no-such-flag"], "--no-such-flag"),
     ] {
