@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         .map_or_else(|| "off".to_owned(), |z| z.endpoint.clone());
     runtime.block_on(async move {
         // Summaries of dependencies' log lines dropped by the rate limit.
-        tokio::spawn(log_limit.flush_every());
+        tokio::spawn(log_limit.clone().flush_every());
         let sidecar = match l7inspect_sidecar::build(config).await {
             Ok(s) => s.admin_route(move |req: &_| log_level.respond(req)),
             Err(e) => {
@@ -96,6 +96,7 @@ fn main() -> ExitCode {
             "tracing HTTP requests"
         );
         sidecar.run(shutdown_signal()).await;
+        log_limit.flush_all();
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

@@ -107,6 +107,11 @@ impl LogLimit {
         summaries.iter().for_each(Summary::write);
     }
 
+    /// Writes every summary due, windows over or not: at shutdown.
+    pub(crate) fn flush_all(&self) {
+        self.flush(Instant::now() + WINDOW);
+    }
+
     /// Flushes every [`WINDOW`], so that a flood that stopped still gets
     /// its summary. Runs until the runtime stops.
     pub(crate) async fn flush_every(self) {
