@@ -126,6 +126,9 @@ impl LogLimit {
 
 impl<S: Subscriber> Layer<S> for LogLimit {
     fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        // (A record of the `log` crate, bridged by tracing-log, has one call
+        // site per level, so such records would share one budget; no
+        // dependency of the sidecar logs through `log` today.)
         let meta = event.metadata();
         if *meta.level() > Level::INFO || meta.target().starts_with("l7inspect") {
             return true;
