@@ -30,9 +30,9 @@ mod requests;
 mod telemetry;
 
 use l7inspect_core::{
-    Admin, AdminRoute, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpConfig,
-    HttpLayer, LoopGuard, Metrics, OrigDstLayer, Passthrough, PassthroughConfig, Readiness,
-    TrackLayer, serve,
+    Admin, AdminRoute, CatchPanicLayer, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer,
+    HttpConfig, HttpLayer, LoopGuard, Metrics, OrigDstLayer, Passthrough, PassthroughConfig,
+    Readiness, TrackLayer, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use l7inspect_tls::{
@@ -536,6 +536,9 @@ impl Sidecar {
         let track = TrackLayer::new(metrics.clone());
         let passthrough =
             Passthrough::new(config.passthrough.clone()).with_metrics(metrics.clone());
+        // Outermost: a panic anywhere in a connection's stack ends that
+        // connection only, counted.
+        let catch_panic = CatchPanicLayer::new(metrics.clone());
         // HTTP connections close gracefully (GOAWAY, close after the
         // in-flight request) as soon as shutdown starts.
         let http = HttpLayer::new(stop.clone())
@@ -561,11 +564,15 @@ impl Sidecar {
             let tracker = conns.clone();
             match target {
                 Target::OrigDst => {
-                    let svc = ServiceBuilder::new().layer(orig_dst.clone()).service(stack);
+                    let svc = ServiceBuilder::new()
+                        .layer(catch_panic.clone())
+                        .layer(orig_dst.clone())
+                        .service(stack);
                     loops.spawn(serve(listener, direction, svc, tracker, stopped));
                 }
                 Target::Fixed(t) => {
                     let svc = ServiceBuilder::new()
+                        .layer(catch_panic.clone())
                         .layer(FixedTargetLayer::new(t))
                         .service(stack);
                     loops.spawn(serve(listener, direction, svc, tracker, stopped));

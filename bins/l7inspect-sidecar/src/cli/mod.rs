@@ -12,10 +12,13 @@
 
 pub(crate) mod inject;
 mod log_level;
+mod log_limit;
+mod panic_hook;
 mod tap;
 mod tls;
 
 pub(crate) use log_level::LogLevel;
+pub(crate) use log_limit::LogLimit;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind};
 use l7inspect_core::{ConnectConfig, HttpConfig, PassthroughConfig};
@@ -36,6 +39,8 @@ pub(crate) enum Invocation {
         threads: u16,
         /// The log filter, for the admin port's `/log-level`.
         log_level: LogLevel,
+        /// The dependencies' log rate limit, whose summaries a task flushes.
+        log_limit: LogLimit,
     },
     /// A subcommand ran (`inject`) and exited with this code.
     Done(ExitCode),
@@ -62,8 +67,9 @@ pub(crate) fn parse() -> Invocation {
         None => {}
     }
     let threads = args.threads;
-    let log_level = init_logging(args.log_level.as_deref(), args.log_format)
+    let (log_level, log_limit) = init_logging(args.log_level.as_deref(), args.log_format)
         .unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit());
+    panic_hook::install();
     let tracing = args
         .tracing()
         .unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit());
@@ -71,6 +77,7 @@ pub(crate) fn parse() -> Invocation {
         config: Box::new(args.into_config(tracing)),
         threads,
         log_level,
+        log_limit,
     }
 }
 
@@ -648,8 +655,9 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown_service".to_owned())
 }
 
-/// Sets up logging to stderr with a filter that `/log-level` can change.
-fn init_logging(level: Option<&str>, format: LogFormat) -> Result<LogLevel, String> {
+/// Sets up logging to stderr with a filter that `/log-level` can change,
+/// and the rate limit on dependencies' events after it ([`LogLimit`]).
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(LogLevel, LogLimit), String> {
     use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
     let (filter, text) = match level {
         Some(l) => (
@@ -666,10 +674,13 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> Result<LogLevel, Stri
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
+    let limit = LogLimit::default();
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(limit.clone());
     match format {
         LogFormat::Text => registry.with(fmt).init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
     }
-    Ok(LogLevel::new(handle, text))
+    Ok((LogLevel::new(handle, text), limit))
 }
