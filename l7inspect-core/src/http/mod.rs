@@ -423,7 +423,12 @@ where
                     activity: activity.clone(),
                 });
                 let io = HeadWatch::new(io, activity.clone());
+                // A client may send its request and shut down its write
+                // side (a half-close) while it waits for the answer: it
+                // gets the answer, as directly from most servers (hyper's
+                // default would close the connection at the EOF).
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .half_close(true)
                     .preserve_header_case(config.preserve_header_case)
                     .max_buf_size(
                         config
