@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! serve(listener)                       accept loop, one task per connection
+//!   -> CatchPanicLayer                  a panic ends its connection only, counted
 //!   -> LimitLayer                       listener limit, descriptor budget: refuse past them
 //!   -> OrigDstLayer | FixedTargetLayer  where it goes (SO_ORIGINAL_DST or fixed), loop guard
 //!   -> ConnectLayer                     dial the target now, 1:1, beside detection
@@ -64,6 +65,7 @@
 //! # Layout
 //! - `meta`: [`Accepted`], [`ConnMeta`], [`Direction`].
 //! - `serve`: [`serve`], the accept loop, and [`bind`].
+//! - `catch_panic`: [`CatchPanicLayer`], [`Panicked`].
 //! - `limit`: [`LimitLayer`]: a listener's connection limit, the process's
 //!   descriptor budget.
 //! - `orig_dst`: [`OrigDstLayer`], [`FixedTargetLayer`], [`original_dst`].
@@ -82,6 +84,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod catch_panic;
 mod connect;
 mod http;
 mod limit;
@@ -95,6 +98,7 @@ mod serve;
 mod track;
 
 pub use admin::{Admin, AdminBody, AdminRoute, MAX_ROUTE_BODY, Readiness};
+pub use catch_panic::{CatchPanic, CatchPanicLayer, Panicked, ResponseFuture as CatchPanicFuture};
 pub use connect::{
     Connect, ConnectConfig, ConnectError, ConnectLayer, Connecting, Connector, Upstream,
     UpstreamIo, UpstreamStream, WrapUpstream,

@@ -182,6 +182,20 @@ async fn http1_header_names_are_lowercase_by_default() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_half_closes_after_its_request_gets_the_answer() {
+    let server = head_echo_server().await;
+    let sidecar = start(forward_config(server)).await;
+    let resp = exchange(
+        sidecar.inbound(),
+        b"GET /half HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    assert!(resp.contains("GET /half HTTP/1.1\r\n"), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opaque_binary_bytes_pass_byte_for_byte() {
     let server = echo_server().await;
     let sidecar = start(forward_config(server)).await;
