@@ -792,3 +792,18 @@ fn host_has_no_ipv6(addr: SocketAddr, e: &io::Error) -> bool {
         || ((ip.is_loopback() || ip.is_unspecified())
             && e.kind() == io::ErrorKind::AddrNotAvailable)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_budget_leaves_a_reserve() {
+        // The table in `descriptor_budget`'s doc.
+        assert_eq!(descriptor_budget(256), 92);
+        assert_eq!(descriptor_budget(1024), 464);
+        assert_eq!(descriptor_budget(1_048_576), 507_872);
+        // Too few to proxy anything: nothing, rather than an underflow.
+        assert_eq!(descriptor_budget(50), 0);
+    }
+}
