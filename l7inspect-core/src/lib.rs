@@ -96,8 +96,9 @@ pub use connect::{
     UpstreamIo, UpstreamStream, WrapUpstream,
 };
 pub use http::{
-    Forward, ForwardFuture, Http, HttpConfig, HttpLayer, NewRequestService, PlainForward,
-    RequestBody, ResponseBody, UpstreamClosed, local_response, remove_hop_by_hop,
+    FailureKind, Forward, ForwardFuture, Http, HttpConfig, HttpLayer, NewRequestService,
+    PlainForward, ProxyError, RequestBody, ResponseBody, UpstreamClosed, local_response,
+    remove_hop_by_hop,
 };
 pub use loop_guard::{Loop, LoopGuard, PendingDial, Registration};
 pub use meta::{Accepted, ConnMeta, Direction};

@@ -5,6 +5,7 @@
 use super::{
     HttpConfig,
     body::{RequestBody, ResponseBody},
+    failure::{FailureKind, failure_response, log_failure},
     headers::remove_hop_by_hop,
     http1::client::{self as http1_client, Conn, Slot},
     http2,
@@ -180,8 +181,10 @@ impl Forward {
             let (mut resp, tunnel_conn) = match sent {
                 Ok(sent) => sent,
                 Err(e) => {
-                    tracing::debug!(target = %self.inner.meta.target, "upstream failed before responding: {e}");
-                    return Ok(unavailable(grpc, &e));
+                    let kind = FailureKind::of(&e, FailureKind::UpstreamIo);
+                    log_failure(kind, self.inner.meta.target, &e);
+                    let http1 = self.inner.version == Version::Http1;
+                    return Ok(failure_response(kind, &e, grpc, http1));
                 }
             };
 
@@ -501,25 +504,6 @@ pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| l7inspect_detect::is_grpc_content_type(v.as_bytes()))
-}
-
-/// The proxy's answer when the server could not: `502 Bad Gateway`, or a
-/// gRPC trailers-only response with status 14 (UNAVAILABLE).
-pub(crate) fn unavailable(grpc: bool, error: &BoxError) -> Response<ResponseBody> {
-    let builder = Response::builder();
-    let resp = if grpc {
-        builder
-            .header(header::CONTENT_TYPE, "application/grpc")
-            .header("grpc-status", "14")
-            .header("grpc-message", "upstream%20unavailable")
-            .body(ResponseBody::empty())
-    } else {
-        builder
-            .status(StatusCode::BAD_GATEWAY)
-            .header(header::CONTENT_TYPE, "text/plain")
-            .body(ResponseBody::full(format!("502 Bad Gateway: {error}\n")))
-    };
-    resp.expect("static header names and values are valid")
 }
 
 // === impl Sender ===

@@ -9,6 +9,7 @@
 
 mod answer;
 mod body;
+mod failure;
 mod forward;
 mod headers;
 mod http1;
@@ -16,6 +17,7 @@ mod http2;
 mod wake;
 
 pub use body::{RequestBody, ResponseBody, local_response};
+pub use failure::{FailureKind, ProxyError};
 pub use forward::{Forward, ResponseFuture as ForwardFuture, UpstreamClosed};
 pub use headers::remove_hop_by_hop;
 

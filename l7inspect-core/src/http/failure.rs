@@ -1,0 +1,254 @@
+//! The proxy's own answers to failures: what kind of failure it was
+//! ([`FailureKind`]), the response the client gets for it, and the
+//! [`ProxyError`] that the response carries for the request's span.
+//!
+//! The client learns the kind of failure and nothing else: never the
+//! target's address, nor the OS error, which belong to the operator (the
+//! log, rate-limited, and the span's `error.message`), not to whoever can
+//! send a request.
+
+use super::{ResponseBody, http1::client::SendError, http1::decode::DecodeError};
+use crate::{connect::ConnectError, ratelimit::RateLimited};
+use http::{HeaderValue, Response, StatusCode, header};
+use std::{error::Error as StdError, io, sync::Arc, sync::LazyLock};
+use tower::BoxError;
+
+/// What kind of failure made the proxy answer instead of the server: the
+/// status and the words of the answer, and `error.type` on the span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The upstream connection could not be opened (refused, unreachable):
+    /// `502`, gRPC status 14 (UNAVAILABLE).
+    ConnectFailed,
+    /// Opening the upstream connection timed out: `504`, gRPC status 4
+    /// (DEADLINE_EXCEEDED).
+    ConnectTimeout,
+    /// The server closed the connection before its response was complete
+    /// (the head, or a framed body cut short): `502`, gRPC 14.
+    UpstreamClosed,
+    /// Reading from or writing to the server failed (a reset, say): `502`,
+    /// gRPC 14.
+    UpstreamIo,
+    /// The server's response is not valid HTTP: `502`, gRPC 14.
+    InvalidResponse,
+    /// The client's request body failed (malformed chunked framing, a body
+    /// cut short): `400`, whatever the protocol; the connection closes.
+    InvalidRequestBody,
+    /// A request layer failed (a timeout, load shedding: see
+    /// [`NewRequestService`](super::NewRequestService)): `502`, gRPC 14.
+    RequestLayer,
+}
+
+/// Carried in the extensions of a response the proxy made for a failure, so
+/// that request layers (the request's span) can record what happened: the
+/// [`FailureKind`] and the error's full message, which names the target and
+/// the OS error (what the response body leaves out).
+#[derive(Clone, Debug)]
+pub struct ProxyError {
+    kind: FailureKind,
+    message: Arc<str>,
+}
+
+/// The error of a request body from the client: marks the failure as the
+/// client's own (answered `400`), wherever it surfaces.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub(crate) struct ClientBodyError(#[source] pub(crate) BoxError);
+
+// === impl FailureKind ===
+
+impl FailureKind {
+    /// The finding of a failed forwarding from its error, by the types in
+    /// its source chain (never its text); `fallback` when none is known.
+    pub(crate) fn of(error: &BoxError, fallback: FailureKind) -> Self {
+        let mut next: Option<&(dyn StdError + 'static)> = Some(&**error);
+        while let Some(e) = next {
+            if e.is::<ClientBodyError>() {
+                return Self::InvalidRequestBody;
+            }
+            if let Some(e) = e.downcast_ref::<ConnectError>() {
+                return match e.source.kind() {
+                    io::ErrorKind::TimedOut => Self::ConnectTimeout,
+                    _ => Self::ConnectFailed,
+                };
+            }
+            if let Some(e) = e.downcast_ref::<SendError>() {
+                match e {
+                    SendError::Closed => return Self::UpstreamClosed,
+                    SendError::Io(_) => return Self::UpstreamIo,
+                    SendError::Decode(DecodeError::Truncated) => return Self::UpstreamClosed,
+                    SendError::Decode(_) => return Self::InvalidResponse,
+                    SendError::Body(_) => return Self::InvalidRequestBody,
+                }
+            }
+            if let Some(e) = e.downcast_ref::<DecodeError>() {
+                return match e {
+                    DecodeError::Truncated => Self::UpstreamClosed,
+                    _ => Self::InvalidResponse,
+                };
+            }
+            if let Some(e) = e.downcast_ref::<hyper::Error>() {
+                // hyper's client (`preserve_header_case`); a failing request
+                // body is found further down the chain.
+                if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+                    return Self::UpstreamClosed;
+                }
+                if e.is_parse() || e.is_parse_status() {
+                    return Self::InvalidResponse;
+                }
+                if !e.is_user() && e.source().is_none() {
+                    return Self::UpstreamIo;
+                }
+            }
+            if e.is::<h2::Error>() || e.is::<io::Error>() {
+                // An h2 error may wrap the I/O error; either is the upstream's.
+                if !e.source().is_some_and(|s| s.is::<ClientBodyError>()) {
+                    return Self::UpstreamIo;
+                }
+            }
+            next = e.source();
+        }
+        fallback
+    }
+
+    /// `error.type` on the span: a short, stable identifier.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::ConnectFailed => "upstream_connect_failed",
+            Self::ConnectTimeout => "upstream_connect_timeout",
+            Self::UpstreamClosed => "upstream_closed",
+            Self::UpstreamIo => "upstream_io",
+            Self::InvalidResponse => "upstream_invalid_response",
+            Self::InvalidRequestBody => "invalid_request_body",
+            Self::RequestLayer => "request_layer",
+        }
+    }
+
+    /// What the client is told, in the body (and gRPC's `grpc-message`).
+    pub fn description(&self) -> &'static str {
+        match self {
+            Self::ConnectFailed => "upstream connection failed",
+            Self::ConnectTimeout => "upstream connection timed out",
+            Self::UpstreamClosed => "upstream closed the connection",
+            Self::UpstreamIo => "upstream connection error",
+            Self::InvalidResponse => "invalid response from upstream",
+            Self::InvalidRequestBody => "invalid request body",
+            Self::RequestLayer => "request failed in the proxy",
+        }
+    }
+
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::InvalidRequestBody => StatusCode::BAD_REQUEST,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The gRPC status of the answer to a gRPC call (`None`: answered in
+    /// HTTP, as a client error is).
+    fn grpc_status(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidRequestBody => None,
+            Self::ConnectTimeout => Some("4"),
+            _ => Some("14"),
+        }
+    }
+
+    /// `grpc-message`: the description, percent-encoded (spaces only).
+    fn grpc_message(&self) -> &'static str {
+        match self {
+            Self::ConnectFailed => "upstream%20connection%20failed",
+            Self::ConnectTimeout => "upstream%20connection%20timed%20out",
+            Self::UpstreamClosed => "upstream%20closed%20the%20connection",
+            Self::UpstreamIo => "upstream%20connection%20error",
+            Self::InvalidResponse => "invalid%20response%20from%20upstream",
+            Self::InvalidRequestBody => "invalid%20request%20body",
+            Self::RequestLayer => "request%20failed%20in%20the%20proxy",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// The kind of failure.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// The error's full message (target address and OS error included):
+    /// for the operator's eyes (a span attribute), not the client's.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// The proxy's answer to a failed request: `kind`'s status with its
+/// description as the body (for gRPC, a trailers-only response with
+/// `kind`'s gRPC status, except for a client error, answered in HTTP);
+/// `Connection: close` over HTTP/1 for a client error, whose connection is
+/// not to be read further. The response carries a [`ProxyError`] with
+/// `error`'s message; the client's bytes carry neither.
+pub(crate) fn failure_response(
+    kind: FailureKind,
+    error: &BoxError,
+    grpc: bool,
+    http1: bool,
+) -> Response<ResponseBody> {
+    let builder = Response::builder().extension(ProxyError {
+        kind,
+        message: error.to_string().into(),
+    });
+    let resp = match kind.grpc_status().filter(|_| grpc) {
+        Some(code) => builder
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("grpc-status", code)
+            .header("grpc-message", kind.grpc_message())
+            .body(ResponseBody::empty()),
+        None => {
+            let status = kind.status();
+            let body = format!("{status}: {kind}\n");
+            let mut b = builder
+                .status(status)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .header(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            if http1 && status.is_client_error() {
+                b = b.header(header::CONNECTION, "close");
+            }
+            b.body(ResponseBody::full(body))
+        }
+    };
+    resp.expect("static header names and values are valid")
+}
+
+/// Logs a failure the proxy answered for: every one at debug, with the
+/// target and the error; at most one line per 10 s at warn (failures to
+/// connect have their own warning, in `connect`; a client's own error is
+/// not the operator's to act on).
+pub(crate) fn log_failure(kind: FailureKind, target: std::net::SocketAddr, error: &BoxError) {
+    static WARN: LazyLock<RateLimited> = LazyLock::new(RateLimited::default);
+    tracing::debug!(%target, error.type = kind.as_str(), "upstream failed before responding: {error}");
+    if matches!(
+        kind,
+        FailureKind::ConnectFailed | FailureKind::ConnectTimeout | FailureKind::InvalidRequestBody
+    ) {
+        return;
+    }
+    WARN.warn(|suppressed| {
+        tracing::warn!(
+            %target,
+            error.type = kind.as_str(),
+            suppressed,
+            "upstream failed before responding ({kind}): {error}"
+        );
+    });
+}
