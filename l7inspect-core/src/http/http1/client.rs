@@ -35,6 +35,9 @@ const MAX_READ: usize = 64 * 1024;
 /// Body data up to this size is copied behind its chunk header into one
 /// write; larger pieces are written from where they are.
 const COPY_DATA: usize = 1024;
+/// Body data already received, up to about this much, goes with the
+/// request head in its write.
+const COALESCE: usize = 16 * 1024;
 
 /// One upstream connection, between or during exchanges.
 #[derive(Debug)]
@@ -541,6 +544,8 @@ struct BodyWriter {
     ended: bool,
     /// The body waits (for `100 Continue`): only the head is written.
     held: bool,
+    /// Nothing written yet.
+    head_unsent: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -583,6 +588,7 @@ impl BodyWriter {
             data: Bytes::new(),
             framing,
             held: false,
+            head_unsent: true,
         }
     }
 
@@ -593,6 +599,19 @@ impl BodyWriter {
         io: &mut UpstreamIo,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>> {
+        if self.head_unsent {
+            // Before the head's write, the body the client has already sent
+            // joins it (one write, not two): and a body whose framing fails
+            // within those bytes fails before the server sees one of them.
+            // A body still to come does not hold the head back.
+            self.head_unsent = false;
+            while !self.ended && !self.held && self.data.is_empty() && self.out.len() < COALESCE {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(frame) => self.on_frame(frame)?,
+                    Poll::Pending => break,
+                }
+            }
+        }
         loop {
             while !self.out.is_empty() || !self.data.is_empty() {
                 let n = if self.data.is_empty() {
@@ -618,30 +637,40 @@ impl BodyWriter {
                 // Woken by the response's read or the wait's bound.
                 return Poll::Pending;
             }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.queue_data(data)?,
-                    Err(frame) => {
-                        if let (Ok(trailers), WriteFraming::Chunked(crlf)) =
-                            (frame.into_trailers(), self.framing)
-                        {
-                            self.end_chunked(crlf, Some(&trailers));
-                        }
-                        // Without chunked framing trailers cannot be sent.
-                    }
-                },
-                Some(Err(e)) => return Poll::Ready(Err(WriteError::Body(e))),
-                None => match self.framing {
-                    WriteFraming::Chunked(crlf) => self.end_chunked(crlf, None),
-                    WriteFraming::Length(0) => self.ended = true,
-                    WriteFraming::Length(_) => {
-                        return Poll::Ready(Err(WriteError::Body(
-                            "request body shorter than its content-length".into(),
-                        )));
-                    }
-                },
-            }
+            let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+            self.on_frame(frame)?;
         }
+    }
+
+    /// Queues what the body gave: data, trailers, its end or its failure.
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, BoxError>>,
+    ) -> Result<(), WriteError> {
+        match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => self.queue_data(data)?,
+                Err(frame) => {
+                    if let (Ok(trailers), WriteFraming::Chunked(crlf)) =
+                        (frame.into_trailers(), self.framing)
+                    {
+                        self.end_chunked(crlf, Some(&trailers));
+                    }
+                    // Without chunked framing trailers cannot be sent.
+                }
+            },
+            Some(Err(e)) => return Err(WriteError::Body(e)),
+            None => match self.framing {
+                WriteFraming::Chunked(crlf) => self.end_chunked(crlf, None),
+                WriteFraming::Length(0) => self.ended = true,
+                WriteFraming::Length(_) => {
+                    return Err(WriteError::Body(
+                        "request body shorter than its content-length".into(),
+                    ));
+                }
+            },
+        }
+        Ok(())
     }
 
     fn queue_data(&mut self, data: Bytes) -> Result<(), WriteError> {
