@@ -5,7 +5,8 @@ prints what each answers and what reached the server behind it.
 The cases are those of bins/l7inspect-sidecar/tests/framing.rs (conflicting
 Host fields, an absolute-form target that disagrees with Host, malformed
 chunked framing, Expect: 100-continue against three kinds of server, an
-unreachable server). docs/robustness.md quotes the output.
+unreachable server, one that closes without answering, one that answers
+garbage). docs/robustness.md quotes the output.
 
 Usage: benches/e2e/framing_compare.py [L7INSPECT_BINARY] [HAPROXY_BINARY]
 (defaults: target/debug/l7inspect-sidecar, /usr/sbin/haproxy). Everything
@@ -69,6 +70,12 @@ class Backend:
                 length = int(m.group(1)) if m else 0
                 chunked = b"transfer-encoding: chunked" in head
                 expects = b"expect: 100-continue" in head
+                if self.mode == "close":
+                    return
+                if self.mode == "garbage":
+                    writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+                    await writer.drain()
+                    return
                 if self.mode == "reject417":
                     writer.write(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n")
                     await writer.drain()
@@ -117,11 +124,11 @@ async def read_for(reader, wait):
         out.extend(data)
 
 
-async def plain(port, req):
+async def plain(port, req, wait):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(req)
     await writer.drain()
-    resp, closed = await read_for(reader, READ_WAIT)
+    resp, closed = await read_for(reader, wait)
     writer.close()
     return resp, closed, None
 
@@ -171,6 +178,8 @@ CASES = [
     ("Expect, server answers 417 first", "reject417", "expect", EXPECT),
     ("Expect, server ignores it", "answer", "expect", EXPECT),
     ("server refuses connections", "refused", "plain", GET),
+    ("server closes without answering", "close", "plain", GET),
+    ("server answers garbage", "garbage", "plain", GET),
 ]
 
 
@@ -192,19 +201,25 @@ def received(backend):
     if total == 0:
         return "nothing"
     last = bytes(backend.conns[-1])
-    whole = last.endswith(b"\r\n0\r\n\r\n") or last.endswith(b"hello")
-    expects = sum(bytes(c).lower().count(b"expect: 100-continue") for c in backend.conns)
+    head, _, body = last.partition(b"\r\n\r\n")
+    expects = head.lower().count(b"expect: 100-continue")
     parts = [f"{total} bytes"]
     if expects:
         parts.append(f"{expects}x Expect")
-    parts.append("body whole" if whole else "no whole body")
+    if b"transfer-encoding: chunked" in head.lower():
+        whole = body.endswith(b"\r\n0\r\n\r\n") or body == b"0\r\n\r\n"
+        parts.append("last chunk" if whole else f"body {body!r}, no last chunk")
+    elif body:
+        parts.append(f"body {body!r}")
+    else:
+        parts.append("no body")
     return ", ".join(parts)
 
 
 async def main():
     l7 = sys.argv[1] if len(sys.argv) > 1 else "target/debug/l7inspect-sidecar"
     haproxy = sys.argv[2] if len(sys.argv) > 2 else "/usr/sbin/haproxy"
-    backends = {m: Backend(m) for m in ["answer", "continue", "reject417"]}
+    backends = {m: Backend(m) for m in ["answer", "continue", "reject417", "close", "garbage"]}
     for b in backends.values():
         await b.start()
     refused_port = free_port()  # nothing listens there
@@ -244,7 +259,9 @@ async def main():
                 if backend:
                     backend.reset()
                 if kind == "plain":
-                    out = await plain(ports[mode], req)
+                    # haproxy retries a refused connect (1 s apart) before its 503.
+                    wait = 10.0 if mode == "refused" else READ_WAIT
+                    out = await plain(ports[mode], req, wait)
                 else:
                     out = await expect(ports[mode], req, b"hello")
                 await asyncio.sleep(0.2)  # let the backend record what came

@@ -690,3 +690,49 @@ async fn the_recorder_sees_a_plain_request() {
     assert!(received[0].starts_with(b"POST /ok HTTP/1.1\r\n"));
     assert!(received[0].ends_with(b"\r\n\r\nhello"));
 }
+
+/// With `--http1-preserve-header-case` (hyper's client upstream instead of
+/// the proxy's own) the same requests get the same `400`s: the `Host`
+/// checks come before either client, and a failing request body is known
+/// as the client's whichever client carried it. (hyper's client writes the
+/// head before it reads the body, so the server may get the head.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preserve_header_case_gets_the_same_400s() {
+    let server = Recorder::start(Behaviour::Answer).await;
+    let mut config = forward_config(server.addr);
+    config.http.preserve_header_case = true;
+    let sidecar = start(config).await;
+    for (req, reason) in [
+        (
+            "GET /a HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+            "more than one Host header",
+        ),
+        (
+            "GET http://a.example/a HTTP/1.1\r\nHost: b.example\r\n\r\n",
+            "request-target authority differs from Host",
+        ),
+        (
+            "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "invalid request body",
+        ),
+    ] {
+        let resp = send_and_read_all(sidecar.inbound(), req.as_bytes()).await;
+        assert!(
+            resp.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{req:?}: {resp}"
+        );
+        assert!(
+            resp.ends_with(&format!("\r\n\r\n400 Bad Request: {reason}\n")),
+            "{req:?}: {resp}"
+        );
+    }
+    assert!(
+        server.all_closed().await,
+        "an upstream connection stayed open"
+    );
+    for received in server.received() {
+        let text = String::from_utf8_lossy(&received);
+        assert!(!text.contains("\r\n0\r\n\r\n"), "{text:?}");
+        assert!(!text.starts_with("GET"), "{text:?}");
+    }
+}

@@ -279,7 +279,7 @@ pub(crate) fn send(conn: Conn, req: Request<RequestBody>, slot: &Arc<Slot>) -> E
 /// How long a request that expects `100 Continue` waits for it before its
 /// body goes anyway (to a server that ignores `Expect`); curl waits as long
 /// before it sends the body unasked.
-pub(crate) const EXPECT_CONTINUE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const EXPECT_CONTINUE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether the request has `Expect: 100-continue`.
 fn expects_continue(headers: &HeaderMap) -> bool {
