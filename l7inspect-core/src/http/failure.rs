@@ -101,11 +101,18 @@ impl FailureKind {
                     return Self::UpstreamIo;
                 }
             }
-            if e.is::<h2::Error>() || e.is::<io::Error>() {
-                // An h2 error may wrap the I/O error; either is the upstream's.
-                if !e.source().is_some_and(|s| s.is::<ClientBodyError>()) {
-                    return Self::UpstreamIo;
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                // An I/O error may carry another (its `source` skips it).
+                if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<ClientBodyError>())
+                {
+                    return Self::InvalidRequestBody;
                 }
+                return Self::UpstreamIo;
+            }
+            if e.is::<h2::Error>() && !e.source().is_some_and(|s| s.is::<ClientBodyError>()) {
+                return Self::UpstreamIo;
             }
             next = e.source();
         }
@@ -251,4 +258,122 @@ pub(crate) fn log_failure(kind: FailureKind, target: std::net::SocketAddr, error
             "upstream failed before responding ({kind}): {error}"
         );
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn connect_error(kind: io::ErrorKind) -> BoxError {
+        ConnectError {
+            target: "10.1.2.3:8080".parse().unwrap(),
+            source: io::Error::new(kind, "os says no"),
+        }
+        .into()
+    }
+
+    #[test]
+    fn kinds_come_from_the_error_types() {
+        use FailureKind::*;
+        let cases: Vec<(BoxError, FailureKind)> = vec![
+            (
+                connect_error(io::ErrorKind::ConnectionRefused),
+                ConnectFailed,
+            ),
+            (connect_error(io::ErrorKind::TimedOut), ConnectTimeout),
+            (SendError::Closed.into(), UpstreamClosed),
+            (
+                SendError::Decode(DecodeError::Truncated).into(),
+                UpstreamClosed,
+            ),
+            (
+                SendError::Decode(DecodeError::HeadTooLarge).into(),
+                InvalidResponse,
+            ),
+            (
+                SendError::Io(io::ErrorKind::ConnectionReset.into()).into(),
+                UpstreamIo,
+            ),
+            (SendError::Body("short".into()).into(), InvalidRequestBody),
+            (
+                ClientBodyError("bad chunk".into()).into(),
+                InvalidRequestBody,
+            ),
+            (
+                io::Error::from(io::ErrorKind::BrokenPipe).into(),
+                UpstreamIo,
+            ),
+            // Found under a wrapper of its own (as hyper's client wraps a
+            // failing request body).
+            (
+                Box::new(io::Error::other(ClientBodyError("bad chunk".into()))),
+                InvalidRequestBody,
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(FailureKind::of(&error, RequestLayer), want, "{error}");
+        }
+        let layer: BoxError = "request timed out".into();
+        assert_eq!(FailureKind::of(&layer, RequestLayer), RequestLayer);
+    }
+
+    /// The body names the kind; the [`ProxyError`] keeps the message, with
+    /// the address and the OS error the body leaves out.
+    #[tokio::test]
+    async fn answers_say_the_kind_and_keep_the_message_aside() {
+        let error = connect_error(io::ErrorKind::ConnectionRefused);
+        for (kind, status, body) in [
+            (
+                FailureKind::ConnectFailed,
+                StatusCode::BAD_GATEWAY,
+                "502 Bad Gateway: upstream connection failed\n",
+            ),
+            (
+                FailureKind::ConnectTimeout,
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 Gateway Timeout: upstream connection timed out\n",
+            ),
+            (
+                FailureKind::InvalidRequestBody,
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: invalid request body\n",
+            ),
+        ] {
+            let resp = failure_response(kind, &error, false, true);
+            assert_eq!(resp.status(), status);
+            let proxy_error = resp.extensions().get::<ProxyError>().unwrap();
+            assert_eq!(proxy_error.kind(), kind);
+            assert!(proxy_error.message().contains("10.1.2.3:8080"));
+            assert_eq!(
+                resp.headers().get(header::CONNECTION).is_some(),
+                status.is_client_error()
+            );
+            let got = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(got, body.as_bytes());
+        }
+        let grpc = failure_response(FailureKind::ConnectTimeout, &error, true, false);
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(grpc.headers()["grpc-status"], "4");
+        assert_eq!(
+            grpc.headers()["grpc-message"],
+            "upstream%20connection%20timed%20out"
+        );
+    }
+
+    #[test]
+    fn grpc_messages_are_the_descriptions_encoded() {
+        use FailureKind::*;
+        for kind in [
+            ConnectFailed,
+            ConnectTimeout,
+            UpstreamClosed,
+            UpstreamIo,
+            InvalidResponse,
+            InvalidRequestBody,
+            RequestLayer,
+        ] {
+            assert_eq!(kind.grpc_message().replace("%20", " "), kind.description());
+        }
+    }
 }
