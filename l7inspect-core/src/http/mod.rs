@@ -197,7 +197,9 @@ pub struct PlainForward;
 /// - **HTTP/1 responses** are framed per RFC 9112 6.3 (none for `HEAD`,
 ///   `204` and `304`; chunked, `Content-Length`, or until the server
 ///   closes); interim `1xx` responses other than `101` are not passed on (as
-///   with hyper's client); a reason phrase other than the standard one is.
+///   with hyper's client), except that a `100 Continue` answering the
+///   client's `Expect` becomes the client's own (below); a reason phrase
+///   other than the standard one is passed on.
 ///   An invalid head, conflicting `Content-Length` values or a head over
 ///   408 KiB get `502`. A server that answers before it has read the whole
 ///   request body gets the rest of it while its answer streams back; if the
