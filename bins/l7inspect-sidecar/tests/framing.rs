@@ -49,7 +49,8 @@ enum Behaviour {
     /// After the head: `417 Expectation Failed`, without reading a body;
     /// then reads (and records) until the proxy closes.
     Reject417,
-    /// Ignores `Expect`: reads the head and the body, answers `200`.
+    /// Ignores `Expect`: reads the head and the body, answers `200` (what
+    /// `Answer` does; named for what the tests using it mean).
     IgnoreExpect,
     /// After the head: a chunked `200` with one chunk, left open; then
     /// reads until the proxy closes.
