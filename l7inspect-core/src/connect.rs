@@ -304,9 +304,14 @@ impl Connector {
                 None => Ok(io),
             }
         };
-        let dialled = tokio::time::timeout(shared.config.timeout, connect)
-            .await
-            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
+        let dialled = match tokio::time::timeout(shared.config.timeout, connect).await {
+            Ok(dialled) => dialled,
+            Err(_) => {
+                let reason = crate::metrics::Timeout::UpstreamConnect;
+                shared.metrics.timed_out(meta.direction, reason);
+                Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            }
+        };
         match dialled {
             Ok(io) => Ok(io),
             Err(source) => {
@@ -334,6 +339,16 @@ impl Connector {
 }
 
 impl Connector {
+    /// Counts a timeout of a connection of `direction` in this connector's
+    /// `l7inspect_timeouts_total`.
+    pub fn count_timeout(
+        &self,
+        direction: crate::meta::Direction,
+        reason: crate::metrics::Timeout,
+    ) {
+        self.shared.metrics.timed_out(direction, reason);
+    }
+
     /// The same connector, wrapping every connection it opens with `wrap`
     /// (TLS origination: the keep-alive reconnections of an intercepted
     /// connection must be TLS too, never plaintext).
@@ -449,9 +464,23 @@ async fn dial(target: SocketAddr, guard: &LoopGuard) -> io::Result<(TcpStream, R
 
 // === impl Connecting ===
 
+impl Connecting {
+    /// Counts a timeout that cut this connection, in the connector's
+    /// `l7inspect_timeouts_total` (for layers after detection: the TLS
+    /// handshake's, say).
+    pub fn count_timeout(&self, reason: crate::metrics::Timeout) {
+        self.connector.count_timeout(self.meta.direction, reason);
+    }
+}
+
 impl DetectMeta for Connecting {
     fn target_port(&self) -> Option<u16> {
         Some(self.meta.target.port())
+    }
+
+    /// Counted in `l7inspect_timeouts_total{reason="client_silent"}`.
+    fn on_silent_timeout(&mut self) {
+        self.count_timeout(crate::metrics::Timeout::ClientSilent);
     }
 
     /// Ready when the server sent bytes (or closed) before the client spoke,

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! serve(listener)                       accept loop, one task per connection
+//!   -> CatchPanicLayer                  a panic ends its connection only, counted
 //!   -> OrigDstLayer | FixedTargetLayer  where it goes (SO_ORIGINAL_DST or fixed), loop guard
 //!   -> ConnectLayer                     dial the target now, 1:1, beside detection
 //!   -> l7inspect_detect::DetectLayer    what it speaks (server-first aware)
@@ -63,6 +64,7 @@
 //! # Layout
 //! - `meta`: [`Accepted`], [`ConnMeta`], [`Direction`].
 //! - `serve`: [`serve`], the accept loop, and [`bind`].
+//! - `catch_panic`: [`CatchPanicLayer`], [`Panicked`].
 //! - `orig_dst`: [`OrigDstLayer`], [`FixedTargetLayer`], [`original_dst`].
 //! - `loop_guard`: [`LoopGuard`].
 //! - `connect`: [`ConnectLayer`], [`Connecting`], [`Upstream`], [`ConnectError`].
@@ -79,6 +81,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod catch_panic;
 mod connect;
 mod http;
 mod loop_guard;
@@ -91,6 +94,7 @@ mod serve;
 mod track;
 
 pub use admin::{Admin, AdminBody, AdminRoute, MAX_ROUTE_BODY, Readiness};
+pub use catch_panic::{CatchPanic, CatchPanicLayer, Panicked, ResponseFuture as CatchPanicFuture};
 pub use connect::{
     Connect, ConnectConfig, ConnectError, ConnectLayer, Connecting, Connector, Upstream,
     UpstreamIo, UpstreamStream, WrapUpstream,

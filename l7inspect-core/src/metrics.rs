@@ -135,6 +135,9 @@ pub struct Metrics {
     /// `l7inspect_timeouts_total`: connections and requests cut by a
     /// timeout, by direction and [`Timeout`].
     pub timeouts: Family<TimeoutLabels, Counter>,
+    /// `l7inspect_connection_panics_total`: connections ended because
+    /// their task panicked ([`CatchPanicLayer`](crate::CatchPanicLayer)).
+    pub connection_panics: Family<DirectionLabels, Counter>,
 }
 
 /// Collects the standard `process_*` metrics from `/proc` on each scrape.
@@ -204,6 +207,18 @@ impl Metrics {
             "Connections and requests cut by a timeout, by direction and reason",
             self.timeouts.clone(),
         );
+        // Both directions from zero: an alert on any increase needs a series
+        // before the first panic.
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            let _ = self
+                .connection_panics
+                .get_or_create(&DirectionLabels { direction });
+        }
+        registry.register(
+            "l7inspect_connection_panics",
+            "Connections ended because their task panicked (a bug; the process goes on)",
+            self.connection_panics.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector::new()));
     }
 
@@ -211,6 +226,13 @@ impl Metrics {
     pub fn timed_out(&self, direction: Direction, reason: Timeout) {
         self.timeouts
             .get_or_create(&TimeoutLabels { direction, reason })
+            .inc();
+    }
+
+    /// Counts one connection of `direction` ended by a panic.
+    pub fn connection_panicked(&self, direction: Direction) {
+        self.connection_panics
+            .get_or_create(&DirectionLabels { direction })
             .inc();
     }
 }

@@ -7,13 +7,14 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
+    panic::{AssertUnwindSafe, catch_unwind},
     pin::Pin,
     task::{Context, Poll, Waker, ready},
     time::Duration,
 };
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::task::TaskTracker;
-use tower::{BoxError, Service, ServiceExt};
+use tower::{BoxError, Service, ServiceExt, util::Oneshot};
 use tracing::Instrument;
 
 /// The listen backlog of [`bind`]: bursts of connects queue here while the
@@ -52,6 +53,12 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// A plain function, not a service: it accepts connections until `shutdown`
 /// completes and hands each one, as a [`Conn`] of [`Accepted`] metadata and
 /// its TCP stream, to a fresh clone of a connection service on its own task.
+///
+/// A service that panics while it is made ready or called (which happens
+/// here, on the accept loop's task) loses that connection only: it is
+/// dropped and the loop goes on. A panic of a connection's task ends that
+/// task; put a [`CatchPanicLayer`](crate::CatchPanicLayer) outermost in the
+/// stack to count such panics and end the connection cleanly.
 pub async fn serve<S>(
     listener: TcpListener,
     direction: Direction,
@@ -99,23 +106,42 @@ pub async fn serve<S>(
             },
             io: stream,
         };
-        let mut svc = service.clone();
         let span = tracing::debug_span!("conn", %direction, %client);
-        // A service that is ready at once (ours always are) is called here, so
-        // that the task, which lives as long as the connection, holds only its
-        // future and not also room for a clone of the whole service stack.
-        // One that is not ready waits on the task, boxed.
-        let fut = match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => Started::Called(svc.call(conn)),
-            Poll::Ready(Err(e)) => {
-                tracing::debug!(parent: &span, "connection ended: {}", e.into());
+        // A panic of the service here, on the accept loop's task, would end
+        // the listener: it ends this connection only (the panic hook has
+        // reported it). Panics of the connection's task end that task
+        // (tokio), or are counted by a `CatchPanicLayer` in the stack.
+        let fut = match catch_unwind(AssertUnwindSafe(|| start(service.clone(), conn))) {
+            Ok(Ok(fut)) => fut,
+            Ok(Err(e)) => {
+                tracing::debug!(parent: &span, "connection ended: {e}");
                 continue;
             }
-            Poll::Pending => Started::Waiting(Box::pin(svc.oneshot(conn))),
+            Err(_) => {
+                tracing::debug!(parent: &span, "connection ended: the service panicked");
+                continue;
+            }
         };
         tracker.spawn(LogError::new(fut).instrument(span));
     }
     tracing::debug!(%local, %direction, "stopped accepting");
+}
+
+/// Starts serving `conn` on `svc`. A service that is ready at once (ours
+/// always are) is called here, so that the task, which lives as long as the
+/// connection, holds only its future and not also room for a clone of the
+/// whole service stack. One that is not ready waits on the task, boxed.
+#[allow(clippy::type_complexity)]
+fn start<S, R>(mut svc: S, conn: R) -> Result<Started<S::Future, Pin<Box<Oneshot<S, R>>>>, BoxError>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(())) => Ok(Started::Called(svc.call(conn))),
+        Poll::Ready(Err(e)) => Err(e.into()),
+        Poll::Pending => Ok(Started::Waiting(Box::pin(svc.oneshot(conn)))),
+    }
 }
 
 /// A connection's future, logging how it failed. A named future rather than

@@ -450,6 +450,7 @@ async fn header_names_are_lowercased_unless_case_is_preserved() {
 
     let preserving = HttpConfig {
         preserve_header_case: true,
+        ..HttpConfig::default()
     };
     let resp = mixed_case_exchange(proxy_with(backend, preserving).await).await;
     assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");

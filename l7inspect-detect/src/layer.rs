@@ -30,6 +30,14 @@ pub struct DetectConfig {
     /// Destination ports whose connections skip detection
     /// ([`Outcome::Opaque`]).
     pub opaque_ports: Vec<u16>,
+    /// How long a connection on which neither side has sent a byte is kept
+    /// before it is closed ([`SilentClient`]). Default `None`: kept until
+    /// one side speaks, since an application may open a connection long
+    /// before its first use. Meant for connections from untrusted clients,
+    /// which could otherwise hold a descriptor (and its upstream
+    /// connection) each for free. A server that speaks first, or a client
+    /// that has sent a byte, is never cut by it.
+    pub silent_timeout: Option<Duration>,
 }
 
 /// What the detector may ask of a connection's metadata.
@@ -50,6 +58,10 @@ pub trait DetectMeta {
         let _ = cx;
         Poll::Pending
     }
+
+    /// Told when [`DetectConfig::silent_timeout`] expires, just before the
+    /// connection ends with [`SilentClient`] (to count it, say).
+    fn on_silent_timeout(&mut self) {}
 }
 
 /// What [`DetectMeta::poll_server_first`] saw of the server.
@@ -129,10 +141,12 @@ pub struct Detected<M, I> {
 ///   [`DetectMeta::poll_server_first`], when the server has something to say.
 ///   Detection then ends at once with [`Outcome::ServerFirst`], so the
 ///   banner is not held back by any timeout.
-/// - **Nobody speaks**: the layer waits, with no timeout of its own: a silent
-///   connection (a pre-opened pool connection, say) is still detected when
-///   its client finally writes. Bound it with an idle timeout around the
-///   whole connection if needed.
+/// - **Nobody speaks**: by default the layer waits, with no timeout of its
+///   own: a silent connection (a pre-opened pool connection, say) is still
+///   detected when its client finally writes. With
+///   [`DetectConfig::silent_timeout`] (for untrusted clients), a connection
+///   on which neither side sent a byte in that time ends with
+///   [`SilentClient`].
 /// - **Client EOF** before a decision: whatever was read is judged as is and
 ///   handed on; the inner service sees the EOF after the replayed bytes.
 /// - **Opaque ports** (see [`DetectConfig::opaque_ports`]) skip reading
@@ -202,6 +216,12 @@ pub type ResponseFuture<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + 
 #[error("reading the client's first bytes failed: {0}")]
 pub struct DetectIoError(#[source] pub io::Error);
 
+/// Neither the client nor the server sent a byte within
+/// [`DetectConfig::silent_timeout`]: the connection is closed.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing for {0:?}")]
+pub struct SilentClient(pub Duration);
+
 /// Initial buffer; grown by doubling up to `max_prefix`. Most first segments
 /// (request lines, ClientHellos, database startups) fit, and a silent
 /// connection holds no more than this.
@@ -215,6 +235,7 @@ impl Default for DetectConfig {
             max_prefix: 8 * 1024,
             detect_timeout: Duration::from_secs(1),
             opaque_ports: Vec::new(),
+            silent_timeout: None,
         }
     }
 }
@@ -328,7 +349,7 @@ where
 async fn detect_conn<M, I>(
     config: Arc<DetectConfig>,
     conn: Conn<M, I>,
-) -> Result<Detected<M, I>, DetectIoError>
+) -> Result<Detected<M, I>, BoxError>
 where
     M: DetectMeta,
     I: AsyncRead + Unpin,
@@ -368,11 +389,7 @@ impl Sniffed {
 }
 
 /// Reads the client's first bytes until they decide the outcome.
-async fn sniff<M, I>(
-    config: &DetectConfig,
-    meta: &mut M,
-    io: &mut I,
-) -> Result<Sniffed, DetectIoError>
+async fn sniff<M, I>(config: &DetectConfig, meta: &mut M, io: &mut I) -> Result<Sniffed, BoxError>
 where
     M: DetectMeta,
     I: AsyncRead + Unpin,
@@ -380,8 +397,11 @@ where
     let mut buf = BytesMut::with_capacity(INITIAL_BUFFER.min(config.max_prefix.max(1)));
 
     // Phase 1: the first bytes, racing the server. No timeout (see module
-    // docs) unless the server is unreachable.
+    // docs) unless the server is unreachable, or a silent client is bounded.
     let mut unreachable_deadline = None;
+    let silent_deadline = config
+        .silent_timeout
+        .map(|t| tokio::time::Instant::now() + t);
     loop {
         tokio::select! {
             biased;
@@ -402,6 +422,11 @@ where
             }
             () = sleep_until_some(unreachable_deadline) => {
                 return Ok(Sniffed::new(Outcome::Unknown, buf));
+            }
+            () = sleep_until_some(silent_deadline), if unreachable_deadline.is_none() => {
+                meta.on_silent_timeout();
+                let timeout = config.silent_timeout.unwrap_or_default();
+                return Err(SilentClient(timeout).into());
             }
         }
     }

@@ -69,7 +69,7 @@ mod fixtures;
 pub use io::PrefixedIo;
 pub use layer::{
     Conn, Detect, DetectConfig, DetectIoError, DetectLayer, DetectMeta, Detected, Outcome,
-    ResponseFuture, ServerEvent,
+    ResponseFuture, ServerEvent, SilentClient,
 };
 pub use sniff::{
     Detection, HTTP2_FRAME_HEADER_LEN, Protocol, detect, is_grpc_content_type,

@@ -8,7 +8,7 @@ use crate::{
     passthrough::{self, PassthroughSpans, SpanEnd, cipher_name},
     terminate::{Terminator, handshake_reason},
 };
-use l7inspect_core::{Connecting, Direction, Upstream};
+use l7inspect_core::{Connecting, Direction, Timeout, Upstream};
 use l7inspect_detect::{
     Conn, DetectConfig, DetectLayer, Detected, Outcome, PrefixedIo, Protocol, tls_version_name,
 };
@@ -321,6 +321,7 @@ where
         }
         Err(_) => {
             layer.metrics.handshake_error("timeout");
+            meta.count_timeout(Timeout::TlsHandshake);
             tracing::debug!(%client, "TLS handshake timed out");
             return Ok(());
         }
@@ -454,6 +455,8 @@ where
         Err(_) => {
             count("client_handshake");
             metrics.handshake_error("timeout");
+            meta.connector
+                .count_timeout(meta.meta.direction, Timeout::TlsHandshake);
             return Ok(());
         }
     };

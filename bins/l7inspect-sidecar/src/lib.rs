@@ -30,9 +30,9 @@ mod requests;
 mod telemetry;
 
 use l7inspect_core::{
-    Admin, AdminRoute, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, HttpConfig,
-    HttpLayer, LoopGuard, Metrics, OrigDstLayer, Passthrough, PassthroughConfig, Readiness,
-    TrackLayer, serve,
+    Admin, AdminRoute, CatchPanicLayer, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer,
+    HttpConfig, HttpLayer, LoopGuard, Metrics, OrigDstLayer, Passthrough, PassthroughConfig,
+    Readiness, TrackLayer, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use l7inspect_tls::{
@@ -83,7 +83,11 @@ pub struct SidecarConfig {
     pub inbound_forwards: Vec<Forward>,
     /// Explicit outbound listeners with fixed targets.
     pub outbound_forwards: Vec<Forward>,
-    /// Protocol detection (opaque ports, timeouts, prefix size).
+    /// Protocol detection (opaque ports, timeouts, prefix size). Its
+    /// `silent_timeout` applies to inbound connections only (default
+    /// [`DEFAULT_INBOUND_SILENT_TIMEOUT`]): outbound ones are the
+    /// application's own, and a pool may open them long before their first
+    /// use.
     pub detect: DetectConfig,
     /// Upstream connects.
     pub connect: ConnectConfig,
@@ -98,6 +102,11 @@ pub struct SidecarConfig {
     /// TLS: inbound termination, spans of the TLS passed through.
     pub tls: TlsConfig,
 }
+
+/// How long an inbound connection on which neither side has sent a byte is
+/// kept (60 s, as PostgreSQL's `authentication_timeout` and nginx's
+/// `client_header_timeout`).
+pub const DEFAULT_INBOUND_SILENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the sidecar does with TLS.
 #[derive(Clone, Debug)]
@@ -245,7 +254,10 @@ impl Default for SidecarConfig {
             admin_allow_remote_inspect: false,
             inbound_forwards: Vec::new(),
             outbound_forwards: Vec::new(),
-            detect: DetectConfig::default(),
+            detect: DetectConfig {
+                silent_timeout: Some(DEFAULT_INBOUND_SILENT_TIMEOUT),
+                ..DetectConfig::default()
+            },
             connect: ConnectConfig::default(),
             passthrough: PassthroughConfig::default(),
             shutdown_grace: Duration::from_secs(10),
@@ -513,21 +525,30 @@ impl Sidecar {
         let admin_tasks = TaskTracker::new();
         let mut loops = JoinSet::new();
 
-        let detect = DetectLayer::new(config.detect.clone());
+        let detect_inbound = DetectLayer::new(config.detect.clone());
+        let detect_outbound = DetectLayer::new(DetectConfig {
+            silent_timeout: None,
+            ..config.detect.clone()
+        });
         let connect = ConnectLayer::new(config.connect.clone())
             .with_metrics(metrics.clone())
             .with_loop_guard(guard.clone());
         let track = TrackLayer::new(metrics.clone());
         let passthrough =
             Passthrough::new(config.passthrough.clone()).with_metrics(metrics.clone());
-        let orig_dst = OrigDstLayer::new(guard).with_metrics(metrics);
+        // Outermost: a panic anywhere in a connection's stack ends that
+        // connection only, counted.
+        let catch_panic = CatchPanicLayer::new(metrics.clone());
         // HTTP connections close gracefully (GOAWAY, close after the
         // in-flight request) as soon as shutdown starts.
-        let http = HttpLayer::new(stop.clone()).with_config(config.http);
+        let http = HttpLayer::new(stop.clone())
+            .with_config(config.http)
+            .with_metrics(metrics.clone());
+        let orig_dst = OrigDstLayer::new(guard).with_metrics(metrics);
         for (listener, direction, target) in listeners {
-            let requests = match direction {
-                Direction::Inbound => inbound_requests.clone(),
-                Direction::Outbound => outbound_requests.clone(),
+            let (requests, detect) = match direction {
+                Direction::Inbound => (inbound_requests.clone(), &detect_inbound),
+                Direction::Outbound => (outbound_requests.clone(), &detect_outbound),
             };
             // The stack after the target is the same for every listener of
             // a direction.
@@ -543,11 +564,15 @@ impl Sidecar {
             let tracker = conns.clone();
             match target {
                 Target::OrigDst => {
-                    let svc = ServiceBuilder::new().layer(orig_dst.clone()).service(stack);
+                    let svc = ServiceBuilder::new()
+                        .layer(catch_panic.clone())
+                        .layer(orig_dst.clone())
+                        .service(stack);
                     loops.spawn(serve(listener, direction, svc, tracker, stopped));
                 }
                 Target::Fixed(t) => {
                     let svc = ServiceBuilder::new()
+                        .layer(catch_panic.clone())
                         .layer(FixedTargetLayer::new(t))
                         .service(stack);
                     loops.spawn(serve(listener, direction, svc, tracker, stopped));

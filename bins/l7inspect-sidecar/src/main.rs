@@ -17,12 +17,13 @@ use l7inspect_sidecar::Forward;
 use std::{net::SocketAddr, process::ExitCode};
 
 fn main() -> ExitCode {
-    let (config, threads, log_level) = match cli::parse() {
+    let (config, threads, log_level, log_limit) = match cli::parse() {
         cli::Invocation::Run {
             config,
             threads,
             log_level,
-        } => (*config, threads, log_level),
+            log_limit,
+        } => (*config, threads, log_level, log_limit),
         cli::Invocation::Done(code) => return code,
     };
     let runtime = if threads == 1 {
@@ -56,6 +57,8 @@ fn main() -> ExitCode {
         .as_ref()
         .map_or_else(|| "off".to_owned(), |z| z.endpoint.clone());
     runtime.block_on(async move {
+        // Summaries of dependencies' log lines dropped by the rate limit.
+        tokio::spawn(log_limit.clone().flush_every());
         let sidecar = match l7inspect_sidecar::build(config).await {
             Ok(s) => s.admin_route(move |req: &_| log_level.respond(req)),
             Err(e) => {
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
             "tracing HTTP requests"
         );
         sidecar.run(shutdown_signal()).await;
+        log_limit.flush_all();
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

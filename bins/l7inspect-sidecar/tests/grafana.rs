@@ -567,7 +567,6 @@ async fn scrape_after_traffic() -> String {
         "l7inspect_upstream_connect_errors_total",
         "l7inspect_connections_refused_total",
         "l7inspect_tcp_idle_timeouts_total",
-        "l7inspect_timeouts_total",
         "l7inspect_tls_connections_total",
         "l7inspect_tls_terminated_connections_total",
         "l7inspect_tls_handshake_errors_total",

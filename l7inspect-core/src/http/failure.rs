@@ -7,7 +7,9 @@
 //! log, rate-limited, and the span's `error.message`), not to whoever can
 //! send a request.
 
-use super::{ResponseBody, http1::client::SendError, http1::decode::DecodeError};
+use super::{
+    ResponseBody, forward::ResponseTimeout, http1::client::SendError, http1::decode::DecodeError,
+};
 use crate::{connect::ConnectError, ratelimit::RateLimited};
 use http::{HeaderValue, Response, StatusCode, header};
 use std::{error::Error as StdError, io, sync::Arc, sync::LazyLock};
@@ -24,6 +26,10 @@ pub enum FailureKind {
     /// Opening the upstream connection timed out: `504`, gRPC status 4
     /// (DEADLINE_EXCEEDED).
     ConnectTimeout,
+    /// The server did not start its response within
+    /// [`HttpConfig::response_timeout`](super::HttpConfig::response_timeout):
+    /// `504`, gRPC status 4.
+    ResponseTimeout,
     /// The server closed the connection before its response was complete
     /// (the head, or a framed body cut short): `502`, gRPC 14.
     UpstreamClosed,
@@ -66,6 +72,9 @@ impl FailureKind {
         while let Some(e) = next {
             if e.is::<ClientBodyError>() {
                 return Self::InvalidRequestBody;
+            }
+            if e.is::<ResponseTimeout>() {
+                return Self::ResponseTimeout;
             }
             if let Some(e) = e.downcast_ref::<ConnectError>() {
                 return match e.source.kind() {
@@ -124,6 +133,7 @@ impl FailureKind {
         match self {
             Self::ConnectFailed => "upstream_connect_failed",
             Self::ConnectTimeout => "upstream_connect_timeout",
+            Self::ResponseTimeout => "upstream_response_timeout",
             Self::UpstreamClosed => "upstream_closed",
             Self::UpstreamIo => "upstream_io",
             Self::InvalidResponse => "upstream_invalid_response",
@@ -137,6 +147,7 @@ impl FailureKind {
         match self {
             Self::ConnectFailed => "upstream connection failed",
             Self::ConnectTimeout => "upstream connection timed out",
+            Self::ResponseTimeout => "upstream response timed out",
             Self::UpstreamClosed => "upstream closed the connection",
             Self::UpstreamIo => "upstream connection error",
             Self::InvalidResponse => "invalid response from upstream",
@@ -148,7 +159,7 @@ impl FailureKind {
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ConnectTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::InvalidRequestBody => StatusCode::BAD_REQUEST,
             _ => StatusCode::BAD_GATEWAY,
         }
@@ -159,7 +170,7 @@ impl FailureKind {
     fn grpc_status(&self) -> Option<&'static str> {
         match self {
             Self::InvalidRequestBody => None,
-            Self::ConnectTimeout => Some("4"),
+            Self::ConnectTimeout | Self::ResponseTimeout => Some("4"),
             _ => Some("14"),
         }
     }
@@ -169,6 +180,7 @@ impl FailureKind {
         match self {
             Self::ConnectFailed => "upstream%20connection%20failed",
             Self::ConnectTimeout => "upstream%20connection%20timed%20out",
+            Self::ResponseTimeout => "upstream%20response%20timed%20out",
             Self::UpstreamClosed => "upstream%20closed%20the%20connection",
             Self::UpstreamIo => "upstream%20connection%20error",
             Self::InvalidResponse => "invalid%20response%20from%20upstream",
@@ -282,6 +294,10 @@ mod tests {
                 ConnectFailed,
             ),
             (connect_error(io::ErrorKind::TimedOut), ConnectTimeout),
+            (
+                ResponseTimeout(std::time::Duration::from_secs(1)).into(),
+                FailureKind::ResponseTimeout,
+            ),
             (SendError::Closed.into(), UpstreamClosed),
             (
                 SendError::Decode(DecodeError::Truncated).into(),
@@ -367,6 +383,7 @@ mod tests {
         for kind in [
             ConnectFailed,
             ConnectTimeout,
+            FailureKind::ResponseTimeout,
             UpstreamClosed,
             UpstreamIo,
             InvalidResponse,

@@ -13,6 +13,7 @@ use super::{
 use crate::{
     connect::{Connecting, Connector, Upstream, UpstreamIo},
     meta::ConnMeta,
+    metrics::{Metrics, Timeout},
     passthrough::relay,
 };
 use bytes::Bytes;
@@ -67,6 +68,8 @@ struct Inner {
     /// connection waits between requests. `None` for HTTP/2, and for HTTP/1
     /// with `preserve_header_case` (hyper's client).
     slot: Option<Arc<Slot>>,
+    /// Where response timeouts are counted.
+    metrics: Option<Metrics>,
 }
 
 #[derive(Debug)]
@@ -108,7 +111,12 @@ impl tower::Service<Request<RequestBody>> for Forward {
 }
 
 impl Forward {
-    pub(crate) fn new(conn: Connecting, version: Version, config: HttpConfig) -> Self {
+    pub(crate) fn new(
+        conn: Connecting,
+        version: Version,
+        config: HttpConfig,
+        metrics: Option<Metrics>,
+    ) -> Self {
         let upstream_closed = CancellationToken::new();
         let slot = (version == Version::Http1 && !config.preserve_header_case)
             .then(|| Arc::new(Slot::new(upstream_closed.clone())));
@@ -124,6 +132,7 @@ impl Forward {
                 tunnel_requested: AtomicBool::new(false),
                 first_pending: AtomicBool::new(slot.is_some()),
                 slot,
+                metrics,
             }),
         }
     }
@@ -165,18 +174,30 @@ impl Forward {
             // The two clients' futures are awaited here rather than in a common
             // `async fn send`: each level of async fn holds the request again
             // and moves it into the next.
-            let sent = 'sent: {
+            let send = async {
                 let Some(slot) = &self.inner.slot else {
-                    break 'sent self.send_hyper_or_h2(req).await.map(|resp| (resp, None));
+                    return self.send_hyper_or_h2(req).await.map(|resp| (resp, None));
                 };
-                let conn = match self.http1_conn(slot).await {
-                    Ok(conn) => conn,
-                    Err(e) => break 'sent Err(e),
-                };
+                let conn = self.http1_conn(slot).await?;
                 http1_client::send(conn, req, slot)
                     .await
                     .map(|(resp, tunnel)| (resp.map(ResponseBody::http1_upstream), tunnel))
                     .map_err(BoxError::from)
+            };
+            // Dropped on expiry: an HTTP/1 upstream connection with the
+            // request in flight is closed (its late answer must not reach
+            // the next request), an HTTP/2 stream is reset.
+            let sent = match self.inner.config.response_timeout {
+                None => send.await,
+                Some(timeout) => match tokio::time::timeout(timeout, send).await {
+                    Ok(sent) => sent,
+                    Err(_) => {
+                        if let Some(metrics) = &self.inner.metrics {
+                            metrics.timed_out(self.inner.meta.direction, Timeout::UpstreamResponse);
+                        }
+                        Err(ResponseTimeout(timeout).into())
+                    }
+                },
             };
             let (mut resp, tunnel_conn) = match sent {
                 Ok(sent) => sent,
@@ -505,6 +526,12 @@ pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| l7inspect_detect::is_grpc_content_type(v.as_bytes()))
 }
+
+/// The server did not start its response within
+/// [`HttpConfig::response_timeout`].
+#[derive(Debug, thiserror::Error)]
+#[error("the server did not answer within {0:?}")]
+pub(crate) struct ResponseTimeout(pub std::time::Duration);
 
 // === impl Sender ===
 

@@ -9,6 +9,7 @@
 
 mod answer;
 mod body;
+mod deadline;
 mod failure;
 mod forward;
 mod headers;
@@ -21,9 +22,14 @@ pub use failure::{FailureKind, ProxyError};
 pub use forward::{Forward, ResponseFuture as ForwardFuture, UpstreamClosed};
 pub use headers::remove_hop_by_hop;
 
-use crate::{connect::Connecting, meta::ConnMeta};
+use crate::{
+    connect::Connecting,
+    meta::{ConnMeta, Direction},
+    metrics::{Metrics, Timeout},
+};
 use answer::AnswerErrors;
 use bytes::Bytes;
+use deadline::{Activity, Deadlines, HeadWatch, ResponseEnd};
 use forward::Version;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -34,7 +40,9 @@ use pin_project::pin_project;
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll},
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -107,13 +115,57 @@ where
 }
 
 /// Settings of the HTTP proxying, the same for every connection.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
     /// Keep the case of HTTP/1 header names as each side sent them, for
     /// peers that (against RFC 9110) depend on it. Off by default: names are
     /// lowercased, which spares two header maps per request (about a fifth of
     /// the proxy's per-request instructions; see docs/benchmarks.md).
     pub preserve_header_case: bool,
+    /// How long a client may take to send a whole request head, from its
+    /// first byte (more bytes do not extend it). Past it the connection is
+    /// answered `408` and closed. Default 10 s; `None`: no bound.
+    pub request_head_timeout: Option<Duration>,
+    /// How long a connection may stay idle between requests before it is
+    /// closed (gracefully). Default 10 minutes: longer than the usual
+    /// client pools keep an idle connection (Go's 90 s, OkHttp's 5 min), so
+    /// the proxy is not the one to close a pooled connection; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// How long the server may take to start its response (its head), from
+    /// the moment the request is sent to it. Past it the client gets
+    /// `504 Gateway Timeout` (gRPC: status 4, DEADLINE_EXCEEDED). Default
+    /// `None`: long polls and gRPC streams whose server sends its headers
+    /// with the first message must not be cut by a proxy they do not know.
+    pub response_timeout: Option<Duration>,
+    /// The largest HTTP/1 request head, in bytes (at least 8 KiB); a larger
+    /// one is answered `431`. It also bounds what a client that never
+    /// finishes its head holds in memory. Default 64 KiB (Envoy's 60 KiB;
+    /// nginx's 4 × 8 KiB; hyper's own default, 400 KiB, let 500 clients hold
+    /// 200 MB).
+    pub max_request_head: usize,
+}
+
+impl HttpConfig {
+    /// [`Self::request_head_timeout`]'s default.
+    pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+    /// [`Self::idle_timeout`]'s default.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+    /// [`Self::max_request_head`]'s default.
+    pub const DEFAULT_MAX_REQUEST_HEAD: usize = 64 * 1024;
+    /// The smallest [`Self::max_request_head`] (hyper's smallest buffer).
+    pub const MIN_MAX_REQUEST_HEAD: usize = 8 * 1024;
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            preserve_header_case: false,
+            request_head_timeout: Some(Self::DEFAULT_REQUEST_HEAD_TIMEOUT),
+            idle_timeout: Some(Self::DEFAULT_IDLE_TIMEOUT),
+            response_timeout: None,
+            max_request_head: Self::DEFAULT_MAX_REQUEST_HEAD,
+        }
+    }
 }
 
 /// The plain per-request service: [`Forward`] alone.
@@ -227,9 +279,9 @@ pub struct PlainForward;
 ///   server's is not passed on.
 /// - **Failures**: when the server cannot be reached or fails before it
 ///   answers, the client gets `502 Bad Gateway` (`504 Gateway Timeout` when
-///   the connect timed out), or for gRPC a trailers-only response with
-///   `grpc-status: 14` (UNAVAILABLE; 4, DEADLINE_EXCEEDED, for the
-///   timeout). The body (or `grpc-message`) says the kind of failure
+///   the connect or [`HttpConfig::response_timeout`] expired), or for gRPC
+///   a trailers-only response with `grpc-status: 14` (UNAVAILABLE; 4,
+///   DEADLINE_EXCEEDED, for a timeout). The body (or `grpc-message`) says the kind of failure
 ///   ([`FailureKind`]: "upstream connection failed", "upstream closed the
 ///   connection", "invalid response from upstream"...), never the target's
 ///   address or the OS error: those are in the debug log (and, at most
@@ -247,6 +299,7 @@ pub struct HttpLayer<N = PlainForward> {
     drain: CancellationToken,
     config: HttpConfig,
     requests: N,
+    metrics: Option<Metrics>,
 }
 
 /// Serves HTTP connections; hands every other connection to the inner service.
@@ -256,6 +309,7 @@ pub struct Http<S, N = PlainForward> {
     drain: CancellationToken,
     config: HttpConfig,
     requests: N,
+    metrics: Option<Metrics>,
 }
 
 /// The future of [`Http`]: one box per connection.
@@ -273,6 +327,11 @@ struct Serving<C> {
     upstream_closed: UpstreamClosed,
     /// The connection's `graceful_shutdown` (HTTP/1 and HTTP/2 have one each).
     shutdown: fn(Pin<&mut C>),
+    /// HTTP/1's head and idle timers.
+    #[pin]
+    deadlines: Option<Deadlines>,
+    /// Where timeouts are counted.
+    timeouts: Option<(Metrics, Direction)>,
     /// The graceful shutdown has started.
     closing: bool,
     /// Polls `drain` and `upstream_closed` only when one of them woke the
@@ -300,6 +359,7 @@ impl HttpLayer {
             drain,
             config: HttpConfig::default(),
             requests: PlainForward,
+            metrics: None,
         }
     }
 }
@@ -311,12 +371,22 @@ impl<N> HttpLayer<N> {
             drain: self.drain,
             config: self.config,
             requests,
+            metrics: self.metrics,
         }
     }
 
     /// The same layer, with `config`.
     pub fn with_config(self, config: HttpConfig) -> Self {
         Self { config, ..self }
+    }
+
+    /// The same layer, counting the connections its timeouts cut in
+    /// `metrics` (`l7inspect_timeouts_total`).
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
+        }
     }
 }
 
@@ -329,6 +399,7 @@ impl<S, N: Clone> Layer<S> for HttpLayer<N> {
             drain: self.drain.clone(),
             config: self.config,
             requests: self.requests.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -368,50 +439,112 @@ where
         // argument and the pinned local).
         let Detected { meta, io, .. } = d;
         let conn_meta = meta.meta;
-        let forward = Forward::new(meta, version, self.config);
+        let forward = Forward::new(meta, version, self.config, self.metrics.clone());
         let upstream_closed = forward.upstream_closed();
         let svc = AnswerErrors::new(
             self.requests.new_service(&conn_meta, forward),
             version == Version::Http2,
         );
         let drain = self.drain.clone().cancelled_owned();
+        let timeouts = self.metrics.clone().map(|m| (m, conn_meta.direction));
         match version {
             Version::Http1 => {
-                let svc = TowerToHyperService::new(Http1Requests(svc));
+                let config = &self.config;
+                let activity = Activity::new();
+                let svc = TowerToHyperService::new(Http1Requests {
+                    inner: svc,
+                    activity: activity.clone(),
+                });
+                let io = HeadWatch::new(io, activity.clone());
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .preserve_header_case(self.config.preserve_header_case)
+                    .preserve_header_case(config.preserve_header_case)
+                    .max_buf_size(
+                        config
+                            .max_request_head
+                            .max(HttpConfig::MIN_MAX_REQUEST_HEAD),
+                    )
                     .serve_connection(TokioIo::new(io), svc)
                     .with_upgrades();
-                Box::pin(Serving::new(conn, drain, upstream_closed, |c| {
-                    c.graceful_shutdown()
-                }))
+                let deadlines = (config.request_head_timeout.is_some()
+                    || config.idle_timeout.is_some())
+                .then(|| {
+                    Deadlines::new(activity, config.request_head_timeout, config.idle_timeout)
+                });
+                Box::pin(Serving::new(
+                    conn,
+                    drain,
+                    upstream_closed,
+                    |c| c.graceful_shutdown(),
+                    deadlines,
+                    timeouts,
+                ))
             }
             Version::Http2 => {
                 let conn = http2::server::Server::new(io, svc);
-                Box::pin(Serving::new(conn, drain, upstream_closed, |c| {
-                    c.get_mut().graceful_shutdown()
-                }))
+                Box::pin(Serving::new(
+                    conn,
+                    drain,
+                    upstream_closed,
+                    |c| c.get_mut().graceful_shutdown(),
+                    None,
+                    timeouts,
+                ))
             }
         }
     }
 }
 
 /// The per-request service seen by hyper's HTTP/1 server: the request's
-/// body becomes a [`RequestBody`], the type every request service takes.
+/// body becomes a [`RequestBody`], the type every request service takes,
+/// and the connection's [`Activity`] follows each exchange (for the head
+/// and idle timeouts).
 #[derive(Clone)]
-struct Http1Requests<S>(S);
+struct Http1Requests<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
 
-impl<S: Service<Request<RequestBody>>> Service<Request<Incoming>> for Http1Requests<S> {
-    type Response = S::Response;
+/// The future of [`Http1Requests`]: the response, its body marking the end
+/// of the exchange.
+#[pin_project]
+struct Http1Response<F> {
+    #[pin]
+    inner: F,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Http1Requests<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>>,
+{
+    type Response = Response<ResponseEnd<B>>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Http1Response<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> S::Future {
-        self.0.call(req.map(RequestBody::http1))
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        self.activity.request_started();
+        Http1Response {
+            inner: self.inner.call(req.map(RequestBody::http1)),
+            activity: self.activity.clone(),
+        }
+    }
+}
+
+impl<F, B, E> Future for Http1Response<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseEnd<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = ready!(this.inner.poll(cx))?;
+        let activity = this.activity.clone();
+        Poll::Ready(Ok(resp.map(|body| ResponseEnd::new(body, activity))))
     }
 }
 
@@ -423,12 +556,16 @@ impl<C> Serving<C> {
         drain: WaitForCancellationFutureOwned,
         upstream_closed: UpstreamClosed,
         shutdown: fn(Pin<&mut C>),
+        deadlines: Option<Deadlines>,
+        timeouts: Option<(Metrics, Direction)>,
     ) -> Self {
         Self {
             conn,
             drain,
             upstream_closed,
             shutdown,
+            deadlines,
+            timeouts,
             closing: false,
             signals: WakeFlag::new(),
         }
@@ -447,14 +584,30 @@ where
         if let Poll::Ready(res) = this.conn.as_mut().poll(cx) {
             return Poll::Ready(res.map_err(Into::into));
         }
-        if *this.closing {
-            return Poll::Pending;
-        }
         this.signals.register(cx.waker());
-        if !this.signals.take() {
+        let woke = this.signals.take();
+        let mut signals = this.signals.context();
+        if let Some(deadlines) = this.deadlines.as_pin_mut()
+            && let Poll::Ready(expired) = deadlines.poll_expired(&mut signals, woke)
+        {
+            if let Some((metrics, direction)) = this.timeouts {
+                metrics.timed_out(*direction, expired);
+            }
+            tracing::debug!("closing the connection: {} timeout", expired.as_str());
+            if expired == Timeout::RequestHead {
+                // The connection answers 408 as it fails (see `HeadWatch`).
+                let _ = this.conn.poll(cx);
+                return Poll::Ready(Err("request head timeout".into()));
+            }
+            if !*this.closing {
+                *this.closing = true;
+                (this.shutdown)(this.conn.as_mut());
+                return this.conn.poll(cx).map_err(Into::into);
+            }
+        }
+        if *this.closing || !woke {
             return Poll::Pending;
         }
-        let mut signals = this.signals.context();
         if this.drain.poll(&mut signals).is_ready()
             || this.upstream_closed.poll(&mut signals).is_ready()
         {

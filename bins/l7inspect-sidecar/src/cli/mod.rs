@@ -12,10 +12,13 @@
 
 pub(crate) mod inject;
 mod log_level;
+mod log_limit;
+mod panic_hook;
 mod tap;
 mod tls;
 
 pub(crate) use log_level::LogLevel;
+pub(crate) use log_limit::LogLimit;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind};
 use l7inspect_core::{ConnectConfig, HttpConfig, PassthroughConfig};
@@ -36,6 +39,8 @@ pub(crate) enum Invocation {
         threads: u16,
         /// The log filter, for the admin port's `/log-level`.
         log_level: LogLevel,
+        /// The dependencies' log rate limit, whose summaries a task flushes.
+        log_limit: LogLimit,
     },
     /// A subcommand ran (`inject`) and exited with this code.
     Done(ExitCode),
@@ -62,8 +67,9 @@ pub(crate) fn parse() -> Invocation {
         None => {}
     }
     let threads = args.threads;
-    let log_level = init_logging(args.log_level.as_deref(), args.log_format)
+    let (log_level, log_limit) = init_logging(args.log_level.as_deref(), args.log_format)
         .unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit());
+    panic_hook::install();
     let tracing = args
         .tracing()
         .unwrap_or_else(|e| Args::command().error(ErrorKind::ValueValidation, e).exit());
@@ -71,6 +77,7 @@ pub(crate) fn parse() -> Invocation {
         config: Box::new(args.into_config(tracing)),
         threads,
         log_level,
+        log_limit,
     }
 }
 
@@ -200,9 +207,34 @@ struct Args {
     #[arg(long, env = "L7INSPECT_DETECT_TIMEOUT", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     detect_timeout: Duration,
 
-    /// How long an upstream connect may take.
+    /// How long an upstream connect may take (HTTP clients then get 504,
+    /// gRPC status 4).
     #[arg(long, env = "L7INSPECT_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
+
+    /// Close an inbound connection on which neither side sent a byte for
+    /// this long (0: never). Outbound connections are never cut by it.
+    #[arg(long, env = "L7INSPECT_SILENT_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_bound)]
+    silent_timeout: Bound,
+
+    /// How long a client may take to send a whole HTTP request head, from its
+    /// first byte (0: no bound); then 408 and close.
+    #[arg(long, env = "L7INSPECT_HTTP_REQUEST_HEAD_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_bound)]
+    http_request_head_timeout: Bound,
+
+    /// Close an HTTP connection idle this long between requests (0: never).
+    #[arg(long, env = "L7INSPECT_HTTP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "10m", value_parser = parse_bound)]
+    http_idle_timeout: Bound,
+
+    /// How long a server may take to start its response; then 504 (gRPC
+    /// status 4). Default 0: no bound (long polls, gRPC streams).
+    #[arg(long, env = "L7INSPECT_HTTP_RESPONSE_TIMEOUT", value_name = "DURATION", default_value = "0", value_parser = parse_bound)]
+    http_response_timeout: Bound,
+
+    /// The largest HTTP/1 request head in bytes (at least 8192); a larger one
+    /// gets 431.
+    #[arg(long, env = "L7INSPECT_HTTP_MAX_REQUEST_HEAD", value_name = "BYTES", default_value_t = HttpConfig::DEFAULT_MAX_REQUEST_HEAD as u32, value_parser = clap::value_parser!(u32).range(8192..))]
+    http_max_request_head: u32,
 
     /// Worker threads. One suits a sidecar that shares its pod's CPU.
     #[arg(long, env = "L7INSPECT_THREADS", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -356,6 +388,11 @@ struct Args {
     /// labels; further names are counted as "other".
     #[arg(long, env = "L7INSPECT_TLS_SNI_LABEL_LIMIT", value_name = "N", default_value_t = l7inspect_tls::DEFAULT_MAX_SERVER_NAMES, help_heading = "TLS")]
     tls_sni_label_limit: usize,
+
+    /// How long a TLS client of a terminated or intercepted connection may
+    /// take to complete its handshake.
+    #[arg(long, env = "L7INSPECT_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration, help_heading = "TLS")]
+    tls_handshake_timeout: Duration,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -451,6 +488,17 @@ enum LogFormat {
 
 #[derive(Clone, Debug, Default)]
 struct PortList(Vec<u16>);
+
+/// A timeout flag's value: `0` means none.
+#[derive(Clone, Copy, Debug)]
+struct Bound(Option<Duration>);
+
+fn parse_bound(s: &str) -> Result<Bound, String> {
+    if s.trim() == "0" {
+        return Ok(Bound(None));
+    }
+    parse_duration(s).map(|d| Bound((!d.is_zero()).then_some(d)))
+}
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
@@ -550,6 +598,7 @@ impl Args {
             detect: DetectConfig {
                 detect_timeout: self.detect_timeout,
                 opaque_ports: self.opaque_ports.unwrap_or_default().0,
+                silent_timeout: self.silent_timeout.0,
                 ..DetectConfig::default()
             },
             connect: ConnectConfig {
@@ -561,6 +610,10 @@ impl Args {
             shutdown_grace: self.shutdown_grace,
             http: HttpConfig {
                 preserve_header_case: self.http1_preserve_header_case,
+                request_head_timeout: self.http_request_head_timeout.0,
+                idle_timeout: self.http_idle_timeout.0,
+                response_timeout: self.http_response_timeout.0,
+                max_request_head: self.http_max_request_head as usize,
             },
             tracing,
             tls: TlsConfig {
@@ -569,6 +622,7 @@ impl Args {
                     (Some(cert), Some(key)) if !self.tls_terminate.is_empty() => {
                         Some(TerminateConfig {
                             client_ca: self.tls_client_ca,
+                            handshake_timeout: self.tls_handshake_timeout,
                             ..TerminateConfig::new(self.tls_terminate, cert, key)
                         })
                     }
@@ -579,6 +633,7 @@ impl Args {
                     (Some(cert), Some(key)) if !self.tls_intercept_sni.is_empty() => {
                         Some(InterceptConfig {
                             upstream_ca: self.tls_upstream_ca,
+                            handshake_timeout: self.tls_handshake_timeout,
                             ..InterceptConfig::new(cert, key, self.tls_intercept_sni)
                         })
                     }
@@ -600,8 +655,9 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown_service".to_owned())
 }
 
-/// Sets up logging to stderr with a filter that `/log-level` can change.
-fn init_logging(level: Option<&str>, format: LogFormat) -> Result<LogLevel, String> {
+/// Sets up logging to stderr with a filter that `/log-level` can change,
+/// and the rate limit on dependencies' events after it ([`LogLimit`]).
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(LogLevel, LogLimit), String> {
     use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
     let (filter, text) = match level {
         Some(l) => (
@@ -618,10 +674,13 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> Result<LogLevel, Stri
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
+    let limit = LogLimit::default();
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(limit.clone());
     match format {
         LogFormat::Text => registry.with(fmt).init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
     }
-    Ok(LogLevel::new(handle, text))
+    Ok((LogLevel::new(handle, text), limit))
 }
