@@ -59,6 +59,8 @@ enum Behaviour {
     CloseAtOnce,
     /// After the head: bytes that are not HTTP.
     Garbage,
+    /// Reads, never answers.
+    Mute,
 }
 
 /// A raw HTTP/1 server that records every byte it receives, per
@@ -211,6 +213,10 @@ async fn serve(mut s: TcpStream, rec: Arc<Recorded>, behaviour: Behaviour) {
                     _ => b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
                 };
                 let _ = s.write_all(resp).await;
+                read_until(&mut s, &rec, &mut seen, |_| false).await;
+                return;
+            }
+            Behaviour::Mute => {
                 read_until(&mut s, &rec, &mut seen, |_| false).await;
                 return;
             }
@@ -586,6 +592,7 @@ async fn error_bodies_name_the_failure_not_the_target() {
     let dead = refusing.local_addr().unwrap();
     let closing = Recorder::start(Behaviour::CloseAtOnce).await;
     let garbage = Recorder::start(Behaviour::Garbage).await;
+    let mute = Recorder::start(Behaviour::Mute).await;
     for (target, status, words, error_type) in [
         (
             dead,
@@ -605,8 +612,16 @@ async fn error_bodies_name_the_failure_not_the_target() {
             "invalid response from upstream",
             "upstream_invalid_response",
         ),
+        (
+            mute.addr,
+            "504 Gateway Timeout",
+            "upstream response timed out",
+            "upstream_response_timeout",
+        ),
     ] {
-        let sidecar = start(forward_config(target)).await;
+        let mut config = forward_config(target);
+        config.http.response_timeout = Some(Duration::from_millis(300));
+        let sidecar = start(config).await;
         let resp = send_and_read_all(
             sidecar.inbound(),
             b"GET /fail HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
