@@ -295,7 +295,7 @@ mod tests {
             ),
             (connect_error(io::ErrorKind::TimedOut), ConnectTimeout),
             (
-                ResponseTimeout(std::time::Duration::from_secs(1)).into(),
+                crate::http::forward::ResponseTimeout(std::time::Duration::from_secs(1)).into(),
                 FailureKind::ResponseTimeout,
             ),
             (SendError::Closed.into(), UpstreamClosed),
