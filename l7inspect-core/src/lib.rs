@@ -104,8 +104,9 @@ pub use connect::{
     UpstreamIo, UpstreamStream, WrapUpstream,
 };
 pub use http::{
-    Forward, ForwardFuture, Http, HttpConfig, HttpLayer, NewRequestService, PlainForward,
-    RequestBody, ResponseBody, UpstreamClosed, local_response, remove_hop_by_hop,
+    FailureKind, Forward, ForwardFuture, Http, HttpConfig, HttpLayer, NewRequestService,
+    PlainForward, ProxyError, RequestBody, ResponseBody, UpstreamClosed, local_response,
+    remove_hop_by_hop,
 };
 pub use limit::{Limit, LimitLayer, ResponseFuture as LimitFuture};
 pub use loop_guard::{Loop, LoopGuard, PendingDial, Registration};

@@ -52,7 +52,8 @@ pub mod sampling;
 pub mod span;
 
 pub use observe::{
-    BoundedLabels, DEFAULT_MAX_ATTRIBUTE_LEN, Observe, ObserveConfig, ObserveLayer, ObservedBody,
-    Observer, Peer, PropagationStats, RequestClass, RequestMetrics, ResponseFuture,
+    BoundedLabels, DEFAULT_MAX_ATTRIBUTE_LEN, ERROR_MESSAGE_ATTRIBUTE, Observe, ObserveConfig,
+    ObserveLayer, ObservedBody, Observer, Peer, PropagationStats, RequestClass, RequestMetrics,
+    ResponseFailure, ResponseFuture,
 };
 pub use propagation::{Extracted, Format, FormatSet, ParsePropagatorsError, Propagators};

@@ -3,9 +3,17 @@
 //! with status 14 (UNAVAILABLE). So a request stack may hold fallible tower
 //! layers (a timeout, load shedding, a filter) and the client still gets an
 //! HTTP answer, where hyper would close the connection.
+//!
+//! Before any of that, a request whose `Host` fields conflict (see
+//! [`check_host`]) is answered `400 Bad Request` here, and never reaches
+//! the request stack.
 
-use super::{ResponseBody, forward::unavailable};
-use http::{Request, Response};
+use super::{
+    ResponseBody,
+    failure::{FailureKind, failure_response},
+    headers::{HostRefusal, check_host},
+};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Either;
 use pin_project::pin_project;
 use std::{
@@ -35,11 +43,15 @@ pub(crate) enum AnswerFuture<F> {
         #[pin]
         inner: F,
         grpc: bool,
+        http2: bool,
     },
     NotReady {
         error: Option<BoxError>,
         grpc: bool,
+        http2: bool,
     },
+    /// Refused before the request stack: `400`.
+    Refused { refusal: HostRefusal, http2: bool },
 }
 
 /// The response body of [`AnswerErrors`]: the inner service's (left), or
@@ -85,15 +97,23 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        if let Err(refusal) = check_host(&req) {
+            return AnswerFuture::Refused {
+                refusal,
+                http2: self.http2,
+            };
+        }
         let grpc = self.http2 && super::forward::is_grpc(&req);
         match self.not_ready.take() {
             None => AnswerFuture::Called {
                 inner: self.inner.call(req),
                 grpc,
+                http2: self.http2,
             },
             Some(error) => AnswerFuture::NotReady {
                 error: Some(error),
                 grpc,
+                http2: self.http2,
             },
         }
     }
@@ -107,16 +127,40 @@ where
     type Output = Result<Response<AnsweredBody<B>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (error, grpc) = match self.project() {
-            AnswerProj::Called { inner, grpc } => match ready!(inner.poll(cx)) {
+        let (error, grpc, http2) = match self.project() {
+            AnswerProj::Called { inner, grpc, http2 } => match ready!(inner.poll(cx)) {
                 Ok(resp) => return Poll::Ready(Ok(resp.map(Either::Left))),
-                Err(e) => (e.into(), *grpc),
+                Err(e) => (e.into(), *grpc, *http2),
             },
-            AnswerProj::NotReady { error, grpc } => {
-                (error.take().expect("polled after completion"), *grpc)
+            AnswerProj::NotReady { error, grpc, http2 } => (
+                error.take().expect("polled after completion"),
+                *grpc,
+                *http2,
+            ),
+            AnswerProj::Refused { refusal, http2 } => {
+                tracing::debug!("request refused: {}", refusal.description());
+                return Poll::Ready(Ok(refused(*refusal, *http2).map(Either::Right)));
             }
         };
         tracing::debug!("request failed in the request stack: {error}");
-        Poll::Ready(Ok(unavailable(grpc, &error).map(Either::Right)))
+        let kind = FailureKind::of(&error, FailureKind::RequestLayer);
+        Poll::Ready(Ok(
+            failure_response(kind, &error, grpc, !http2).map(Either::Right)
+        ))
     }
+}
+
+/// The `400` for a request refused for its `Host`: the connection closes
+/// after it (HTTP/1), as the request's intent is unknown.
+fn refused(refusal: HostRefusal, http2: bool) -> Response<ResponseBody> {
+    let body = format!("400 Bad Request: {}\n", refusal.description());
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if !http2 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp.map(|()| ResponseBody::full(body))
 }

@@ -1,7 +1,7 @@
 //! The bodies of the messages the proxy forwards: [`RequestBody`] from the
 //! client, [`ResponseBody`] back to it.
 
-use super::{http1::client::ClientBody, http2::RecvBody};
+use super::{failure::ClientBodyError, http1::client::ClientBody, http2::RecvBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -61,11 +61,14 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
+    /// An error (the client's framing is malformed, or it went away
+    /// mid-body) comes as a `ClientBodyError`, so that wherever forwarding
+    /// fails because of it, the failure is known to be the client's.
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.0.poll_frame(cx)
+        self.0.poll_frame(cx).map_err(|e| ClientBodyError(e).into())
     }
 
     fn is_end_stream(&self) -> bool {

@@ -5,6 +5,7 @@
 use super::{
     HttpConfig,
     body::{RequestBody, ResponseBody},
+    failure::{FailureKind, failure_response, log_failure},
     headers::remove_hop_by_hop,
     http1::client::{self as http1_client, Conn, Slot},
     http2,
@@ -201,8 +202,10 @@ impl Forward {
             let (mut resp, tunnel_conn) = match sent {
                 Ok(sent) => sent,
                 Err(e) => {
-                    tracing::debug!(target = %self.inner.meta.target, "upstream failed before responding: {e}");
-                    return Ok(unavailable(grpc, &e));
+                    let kind = FailureKind::of(&e, FailureKind::UpstreamIo);
+                    log_failure(kind, self.inner.meta.target, &e);
+                    let http1 = self.inner.version == Version::Http1;
+                    return Ok(failure_response(kind, &e, grpc, http1));
                 }
             };
 
@@ -529,46 +532,6 @@ pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
 #[derive(Debug, thiserror::Error)]
 #[error("the server did not answer within {0:?}")]
 pub(crate) struct ResponseTimeout(pub std::time::Duration);
-
-/// The proxy's answer when the server could not: `502 Bad Gateway`, or a
-/// gRPC trailers-only response with status 14 (UNAVAILABLE); when the
-/// connect or the response timed out, `504 Gateway Timeout`, or gRPC
-/// status 4 (DEADLINE_EXCEEDED).
-pub(crate) fn unavailable(grpc: bool, error: &BoxError) -> Response<ResponseBody> {
-    let builder = Response::builder();
-    let timed_out = is_timeout(error);
-    let resp = match (grpc, timed_out) {
-        (true, false) => builder
-            .header(header::CONTENT_TYPE, "application/grpc")
-            .header("grpc-status", "14")
-            .header("grpc-message", "upstream%20unavailable")
-            .body(ResponseBody::empty()),
-        (true, true) => builder
-            .header(header::CONTENT_TYPE, "application/grpc")
-            .header("grpc-status", "4")
-            .header("grpc-message", "upstream%20timed%20out")
-            .body(ResponseBody::empty()),
-        (false, false) => builder
-            .status(StatusCode::BAD_GATEWAY)
-            .header(header::CONTENT_TYPE, "text/plain")
-            .body(ResponseBody::full(format!("502 Bad Gateway: {error}\n"))),
-        (false, true) => builder
-            .status(StatusCode::GATEWAY_TIMEOUT)
-            .header(header::CONTENT_TYPE, "text/plain")
-            .body(ResponseBody::full(format!(
-                "504 Gateway Timeout: {error}\n"
-            ))),
-    };
-    resp.expect("static header names and values are valid")
-}
-
-/// Whether `error` is the connect or the response timeout.
-fn is_timeout(error: &BoxError) -> bool {
-    error.is::<ResponseTimeout>()
-        || error
-            .downcast_ref::<crate::connect::ConnectError>()
-            .is_some_and(|e| e.source.kind() == std::io::ErrorKind::TimedOut)
-}
 
 // === impl Sender ===
 

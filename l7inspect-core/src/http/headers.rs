@@ -1,6 +1,11 @@
-//! Hop-by-hop header handling (RFC 9110 7.6.1).
+//! Hop-by-hop header handling (RFC 9110 7.6.1), and the checks of `Host`
+//! that hyper's server does not make (RFC 9112 3.2).
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::{
+    Request, Uri,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    uri::Authority,
+};
 
 /// What the removed `Connection` header asked of this hop.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -105,6 +110,68 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> ConnectionOptions {
     opts
 }
 
+/// Why a request's `Host` makes it one the proxy refuses (`400`, never
+/// forwarded): a server and the proxy could each take a different one for
+/// the target, which is how requests are smuggled past a proxy's checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HostRefusal {
+    /// More than one `Host` field line (RFC 9112 3.2: "more than one Host
+    /// header field line" gets 400), even with the same value twice.
+    Duplicate,
+    /// The request-target names an authority (absolute form, or HTTP/2's
+    /// `:authority`) and `Host` names another (RFC 9112 3.2.2, RFC 9113
+    /// 8.3.1), or one that is not an authority at all.
+    AuthorityMismatch,
+}
+
+impl HostRefusal {
+    /// The words of the `400`'s body.
+    pub(crate) fn description(self) -> &'static str {
+        match self {
+            Self::Duplicate => "more than one Host header",
+            Self::AuthorityMismatch => "request-target authority differs from Host",
+        }
+    }
+}
+
+/// Checks the request's `Host` fields: at most one, and, when the target
+/// has an authority of its own, the same one. Two lookups per request, no
+/// allocation. (A request without `Host` passes: hyper's server lets it in,
+/// and so did the proxy before; the server decides.)
+pub(crate) fn check_host<B>(req: &Request<B>) -> Result<(), HostRefusal> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else {
+        return Ok(());
+    };
+    if hosts.next().is_some() {
+        return Err(HostRefusal::Duplicate);
+    }
+    let uri = req.uri();
+    // Absolute form (HTTP/1) or `:scheme` + `:authority` (HTTP/2); not the
+    // authority form of CONNECT, whose Host often leaves the port out.
+    match (uri.scheme(), uri.authority()) {
+        (Some(_), Some(authority)) if !same_authority(uri, authority, host) => {
+            Err(HostRefusal::AuthorityMismatch)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `host` names `authority` (of `uri`): the same host, ignoring
+/// case, and the same port once the scheme's default fills in a missing one.
+fn same_authority(uri: &Uri, authority: &Authority, host: &HeaderValue) -> bool {
+    let Ok(host) = Authority::try_from(host.as_bytes()) else {
+        return false;
+    };
+    let default = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
+        Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
+        _ => None,
+    };
+    authority.host().eq_ignore_ascii_case(host.host())
+        && authority.port_u16().or(default) == host.port_u16().or(default)
+}
+
 /// Which hop-by-hop headers a message carries.
 #[derive(Default)]
 struct Present {
@@ -148,6 +215,57 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn host_checks() {
+        let req = |target: &str, hosts: &[&'static str]| {
+            let mut b = Request::get(target);
+            for h in hosts {
+                b = b.header(header::HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        use HostRefusal::*;
+        for (target, hosts, want) in [
+            ("/", &["a.example"][..], Ok(())),
+            ("/", &[][..], Ok(())),
+            ("/", &["a.example", "b.example"][..], Err(Duplicate)),
+            ("/", &["a.example", "a.example"][..], Err(Duplicate)),
+            ("http://a.example/x", &["a.example"][..], Ok(())),
+            ("http://A.Example/x", &["a.example:80"][..], Ok(())),
+            ("https://a.example:443/", &["a.example"][..], Ok(())),
+            ("http://a.example/x", &[][..], Ok(())),
+            (
+                "http://a.example/x",
+                &["b.example"][..],
+                Err(AuthorityMismatch),
+            ),
+            (
+                "http://a.example:8080/",
+                &["a.example"][..],
+                Err(AuthorityMismatch),
+            ),
+            (
+                "http://a.example/",
+                &["a.example:8080"][..],
+                Err(AuthorityMismatch),
+            ),
+            (
+                "http://a.example/",
+                &["a example"][..],
+                Err(AuthorityMismatch),
+            ),
+            ("http://u@a.example/", &["a.example"][..], Ok(())),
+        ] {
+            assert_eq!(check_host(&req(target, hosts)), want, "{target} {hosts:?}");
+        }
+        // CONNECT's authority form: Host may leave the port out.
+        let connect = Request::connect("a.example:443")
+            .header(header::HOST, "a.example")
+            .body(())
+            .unwrap();
+        assert_eq!(check_host(&connect), Ok(()));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod answer;
 mod body;
 mod deadline;
+mod failure;
 mod forward;
 mod headers;
 mod http1;
@@ -17,6 +18,7 @@ mod http2;
 mod wake;
 
 pub use body::{RequestBody, ResponseBody, local_response};
+pub use failure::{FailureKind, ProxyError};
 pub use forward::{Forward, ResponseFuture as ForwardFuture, UpstreamClosed};
 pub use headers::remove_hop_by_hop;
 
@@ -72,9 +74,10 @@ use wake::WakeFlag;
 ///
 /// The service may fail (`Error: Into<BoxError>`, as tower's `Timeout`,
 /// `LoadShed` and `Filter` do): the client then gets what it gets when the
-/// server cannot be reached, `502 Bad Gateway`, or for gRPC a trailers-only
-/// response with status 14 (UNAVAILABLE), and the error is logged at
-/// debug. A layer outside the failing one sees the error, not the 502:
+/// server cannot be reached, `502 Bad Gateway` ("request failed in the
+/// proxy": the error's own text stays in the log), or for gRPC a
+/// trailers-only response with status 14 (UNAVAILABLE), and the error is
+/// logged at debug. A layer outside the failing one sees the error, not the 502:
 /// `l7inspect_trace::Observe` records it as that 502.
 pub trait NewRequestService: Clone + Send + Sync + 'static {
     /// The per-request service.
@@ -246,18 +249,48 @@ pub struct PlainForward;
 /// - **HTTP/1 responses** are framed per RFC 9112 6.3 (none for `HEAD`,
 ///   `204` and `304`; chunked, `Content-Length`, or until the server
 ///   closes); interim `1xx` responses other than `101` are not passed on (as
-///   with hyper's client); a reason phrase other than the standard one is.
+///   with hyper's client), except that a `100 Continue` answering the
+///   client's `Expect` becomes the client's own (below); a reason phrase
+///   other than the standard one is passed on.
 ///   An invalid head, conflicting `Content-Length` values or a head over
 ///   408 KiB get `502`. A server that answers before it has read the whole
 ///   request body gets the rest of it while its answer streams back; if the
 ///   answer ends first, that upstream connection is closed rather than
 ///   reused, and the client's after the answer.
+/// - **Strict framing** (RFC 9112 3.2, RFC 9113 8.3.1): a request with more
+///   than one `Host` field (even with the same value), or whose target
+///   names an authority (absolute form; HTTP/2's `:authority`) that `Host`
+///   contradicts, gets `400 Bad Request` and is never forwarded; over
+///   HTTP/1 the connection closes after it. A request body whose framing is
+///   malformed (a bad chunk size, a missing CRLF) gets `400` if no response
+///   has started: the request head is written with the body bytes that
+///   came with it, so an error among those reaches no server, and the
+///   upstream connection closes rather than carry a partial body. After the
+///   response started, both connections close.
+/// - **`Expect: 100-continue`** (RFC 9110 10.1.1) is handled once, end to
+///   end: forwarded, and the client's body is read (which is what makes
+///   hyper's server send the client its one `100 Continue`) only once the
+///   server sent its `100`, or after a second (`EXPECT_CONTINUE_WAIT`) for a
+///   server that ignores the expectation. A final answer before any `100`
+///   (a `417`, a `401`) goes to the client without the body being read or
+///   sent, and both connections close after it (RFC 9112 9.6). With
+///   [`HttpConfig::preserve_header_case`] (hyper's client upstream), the
+///   client's `100` is sent as soon as the request is forwarded, and the
+///   server's is not passed on.
 /// - **Failures**: when the server cannot be reached or fails before it
-///   answers, the client gets `502 Bad Gateway`, or for gRPC a trailers-only
-///   response with `grpc-status: 14` (UNAVAILABLE). A failure after the
-///   response started resets the stream (HTTP/2) or closes the connection
-///   (HTTP/1), as the server's own failure would. A request layer's error
-///   (see [`NewRequestService`]) is answered the same way.
+///   answers, the client gets `502 Bad Gateway` (`504 Gateway Timeout` when
+///   the connect or [`HttpConfig::response_timeout`] expired), or for gRPC
+///   a trailers-only response with `grpc-status: 14` (UNAVAILABLE; 4,
+///   DEADLINE_EXCEEDED, for a timeout). The body (or `grpc-message`) says the kind of failure
+///   ([`FailureKind`]: "upstream connection failed", "upstream closed the
+///   connection", "invalid response from upstream"...), never the target's
+///   address or the OS error: those are in the debug log (and, at most
+///   every 10 s, a warning) and in the [`ProxyError`] the response carries
+///   for request layers (the span's `error.type` and message). A failure
+///   after the response started resets the stream (HTTP/2) or closes the
+///   connection (HTTP/1), as the server's own failure would. A request
+///   layer's error (see [`NewRequestService`]) is answered the same way
+///   ("request failed in the proxy").
 /// - **Drain**: when the drain token is cancelled (shutdown), HTTP/1
 ///   connections close after their in-flight request and HTTP/2 connections
 ///   send GOAWAY.

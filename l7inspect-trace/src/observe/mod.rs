@@ -43,6 +43,11 @@
 //!   trailers, or from the headers of a trailers-only response). A gRPC call
 //!   whose response is dropped before its status arrived is recorded as
 //!   CANCELLED (1), in the span and in the histogram.
+//! - **Failures the proxy answered for**: a response carrying a
+//!   [`ResponseFailure`] in its extensions (a `502` made because the server
+//!   could not be reached, say) gets its `error.type` (in place of the
+//!   status code) and its message (status description and
+//!   [`ERROR_MESSAGE_ATTRIBUTE`]) on the span; the histogram keeps the status.
 //!
 //! # Example
 //! ```
@@ -93,6 +98,7 @@ pub use classify::{
 pub use metrics::{
     BoundedLabels, DURATION_BUCKETS, HttpLabels, MAX_RPC_LABELS, RequestMetrics, RpcLabels,
 };
+pub use pending::{ERROR_MESSAGE_ATTRIBUTE, ResponseFailure};
 pub use service::{Observe, ResponseFuture};
 
 use std::{

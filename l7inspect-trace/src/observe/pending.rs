@@ -11,6 +11,29 @@ use super::{
     metrics::{HttpLabels, RpcLabels},
 };
 use crate::span::SpanRecord;
+use opentelemetry::{KeyValue, trace::Status};
+
+/// The attribute that carries a [`ResponseFailure`]'s message (also the
+/// span status's description). The semantic conventions' `error.message`
+/// is deprecated for domain-specific keys; this is ours.
+pub const ERROR_MESSAGE_ATTRIBUTE: &str = "l7inspect.error.message";
+
+/// In the extensions of a response that a proxy made itself because
+/// forwarding failed (a `502`, a `504`, a `400` for a malformed request
+/// body): what failed. [`Observe`](super::Observe) records it on the span,
+/// `error_type` as `error.type` (instead of the status code) and `message`
+/// as the span status's description and [`ERROR_MESSAGE_ATTRIBUTE`]; the
+/// response's body, which the client reads, need
+/// not say as much.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseFailure {
+    /// A short, stable identifier of the kind of failure
+    /// (`upstream_connect_failed`, say).
+    pub error_type: Cow<'static, str>,
+    /// The full message, for the operator: the target address and the OS
+    /// error may be in it.
+    pub message: Arc<str>,
+}
 
 /// gRPC codes that are errors on a SERVER span (RPC semantic conventions);
 /// on a CLIENT span every code but OK is.
@@ -86,6 +109,24 @@ impl Pending {
             && let Some(code) = grpc_status(headers)
         {
             self.on_grpc_status(code);
+        }
+    }
+
+    /// The response was made by the proxy for a failure: its kind becomes
+    /// `error.type` (in place of the status code) and its message the
+    /// status description and [`ERROR_MESSAGE_ATTRIBUTE`].
+    pub(super) fn on_failure(&mut self, failure: &ResponseFailure) {
+        if let Some(span) = self.span_mut() {
+            span.error_type = Some(failure.error_type.clone());
+            let message = failure.message.to_string();
+            // The status stays what the response's status made it (a
+            // client's `400` is no error on a SERVER span); an error gets
+            // the message as its description.
+            if matches!(span.status, Status::Error { .. }) {
+                span.status = Status::error(message.clone());
+            }
+            span.attributes
+                .push(KeyValue::new(ERROR_MESSAGE_ATTRIBUTE, message));
         }
     }
 

@@ -21,7 +21,7 @@ use super::{
     body::ObservedBody,
     classify::RequestClass,
     metrics::{HttpLabels, RpcLabels},
-    pending::{End, Labels, Pending},
+    pending::{End, Labels, Pending, ResponseFailure},
 };
 use crate::{
     sampling::{CallerSampling, new_span_id, new_trace_id},
@@ -282,6 +282,9 @@ where
         Poll::Ready(match result {
             Ok(resp) => {
                 pending.on_response(resp.status().as_u16(), resp.headers());
+                if let Some(failure) = resp.extensions().get::<ResponseFailure>() {
+                    pending.on_failure(failure);
+                }
                 let pending = match resp.extensions().get::<CancellationToken>() {
                     // A tunnel: observed until it closes.
                     Some(tunnel_closed) => {

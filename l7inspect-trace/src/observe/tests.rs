@@ -619,3 +619,47 @@ async fn one_connection_different_requests() {
         "{text}"
     );
 }
+
+/// A response the proxy made for a failure carries a [`ResponseFailure`]:
+/// its kind is `error.type` (not the status code) and its message the
+/// status description and `l7inspect.error.message`; a client error (a
+/// `400` for a malformed body) gets them too, without the Error status a
+/// SERVER span keeps for 5xx.
+#[tokio::test]
+async fn a_proxy_failure_is_recorded_with_its_kind_and_message() {
+    for (status, error_type, error) in [
+        (502, "upstream_connect_failed", true),
+        (400, "invalid_request_body", false),
+    ] {
+        let h = harness(SpanKind::Server);
+        let inner = service_fn(move |_req: Request<Full<Bytes>>| async move {
+            let resp = Response::builder()
+                .status(status)
+                .extension(ResponseFailure {
+                    error_type: error_type.into(),
+                    message: "connecting to 10.0.0.5:8080 failed: refused".into(),
+                })
+                .body(Full::new(Bytes::from_static(b"502 Bad Gateway")))
+                .unwrap();
+            Ok::<_, Infallible>(resp)
+        });
+        let svc = h.observer.layer(peer()).layer(inner);
+        let resp = svc
+            .oneshot(Request::get("/").body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        resp.into_body().collect().await.unwrap();
+        let span = &h.spans()[0];
+        assert_eq!(attr(span, semconv::ERROR_TYPE), s(error_type));
+        assert_eq!(
+            attr(span, ERROR_MESSAGE_ATTRIBUTE),
+            s("connecting to 10.0.0.5:8080 failed: refused")
+        );
+        let want = if error {
+            Status::error("connecting to 10.0.0.5:8080 failed: refused")
+        } else {
+            Status::Unset
+        };
+        assert_eq!(span.status, want, "{status}");
+    }
+}

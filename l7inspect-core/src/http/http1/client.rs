@@ -35,6 +35,9 @@ const MAX_READ: usize = 64 * 1024;
 /// Body data up to this size is copied behind its chunk header into one
 /// write; larger pieces are written from where they are.
 const COPY_DATA: usize = 1024;
+/// Body data already received, up to about this much, goes with the
+/// request head in its write.
+const COALESCE: usize = 16 * 1024;
 
 /// One upstream connection, between or during exchanges.
 #[derive(Debug)]
@@ -77,7 +80,7 @@ pub(crate) enum SendError {
     Decode(#[from] DecodeError),
     /// The request body failed (the client went away mid-body).
     #[error("request body: {0}")]
-    Body(BoxError),
+    Body(#[source] BoxError),
 }
 
 /// The body of a response from an HTTP/1 upstream connection. `None` once
@@ -252,15 +255,38 @@ impl Slot {
 pub(crate) fn send(conn: Conn, req: Request<RequestBody>, slot: &Arc<Slot>) -> Exchange {
     let (mut parts, body) = req.into_parts();
     let upgrade = parts.headers.contains_key(header::UPGRADE);
-    let writer = BodyWriter::new(&mut parts, body);
+    let mut writer = BodyWriter::new(&mut parts, body);
+    // `Expect: 100-continue` (RFC 9110 10.1.1): the head goes at once, the
+    // body once the server says `100` (reading the body is what makes
+    // hyper's server send the client its one `100`, so the client sees the
+    // server's), or after a bounded wait for a server that ignores the
+    // expectation. HTTP/1.0 servers ignore it: nothing to wait for.
+    let expect =
+        (!writer.ended && parts.version == Version::HTTP_11 && expects_continue(&parts.headers))
+            .then(|| Box::pin(tokio::time::sleep(EXPECT_CONTINUE_WAIT)));
+    writer.held = expect.is_some();
     Exchange {
         conn: Some(conn),
         method: parts.method,
         upgrade,
         writer: Some(writer),
         write_error: None,
+        expect,
         slot: slot.clone(),
     }
+}
+
+/// How long a request that expects `100 Continue` waits for it before its
+/// body goes anyway (to a server that ignores `Expect`); curl waits as long
+/// before it sends the body unasked.
+const EXPECT_CONTINUE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the request has `Expect: 100-continue`.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::EXPECT)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// The future of [`send`]: the response head, with the body to read, and
@@ -276,6 +302,9 @@ pub(crate) struct Exchange {
     writer: Option<BodyWriter>,
     /// Writing failed: reported if the server does not answer.
     write_error: Option<io::Error>,
+    /// The request expects `100 Continue` and its body waits for it: the
+    /// bound on that wait (`None` once the body may go).
+    expect: Option<Pin<Box<tokio::time::Sleep>>>,
     slot: Arc<Slot>,
 }
 
@@ -288,35 +317,58 @@ impl Future for Exchange {
             .conn
             .as_mut()
             .expect("Exchange polled after completion");
-        if let Some(w) = this.writer.as_mut() {
-            match w.poll_write(&mut conn.io, cx) {
-                Poll::Ready(Ok(())) => this.writer = None,
-                // The server may have answered and closed early: read what
-                // it said before reporting the write's failure.
-                Poll::Ready(Err(WriteError::Io(e))) => {
-                    this.writer = None;
-                    this.write_error = Some(e);
+        let head = 'head: loop {
+            if let Some(expect) = &mut this.expect
+                && expect.as_mut().poll(cx).is_ready()
+            {
+                // No `100` in time: the body goes (hyper's server sends the
+                // client its `100` as it is first read).
+                this.expect = None;
+                if let Some(w) = this.writer.as_mut() {
+                    w.held = false;
                 }
-                Poll::Ready(Err(WriteError::Body(e))) => {
-                    return Poll::Ready(Err(SendError::Body(e)));
-                }
-                Poll::Pending => {}
             }
-        }
-        let head = loop {
-            if let Some(head) = parse_head(&mut conn.buf, &this.method, this.upgrade)? {
-                break head;
-            }
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) => {
-                    return Poll::Ready(Err(this
-                        .write_error
-                        .take()
-                        .map_or(SendError::Closed, SendError::Io)));
+            if let Some(w) = this.writer.as_mut() {
+                match w.poll_write(&mut conn.io, cx) {
+                    Poll::Ready(Ok(())) => this.writer = None,
+                    // The server may have answered and closed early: read what
+                    // it said before reporting the write's failure.
+                    Poll::Ready(Err(WriteError::Io(e))) => {
+                        this.writer = None;
+                        this.write_error = Some(e);
+                    }
+                    Poll::Ready(Err(WriteError::Body(e))) => {
+                        return Poll::Ready(Err(SendError::Body(e)));
+                    }
+                    Poll::Pending => {}
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    return Poll::Ready(Err(this.write_error.take().unwrap_or(e).into()));
+            }
+            loop {
+                let mut continued = false;
+                let head = parse_head(&mut conn.buf, &this.method, this.upgrade, &mut continued)?;
+                if continued && this.expect.take().is_some() {
+                    if let Some(w) = this.writer.as_mut() {
+                        w.held = false;
+                    }
+                    if head.is_none() {
+                        // The body may go now.
+                        continue 'head;
+                    }
+                }
+                if let Some(head) = head {
+                    break 'head head;
+                }
+                match ready!(conn.poll_fill(cx)) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(this
+                            .write_error
+                            .take()
+                            .map_or(SendError::Closed, SendError::Io)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Poll::Ready(Err(this.write_error.take().unwrap_or(e).into()));
+                    }
                 }
             }
         };
@@ -337,9 +389,20 @@ impl Exchange {
         if framing == Framing::Tunnel {
             return (Response::from_parts(head, ClientBody(None)), Some(conn));
         }
-        let keep_alive = keep_alive && self.write_error.is_none();
+        let mut keep_alive = keep_alive && self.write_error.is_none();
         let decoder = BodyDecoder::new(framing);
-        let writer = self.writer.take();
+        let mut writer = self.writer.take();
+        if writer.as_ref().is_some_and(|w| w.held) {
+            // A final answer to a request that expected `100 Continue`,
+            // before the `100`: the body is not sent, nor read from the
+            // client (RFC 9110 10.1.1). The head announced one, so this
+            // connection carries nothing more; hyper's server closes the
+            // client's after the answer, as the body was never asked for
+            // (RFC 9112 9.6).
+            writer = None;
+            keep_alive = false;
+        }
+        self.expect = None;
         if decoder.is_done() && writer.is_none() {
             self.slot.put(keep_alive.then_some(conn));
             return (Response::from_parts(head, ClientBody(None)), None);
@@ -399,10 +462,22 @@ impl Active {
         if let Some(w) = self.writer.as_mut() {
             match w.poll_write(&mut self.conn.io, cx) {
                 Poll::Ready(Ok(())) => self.writer = None,
-                // The response goes on; the connection is not reused.
-                Poll::Ready(Err(_)) => {
+                // The server stopped reading: the response goes on; the
+                // connection is not reused.
+                Poll::Ready(Err(WriteError::Io(_))) => {
                     self.writer = None;
                     self.keep_alive = false;
+                }
+                // The client's body failed (malformed framing, or it went
+                // away) while the response streams: the request will never
+                // be whole, so the exchange ends here, both ways. The
+                // response fails (hyper's server closes the client's
+                // connection), and the upstream one, which has a partial
+                // body, closes (`finish`).
+                Poll::Ready(Err(WriteError::Body(e))) => {
+                    self.writer = None;
+                    self.keep_alive = false;
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Pending => {}
             }
@@ -467,6 +542,10 @@ struct BodyWriter {
     data: Bytes,
     framing: WriteFraming,
     ended: bool,
+    /// The body waits (for `100 Continue`): only the head is written.
+    held: bool,
+    /// Nothing written yet.
+    head_unsent: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -508,6 +587,8 @@ impl BodyWriter {
             out,
             data: Bytes::new(),
             framing,
+            held: false,
+            head_unsent: true,
         }
     }
 
@@ -518,6 +599,19 @@ impl BodyWriter {
         io: &mut UpstreamIo,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>> {
+        if self.head_unsent {
+            // Before the head's write, the body the client has already sent
+            // joins it (one write, not two): and a body whose framing fails
+            // within those bytes fails before the server sees one of them.
+            // A body still to come does not hold the head back.
+            self.head_unsent = false;
+            while !self.ended && !self.held && self.data.is_empty() && self.out.len() < COALESCE {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(frame) => self.on_frame(frame)?,
+                    Poll::Pending => break,
+                }
+            }
+        }
         loop {
             while !self.out.is_empty() || !self.data.is_empty() {
                 let n = if self.data.is_empty() {
@@ -539,30 +633,44 @@ impl BodyWriter {
             if self.ended {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.queue_data(data)?,
-                    Err(frame) => {
-                        if let (Ok(trailers), WriteFraming::Chunked(crlf)) =
-                            (frame.into_trailers(), self.framing)
-                        {
-                            self.end_chunked(crlf, Some(&trailers));
-                        }
-                        // Without chunked framing trailers cannot be sent.
-                    }
-                },
-                Some(Err(e)) => return Poll::Ready(Err(WriteError::Body(e))),
-                None => match self.framing {
-                    WriteFraming::Chunked(crlf) => self.end_chunked(crlf, None),
-                    WriteFraming::Length(0) => self.ended = true,
-                    WriteFraming::Length(_) => {
-                        return Poll::Ready(Err(WriteError::Body(
-                            "request body shorter than its content-length".into(),
-                        )));
-                    }
-                },
+            if self.held {
+                // Woken by the response's read or the wait's bound.
+                return Poll::Pending;
             }
+            let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+            self.on_frame(frame)?;
         }
+    }
+
+    /// Queues what the body gave: data, trailers, its end or its failure.
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, BoxError>>,
+    ) -> Result<(), WriteError> {
+        match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => self.queue_data(data)?,
+                Err(frame) => {
+                    if let (Ok(trailers), WriteFraming::Chunked(crlf)) =
+                        (frame.into_trailers(), self.framing)
+                    {
+                        self.end_chunked(crlf, Some(&trailers));
+                    }
+                    // Without chunked framing trailers cannot be sent.
+                }
+            },
+            Some(Err(e)) => return Err(WriteError::Body(e)),
+            None => match self.framing {
+                WriteFraming::Chunked(crlf) => self.end_chunked(crlf, None),
+                WriteFraming::Length(0) => self.ended = true,
+                WriteFraming::Length(_) => {
+                    return Err(WriteError::Body(
+                        "request body shorter than its content-length".into(),
+                    ));
+                }
+            },
+        }
+        Ok(())
     }
 
     fn queue_data(&mut self, data: Bytes) -> Result<(), WriteError> {

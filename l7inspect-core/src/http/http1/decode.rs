@@ -73,12 +73,13 @@ pub(crate) struct Head {
 
 /// Parses one response head from the front of `buf`, removing it. `None`:
 /// more bytes are needed. Informational responses (`1xx` other than `101`)
-/// are skipped, as hyper's client does: the client has no use for them
-/// after its request is forwarded.
+/// are skipped, as hyper's client does; a `100 Continue` among them sets
+/// `continued` (the request body may go: see `client`).
 pub(crate) fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
     upgrade: bool,
+    continued: &mut bool,
 ) -> Result<Option<Head>, DecodeError> {
     loop {
         // The head is found first and split off, then parsed where it is:
@@ -109,6 +110,7 @@ pub(crate) fn parse_head(
         let status =
             StatusCode::from_u16(code).map_err(|_| DecodeError::Head(httparse::Error::Status))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            *continued |= status == StatusCode::CONTINUE;
             continue;
         }
         let version = if resp.version == Some(0) {
@@ -448,7 +450,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &str, method: Method) -> Result<Option<Head>, DecodeError> {
-        parse_head(&mut BytesMut::from(raw), &method, false)
+        parse_head(&mut BytesMut::from(raw), &method, false, &mut false)
     }
 
     fn framing_of(raw: &str, method: Method) -> (Framing, bool) {
@@ -558,19 +560,21 @@ mod tests {
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
         );
-        let h = parse_head(&mut buf, &Method::POST, false).unwrap().unwrap();
+        let h = parse_head(&mut buf, &Method::POST, false, &mut false)
+            .unwrap()
+            .unwrap();
         assert_eq!(h.parts.status, StatusCode::CREATED);
         assert_eq!(&buf[..], b"ok");
         let mut partial = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-len");
         assert!(
-            parse_head(&mut partial, &Method::GET, false)
+            parse_head(&mut partial, &Method::GET, false, &mut false)
                 .unwrap()
                 .is_none()
         );
         let mut huge = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx: "[..]);
         huge.extend(std::iter::repeat_n(b'a', MAX_HEAD));
         assert!(matches!(
-            parse_head(&mut huge, &Method::GET, false),
+            parse_head(&mut huge, &Method::GET, false, &mut false),
             Err(DecodeError::HeadTooLarge)
         ));
     }
