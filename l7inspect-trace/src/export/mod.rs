@@ -2,7 +2,7 @@
 //! OTLP (gRPC or HTTP/protobuf) and Zipkin v2 JSON collectors, over
 //! `http://` or `https://` (TLS as [`TlsConfig`] says), plus an
 //! in-memory ring of recent spans. Both wire formats are encoded here,
-//! straight from the finished spans ([`OtlpEncoder`]; Zipkin JSON).
+//! straight from the finished spans ([`OtlpEncoder`], [`encode_zipkin`]).
 //!
 //! # How spans flow
 //! Span sources (the request layer [`Observe`](crate::Observe), and any
@@ -81,6 +81,7 @@ pub use pipeline::{ExportBuildError, ExportPipeline, FlushOutcome, SpanSink};
 pub use recent::{RecentSpan, RecentSpans};
 pub use sdk::SdkExporter;
 pub use stats::{DropReason, ExportStats, ExporterKind};
+pub use zipkin::encode_zipkin;
 
 /// An error with its sources, `outer: inner: ...` (a client's "client error
 /// (Connect)" says little; the OS error at the end of its chain says why),

@@ -68,7 +68,7 @@ impl ZipkinExporter {
     }
 
     pub(crate) async fn export(&self, spans: &[Arc<SpanRecord>]) -> Result<(), String> {
-        let body = encode(&self.service_name, spans.iter().map(|s| &**s));
+        let body = encode_zipkin(&self.service_name, spans.iter().map(|s| &**s));
         let req = http::Request::post(self.endpoint.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(Bytes::from(body))
@@ -86,12 +86,38 @@ impl ZipkinExporter {
     }
 }
 
-/// Encodes spans as a Zipkin v2 JSON list (`ListOfSpans`).
-pub(crate) fn encode<'a>(
+/// Encodes spans as a Zipkin v2 JSON list (`ListOfSpans`), the body the
+/// Zipkin exporter POSTs to `/api/v2/spans`: for an embedder that ships
+/// spans its own way (a file, a queue) or checks what a collector receives.
+///
+/// Each span's `localEndpoint.serviceName` is `service_name`. Ids are
+/// lowercase hex (`parentId` absent for a root), `timestamp` and
+/// `duration` are microseconds (a duration is rounded up, at least 1, as
+/// the model says), `kind` is absent for an internal span, every attribute
+/// is a string tag (arrays as a JSON list), plus `otel.scope.*` and, for a
+/// set status, `otel.status_code` (and `error`). `remoteEndpoint` holds
+/// the peer's address and port and, for a client span, its
+/// `service.peer.name` or `server.address`.
+///
+/// ```
+/// use std::time::SystemTime;
+/// use l7inspect_trace::{export::encode_zipkin, span::SpanRecord};
+/// use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+///
+/// let span = SpanRecord::new(TraceId::from(1u128), SpanId::from(2u64), SpanKind::Server, "GET", SystemTime::UNIX_EPOCH);
+/// let json: serde_json::Value = serde_json::from_slice(&encode_zipkin("checkout", [&span]))?;
+/// assert_eq!(json[0]["traceId"], "00000000000000000000000000000001");
+/// assert_eq!(json[0]["localEndpoint"]["serviceName"], "checkout");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn encode_zipkin<'a>(
     service_name: &str,
-    spans: impl Iterator<Item = &'a SpanRecord>,
+    spans: impl IntoIterator<Item = &'a SpanRecord>,
 ) -> Vec<u8> {
-    let list: Vec<Json> = spans.map(|s| span_json(service_name, s)).collect();
+    let list: Vec<Json> = spans
+        .into_iter()
+        .map(|s| span_json(service_name, s))
+        .collect();
     // Serializing a `serde_json::Value` cannot fail.
     serde_json::to_vec(&list).unwrap_or_default()
 }

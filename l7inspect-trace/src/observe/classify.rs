@@ -1,6 +1,8 @@
 //! [`RequestClass`]: what a request is, read once from its head. The span
 //! and the request histograms both read it, so they cannot disagree.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, Method, Request, Version};
 
 /// gRPC status CANCELLED: what a call whose response was dropped before
@@ -90,8 +92,8 @@ impl<'a> RequestClass<'a> {
         }
     }
 
-    /// The same class with every string it gives (path, query, host, user
-    /// agent, method, gRPC names) cut to at most `limit` bytes, at a
+    /// The same class with every string it gives (path, query, scheme,
+    /// host, user agent, method, gRPC names) cut to at most `limit` bytes, at a
     /// character boundary: what a client sends cannot make a span, a
     /// label or the ring of recent spans large.
     pub fn with_limit(mut self, limit: usize) -> Self {
@@ -104,6 +106,31 @@ impl<'a> RequestClass<'a> {
             .server
             .map(|(host, port)| (truncate(host, limit), port));
         self
+    }
+
+    /// The span's name: `{rpc.service}/{rpc.method}` for a gRPC call, else
+    /// the method, or `HTTP` for a method outside the known ones (the
+    /// semantic conventions' rule, so that names stay few). Built from the
+    /// class's strings, so with [`with_limit`](Self::with_limit) it is at
+    /// most twice the limit plus one byte long.
+    ///
+    /// ```
+    /// use l7inspect_trace::RequestClass;
+    ///
+    /// let req = http::Request::post("/shop.Orders/Get")
+    ///     .header("content-type", "application/grpc")
+    ///     .body(())?;
+    /// assert_eq!(RequestClass::of(&req).span_name(), "shop.Orders/Get");
+    /// let req = http::Request::builder().method("PROPFIND").uri("/").body(())?;
+    /// assert_eq!(RequestClass::of(&req).span_name(), "HTTP");
+    /// # Ok::<(), http::Error>(())
+    /// ```
+    pub fn span_name(&self) -> Cow<'static, str> {
+        match self.grpc {
+            Some(call) => format!("{}/{}", call.service, call.method).into(),
+            None if self.method_known => self.method.into(),
+            None => "HTTP".into(),
+        }
     }
 
     /// The method as sent, for `http.request.method_original`.
@@ -129,7 +156,12 @@ impl<'a> RequestClass<'a> {
     /// `url.scheme`: the request's, `default` when it names none (an
     /// HTTP/1 request in origin form: the connection's).
     pub fn scheme_or(&self, default: &'static str) -> &'a str {
-        self.head.uri.scheme_str().unwrap_or(default)
+        match self.head.uri.scheme_str() {
+            // An absolute-form target's scheme is the client's: up to 64
+            // bytes of anything the URI grammar allows.
+            Some(scheme) => truncate(scheme, self.limit),
+            None => default,
+        }
     }
 
     /// `user_agent.original`.
@@ -294,6 +326,31 @@ mod tests {
         assert_eq!(class.user_agent().unwrap().len(), 64);
         assert_eq!(RequestClass::of(&req).with_limit(1).user_agent(), Some("a"));
         assert_eq!(truncate("short", 64), "short");
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/classify.rs, the method and
+    /// target of its input): the scheme of an absolute-form target, which
+    /// the client chooses, escaped the limit and went into `url.scheme`
+    /// whole.
+    #[test]
+    fn a_limit_bounds_the_scheme_the_client_sent() {
+        let req = Request::builder()
+            .method("ptE")
+            .uri("TGht://api.example.com:8080/v1/items?limit=10yyyyy&cursor=abc")
+            .body(())
+            .unwrap();
+        assert_eq!(RequestClass::of(&req).scheme(), "TGht");
+        let class = RequestClass::of(&req).with_limit(3);
+        assert_eq!(class.scheme(), "TGh");
+        assert_eq!(class.method_original(), "ptE");
+        assert_eq!(class.server, Some(("api", Some(8080))));
+        // The connection's scheme, when the request names none, is ours
+        // and not cut.
+        let req = Request::get("/").body(()).unwrap();
+        assert_eq!(
+            RequestClass::of(&req).with_limit(3).scheme_or("https"),
+            "https"
+        );
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub struct ObserveConfig {
     /// too. It costs a few allocations per request, sampled or not, which
     /// is why the sidecar, with nothing inside, leaves it off.
     pub inner_context: bool,
-    /// The longest a string taken from a request (path, query, host, user
+    /// The longest a string taken from a request (path, query, scheme, host, user
     /// agent, gRPC names) may be in a span or a metric label, in bytes; a
     /// longer one is cut at a character boundary. Default
     /// [`DEFAULT_MAX_ATTRIBUTE_LEN`]. (OpenTelemetry's

@@ -163,7 +163,7 @@ where
                 trace_id,
                 span_id,
                 config.kind.clone(),
-                span_name(&class),
+                class.span_name(),
                 SystemTime::now(),
             );
             span.trace_flags = flags;
@@ -217,16 +217,6 @@ where
                 response_bytes: 0,
             }),
         }
-    }
-}
-
-/// `{rpc.service}/{rpc.method}` for gRPC, else the method (`HTTP` for an
-/// unknown one).
-fn span_name(class: &RequestClass<'_>) -> Cow<'static, str> {
-    match class.grpc {
-        Some(call) => format!("{}/{}", call.service, call.method).into(),
-        None if class.method_known => class.method.into(),
-        None => "HTTP".into(),
     }
 }
 
