@@ -306,6 +306,25 @@ def request_block(authority=b"bench.local", path=b"/"):
     return block + literal(b"", authority, index_name=1)
 
 
+# HPACK's Huffman codes of the ten digits (RFC 7541 Appendix B): a :status
+# value comes Huffman-coded from most encoders (h2's, nghttp2's).
+HUFFMAN_DIGITS = {"00000": "0", "00001": "1", "00010": "2", "011001": "3", "011010": "4", "011011": "5",
+                  "011100": "6", "011101": "7", "011110": "8", "011111": "9"}
+
+
+def huffman_digits(data):
+    bits = "".join(f"{b:08b}" for b in data)
+    out, code = "", ""
+    for bit in bits:
+        code += bit
+        if code in HUFFMAN_DIGITS:
+            out += HUFFMAN_DIGITS[code]
+            code = ""
+        elif len(code) > 6 and "0" in code:  # 7 one-bits: padding (EOS's prefix)
+            return None
+    return out if set(code) <= {"1"} else None
+
+
 def status_of(block):
     """The :status of a response header block, when it is in the static
     table or a literal with its name indexed (what servers send)."""
@@ -323,6 +342,10 @@ def status_of(block):
                 return int(block[2:5])
             except ValueError:
                 return None
+        if len(block) >= 2 and block[1] & 0x80:  # Huffman-coded
+            n = block[1] & 0x7F
+            digits = huffman_digits(block[2:2 + n])
+            return int(digits) if digits and len(digits) == 3 else None
     return None
 
 
@@ -357,12 +380,15 @@ class H2Reader:
                 st = status_of(payload)
                 self.statuses[st] = self.statuses.get(st, 0) + 1
 
-    def answer(self):
+    def answer(self, counts=True):
         parts = []
+
+        def items(d):
+            return ", ".join(f"{k}×{v}" if counts else str(k) for k, v in sorted(d.items(), key=str))
         if self.statuses:
-            parts.append("HEADERS " + ", ".join(f"{k}×{v}" for k, v in sorted(self.statuses.items(), key=str)))
+            parts.append("HEADERS " + items(self.statuses))
         if self.resets:
-            parts.append("RST_STREAM " + ", ".join(f"{k}×{v}" for k, v in sorted(self.resets.items())))
+            parts.append("RST_STREAM " + items(self.resets))
         if self.goaway:
             parts.append(f"GOAWAY {self.goaway['error']}")
         return "; ".join(parts) or "no frame"
