@@ -220,21 +220,27 @@ class SlowHeaders:
     def start(self):
         head = b"GET / HTTP/1.1\r\nHost: bench.local\r\n"
         pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 990) for i in range(ARGS.slow_kb * 1000 // 1002))
-        data = head + pad + b"X-Slow: "
+        data = self.data = head + pad + b"X-Slow: "
         for _ in range(ARGS.slow_conns):
+            t0 = time.monotonic()
             try:
                 s = socket.create_connection(("127.0.0.1", P["h1"]), 5)
-                s.settimeout(10)
+            except OSError as e:
+                why = f"connect: {type(e).__name__}"
+                self.refused[why] = self.refused.get(why, 0) + 1
+                continue
+            s.settimeout(10)
+            try:
                 s.sendall(data)
                 self.sent_bytes += len(data)
-                self.socks[s] = time.monotonic()
+                self.socks[s] = t0
             except OSError as e:
-                why = f"{type(e).__name__}"
-                self.refused[why] = self.refused.get(why, 0) + 1
-                try:
-                    s.close()
-                except (OSError, UnboundLocalError):
-                    pass
+                # The proxy refused the head before it was all sent: what
+                # did it answer?
+                got, how = common.drain(s, until=time.monotonic() + 1)
+                s.close()
+                self.ended.append((round(time.monotonic() - t0, 1),
+                                   common.first_line(got) or f"{type(e).__name__} while sending"))
         for s in self.socks:
             s.setblocking(False)
         self.t = threading.Thread(target=self.drip, daemon=True)
@@ -289,7 +295,7 @@ class SlowHeaders:
             parts.append("refused while sending: " + ", ".join(f"{k} ×{v}" for k, v in self.refused.items()))
         return {"answer": "; ".join(parts), "held_at_end": self.held_at_end, "ended": len(self.ended),
                 "ended_after_s": after, "answers": answers, "refused": self.refused,
-                "head_bytes_each": self.sent_bytes // max(1, len(self.socks) + len(self.ended))}
+                "head_bytes_each": len(self.data)}
 
 
 class IdleFdLimit:
