@@ -14,8 +14,9 @@ Scenarios (each on a freshly started proxy):
                       unfinished request head, then one more header byte
                       every 5 s (--slow-conns, --slow-kb)
   idle-fd-limit       the proxy's descriptor limit set to 256 (prlimit), then
-                      300 connections that never send a byte; /live and a
-                      normal request probed every second (--idle-conns)
+                      300 connections that never send a byte, each reopened
+                      when the proxy closes it; /live and a normal request
+                      probed every second (--idle-conns)
   silent-backend      a backend that accepts and never answers; 10 clients
                       wait up to --silent-wait s for an answer
   hpack-bomb          2 attackers, reconnecting: HTTP/2 header blocks that
@@ -309,6 +310,7 @@ class IdleFdLimit:
         self.probes = {"live": [], "normal": []}
         self.halt = threading.Event()
         self.refused = 0
+        self.closed = 0  # idle connections the proxy closed (each reopened)
 
     def start(self):
         subprocess.run(["prlimit", "--pid", str(self.proxy.pid), f"--nofile={ARGS.fd_limit}:{ARGS.fd_limit}"],
@@ -321,8 +323,31 @@ class IdleFdLimit:
         self.t = threading.Thread(target=self.probe, daemon=True)
         self.t.start()
 
+    def refill(self):
+        """Idle connections the proxy closed are opened again, as an
+        attacker holding its connections would."""
+        for s in list(self.socks):
+            s.setblocking(False)
+            try:
+                if s.recv(1) != b"":
+                    continue
+            except BlockingIOError:
+                continue
+            except OSError:
+                pass
+            self.socks.remove(s)
+            s.close()
+            self.closed += 1
+        while len(self.socks) < ARGS.idle_conns and not self.halt.is_set():
+            try:
+                self.socks.append(socket.create_connection(("127.0.0.1", P["h1"]), 1))
+            except OSError:
+                self.refused += 1
+                break
+
     def probe(self):
         while not self.halt.is_set():
+            self.refill()
             for key, port, path in (("live", P["admin"], "/live"), ("normal", P["h1"], "/")):
                 t0 = time.monotonic()
                 st, _ = common.http_get(port, path, timeout=3)
@@ -332,22 +357,23 @@ class IdleFdLimit:
     def stop(self):
         self.halt.set()
         self.t.join(10)
-        closed = 0
+        self.held_at_end = 0
         for s in self.socks:
             s.setblocking(False)
             try:
-                if s.recv(1) == b"":
-                    closed += 1
+                if s.recv(1) != b"":
+                    self.held_at_end += 1
             except BlockingIOError:
-                pass
+                self.held_at_end += 1
             except OSError:
-                closed += 1
+                pass
             s.close()
-        self.closed = closed
 
     def result(self):
-        out = {"idle_opened": len(self.socks), "idle_refused": self.refused, "idle_closed_by_proxy": self.closed}
-        desc = [f"{len(self.socks)} idle connected, {self.closed} closed by the proxy"]
+        out = {"idle_held_at_end": self.held_at_end, "idle_connect_failures": self.refused,
+               "idle_closed_by_proxy": self.closed}
+        desc = [f"{ARGS.idle_conns} idle kept open (reopened when closed): the proxy closed {self.closed}, "
+                f"{self.held_at_end} still open at the end"]
         for key in ("live", "normal"):
             res = self.probes[key]
             ok = [ms for st, ms in res if st == 200]

@@ -358,6 +358,7 @@ class H2Reader:
         self.goaway = None
         self.resets = {}
         self.statuses = {}
+        self.indexed_status = None
         self.frames = 0
 
     def feed(self, data):
@@ -378,6 +379,13 @@ class H2Reader:
                 self.resets[name] = self.resets.get(name, 0) + 1
             elif ftype == HEADERS:
                 st = status_of(payload)
+                if st is not None and payload[:1] and payload[0] & 0xC0 == 0x40:
+                    self.indexed_status = st  # a literal the encoder added to its table
+                elif st is None and payload[:1] and payload[0] >= 0x80 | 62 and self.indexed_status:
+                    # An index into the encoder's dynamic table: servers
+                    # answering the same status again refer to the literal
+                    # they added (h2 does); counted as that status, marked.
+                    st = f"{self.indexed_status} (by HPACK index)"
                 self.statuses[st] = self.statuses.get(st, 0) + 1
 
     def answer(self, counts=True):
