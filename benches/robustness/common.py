@@ -404,7 +404,8 @@ class H2Reader:
 
 def drain(sock, reader=None, until=0.0, limit=1 << 20):
     """Read what the peer sends until EOF, a reset, `until` (monotonic) or
-    `limit` bytes; (bytes read, how it ended)."""
+    `limit` bytes; (bytes read, how it ended: "closed", "reset", "still
+    open" at `until`, "open" at `limit`)."""
     got = b""
     while True:
         left = until - time.monotonic()
@@ -423,8 +424,9 @@ def drain(sock, reader=None, until=0.0, limit=1 << 20):
             return got, "closed"
         if reader is not None:
             reader.feed(chunk)
-        if len(got) < limit:
-            got += chunk[:limit - len(got)]
+        got += chunk[:limit - len(got)]
+        if len(got) >= limit:
+            return got, "open"
 
 
 def first_line(data):
