@@ -1865,7 +1865,12 @@ def notes_of(r):
     s = r.get("soak")
     if isinstance(s, dict) and "keep_alive" in s:
         ka, nc = s["keep_alive"], s["new_conn"]
+        # p99 is from each request's due time (open loop): a stall of the
+        # machine of S s makes every connection's next 250·S requests late
+        # (docs/benchmarks.md, "The 2-hop soak's p99"); the service p99
+        # (from the actual send) says what the proxy itself took.
         extra.append(f"soak {s['seconds']} s on a fresh process: keep-alive {ka['rps']:.0f} req/s (p99 {ka['p99_us'] or 0:.0f} µs, "
+                     f"service p99 {ka.get('svc_p99_us') or 0:.0f} µs, "
                      f"{ka['errors']} errors, {ka['unfinished']} unfinished), new-conn {nc['rps']:.0f} req/s "
                      f"({nc['errors']} errors, {nc['unfinished']} unfinished)")
     lim = [(k, r[k]) for k in ("h1_sat", "h2_sat", "grpc_sat", "tcp_bulk", "h1close_sat") + tuple(k for k, _ in TLS_SAT)

@@ -3,7 +3,11 @@
 //!
 //! The server is tonic's unary handling (`tonic::server::Grpc` with prost
 //! messages, no protoc) on a hyper HTTP/2 connection, as in the sidecar's
-//! `tests/grpc.rs`: `/l7bench.Bench/Unary` echoes its request.
+//! `tests/grpc.rs`: `/l7bench.Bench/Unary` echoes its request, and
+//! `/l7bench.Bench/Stream` (bidirectional streaming, for the soak's
+//! `grpc-stream` load in `stream.rs`) echoes each message of its request
+//! stream as it arrives and ends with `grpc-status: 0` when the client
+//! half-closes.
 //!
 //! The load generator speaks gRPC's framing itself over hyper's HTTP/2
 //! client (a 5-byte prefix, `te: trailers`), so that it is cheap per call
@@ -41,13 +45,16 @@ use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinSet,
 };
-use tonic::{Status, server::Grpc};
+use tonic::{Status, Streaming, server::Grpc};
 use tonic_prost::ProstCodec;
 
 /// The one method: echoes its request.
 pub const METHOD: &str = "/l7bench.Bench/Unary";
 
-/// Request and answer of [`METHOD`].
+/// The bidirectional streaming method: echoes each message as it comes.
+pub const STREAM_METHOD: &str = "/l7bench.Bench/Stream";
+
+/// Request and answer of [`METHOD`] (and each message of [`STREAM_METHOD`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Msg {
     /// The client's call number, echoed.
@@ -140,10 +147,22 @@ pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
 }
 
 async fn handle(req: Request<Incoming>) -> Result<Response<tonic::body::Body>, Infallible> {
-    if req.uri().path() != METHOD {
-        return Ok(Status::unimplemented("l7bench serves /l7bench.Bench/Unary only").into_http());
-    }
     let mut grpc = Grpc::new(ProstCodec::<Msg, Msg>::default());
+    if req.uri().path() == STREAM_METHOD {
+        // The request stream is the answer stream: each message goes back
+        // as soon as it is decoded, and the answer ends when the client's
+        // stream does (tonic then sends `grpc-status: 0` in the trailers).
+        let echo = tower::service_fn(|req: tonic::Request<Streaming<Msg>>| async move {
+            Ok::<_, Status>(tonic::Response::new(req.into_inner()))
+        });
+        return Ok(grpc.streaming(echo, req).await);
+    }
+    if req.uri().path() != METHOD {
+        return Ok(
+            Status::unimplemented("l7bench serves /l7bench.Bench/Unary and /Stream only")
+                .into_http(),
+        );
+    }
     let echo = tower::service_fn(|req: tonic::Request<Msg>| async move {
         Ok::<_, Status>(tonic::Response::new(req.into_inner()))
     });

@@ -12,6 +12,8 @@
 //! - `grpc`: gRPC unary calls over h2c, open loop at a fixed rate or closed
 //!   loop (saturating); every answer is checked to be `grpc-status: 0`
 //!   with the echoed message, not just HTTP 200.
+//! - `grpc-stream`: gRPC bidirectional streaming calls, many messages each,
+//!   every echo checked (the soak's streaming load).
 //! - `bulk`: opaque TCP bulk upload into the sink; bytes per second.
 //! - `ttfb`: connect → first byte from the banner server, sequentially.
 //!
@@ -21,7 +23,7 @@
 //! # Layout
 //! - `pace`: CLOCK_MONOTONIC nanoseconds and a timerfd-backed sleep.
 //! - `stats`: latency samples → percentiles as JSON.
-//! - `http1`, `grpc`, `tcp`: one module per kind of traffic; `otlp`: the sink.
+//! - `http1`, `grpc`, `stream`, `tcp`: one module per kind of traffic; `otlp`: the sink.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +32,7 @@ mod http1;
 mod otlp;
 mod pace;
 mod stats;
+mod stream;
 mod tcp;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +54,8 @@ enum Cmd {
     Http1(http1::Http1Args),
     /// gRPC unary calls, open loop (--rate) or closed loop (--streams).
     Grpc(grpc::GrpcArgs),
+    /// gRPC bidirectional streaming calls, every echoed message checked.
+    GrpcStream(stream::GrpcStreamArgs),
     /// Opaque TCP bulk upload into a sink.
     Bulk(tcp::BulkArgs),
     /// Time to first byte from a server that speaks first.
@@ -74,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Serve(a) => tcp::serve(a).await.map(|()| serde_json::Value::Null),
             Cmd::Http1(a) => http1::run(a).await,
             Cmd::Grpc(a) => grpc::run(a).await,
+            Cmd::GrpcStream(a) => stream::run(a).await,
             Cmd::Bulk(a) => tcp::bulk(a).await,
             Cmd::Ttfb(a) => tcp::ttfb(a).await,
         }
