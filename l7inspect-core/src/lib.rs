@@ -96,14 +96,14 @@ pub use connect::{
     UpstreamIo, UpstreamStream, WrapUpstream,
 };
 pub use http::{
-    Forward, ForwardFuture, Http, HttpConfig, HttpLayer, NewRequestService, PlainForward,
-    RequestBody, ResponseBody, UpstreamClosed, local_response, remove_hop_by_hop,
+    Forward, ForwardFuture, Http, Http2Config, HttpConfig, HttpLayer, NewRequestService,
+    PlainForward, RequestBody, ResponseBody, UpstreamClosed, local_response, remove_hop_by_hop,
 };
 pub use loop_guard::{Loop, LoopGuard, PendingDial, Registration};
 pub use meta::{Accepted, ConnMeta, Direction};
 pub use metrics::{
-    ConnLabels, ConnectErrorLabels, DirectionLabels, Metrics, ProcessCollector, RefusedLabels,
-    Timeout, TimeoutLabels,
+    ConnLabels, ConnectErrorLabels, DirectionLabels, Http2Close, Http2CloseLabels, Metrics,
+    ProcessCollector, RefusedLabels, Timeout, TimeoutLabels,
 };
 pub use orig_dst::{
     FixedTarget, FixedTargetLayer, OrigDst, OrigDstLayer, ResponseFuture as OrigDstFuture,

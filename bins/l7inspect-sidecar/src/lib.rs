@@ -91,7 +91,8 @@ pub struct SidecarConfig {
     pub passthrough: PassthroughConfig,
     /// How long open connections may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
-    /// HTTP proxying (header case).
+    /// HTTP proxying: header case, request-head and idle timeouts, HTTP/2
+    /// limits.
     pub http: HttpConfig,
     /// HTTP tracing: export, sampling, propagation.
     pub tracing: TracingConfig,
@@ -520,10 +521,12 @@ impl Sidecar {
         let track = TrackLayer::new(metrics.clone());
         let passthrough =
             Passthrough::new(config.passthrough.clone()).with_metrics(metrics.clone());
-        let orig_dst = OrigDstLayer::new(guard).with_metrics(metrics);
         // HTTP connections close gracefully (GOAWAY, close after the
         // in-flight request) as soon as shutdown starts.
-        let http = HttpLayer::new(stop.clone()).with_config(config.http);
+        let http = HttpLayer::new(stop.clone())
+            .with_config(config.http)
+            .with_metrics(metrics.clone());
+        let orig_dst = OrigDstLayer::new(guard).with_metrics(metrics);
         for (listener, direction, target) in listeners {
             let requests = match direction {
                 Direction::Inbound => inbound_requests.clone(),

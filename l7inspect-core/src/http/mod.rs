@@ -19,7 +19,7 @@ pub use body::{RequestBody, ResponseBody, local_response};
 pub use forward::{Forward, ResponseFuture as ForwardFuture, UpstreamClosed};
 pub use headers::remove_hop_by_hop;
 
-use crate::{connect::Connecting, meta::ConnMeta};
+use crate::{connect::Connecting, meta::ConnMeta, metrics::Metrics};
 use answer::AnswerErrors;
 use bytes::Bytes;
 use forward::Version;
@@ -33,6 +33,7 @@ use std::{
     future::Future,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -104,13 +105,71 @@ where
 }
 
 /// Settings of the HTTP proxying, the same for every connection.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
     /// Keep the case of HTTP/1 header names as each side sent them, for
     /// peers that (against RFC 9110) depend on it. Off by default: names are
     /// lowercased, which spares two header maps per request (about a fifth of
     /// the proxy's per-request instructions; see docs/benchmarks.md).
     pub preserve_header_case: bool,
+    /// How long a client may take to send a request head once it has
+    /// started it (default 10 s; `None`: forever). On HTTP/2 this is a
+    /// header block (HEADERS or PUSH_PROMISE and its CONTINUATION frames)
+    /// from its first frame header to the end of the frame that carries
+    /// END_HEADERS: the connection cannot carry anything else meanwhile, so
+    /// on expiry it is closed (GOAWAY `NO_ERROR`, then the TCP connection)
+    /// and counted as `l7inspect_timeouts_total{reason="request_head"}`. A
+    /// slow trickle does not extend it.
+    pub request_head_timeout: Option<Duration>,
+    /// How long a connection may stay open with no request in flight
+    /// (default 10 min; `None`: forever). On HTTP/2: no open stream for
+    /// this long gets a graceful GOAWAY, then the connection is closed once
+    /// the client has seen it; counted as
+    /// `l7inspect_timeouts_total{reason="idle"}`.
+    pub idle_timeout: Option<Duration>,
+    /// Limits of the HTTP/2 server that clients talk to.
+    pub http2: Http2Config,
+}
+
+/// Limits of the proxy's HTTP/2 server (the side clients talk to): what one
+/// connection may cost in memory and CPU before it is refused or closed.
+///
+/// The first four are SETTINGS and counters of the `h2` crate; the last is
+/// the proxy's own. Every close they cause is counted in
+/// `l7inspect_http2_connections_closed_total{direction,reason}` (see
+/// [`Http2Close`](crate::Http2Close)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Config {
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: the largest request head, as HPACK
+    /// counts it (names, values and 32 bytes per field, decoded), default
+    /// 64 KiB. A header block that decodes to more is answered `431` and
+    /// its stream closed, one that decodes to four times more closes the
+    /// connection (GOAWAY ENHANCE_YOUR_CALM, `h2`'s own bound). It also
+    /// bounds what an unfinished header block holds: `h2` takes at most
+    /// about a quarter more CONTINUATION frames than this size needs.
+    pub max_header_list_size: u32,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may have open at
+    /// once (default 200); past it a new stream is refused with
+    /// RST_STREAM(REFUSED_STREAM), which clients retry.
+    pub max_concurrent_streams: u32,
+    /// Streams a client may reset before the proxy took them in, in a row,
+    /// before the connection is closed with GOAWAY ENHANCE_YOUR_CALM (the
+    /// HTTP/2 rapid-reset attack; default 20, as `h2`'s).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the proxy may reset because of the client's errors (a
+    /// malformed request, a refused stream), over the connection's life,
+    /// before it is closed with GOAWAY ENHANCE_YOUR_CALM (default 1024, as
+    /// hyper's).
+    pub max_local_error_reset_streams: usize,
+    /// Request header blocks a connection may have rejected (over
+    /// `max_header_list_size`, malformed, or refused) before it is closed
+    /// with GOAWAY ENHANCE_YOUR_CALM (default 8). Each one was decoded in
+    /// full (HPACK state is per connection) and a small block can decode to
+    /// many fields, so this bounds the CPU one connection can cost with
+    /// header blocks it knows will fail (an HPACK bomb); a well-behaved
+    /// client seldom has even one. Not applied while the connection drains
+    /// (its streams past the GOAWAY are refused by design).
+    pub max_rejected_header_blocks: u32,
 }
 
 /// The plain per-request service: [`Forward`] alone.
@@ -214,6 +273,7 @@ pub struct HttpLayer<N = PlainForward> {
     drain: CancellationToken,
     config: HttpConfig,
     requests: N,
+    metrics: Metrics,
 }
 
 /// Serves HTTP connections; hands every other connection to the inner service.
@@ -223,6 +283,7 @@ pub struct Http<S, N = PlainForward> {
     drain: CancellationToken,
     config: HttpConfig,
     requests: N,
+    metrics: Metrics,
 }
 
 /// The future of [`Http`]: one box per connection.
@@ -247,6 +308,33 @@ struct Serving<C> {
     signals: WakeFlag,
 }
 
+// === impl HttpConfig ===
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            preserve_header_case: false,
+            request_head_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(600)),
+            http2: Http2Config::default(),
+        }
+    }
+}
+
+// === impl Http2Config ===
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            max_header_list_size: 64 * 1024,
+            max_concurrent_streams: 200,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            max_rejected_header_blocks: 8,
+        }
+    }
+}
+
 // === impl PlainForward ===
 
 impl NewRequestService for PlainForward {
@@ -267,6 +355,7 @@ impl HttpLayer {
             drain,
             config: HttpConfig::default(),
             requests: PlainForward,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -278,12 +367,19 @@ impl<N> HttpLayer<N> {
             drain: self.drain,
             config: self.config,
             requests,
+            metrics: self.metrics,
         }
     }
 
     /// The same layer, with `config`.
     pub fn with_config(self, config: HttpConfig) -> Self {
         Self { config, ..self }
+    }
+
+    /// The same layer, counting the connections it cuts (timeouts, HTTP/2
+    /// closes) in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self { metrics, ..self }
     }
 }
 
@@ -296,6 +392,7 @@ impl<S, N: Clone> Layer<S> for HttpLayer<N> {
             drain: self.drain.clone(),
             config: self.config,
             requests: self.requests.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -354,7 +451,13 @@ where
                 }))
             }
             Version::Http2 => {
-                let conn = http2::server::Server::new(io, svc);
+                let conn = http2::server::Server::new(
+                    io,
+                    svc,
+                    &self.config,
+                    self.metrics.clone(),
+                    conn_meta.direction,
+                );
                 Box::pin(Serving::new(conn, drain, upstream_closed, |c| {
                     c.get_mut().graceful_shutdown()
                 }))

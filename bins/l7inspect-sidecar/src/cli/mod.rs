@@ -18,7 +18,7 @@ mod tls;
 pub(crate) use log_level::LogLevel;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind};
-use l7inspect_core::{ConnectConfig, HttpConfig, PassthroughConfig};
+use l7inspect_core::{ConnectConfig, Http2Config, HttpConfig, PassthroughConfig};
 use l7inspect_detect::DetectConfig;
 use l7inspect_sidecar::{Forward, SidecarConfig, TlsConfig, TracingConfig};
 use l7inspect_tls::{InterceptConfig, SniPattern, TerminateConfig, TerminatePort};
@@ -180,6 +180,44 @@ struct Args {
     /// lowercase, as HTTP/2 and most proxies do; costs CPU per request).
     #[arg(long, env = "L7INSPECT_HTTP1_PRESERVE_HEADER_CASE")]
     http1_preserve_header_case: bool,
+
+    /// How long a client may take to send a request head once started
+    /// (HTTP/2: a header block with its CONTINUATION frames); a trickle
+    /// does not extend it. 0 disables.
+    #[arg(long, env = "L7INSPECT_REQUEST_HEAD_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration, help_heading = "HTTP limits")]
+    request_head_timeout: Duration,
+
+    /// Close HTTP connections with no request in flight for this long
+    /// (HTTP/2: graceful GOAWAY). 0 disables.
+    #[arg(long, env = "L7INSPECT_HTTP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "10m", value_parser = parse_duration, help_heading = "HTTP limits")]
+    http_idle_timeout: Duration,
+
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: the largest request head (decoded,
+    /// 32 bytes per field included); larger gets 431.
+    #[arg(long, env = "L7INSPECT_HTTP2_MAX_HEADER_LIST_SIZE", value_name = "BYTES", default_value_t = Http2Config::default().max_header_list_size, value_parser = clap::value_parser!(u32).range(1024..), help_heading = "HTTP limits")]
+    http2_max_header_list_size: u32,
+
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may have open
+    /// at once; more are refused (REFUSED_STREAM).
+    #[arg(long, env = "L7INSPECT_HTTP2_MAX_CONCURRENT_STREAMS", value_name = "N", default_value_t = Http2Config::default().max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..), help_heading = "HTTP limits")]
+    http2_max_concurrent_streams: u32,
+
+    /// HTTP/2 streams a client may reset before the proxy took them in
+    /// (rapid reset), before its connection is closed (GOAWAY
+    /// ENHANCE_YOUR_CALM).
+    #[arg(long, env = "L7INSPECT_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS", value_name = "N", default_value_t = Http2Config::default().max_pending_accept_reset_streams, help_heading = "HTTP limits")]
+    http2_max_pending_accept_reset_streams: usize,
+
+    /// HTTP/2 streams the proxy may reset for a client's errors over a
+    /// connection's life before closing it (GOAWAY ENHANCE_YOUR_CALM).
+    #[arg(long, env = "L7INSPECT_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS", value_name = "N", default_value_t = Http2Config::default().max_local_error_reset_streams, help_heading = "HTTP limits")]
+    http2_max_local_error_reset_streams: usize,
+
+    /// HTTP/2 request header blocks a connection may have rejected (too
+    /// large, malformed, refused) before it is closed (GOAWAY
+    /// ENHANCE_YOUR_CALM): bounds the CPU of HPACK bombs.
+    #[arg(long, env = "L7INSPECT_HTTP2_MAX_REJECTED_HEADER_BLOCKS", value_name = "N", default_value_t = Http2Config::default().max_rejected_header_blocks, help_heading = "HTTP limits")]
+    http2_max_rejected_header_blocks: u32,
 
     /// Destination ports whose connections skip protocol detection, e.g. 25,3306
     /// (ranges like 5000-5010 work too).
@@ -452,6 +490,11 @@ enum LogFormat {
 #[derive(Clone, Debug, Default)]
 struct PortList(Vec<u16>);
 
+/// A duration flag where 0 means "no bound".
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
 }
@@ -561,6 +604,15 @@ impl Args {
             shutdown_grace: self.shutdown_grace,
             http: HttpConfig {
                 preserve_header_case: self.http1_preserve_header_case,
+                request_head_timeout: nonzero(self.request_head_timeout),
+                idle_timeout: nonzero(self.http_idle_timeout),
+                http2: Http2Config {
+                    max_header_list_size: self.http2_max_header_list_size,
+                    max_concurrent_streams: self.http2_max_concurrent_streams,
+                    max_pending_accept_reset_streams: self.http2_max_pending_accept_reset_streams,
+                    max_local_error_reset_streams: self.http2_max_local_error_reset_streams,
+                    max_rejected_header_blocks: self.http2_max_rejected_header_blocks,
+                },
             },
             tracing,
             tls: TlsConfig {
