@@ -114,8 +114,13 @@ fn bomb_setup(size: usize) -> Vec<u8> {
     b
 }
 
+/// References to the 4 KB entry in a bomb: 8 × 4 KB = 32 KB decoded, over
+/// the default 16 KiB list limit (431) and under `h2`'s own bound of four
+/// times the limit (which would close the connection at the first).
+const REFS: usize = 8;
+
 /// A request head that names the 4 KB dynamic entry `refs` times: a few
-/// hundred bytes on the wire, `refs` × 4 KB decoded.
+/// bytes on the wire, `refs` × 4 KB decoded.
 fn bomb(refs: usize) -> Vec<u8> {
     let mut b = request_head();
     b.extend(std::iter::repeat_n(0x80 | 62, refs));
@@ -189,7 +194,7 @@ impl Raw {
     }
 
     /// Reads until a frame satisfies `want` (returned), or EOF (`None`).
-    async fn until(&mut self, want: impl Fn(&Frame) -> bool) -> Option<Frame> {
+    async fn until(&mut self, mut want: impl FnMut(&Frame) -> bool) -> Option<Frame> {
         while let Some(f) = self.next().await {
             if want(&f) {
                 return Some(f);
@@ -303,15 +308,18 @@ async fn hpack_bomb_is_cut_after_the_budget_and_others_are_served() {
     .await;
     let resp = c.until(|f| f.kind == HEADERS && f.stream == 1).await;
     assert!(resp.is_some(), "the first request is answered");
-    // Then bombs, one at a time: each decodes to 40 × 4 KB = 160 KB, over
-    // the 64 KiB list limit (431) and under h2's own bound of four times
-    // the limit (which would close the connection at the first).
+    // Then bombs, one at a time.
     let mut sent = 0;
     let goaway = loop {
         sent += 1;
         let stream = 1 + 2 * sent;
-        c.send(&frame(HEADERS, END_HEADERS | END_STREAM, stream, &bomb(40)))
-            .await;
+        c.send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            stream,
+            &bomb(REFS),
+        ))
+        .await;
         let f = c
             .until(|f| (f.kind == HEADERS && f.stream == stream) || f.kind == GOAWAY)
             .await
@@ -359,8 +367,13 @@ async fn hpack_bomb_is_cut_after_the_budget_and_others_are_served() {
     .await;
     for i in 1..=budget {
         let stream = 1 + 2 * i;
-        c.send(&frame(HEADERS, END_HEADERS | END_STREAM, stream, &bomb(40)))
-            .await;
+        c.send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            stream,
+            &bomb(REFS),
+        ))
+        .await;
         c.until(|f| f.kind == HEADERS && f.stream == stream)
             .await
             .unwrap();
@@ -380,6 +393,47 @@ async fn hpack_bomb_is_cut_after_the_budget_and_others_are_served() {
     );
 }
 
+/// What the budget is for: `h2` alone answers every oversize block `431`
+/// and keeps the connection; an oversize block is not among the resets
+/// that `max_local_error_reset_streams` counts (set to 16 here, with 100
+/// bombs).
+#[tokio::test]
+async fn without_the_budget_h2_alone_takes_bomb_after_bomb() {
+    let proxy = sidecar(|c| {
+        c.http.http2.max_rejected_header_blocks = u32::MAX;
+        c.http.http2.max_local_error_reset_streams = 16;
+    })
+    .await;
+    let mut c = Raw::connect(proxy.inbound()).await;
+    let mut burst = frame(HEADERS, END_HEADERS | END_STREAM, 1, &bomb_setup(4000));
+    for i in 1..=100u32 {
+        burst.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1 + 2 * i,
+            &bomb(REFS),
+        ));
+    }
+    let last = 1 + 2 * 101;
+    burst.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        last,
+        &request_head(),
+    ));
+    c.send(&burst).await;
+    let mut answered = 0;
+    let f = c
+        .until(|f| {
+            answered += u32::from(f.kind == HEADERS && f.stream > 1 && f.stream < last);
+            f.kind == GOAWAY || (f.kind == HEADERS && f.stream == last)
+        })
+        .await
+        .expect("an answer");
+    assert_eq!(f.kind, HEADERS, "no GOAWAY: {f:?}");
+    assert_eq!(answered, 100, "every bomb answered (431)");
+}
+
 #[tokio::test]
 async fn a_burst_of_bombs_in_one_write_is_cut_too() {
     let proxy = sidecar(|_| {}).await;
@@ -390,7 +444,7 @@ async fn a_burst_of_bombs_in_one_write_is_cut_too() {
             HEADERS,
             END_HEADERS | END_STREAM,
             1 + 2 * i,
-            &bomb(40),
+            &bomb(REFS),
         ));
     }
     // The proxy may close before it has read it all.

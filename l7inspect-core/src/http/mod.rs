@@ -142,11 +142,20 @@ pub struct HttpConfig {
 pub struct Http2Config {
     /// SETTINGS_MAX_HEADER_LIST_SIZE: the largest request head, as HPACK
     /// counts it (names, values and 32 bytes per field, decoded), default
-    /// 64 KiB. A header block that decodes to more is answered `431` and
-    /// its stream closed, one that decodes to four times more closes the
+    /// 16 KiB. A header block that decodes to more is answered `431` and
+    /// its stream closed; one that decodes to four times more closes the
     /// connection (GOAWAY ENHANCE_YOUR_CALM, `h2`'s own bound). It also
     /// bounds what an unfinished header block holds: `h2` takes at most
     /// about a quarter more CONTINUATION frames than this size needs.
+    ///
+    /// Why 16 KiB (hyper's default, what the proxy has always announced,
+    /// and haproxy's whole-head buffer), while an HTTP/1 head may be
+    /// larger: HPACK lets a block of a few bytes decode to many fields,
+    /// and `h2` decodes a rejected block up to four times this size before
+    /// giving up, so the CPU one rejected block costs grows with this
+    /// limit. With two reconnecting HPACK-bomb clients, a normal client's
+    /// median latency grew 2.8× at 16 KiB and 5.9× at 64 KiB (see
+    /// docs/robustness.md). An HTTP/1 head costs what its bytes cost.
     pub max_header_list_size: u32,
     /// SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may have open at
     /// once (default 200); past it a new stream is refused with
@@ -326,7 +335,7 @@ impl Default for HttpConfig {
 impl Default for Http2Config {
     fn default() -> Self {
         Self {
-            max_header_list_size: 64 * 1024,
+            max_header_list_size: 16 * 1024,
             max_concurrent_streams: 200,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 1024,

@@ -14,11 +14,15 @@
 //! the last read of the stream was `Pending` (`h2`'s codec reads only once
 //! it has decoded every complete frame it holds).
 //!
-//! So that one read cannot carry an unbounded number of blocks past that
+//! So that reads cannot carry an unbounded number of blocks past that
 //! check, the watcher stops reading (answers `Pending`, without waking)
 //! while more blocks than the budget have been read and not taken in: the
 //! server then either takes them in (they were waiting) and the reading
-//! goes on, or closes the connection (they were rejected).
+//! goes on, or closes the connection (they were rejected). And so that one
+//! poll of the connection decodes at most one read's worth of header
+//! blocks (a connection's task must not hold the thread for milliseconds
+//! of HPACK while other connections wait), it yields between reads that
+//! ended blocks not yet taken in.
 
 use std::{
     io,
@@ -70,6 +74,8 @@ pub(crate) struct Watched<I> {
     io: I,
     watch: Arc<Watch>,
     parser: FrameHeaders,
+    /// The last read ended header blocks that open streams.
+    fresh_blocks: bool,
 }
 
 /// The state of the frame-header parser across reads.
@@ -153,6 +159,7 @@ impl<I> Watched<I> {
             io,
             watch,
             parser: FrameHeaders::new(),
+            fresh_blocks: false,
         }
     }
 }
@@ -165,10 +172,22 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let watch = &*this.watch;
-        if watch.unaccepted() > watch.budget.load(Relaxed) {
+        let unaccepted = watch.unaccepted();
+        if unaccepted > watch.budget.load(Relaxed) {
             // Not woken: the server wakes the connection once it has taken
             // the waiting streams in, or closes it.
             watch.drained.store(true, Relaxed);
+            return Poll::Pending;
+        }
+        if std::mem::take(&mut this.fresh_blocks) && unaccepted > 1 {
+            // The last read ended blocks, and more than one is not taken
+            // in: yield (woken at once) before reading more, so that one
+            // poll of the connection decodes at most one read of header
+            // blocks and the server sees them between reads. A lone
+            // request does not pay this extra poll; a batch of requests
+            // pays it once per read.
+            watch.drained.store(true, Relaxed);
+            cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         let before = buf.filled().len();
@@ -182,6 +201,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
                 let opened = this.parser.feed(&buf.filled()[before..]);
                 if opened > 0 {
                     watch.opened.fetch_add(opened, Relaxed);
+                    this.fresh_blocks = true;
                 }
                 let since = watch.open_since.load(Relaxed);
                 if this.parser.block_open {
