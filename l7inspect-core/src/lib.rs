@@ -104,16 +104,16 @@ pub use connect::{
     UpstreamIo, UpstreamStream, WrapUpstream,
 };
 pub use http::{
-    FailureKind, Forward, ForwardFuture, Http, HttpConfig, HttpLayer, NewRequestService,
-    PlainForward, ProxyError, RequestBody, ResponseBody, UpstreamClosed, local_response,
-    remove_hop_by_hop,
+    FailureKind, Forward, ForwardFuture, Http, Http2Config, HttpConfig, HttpLayer,
+    NewRequestService, PlainForward, ProxyError, RequestBody, ResponseBody, UpstreamClosed,
+    local_response, remove_hop_by_hop,
 };
 pub use limit::{Limit, LimitLayer, ResponseFuture as LimitFuture};
 pub use loop_guard::{Loop, LoopGuard, PendingDial, Registration};
 pub use meta::{Accepted, ConnMeta, Direction};
 pub use metrics::{
-    ConnLabels, ConnectErrorLabels, DirectionLabels, Metrics, ProcessCollector, Refusal,
-    RefusedLabels, Timeout, TimeoutLabels,
+    ConnLabels, ConnectErrorLabels, DirectionLabels, Http2Close, Http2CloseLabels, Metrics,
+    ProcessCollector, Refusal, RefusedLabels, Timeout, TimeoutLabels,
 };
 pub use orig_dst::{
     FixedTarget, FixedTargetLayer, OrigDst, OrigDstLayer, ResponseFuture as OrigDstFuture,

@@ -69,6 +69,35 @@ pub struct TimeoutLabels {
     pub reason: Timeout,
 }
 
+/// Labels of `l7inspect_http2_connections_closed_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Http2CloseLabels {
+    /// `inbound` or `outbound`.
+    pub direction: Direction,
+    /// Why the proxy closed the connection.
+    pub reason: Http2Close,
+}
+
+/// Why the proxy closed a client's HTTP/2 connection on its own account
+/// (with a GOAWAY naming an error): the `reason` label of
+/// `l7inspect_http2_connections_closed_total`. Timeouts are counted in
+/// `l7inspect_timeouts_total` instead.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Http2Close {
+    /// More request header blocks rejected (too large, malformed, refused)
+    /// than `Http2Config::max_rejected_header_blocks` allows
+    /// (`rejected_header_blocks`): an HPACK bomb, or a client that ignores
+    /// SETTINGS.
+    RejectedHeaderBlocks,
+    /// The `h2` library's own flood guards (GOAWAY ENHANCE_YOUR_CALM):
+    /// too many resets (rapid reset), CONTINUATION frames, or a header list
+    /// four times over the limit (`enhance_your_calm`).
+    EnhanceYourCalm,
+    /// Any other connection error the client caused: a PROTOCOL_ERROR,
+    /// COMPRESSION_ERROR, FLOW_CONTROL_ERROR... GOAWAY (`protocol_error`).
+    ProtocolError,
+}
+
 /// The bounds the proxy puts on a peer's time: the `reason` label of
 /// `l7inspect_timeouts_total`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -143,6 +172,35 @@ impl prometheus_client::encoding::EncodeLabelValue for Refusal {
     }
 }
 
+// === impl Http2Close ===
+
+impl Http2Close {
+    /// Every reason, for registering each at zero.
+    pub const ALL: [Http2Close; 3] = [
+        Http2Close::RejectedHeaderBlocks,
+        Http2Close::EnhanceYourCalm,
+        Http2Close::ProtocolError,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Http2Close::RejectedHeaderBlocks => "rejected_header_blocks",
+            Http2Close::EnhanceYourCalm => "enhance_your_calm",
+            Http2Close::ProtocolError => "protocol_error",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Http2Close {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
 impl prometheus_client::encoding::EncodeLabelValue for Timeout {
     fn encode(
         &self,
@@ -186,6 +244,10 @@ pub struct Metrics {
     /// `l7inspect_connection_panics_total`: connections ended because
     /// their task panicked ([`CatchPanicLayer`](crate::CatchPanicLayer)).
     pub connection_panics: Family<DirectionLabels, Counter>,
+    /// `l7inspect_http2_connections_closed_total`: client HTTP/2
+    /// connections the proxy closed with an error GOAWAY, by direction and
+    /// [`Http2Close`].
+    pub http2_closed: Family<Http2CloseLabels, Counter>,
 }
 
 /// Collects the standard `process_*` metrics from `/proc` on each scrape.
@@ -275,6 +337,18 @@ impl Metrics {
             "Connections ended because their task panicked (a bug; the process goes on)",
             self.connection_panics.clone(),
         );
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            for reason in Http2Close::ALL {
+                let _ = self
+                    .http2_closed
+                    .get_or_create(&Http2CloseLabels { direction, reason });
+            }
+        }
+        registry.register(
+            "l7inspect_http2_connections_closed",
+            "Client HTTP/2 connections closed with an error GOAWAY (flood, HPACK bomb, protocol error), by direction and reason",
+            self.http2_closed.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector::new()));
     }
 
@@ -285,6 +359,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one client HTTP/2 connection closed for `reason`.
+    pub fn http2_closed(&self, direction: Direction, reason: Http2Close) {
+        self.http2_closed
+            .get_or_create(&Http2CloseLabels { direction, reason })
+            .inc();
+    }
     /// Counts one expiry of `reason`.
     pub fn timed_out(&self, direction: Direction, reason: Timeout) {
         self.timeouts

@@ -32,8 +32,7 @@ mod telemetry;
 use l7inspect_core::{
     Admin, AdminRoute, CatchPanicLayer, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer,
     HttpConfig, HttpLayer, LimitLayer, LoopGuard, Metrics, OrigDstLayer, Passthrough,
-    PassthroughConfig,
-    Readiness, TrackLayer, serve,
+    PassthroughConfig, Readiness, TrackLayer, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use l7inspect_tls::{
@@ -96,7 +95,8 @@ pub struct SidecarConfig {
     pub passthrough: PassthroughConfig,
     /// How long open connections may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
-    /// HTTP proxying (header case).
+    /// HTTP proxying: header case, request-head and idle timeouts, HTTP/2
+    /// limits.
     pub http: HttpConfig,
     /// HTTP tracing: export, sampling, propagation.
     pub tracing: TracingConfig,

@@ -69,7 +69,7 @@ struct Inner {
     /// with `preserve_header_case` (hyper's client).
     slot: Option<Arc<Slot>>,
     /// Where response timeouts are counted.
-    metrics: Option<Metrics>,
+    metrics: Metrics,
 }
 
 #[derive(Debug)]
@@ -115,7 +115,7 @@ impl Forward {
         conn: Connecting,
         version: Version,
         config: HttpConfig,
-        metrics: Option<Metrics>,
+        metrics: Metrics,
     ) -> Self {
         let upstream_closed = CancellationToken::new();
         let slot = (version == Version::Http1 && !config.preserve_header_case)
@@ -192,9 +192,8 @@ impl Forward {
                 Some(timeout) => match tokio::time::timeout(timeout, send).await {
                     Ok(sent) => sent,
                     Err(_) => {
-                        if let Some(metrics) = &self.inner.metrics {
-                            metrics.timed_out(self.inner.meta.direction, Timeout::UpstreamResponse);
-                        }
+                        (self.inner.metrics)
+                            .timed_out(self.inner.meta.direction, Timeout::UpstreamResponse);
                         Err(ResponseTimeout(timeout).into())
                     }
                 },

@@ -123,11 +123,17 @@ pub struct HttpConfig {
     /// the proxy's per-request instructions; see docs/benchmarks.md).
     pub preserve_header_case: bool,
     /// How long a client may take to send a whole request head, from its
-    /// first byte (more bytes do not extend it). Past it the connection is
-    /// answered `408` and closed. Default 10 s; `None`: no bound.
+    /// first byte (more bytes do not extend it). Default 10 s; `None`: no
+    /// bound. HTTP/1: past it the client is answered `408` and the
+    /// connection closed. HTTP/2: a header block (HEADERS or PUSH_PROMISE
+    /// and its CONTINUATION frames), from its first frame header to the end
+    /// of the frame that carries END_HEADERS; the connection cannot carry
+    /// anything else meanwhile, so on expiry it is closed (GOAWAY
+    /// `NO_ERROR`, then the TCP connection). Counted as
+    /// `l7inspect_timeouts_total{reason="request_head"}`.
     pub request_head_timeout: Option<Duration>,
     /// How long a connection may stay idle between requests before it is
-    /// closed (gracefully). Default 10 minutes: longer than the usual
+    /// closed (gracefully; HTTP/2: a GOAWAY once no stream is open). Default 10 minutes: longer than the usual
     /// client pools keep an idle connection (Go's 90 s, OkHttp's 5 min), so
     /// the proxy is not the one to close a pooled connection; `None`: never.
     pub idle_timeout: Option<Duration>,
@@ -143,6 +149,8 @@ pub struct HttpConfig {
     /// nginx's 4 × 8 KiB; hyper's own default, 400 KiB, let 500 clients hold
     /// 200 MB).
     pub max_request_head: usize,
+    /// Limits of the HTTP/2 server that clients talk to.
+    pub http2: Http2Config,
 }
 
 impl HttpConfig {
@@ -164,8 +172,59 @@ impl Default for HttpConfig {
             idle_timeout: Some(Self::DEFAULT_IDLE_TIMEOUT),
             response_timeout: None,
             max_request_head: Self::DEFAULT_MAX_REQUEST_HEAD,
+            http2: Http2Config::default(),
         }
     }
+}
+
+/// Limits of the proxy's HTTP/2 server (the side clients talk to): what one
+/// connection may cost in memory and CPU before it is refused or closed.
+///
+/// The first four are SETTINGS and counters of the `h2` crate; the last is
+/// the proxy's own. Every close they cause is counted in
+/// `l7inspect_http2_connections_closed_total{direction,reason}` (see
+/// [`Http2Close`](crate::Http2Close)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Config {
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: the largest request head, as HPACK
+    /// counts it (names, values and 32 bytes per field, decoded), default
+    /// 16 KiB. A header block that decodes to more is answered `431` and
+    /// its stream closed; one that decodes to four times more closes the
+    /// connection (GOAWAY ENHANCE_YOUR_CALM, `h2`'s own bound). It also
+    /// bounds what an unfinished header block holds: `h2` takes at most
+    /// about a quarter more CONTINUATION frames than this size needs.
+    ///
+    /// Why 16 KiB (hyper's default, what the proxy has always announced,
+    /// and haproxy's whole-head buffer), while an HTTP/1 head may be
+    /// larger: HPACK lets a block of a few bytes decode to many fields,
+    /// and `h2` decodes a rejected block up to four times this size before
+    /// giving up, so the CPU one rejected block costs grows with this
+    /// limit. With two reconnecting HPACK-bomb clients, a normal client's
+    /// median latency grew 2.8× at 16 KiB and 5.9× at 64 KiB (see
+    /// docs/robustness.md). An HTTP/1 head costs what its bytes cost.
+    pub max_header_list_size: u32,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may have open at
+    /// once (default 200); past it a new stream is refused with
+    /// RST_STREAM(REFUSED_STREAM), which clients retry.
+    pub max_concurrent_streams: u32,
+    /// Streams a client may reset before the proxy took them in, in a row,
+    /// before the connection is closed with GOAWAY ENHANCE_YOUR_CALM (the
+    /// HTTP/2 rapid-reset attack; default 20, as `h2`'s).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the proxy may reset because of the client's errors (a
+    /// malformed request, a refused stream), over the connection's life,
+    /// before it is closed with GOAWAY ENHANCE_YOUR_CALM (default 1024, as
+    /// hyper's).
+    pub max_local_error_reset_streams: usize,
+    /// Request header blocks a connection may have rejected (over
+    /// `max_header_list_size`, malformed, or refused) before it is closed
+    /// with GOAWAY ENHANCE_YOUR_CALM (default 8). Each one was decoded in
+    /// full (HPACK state is per connection) and a small block can decode to
+    /// many fields, so this bounds the CPU one connection can cost with
+    /// header blocks it knows will fail (an HPACK bomb); a well-behaved
+    /// client seldom has even one. Not applied while the connection drains
+    /// (its streams past the GOAWAY are refused by design).
+    pub max_rejected_header_blocks: u32,
 }
 
 /// The plain per-request service: [`Forward`] alone.
@@ -299,7 +358,7 @@ pub struct HttpLayer<N = PlainForward> {
     drain: CancellationToken,
     config: HttpConfig,
     requests: N,
-    metrics: Option<Metrics>,
+    metrics: Metrics,
 }
 
 /// Serves HTTP connections; hands every other connection to the inner service.
@@ -309,7 +368,7 @@ pub struct Http<S, N = PlainForward> {
     drain: CancellationToken,
     config: HttpConfig,
     requests: N,
-    metrics: Option<Metrics>,
+    metrics: Metrics,
 }
 
 /// The future of [`Http`]: one box per connection.
@@ -331,12 +390,26 @@ struct Serving<C> {
     #[pin]
     deadlines: Option<Deadlines>,
     /// Where timeouts are counted.
-    timeouts: Option<(Metrics, Direction)>,
+    timeouts: (Metrics, Direction),
     /// The graceful shutdown has started.
     closing: bool,
     /// Polls `drain` and `upstream_closed` only when one of them woke the
     /// task (an HTTP/2 connection's task is woken for each of its streams).
     signals: WakeFlag,
+}
+
+// === impl Http2Config ===
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            max_header_list_size: 16 * 1024,
+            max_concurrent_streams: 200,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            max_rejected_header_blocks: 8,
+        }
+    }
 }
 
 // === impl PlainForward ===
@@ -359,7 +432,7 @@ impl HttpLayer {
             drain,
             config: HttpConfig::default(),
             requests: PlainForward,
-            metrics: None,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -380,13 +453,10 @@ impl<N> HttpLayer<N> {
         Self { config, ..self }
     }
 
-    /// The same layer, counting the connections its timeouts cut in
-    /// `metrics` (`l7inspect_timeouts_total`).
+    /// The same layer, counting the connections it cuts (timeouts, HTTP/2
+    /// closes) in `metrics`.
     pub fn with_metrics(self, metrics: Metrics) -> Self {
-        Self {
-            metrics: Some(metrics),
-            ..self
-        }
+        Self { metrics, ..self }
     }
 }
 
@@ -446,7 +516,7 @@ where
             version == Version::Http2,
         );
         let drain = self.drain.clone().cancelled_owned();
-        let timeouts = self.metrics.clone().map(|m| (m, conn_meta.direction));
+        let timeouts = (self.metrics.clone(), conn_meta.direction);
         match version {
             Version::Http1 => {
                 let config = &self.config;
@@ -485,7 +555,13 @@ where
                 ))
             }
             Version::Http2 => {
-                let conn = http2::server::Server::new(io, svc);
+                let conn = http2::server::Server::new(
+                    io,
+                    svc,
+                    &self.config,
+                    self.metrics.clone(),
+                    conn_meta.direction,
+                );
                 Box::pin(Serving::new(
                     conn,
                     drain,
@@ -562,7 +638,7 @@ impl<C> Serving<C> {
         upstream_closed: UpstreamClosed,
         shutdown: fn(Pin<&mut C>),
         deadlines: Option<Deadlines>,
-        timeouts: Option<(Metrics, Direction)>,
+        timeouts: (Metrics, Direction),
     ) -> Self {
         Self {
             conn,
@@ -595,9 +671,8 @@ where
         if let Some(deadlines) = this.deadlines.as_pin_mut()
             && let Poll::Ready(expired) = deadlines.poll_expired(&mut signals, woke)
         {
-            if let Some((metrics, direction)) = this.timeouts {
-                metrics.timed_out(*direction, expired);
-            }
+            let (metrics, direction) = this.timeouts;
+            metrics.timed_out(*direction, expired);
             tracing::debug!("closing the connection: {} timeout", expired.as_str());
             if expired == Timeout::RequestHead {
                 // The connection answers 408 as it fails (see `HeadWatch`).

@@ -21,7 +21,7 @@ pub(crate) use log_level::LogLevel;
 pub(crate) use log_limit::LogLimit;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, error::ErrorKind};
-use l7inspect_core::{ConnectConfig, HttpConfig, PassthroughConfig};
+use l7inspect_core::{ConnectConfig, Http2Config, HttpConfig, PassthroughConfig};
 use l7inspect_detect::DetectConfig;
 use l7inspect_sidecar::{Forward, LimitsConfig, SidecarConfig, TlsConfig, TracingConfig};
 use l7inspect_tls::{InterceptConfig, SniPattern, TerminateConfig, TerminatePort};
@@ -188,6 +188,33 @@ struct Args {
     #[arg(long, env = "L7INSPECT_HTTP1_PRESERVE_HEADER_CASE")]
     http1_preserve_header_case: bool,
 
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: the largest request head (decoded,
+    /// 32 bytes per field included); larger gets 431.
+    #[arg(long, env = "L7INSPECT_HTTP2_MAX_HEADER_LIST_SIZE", value_name = "BYTES", default_value_t = Http2Config::default().max_header_list_size, value_parser = clap::value_parser!(u32).range(1024..), help_heading = "HTTP limits")]
+    http2_max_header_list_size: u32,
+
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may have open
+    /// at once; more are refused (REFUSED_STREAM).
+    #[arg(long, env = "L7INSPECT_HTTP2_MAX_CONCURRENT_STREAMS", value_name = "N", default_value_t = Http2Config::default().max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..), help_heading = "HTTP limits")]
+    http2_max_concurrent_streams: u32,
+
+    /// HTTP/2 streams a client may reset before the proxy took them in
+    /// (rapid reset), before its connection is closed (GOAWAY
+    /// ENHANCE_YOUR_CALM).
+    #[arg(long, env = "L7INSPECT_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS", value_name = "N", default_value_t = Http2Config::default().max_pending_accept_reset_streams, help_heading = "HTTP limits")]
+    http2_max_pending_accept_reset_streams: usize,
+
+    /// HTTP/2 streams the proxy may reset for a client's errors over a
+    /// connection's life before closing it (GOAWAY ENHANCE_YOUR_CALM).
+    #[arg(long, env = "L7INSPECT_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS", value_name = "N", default_value_t = Http2Config::default().max_local_error_reset_streams, help_heading = "HTTP limits")]
+    http2_max_local_error_reset_streams: usize,
+
+    /// HTTP/2 request header blocks a connection may have rejected (too
+    /// large, malformed, refused) before it is closed (GOAWAY
+    /// ENHANCE_YOUR_CALM): bounds the CPU of HPACK bombs.
+    #[arg(long, env = "L7INSPECT_HTTP2_MAX_REJECTED_HEADER_BLOCKS", value_name = "N", default_value_t = Http2Config::default().max_rejected_header_blocks, help_heading = "HTTP limits")]
+    http2_max_rejected_header_blocks: u32,
+
     /// Destination ports whose connections skip protocol detection, e.g. 25,3306
     /// (ranges like 5000-5010 work too).
     #[arg(long, env = "L7INSPECT_OPAQUE_PORTS", value_name = "LIST", value_parser = parse_ports)]
@@ -218,11 +245,14 @@ struct Args {
     silent_timeout: Bound,
 
     /// How long a client may take to send a whole HTTP request head, from its
-    /// first byte (0: no bound); then 408 and close.
+    /// first byte (0: no bound); a trickle does not extend it. HTTP/1: 408
+    /// and close; HTTP/2 (a header block with its CONTINUATION frames):
+    /// GOAWAY and close.
     #[arg(long, env = "L7INSPECT_HTTP_REQUEST_HEAD_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_bound)]
     http_request_head_timeout: Bound,
 
-    /// Close an HTTP connection idle this long between requests (0: never).
+    /// Close an HTTP connection idle this long between requests (0: never;
+    /// HTTP/2: a graceful GOAWAY once no stream is open).
     #[arg(long, env = "L7INSPECT_HTTP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "10m", value_parser = parse_bound)]
     http_idle_timeout: Bound,
 
@@ -623,6 +653,13 @@ impl Args {
                 idle_timeout: self.http_idle_timeout.0,
                 response_timeout: self.http_response_timeout.0,
                 max_request_head: self.http_max_request_head as usize,
+                http2: Http2Config {
+                    max_header_list_size: self.http2_max_header_list_size,
+                    max_concurrent_streams: self.http2_max_concurrent_streams,
+                    max_pending_accept_reset_streams: self.http2_max_pending_accept_reset_streams,
+                    max_local_error_reset_streams: self.http2_max_local_error_reset_streams,
+                    max_rejected_header_blocks: self.http2_max_rejected_header_blocks,
+                },
             },
             tracing,
             tls: TlsConfig {

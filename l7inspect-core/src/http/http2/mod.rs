@@ -19,6 +19,7 @@
 
 pub(crate) mod client;
 pub(crate) mod server;
+mod watch;
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
