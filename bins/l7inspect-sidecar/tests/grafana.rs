@@ -525,11 +525,16 @@ async fn scrape_after_traffic() -> String {
             let _ = c.read(&mut [0; 16]).await;
         }
     }
-    // An HTTP/2 client that breaks the protocol (DATA on stream 0): closed
-    // with GOAWAY PROTOCOL_ERROR, counted.
+    // An HTTP/2 client that breaks the protocol (after its SETTINGS, an
+    // empty DATA frame on stream 0): closed with GOAWAY PROTOCOL_ERROR,
+    // counted.
     let mut h2 = TcpStream::connect(inbound).await.unwrap();
     let _ = h2
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\0\0\0\0\0\0")
+        .write_all(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
+              \0\0\0\x04\0\0\0\0\0\
+              \0\0\0\0\0\0\0\0\0",
+        )
         .await;
     let _ = h2.read_to_end(&mut Vec::new()).await;
     // Not HTTP, not TLS: passthrough, until the idle timeout closes it.
