@@ -27,16 +27,9 @@ fn main() -> ExitCode {
         cli::Invocation::Done(code) => return code,
     };
     // Before the runtime and the listeners exist: every descriptor they
-    // open counts against the limit.
-    match l7inspect_sidecar::raise_nofile_limit() {
-        Ok(l) => tracing::info!(
-            soft = l.soft,
-            hard = l.hard,
-            started_with = l.before,
-            "descriptor limit (RLIMIT_NOFILE): soft raised to the hard limit"
-        ),
-        Err(e) => tracing::warn!("cannot raise the descriptor limit (RLIMIT_NOFILE): {e}"),
-    }
+    // open counts against the limit. Logged once the configuration is known
+    // to be good: a bad one gets its one error line and nothing else.
+    let nofile = l7inspect_sidecar::raise_nofile_limit();
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -78,6 +71,15 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        match nofile {
+            Ok(l) => tracing::info!(
+                soft = l.soft,
+                hard = l.hard,
+                started_with = l.before,
+                "descriptor limit (RLIMIT_NOFILE): soft raised to the hard limit"
+            ),
+            Err(e) => tracing::warn!("cannot raise the descriptor limit (RLIMIT_NOFILE): {e}"),
+        }
         let a = sidecar.addrs();
         let list = |xs: &[SocketAddr]| {
             xs.iter()
