@@ -13,7 +13,7 @@ Scenarios (each on a freshly started proxy):
   slow-headers        500 HTTP/1 connections, each sending about 380 KB of an
                       unfinished request head, then one more header byte
                       every 5 s (--slow-conns, --slow-kb)
-  idle-fd-limit       the proxy's descriptor limit set to 256 (prlimit), then
+  idle-fd-limit       the proxy started with a descriptor limit of 256 (prlimit), then
                       300 connections that never send a byte, each reopened
                       when the proxy closes it; /live and a normal request
                       probed every second (--idle-conns)
@@ -119,19 +119,23 @@ backend be_silent
 """
 
 
-def start_proxy(tmp, name):
-    """The proxy under attack, freshly started; its Popen."""
+def start_proxy(tmp, name, nofile=None):
+    """The proxy under attack, freshly started (with RLIMIT_NOFILE `nofile`,
+    soft and hard, from its start when given: a proxy sizes what it keeps
+    for itself from the limit it starts with, as in a container whose limit
+    is set); its Popen."""
+    limit = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile else []
     if ARGS.target == "haproxy":
         cfg = os.path.join(tmp, "haproxy.cfg")
         with open(cfg, "w") as f:
             f.write(HAPROXY_CFG.format(**P))
-        p = e2e.start([ARGS.haproxy, "-db", "-f", cfg], ARGS.proxy_cpu, name, tmp)
+        p = e2e.start(limit + [ARGS.haproxy, "-db", "-f", cfg], ARGS.proxy_cpu, name, tmp)
     else:
         cmd = common.sidecar_base(BINS, P["admin"], "off")
         for lp, tp in (("h1", "backend_h1"), ("h2", "backend_h2"), ("silent_proxy", "silent")):
             cmd += ["--inbound-forward", f"127.0.0.1:{P[lp]}=127.0.0.1:{P[tp]}"]
         cmd += ARGS.sidecar_arg
-        p = e2e.start(cmd, ARGS.proxy_cpu, name, tmp, e2e.sidecar_env())
+        p = e2e.start(limit + cmd, ARGS.proxy_cpu, name, tmp, e2e.sidecar_env())
     for k in ("h1", "h2", "silent_proxy", "admin"):
         e2e.wait_port(P[k], p)
     return p
@@ -300,7 +304,7 @@ class SlowHeaders:
 
 
 class IdleFdLimit:
-    """The proxy's RLIMIT_NOFILE lowered to --fd-limit (prlimit --pid), then
+    """The proxy started with RLIMIT_NOFILE at --fd-limit (prlimit), then
     --idle-conns connections that send nothing; every second /live on the
     admin port and a GET through the proxy (3 s timeouts each)."""
 
@@ -313,8 +317,6 @@ class IdleFdLimit:
         self.closed = 0  # idle connections the proxy closed (each reopened)
 
     def start(self):
-        subprocess.run(["prlimit", "--pid", str(self.proxy.pid), f"--nofile={ARGS.fd_limit}:{ARGS.fd_limit}"],
-                       check=True)
         for _ in range(ARGS.idle_conns):
             try:
                 self.socks.append(socket.create_connection(("127.0.0.1", P["h1"]), 3))
@@ -654,7 +656,7 @@ def scenario(name, tmp):
     silent = SilentBackend(P["silent"]) if name == "silent-backend" else None
     if silent:
         silent.start()
-    proxy = start_proxy(tmp, pname)
+    proxy = start_proxy(tmp, pname, ARGS.fd_limit if name == "idle-fd-limit" else None)
     pids = [proxy.pid]
     try:
         st, _ = common.http_get(P["h1"])

@@ -145,9 +145,12 @@ pub struct HttpConfig {
     pub response_timeout: Option<Duration>,
     /// The largest HTTP/1 request head, in bytes (at least 8 KiB); a larger
     /// one is answered `431`. It also bounds what a client that never
-    /// finishes its head holds in memory. Default 64 KiB (Envoy's 60 KiB;
-    /// nginx's 4 × 8 KiB; hyper's own default, 400 KiB, let 500 clients hold
-    /// 200 MB).
+    /// finishes its head holds in memory (hyper's read buffer, up to about
+    /// this much more). Default 32 KiB, the largest head nginx takes (4 ×
+    /// 8 KiB buffers; haproxy's whole buffer is 16 KiB, Envoy's limit 60
+    /// KiB): 500 clients that each stop just short of it hold about 20 MiB
+    /// for the head timeout (see docs/robustness.md); hyper's own default,
+    /// 400 KiB, let 500 such clients hold 200 MB.
     pub max_request_head: usize,
     /// Limits of the HTTP/2 server that clients talk to.
     pub http2: Http2Config,
@@ -159,7 +162,7 @@ impl HttpConfig {
     /// [`Self::idle_timeout`]'s default.
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     /// [`Self::max_request_head`]'s default.
-    pub const DEFAULT_MAX_REQUEST_HEAD: usize = 64 * 1024;
+    pub const DEFAULT_MAX_REQUEST_HEAD: usize = 32 * 1024;
     /// The smallest [`Self::max_request_head`] (hyper's smallest buffer).
     pub const MIN_MAX_REQUEST_HEAD: usize = 8 * 1024;
 }
