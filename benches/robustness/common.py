@@ -413,7 +413,9 @@ def drain(sock, reader=None, until=0.0, limit=1 << 20):
             return got, "still open"
         sock.settimeout(left)
         try:
-            chunk = sock.recv(65536)
+            # Without a reader, no more than `limit`: what is left stays in
+            # the socket for the next read.
+            chunk = sock.recv(65536 if reader is not None else min(65536, limit - len(got)))
         except socket.timeout:
             return got, "still open"
         except ConnectionResetError:
