@@ -43,8 +43,9 @@ production configuration has: Debian's shipped defaults (timeout connect
 http-keep-alive 10s` as haproxy's documentation recommends; haproxy.cfg
 is written by this script (haproxy_cfg below).
 
-The HPACK bomb: issue 14's other work may add benches/robustness/
-hpack_bomb.py; this script has its own minimal attacker (hpack_attacker)
+The HPACK bomb: benches/robustness/hpack_bomb.py is the fuller one (a
+gRPC client on the attacked listener, other bomb shapes); this script has
+its own minimal attacker (hpack_attacker)
 and does not depend on it.
 
 Everything listens on 127.0.0.1, in a private network namespace as root
