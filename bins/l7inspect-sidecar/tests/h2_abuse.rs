@@ -502,6 +502,17 @@ async fn unfinished_header_block_is_cut_at_the_head_timeout() {
     proxy
         .wait_metric(&series("l7inspect_timeouts_total", "request_head"), 2.0)
         .await;
+
+    // One read that starts a block, then silence: the deadline is armed as
+    // the connection parks, not at a later wake-up (the idle timer is 10
+    // minutes away).
+    let mut c = Raw::connect(proxy.inbound()).await;
+    c.send(&frame(HEADERS, END_STREAM, 5, &request_head()[..1]))
+        .await;
+    assert_eq!(c.goaway_then_eof().await, NO_ERROR);
+    proxy
+        .wait_metric(&series("l7inspect_timeouts_total", "request_head"), 3.0)
+        .await;
     // Not counted as a close for abuse; others are served.
     assert_eq!(
         proxy.metric(&series(

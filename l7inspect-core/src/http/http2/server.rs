@@ -381,6 +381,16 @@ where
                         this.close(Reason::ENHANCE_YOUR_CALM, true);
                         continue;
                     }
+                    // The reads just made may have started a header block:
+                    // its deadline is armed before the task parks, or a
+                    // client that then goes silent would wait for another
+                    // wake-up (the idle timer, or none) to be cut.
+                    if let Some(what) = this.poll_timer(cx) {
+                        if this.expired(what) {
+                            this.state = State::Closed;
+                        }
+                        continue;
+                    }
                     return Poll::Pending;
                 }
             }

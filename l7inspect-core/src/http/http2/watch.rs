@@ -94,6 +94,8 @@ struct FrameHeaders {
     /// A header block has started and not ended (END_HEADERS not yet
     /// read in full).
     block_open: bool,
+    /// A header block has ended since the reader last took this flag.
+    block_ended: bool,
     /// The open header block opens a new stream (not trailers).
     block_opens_stream: bool,
     /// The highest stream id a HEADERS frame has named.
@@ -204,8 +206,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
                     this.fresh_blocks = true;
                 }
                 let since = watch.open_since.load(Relaxed);
+                let ended = std::mem::take(&mut this.parser.block_ended);
                 if this.parser.block_open {
-                    if since == 0 {
+                    // A block open at the end of the read is timed from
+                    // this read if an earlier one ended in it: back-to-back
+                    // requests whose reads end mid-block are not one block.
+                    if since == 0 || ended {
                         let nanos = Instant::now().duration_since(watch.base).as_nanos();
                         let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
                         watch.open_since.store(nanos + 1, Relaxed);
@@ -262,6 +268,7 @@ impl FrameHeaders {
             kind: 0,
             flags: 0,
             block_open: false,
+            block_ended: false,
             block_opens_stream: false,
             max_stream: 0,
         }
@@ -339,6 +346,7 @@ impl FrameHeaders {
             return 0;
         }
         self.block_open = false;
+        self.block_ended = true;
         u32::from(std::mem::take(&mut self.block_opens_stream))
     }
 }
@@ -404,6 +412,19 @@ mod tests {
             let (x, y) = b.split_at(at);
             assert_eq!(run([x, y]), (2, true), "split at {at}");
         }
+    }
+
+    #[test]
+    fn a_block_that_ends_is_noted_even_when_another_starts() {
+        let mut p = FrameHeaders::new();
+        p.feed(PREFACE);
+        let mut b = frame(HEADERS, END_HEADERS, 1, &[0x82, 0x86, 0x84]);
+        b.extend(&frame(HEADERS, END_HEADERS, 3, &[0x82, 0x86, 0x84])[..10]);
+        assert_eq!(p.feed(&b), 1);
+        assert!(p.block_open, "the second block is open");
+        assert!(std::mem::take(&mut p.block_ended), "the first one ended");
+        p.feed(&[0x82]);
+        assert!(!p.block_ended, "nothing ended in that read");
     }
 
     #[test]
