@@ -1,9 +1,13 @@
 //! [`CatchPanicLayer`]: a panic in a connection's service ends that
 //! connection, is counted, and goes no further.
 
-use crate::{meta::Accepted, meta::Direction, metrics::Metrics};
+use crate::{
+    meta::{Accepted, Direction},
+    metrics::{DirectionLabels, Metrics},
+};
 use l7inspect_detect::Conn;
 use pin_project::pin_project;
+use prometheus_client::metrics::counter::Counter;
 use std::{
     any::Any,
     future::Future,
@@ -78,7 +82,10 @@ pub struct CatchPanicLayer {
 #[derive(Clone, Debug)]
 pub struct CatchPanic<S> {
     inner: S,
-    metrics: Metrics,
+    /// `l7inspect_connection_panics_total`, inbound and outbound: looked up
+    /// once, so that a connection carries one counter handle, not every
+    /// metric's.
+    panics: [Counter; 2],
 }
 
 /// The error of a connection whose service panicked: the panic's message.
@@ -99,8 +106,8 @@ pub struct ResponseFuture<F> {
     inner: Option<F>,
     /// The panic of `call`, reported on the first poll.
     early: Option<Panicked>,
-    direction: Direction,
-    metrics: Metrics,
+    /// The connection's direction's panic counter.
+    panics: Counter,
 }
 
 // === impl CatchPanicLayer ===
@@ -125,7 +132,13 @@ impl<S> Layer<S> for CatchPanicLayer {
 impl<S> CatchPanic<S> {
     /// Wraps `inner`, counting caught panics in `metrics`.
     pub fn new(inner: S, metrics: Metrics) -> Self {
-        Self { inner, metrics }
+        let panics = [Direction::Inbound, Direction::Outbound].map(|direction| {
+            metrics
+                .connection_panics
+                .get_or_create(&DirectionLabels { direction })
+                .clone()
+        });
+        Self { inner, panics }
     }
 
     /// The inner service.
@@ -158,7 +171,11 @@ where
     }
 
     fn call(&mut self, conn: Conn<Accepted, I>) -> Self::Future {
-        let direction = conn.meta.direction;
+        let panics = match conn.meta.direction {
+            Direction::Inbound => &self.panics[0],
+            Direction::Outbound => &self.panics[1],
+        }
+        .clone();
         // `call` runs on the accept loop's task: a panic here would end the
         // listener, not one connection.
         let (inner, early) = match catch_unwind(AssertUnwindSafe(|| self.inner.call(conn))) {
@@ -168,8 +185,7 @@ where
         ResponseFuture {
             inner,
             early,
-            direction,
-            metrics: self.metrics.clone(),
+            panics,
         }
     }
 }
@@ -223,7 +239,7 @@ where
                 None => panic!("polled after completion"),
             },
         };
-        this.metrics.connection_panicked(*this.direction);
+        this.panics.inc();
         Poll::Ready(Err(panicked.into()))
     }
 }
