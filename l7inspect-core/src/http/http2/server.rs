@@ -328,7 +328,8 @@ where
                 return Poll::Pending;
             }
             let mut conn_cx = this.conn_wake.context();
-            let accepted = match this.service.poll_ready(cx) {
+            let ready = this.service.poll_ready(cx);
+            let accepted = match ready {
                 Poll::Ready(Ok(())) => conn.poll_accept(&mut conn_cx),
                 Poll::Ready(Err(never)) => match never {},
                 // Not ready for another request: the connection is still
@@ -367,8 +368,11 @@ where
                 Poll::Pending => {
                     // `h2` has nothing left to hand over: if it also has
                     // processed all that was read, every block not taken in
-                    // was rejected.
+                    // was rejected. (Not while the service was not ready:
+                    // then blocks wait in `h2` because nothing asked for
+                    // them.)
                     if !this.closing
+                        && ready.is_ready()
                         && let Some(rejected) = this.watch.rejected()
                         && rejected > this.limits.max_rejected
                     {
