@@ -76,7 +76,7 @@ fn main() -> ExitCode {
                 soft = l.soft,
                 hard = l.hard,
                 started_with = l.before,
-                "descriptor limit (RLIMIT_NOFILE): soft raised to the hard limit"
+                "descriptor limit (RLIMIT_NOFILE): the soft limit is the hard one (started_with: the soft limit before)"
             ),
             Err(e) => tracing::warn!("cannot raise the descriptor limit (RLIMIT_NOFILE): {e}"),
         }

@@ -144,7 +144,9 @@ impl Forward {
     }
 
     /// Forwards one request. Never fails: when the server cannot answer, the
-    /// response is the proxy's own 502 (or gRPC UNAVAILABLE).
+    /// response is the proxy's own (`502`, `504` on a timeout, `400` for a
+    /// malformed request body; gRPC: a trailers-only status 14 or 4), see
+    /// [`FailureKind`](crate::FailureKind).
     ///
     /// The request's head is prepared before the returned future is first
     /// polled. (A plain function returning an `async` block rather than an

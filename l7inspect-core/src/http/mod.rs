@@ -138,7 +138,9 @@ pub struct HttpConfig {
     /// the proxy is not the one to close a pooled connection; `None`: never.
     pub idle_timeout: Option<Duration>,
     /// How long the server may take to start its response (its head), from
-    /// the moment the request is sent to it. Past it the client gets
+    /// the moment the proxy starts forwarding the request: a new upstream
+    /// connection, if one is needed, and the part of the request body sent
+    /// before the server answers count too. Past it the client gets
     /// `504 Gateway Timeout` (gRPC: status 4, DEADLINE_EXCEEDED). Default
     /// `None`: long polls and gRPC streams whose server sends its headers
     /// with the first message must not be cut by a proxy they do not know.
