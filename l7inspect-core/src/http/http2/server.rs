@@ -90,6 +90,15 @@ struct Timer {
     armed: Option<Instant>,
 }
 
+impl Timer {
+    fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            armed: None,
+        }
+    }
+}
+
 enum State<I> {
     Handshaking(Handshake<I, Bytes>),
     Serving(Connection<I, Bytes>),
@@ -137,12 +146,10 @@ where
             idle_timeout: config.idle_timeout,
             max_rejected: h2.max_rejected_header_blocks,
         };
-        // One allocation per connection, only if it has a timeout.
+        // One allocation per connection, only if it has a timeout (or, see
+        // `close`, once the proxy closes it).
         let timer =
-            (limits.head_timeout.is_some() || limits.idle_timeout.is_some()).then(|| Timer {
-                sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
-                armed: None,
-            });
+            (limits.head_timeout.is_some() || limits.idle_timeout.is_some()).then(Timer::new);
         Self {
             state: State::Handshaking(handshake),
             service,
@@ -153,7 +160,7 @@ where
             limits,
             metrics,
             direction,
-            idle_since: timer.as_ref().map(|_| Instant::now()),
+            idle_since: limits.idle_timeout.map(|_| Instant::now()),
             timer,
             close_by: None,
         }
@@ -193,6 +200,9 @@ where
         self.conn_wake.set();
         self.close_by
             .get_or_insert_with(|| Instant::now() + CLOSE_GRACE);
+        // With both timeouts off there was no timer: the close deadline
+        // needs one.
+        self.timer.get_or_insert_with(Timer::new);
     }
 
     /// Polls the connection's timer; what expired, if anything did.
