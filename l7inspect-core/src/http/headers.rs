@@ -135,9 +135,11 @@ impl HostRefusal {
 }
 
 /// Checks the request's `Host` fields: at most one, and, when the target
-/// has an authority of its own, the same one. Two lookups per request, no
-/// allocation. (A request without `Host` passes: hyper's server lets it in,
-/// and so did the proxy before; the server decides.)
+/// has an authority of its own, the same one. Two lookups per request; an
+/// allocation only when the target has an authority (absolute form, or an
+/// HTTP/2 request that also sends `Host`). (A request without `Host`
+/// passes: hyper's server lets it in, and so did the proxy before; the
+/// server decides.)
 pub(crate) fn check_host<B>(req: &Request<B>) -> Result<(), HostRefusal> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let Some(host) = hosts.next() else {
@@ -159,7 +161,12 @@ pub(crate) fn check_host<B>(req: &Request<B>) -> Result<(), HostRefusal> {
 
 /// Whether `host` names `authority` (of `uri`): the same host, ignoring
 /// case, and the same port once the scheme's default fills in a missing one.
+/// A `Host` with userinfo (`user@host`) is not an authority `Host` may
+/// carry (RFC 9110 7.2), so it never matches.
 fn same_authority(uri: &Uri, authority: &Authority, host: &HeaderValue) -> bool {
+    if host.as_bytes().contains(&b'@') {
+        return false;
+    }
     let Ok(host) = Authority::try_from(host.as_bytes()) else {
         return false;
     };
@@ -257,6 +264,11 @@ mod tests {
                 Err(AuthorityMismatch),
             ),
             ("http://u@a.example/", &["a.example"][..], Ok(())),
+            (
+                "http://a.example/",
+                &["x@a.example"][..],
+                Err(AuthorityMismatch),
+            ),
         ] {
             assert_eq!(check_host(&req(target, hosts)), want, "{target} {hosts:?}");
         }
