@@ -39,7 +39,9 @@ pub enum FailureKind {
     /// The server's response is not valid HTTP: `502`, gRPC 14.
     InvalidResponse,
     /// The client's request body failed (malformed chunked framing, a body
-    /// cut short): `400`, whatever the protocol; the connection closes.
+    /// cut short): `400`; the connection closes. Towards an HTTP/2 server
+    /// the failure reaches the proxy only as a reset stream, answered as
+    /// [`Self::UpstreamIo`].
     InvalidRequestBody,
     /// A request layer failed (a timeout, load shedding: see
     /// [`NewRequestService`](super::NewRequestService)): `502`, gRPC 14.
@@ -120,7 +122,10 @@ impl FailureKind {
                 }
                 return Self::UpstreamIo;
             }
-            if e.is::<h2::Error>() && !e.source().is_some_and(|s| s.is::<ClientBodyError>()) {
+            if e.is::<h2::Error>() {
+                // h2's errors carry no source: a client body that failed on
+                // its way to an HTTP/2 server shows only as the stream's
+                // reset (see `InvalidRequestBody`).
                 return Self::UpstreamIo;
             }
             next = e.source();
