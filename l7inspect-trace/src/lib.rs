@@ -44,6 +44,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod db;
 pub mod export;
 pub mod inspect;
 pub mod observe;
