@@ -34,7 +34,15 @@ use std::{borrow::Cow, sync::Arc, time::SystemTime};
 
 use l7inspect_detect::Protocol;
 
+mod metrics;
+mod observe;
+mod redis;
+// Used by the SQL parsers (PostgreSQL, MySQL), which are not wired yet.
+#[allow(dead_code)]
 pub(crate) mod sql;
+
+pub use metrics::{DbLabels, DbMetrics, MAX_ERROR_LABELS, StopLabels};
+pub use observe::{Db, DbIo, DbLayer, DbObserver};
 
 /// The database protocols that get spans (`db.system.name`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -261,3 +269,45 @@ pub(crate) trait WireParser: Send {
 
 /// `error.type` of a command whose connection closed before its reply.
 pub const CONNECTION_CLOSED: &str = "connection_closed";
+
+/// A parser for one connection, of one of the [`DbSystem`]s.
+#[derive(Debug)]
+pub(crate) enum Parser {
+    Redis(redis::RedisParser),
+}
+
+impl Parser {
+    /// A parser for a new connection of `system`, if it has one.
+    pub(crate) fn new(system: DbSystem, config: &DbConfig) -> Option<Self> {
+        match system {
+            DbSystem::Redis => Some(Parser::Redis(redis::RedisParser::new(config))),
+            DbSystem::Postgresql | DbSystem::Mysql => None,
+        }
+    }
+
+    fn inner(&mut self) -> &mut dyn WireParser {
+        match self {
+            Parser::Redis(p) => p,
+        }
+    }
+
+    pub(crate) fn client_sent(&mut self, b: &[u8], clock: &mut Clock, done: &mut Vec<Command>) {
+        self.inner().client_sent(b, clock, done);
+    }
+
+    pub(crate) fn server_sent(&mut self, b: &[u8], clock: &mut Clock, done: &mut Vec<Command>) {
+        self.inner().server_sent(b, clock, done);
+    }
+
+    pub(crate) fn close(&mut self, clock: &mut Clock, done: &mut Vec<Command>) {
+        self.inner().close(clock, done);
+    }
+
+    pub(crate) fn stopped(&mut self) -> Option<StopReason> {
+        self.inner().stopped()
+    }
+
+    pub(crate) fn take_untracked(&mut self) -> u64 {
+        self.inner().take_untracked()
+    }
+}

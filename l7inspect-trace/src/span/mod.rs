@@ -3,7 +3,7 @@
 //! A finished span is plain data: ids, kind, name, times and status, the
 //! well-known attributes as typed fields grouped by what they describe
 //! ([`NetworkFields`] per connection, [`HttpFields`], [`RpcFields`],
-//! [`TlsFields`]), and a short list of [`KeyValue`]s for anything else. The
+//! [`TlsFields`], [`DbFields`]), and a short list of [`KeyValue`]s for anything else. The
 //! exporters (OTLP, Zipkin) and the ring of recent spans read it directly,
 //! through [`SpanRecord::for_each_attribute`], which yields the typed fields
 //! under their semantic-convention keys.
@@ -22,8 +22,8 @@
 //! [`SpanSink`](crate::export::SpanSink): the HTTP observation layer
 //! ([`crate::Observe`]) makes one per request; a span per connection (TLS
 //! passthrough: SNI, bytes each way) sets [`SpanRecord::tls`] and puts the
-//! byte counts in [`SpanRecord::attributes`]; a database command would set
-//! the `db.*` attributes the same way.
+//! byte counts in [`SpanRecord::attributes`]; a database command
+//! ([`crate::db`]) sets [`SpanRecord::db`].
 //!
 //! # Example
 //! ```
@@ -85,6 +85,8 @@ pub struct SpanRecord {
     pub rpc: Option<RpcFields>,
     /// The TLS session (shared by every span of a connection).
     pub tls: Option<Arc<TlsFields>>,
+    /// The database command.
+    pub db: Option<Box<DbFields>>,
     /// Everything else, in order.
     pub attributes: Vec<KeyValue>,
 }
@@ -160,6 +162,30 @@ pub struct TlsFields {
     pub client_subject: Option<String>,
 }
 
+/// Database attributes (semantic conventions for database spans).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DbFields {
+    /// `db.system.name`: `redis`, `postgresql`, `mysql`.
+    pub system: &'static str,
+    /// `db.operation.name`: `GET`, `SELECT`.
+    pub operation: &'static str,
+    /// `db.namespace`: the Redis database index, the PostgreSQL database,
+    /// the MySQL schema (shared by a connection's commands).
+    pub namespace: Option<Arc<str>>,
+    /// `db.collection.name`: the one table a statement names.
+    pub collection: Option<String>,
+    /// `db.query.text`, sanitized.
+    pub query_text: Option<String>,
+    /// `db.response.status_code`: an error prefix, a SQLSTATE, an error number.
+    pub status_code: Option<Cow<'static, str>>,
+    /// `db.response.returned_rows`.
+    pub returned_rows: Option<u64>,
+    /// `server.address`: the database's address.
+    pub server_address: Arc<str>,
+    /// `server.port`.
+    pub server_port: u16,
+}
+
 /// An attribute value as the encoders see it: borrowed, never copied.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum AttrValue<'a> {
@@ -200,6 +226,7 @@ impl SpanRecord {
             http: None,
             rpc: None,
             tls: None,
+            db: None,
             attributes: Vec::new(),
         }
     }
@@ -258,6 +285,27 @@ impl SpanRecord {
         }
         if let Some(code) = self.rpc.as_ref().and_then(|r| r.grpc_status_code) {
             f(semconv::RPC_GRPC_STATUS_CODE, Int(code));
+        }
+        if let Some(d) = &self.db {
+            f(semconv::DB_SYSTEM_NAME, Str(d.system));
+            f(semconv::DB_OPERATION_NAME, Str(d.operation));
+            if let Some(ns) = &d.namespace {
+                f(semconv::DB_NAMESPACE, Str(ns));
+            }
+            if let Some(c) = &d.collection {
+                f(semconv::DB_COLLECTION_NAME, Str(c));
+            }
+            if let Some(q) = &d.query_text {
+                f(semconv::DB_QUERY_TEXT, Str(q));
+            }
+            f(semconv::SERVER_ADDRESS, Str(&d.server_address));
+            f(semconv::SERVER_PORT, Int(d.server_port.into()));
+            if let Some(code) = &d.status_code {
+                f(semconv::DB_RESPONSE_STATUS_CODE, Str(code));
+            }
+            if let Some(n) = d.returned_rows {
+                f(semconv::DB_RESPONSE_RETURNED_ROWS, Int(saturating_i64(n)));
+            }
         }
         if let Some(e) = &self.error_type {
             f(semconv::ERROR_TYPE, Str(e));

@@ -1,0 +1,414 @@
+//! [`DbObserver`], [`DbLayer`] / [`Db`] and [`DbIo`]: a parser beside the
+//! bytes of each database connection, its commands turned into spans and
+//! histogram entries.
+
+use std::{
+    borrow::Cow,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use l7inspect_detect::{Detected, Outcome, PrefixedIo};
+use opentelemetry::trace::SpanKind;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tower::{Layer, Service};
+
+use super::{Clock, Command, DbConfig, DbLabels, DbMetrics, DbSystem, Parser};
+use crate::{
+    Peer,
+    export::{SamplerConfig, SpanSink},
+    sampling::{Sampler, new_span_id, new_trace_id},
+    span::{DbFields, NetworkFields, SpanRecord},
+};
+
+/// The database spans and metrics of one direction's connections, shared
+/// by all of them. Cheap to clone.
+///
+/// A command is a CLIENT span on outbound connections and a SERVER span on
+/// inbound ones (`kind`), a root sampled as a request without a parent
+/// would be, named after its operation (`GET`; `SELECT orders` when the
+/// statement's table is certain). Its duration, sampled or not, goes in
+/// the `db_*_operation_duration_seconds` histogram of its side.
+///
+/// # Example
+/// ```
+/// use l7inspect_trace::db::{DbConfig, DbMetrics, DbObserver};
+/// use l7inspect_trace::export::{ExportConfig, ExportPipeline, ResourceConfig, SamplerConfig};
+/// use opentelemetry::trace::SpanKind;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pipeline = ExportPipeline::start(ExportConfig::default(), ResourceConfig::default().to_resource("my-proxy", "0.1"))?;
+/// let metrics = DbMetrics::default();
+/// let outbound = DbObserver::new(SpanKind::Client, DbConfig::default(), SamplerConfig::default(), pipeline.sink(), Some(metrics));
+/// // Per listener: `outbound.layer(|meta: &MyMeta| peer)` below detection.
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct DbObserver {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    kind: SpanKind,
+    config: DbConfig,
+    sampler: Sampler,
+    sink: SpanSink,
+    metrics: DbMetrics,
+}
+
+impl DbObserver {
+    /// Commands of `kind`'s connections, parsed as `config` says, sampled
+    /// by `sampler` into `sink`, timed in `metrics` (none: a set of its
+    /// own, which nothing serves).
+    pub fn new(
+        kind: SpanKind,
+        config: DbConfig,
+        sampler: SamplerConfig,
+        sink: SpanSink,
+        metrics: Option<DbMetrics>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                kind,
+                config,
+                sampler: Sampler::new(sampler),
+                sink,
+                metrics: metrics.unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// The layer that watches the connections below detection; `peer`
+    /// tells a connection's two ends from its metadata.
+    pub fn layer<F>(&self, peer: F) -> DbLayer<F> {
+        DbLayer {
+            observer: self.clone(),
+            peer,
+        }
+    }
+
+    /// `io`, watched when `outcome` is a database protocol this observer
+    /// parses; `prefix` are the bytes the client sent that detection read
+    /// (and that reach the server before anything read from `io`).
+    pub fn watch<I>(&self, outcome: Outcome, peer: Peer, prefix: &[u8], io: I) -> DbIo<I> {
+        let watch = match outcome {
+            Outcome::Protocol(p) => DbSystem::of(p)
+                .and_then(|system| Some((system, Parser::new(system, &self.shared.config)?)))
+                .map(|(system, parser)| {
+                    let mut w = Box::new(Watch {
+                        shared: self.shared.clone(),
+                        system,
+                        parser,
+                        done: Vec::new(),
+                        peer,
+                        network: None,
+                        last: None,
+                        stop_counted: false,
+                    });
+                    if !prefix.is_empty() {
+                        w.client_sent(prefix);
+                    }
+                    w
+                }),
+            _ => None,
+        };
+        DbIo { io, watch }
+    }
+}
+
+/// A [`Layer`] that gives each detected connection's stream a [`DbIo`]
+/// (watched when the connection is Redis, PostgreSQL or MySQL, and that
+/// system's parser is on). Made by [`DbObserver::layer`].
+///
+/// It goes below detection, above the service that relays the bytes
+/// (l7inspect-core's `Passthrough`): that service copies the client's
+/// stream as it always did, and the reads and writes it makes are what the
+/// parser sees. Other connections get a `DbIo` with nothing to watch: one
+/// branch per read or write.
+#[derive(Clone, Debug)]
+pub struct DbLayer<F> {
+    observer: DbObserver,
+    peer: F,
+}
+
+impl<S, F: Clone> Layer<S> for DbLayer<F> {
+    type Service = Db<S, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Db {
+            inner,
+            observer: self.observer.clone(),
+            peer: self.peer.clone(),
+        }
+    }
+}
+
+/// Watches database connections for their commands; see [`DbLayer`].
+#[derive(Clone, Debug)]
+pub struct Db<S, F> {
+    inner: S,
+    observer: DbObserver,
+    peer: F,
+}
+
+impl<S, F, M, I> Service<Detected<M, I>> for Db<S, F>
+where
+    S: Service<Detected<M, DbIo<I>>>,
+    F: Fn(&M) -> Peer,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, d: Detected<M, I>) -> S::Future {
+        let Detected {
+            outcome,
+            client_hello,
+            meta,
+            io,
+        } = d;
+        let (prefix, io) = io.into_parts();
+        let peer = (self.peer)(&meta);
+        let io = self.observer.watch(outcome, peer, &prefix, io);
+        self.inner.call(Detected {
+            outcome,
+            client_hello,
+            meta,
+            io: PrefixedIo::new(prefix, io),
+        })
+    }
+}
+
+/// A client stream whose bytes a database parser sees pass: what is read
+/// from it went to the server (commands), what is written to it came from
+/// the server (replies). The bytes themselves pass unchanged, and are
+/// never copied or held. Made by [`DbObserver::watch`].
+pub struct DbIo<I> {
+    io: I,
+    watch: Option<Box<Watch>>,
+}
+
+impl<I> DbIo<I> {
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &I {
+        &self.io
+    }
+
+    /// Whether a parser watches it.
+    pub fn is_watched(&self) -> bool {
+        self.watch.is_some()
+    }
+}
+
+impl<I: std::fmt::Debug> std::fmt::Debug for DbIo<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbIo")
+            .field("io", &self.io)
+            .field("system", &self.watch.as_ref().map(|w| w.system))
+            .finish()
+    }
+}
+
+/// Lets socket options (a reset on abort) reach the wrapped socket.
+#[cfg(unix)]
+impl<I: std::os::fd::AsFd> std::os::fd::AsFd for DbIo<I> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.io.as_fd()
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for DbIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let (Some(w), Poll::Ready(Ok(()))) = (&mut this.watch, &res) {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                w.client_sent(new);
+            }
+        }
+        res
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for DbIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let (Some(w), Poll::Ready(Ok(n))) = (&mut this.watch, &res) {
+            w.server_sent(&buf[..*n]);
+        }
+        res
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl<I> Drop for DbIo<I> {
+    fn drop(&mut self) {
+        if let Some(w) = &mut self.watch {
+            w.closed();
+        }
+    }
+}
+
+/// One watched connection: its parser, and what its spans share.
+struct Watch {
+    shared: Arc<Shared>,
+    system: DbSystem,
+    parser: Parser,
+    /// Commands the parser finished, recorded at once (kept for its
+    /// allocation).
+    done: Vec<Command>,
+    peer: Peer,
+    /// The spans' network fields, made for the first sampled command.
+    network: Option<(Arc<NetworkFields>, Arc<str>)>,
+    /// The last command's histogram series: a connection's commands often
+    /// repeat one operation, and finding a series hashes its labels under
+    /// a lock.
+    last: Option<(DbLabels, Histogram)>,
+    stop_counted: bool,
+}
+
+impl Watch {
+    fn client_sent(&mut self, bytes: &[u8]) {
+        let mut clock = Clock::new();
+        self.parser.client_sent(bytes, &mut clock, &mut self.done);
+        self.record();
+    }
+
+    fn server_sent(&mut self, bytes: &[u8]) {
+        let mut clock = Clock::new();
+        self.parser.server_sent(bytes, &mut clock, &mut self.done);
+        self.record();
+    }
+
+    fn closed(&mut self) {
+        let mut clock = Clock::new();
+        self.parser.close(&mut clock, &mut self.done);
+        self.record();
+    }
+
+    /// Records the finished commands, and counts a stop and untracked
+    /// commands.
+    fn record(&mut self) {
+        if !self.done.is_empty() {
+            let mut done = std::mem::take(&mut self.done);
+            for cmd in done.drain(..) {
+                self.command(cmd);
+            }
+            self.done = done;
+        }
+        let metrics = &self.shared.metrics;
+        let untracked = self.parser.take_untracked();
+        if untracked > 0 {
+            metrics.untracked(self.system, untracked);
+        }
+        if !self.stop_counted
+            && let Some(reason) = self.parser.stopped()
+        {
+            self.stop_counted = true;
+            metrics.stopped(self.system, reason);
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let shared = &*self.shared;
+        let server = shared.kind == SpanKind::Server;
+        let duration = cmd.end.duration_since(cmd.start.time).unwrap_or_default();
+        let error = cmd.error_type.as_deref();
+        let same = self.last.as_ref().is_some_and(|(l, _)| {
+            l.db_operation_name == cmd.operation
+                && match error {
+                    None => l.error_type.is_empty(),
+                    Some(e) => *l.error_type == *e,
+                }
+        });
+        if !same {
+            self.last = Some(
+                shared
+                    .metrics
+                    .histogram(server, self.system, cmd.operation, error),
+            );
+        }
+        if let Some((_, h)) = &self.last {
+            h.observe(duration.as_secs_f64());
+        }
+
+        let trace_id = new_trace_id();
+        if !shared.sampler.should_sample(None, None, trace_id) {
+            return;
+        }
+        let peer = self.peer;
+        let (network, server_address) = self.network.get_or_insert_with(|| {
+            let network = if server {
+                NetworkFields::new(peer.client, Some(peer.client.ip()))
+            } else {
+                NetworkFields::new(peer.server, None)
+            };
+            let address: Arc<str> = if server {
+                peer.server.ip().to_string().into()
+            } else {
+                network.peer_address.clone()
+            };
+            (Arc::new(network), address)
+        });
+        let name: Cow<'static, str> = match &cmd.collection {
+            Some(c) => Cow::Owned(format!("{} {c}", cmd.operation)),
+            None => Cow::Borrowed(cmd.operation),
+        };
+        let mut span = SpanRecord::new(
+            trace_id,
+            new_span_id(),
+            shared.kind.clone(),
+            name,
+            cmd.start.time,
+        );
+        span.end = cmd.end;
+        span.network = Some(network.clone());
+        span.db = Some(Box::new(DbFields {
+            system: self.system.as_str(),
+            operation: cmd.operation,
+            namespace: cmd.namespace,
+            collection: cmd.collection,
+            query_text: cmd.query_text,
+            status_code: cmd.status_code,
+            returned_rows: cmd.rows,
+            server_address: server_address.clone(),
+            server_port: peer.server.port(),
+        }));
+        if let Some(e) = cmd.error_type {
+            span.set_error(e);
+        }
+        span.attributes.extend(
+            cmd.attributes
+                .into_iter()
+                .map(|(k, v)| opentelemetry::KeyValue::new(k, v)),
+        );
+        shared.sink.record(span);
+    }
+}
