@@ -30,7 +30,8 @@ mod requests;
 mod telemetry;
 
 use l7inspect_core::{
-    Admin, AdminRoute, CatchPanicLayer, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer,
+    Admin, AdminRoute, CatchPanicLayer, ConnectConfig, ConnectLayer, Connecting, Direction,
+    FixedTargetLayer,
     HttpConfig, HttpLayer, LimitLayer, LoopGuard, Metrics, OrigDstLayer, Passthrough,
     PassthroughConfig, Readiness, TrackLayer, serve,
 };
@@ -40,7 +41,8 @@ use l7inspect_tls::{
     TerminateConfig, TerminateError, Terminator, TlsLayer, TlsMetrics,
 };
 use l7inspect_trace::{
-    DEFAULT_MAX_ATTRIBUTE_LEN, ObserveConfig, Observer, Propagators, RequestMetrics,
+    DEFAULT_MAX_ATTRIBUTE_LEN, ObserveConfig, Observer, Peer, Propagators, RequestMetrics,
+    db::{DbConfig, DbMetrics, DbObserver},
     export::{
         ExportBuildError, ExportConfig, ExportPipeline, FlushOutcome, ResourceConfig,
         SamplerConfig, UNKNOWN_SERVICE,
@@ -104,6 +106,10 @@ pub struct SidecarConfig {
     pub tls: TlsConfig,
     /// How many connections are held open at once.
     pub limits: LimitsConfig,
+    /// Spans and metrics of database commands (Redis, PostgreSQL, MySQL)
+    /// on connections passed through. `max_query_text` is set from
+    /// [`TracingConfig::max_attribute_len`] when the sidecar is built.
+    pub db: DbConfig,
 }
 
 /// How many connections the sidecar holds open at once; past a limit, a
@@ -326,6 +332,8 @@ pub struct Sidecar {
     export: ExportPipeline,
     inbound_requests: Requests,
     outbound_requests: Requests,
+    inbound_db: DbObserver,
+    outbound_db: DbObserver,
     tls: TlsLayer,
     terminator: Option<Terminator>,
 }
@@ -368,6 +376,7 @@ impl Default for SidecarConfig {
             tracing: TracingConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            db: DbConfig::default(),
         }
     }
 }
@@ -528,6 +537,8 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
     metrics.register(&mut registry);
     request_metrics.register(&mut registry);
     tls_metrics.register(&mut registry);
+    let db_metrics = DbMetrics::default();
+    db_metrics.register(&mut registry);
     let terminator = match &config.tls.terminate {
         Some(t) => Some(Terminator::new(t.clone(), tls_metrics.clone())?),
         None => None,
@@ -561,6 +572,21 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
     };
     let inbound_requests = requests(SpanKind::Server);
     let outbound_requests = requests(SpanKind::Client);
+    let db = |kind| {
+        let config = DbConfig {
+            max_query_text: t.max_attribute_len,
+            ..config.db
+        };
+        DbObserver::new(
+            kind,
+            config,
+            t.sampler,
+            export.sink(),
+            Some(db_metrics.clone()),
+        )
+    };
+    let inbound_db = db(SpanKind::Server);
+    let outbound_db = db(SpanKind::Client);
     registry.register_collector(Box::new(SpanStatsCollector::new(
         export.stats(),
         vec![
@@ -602,6 +628,8 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         export,
         inbound_requests,
         outbound_requests,
+        inbound_db,
+        outbound_db,
         tls,
         terminator,
     })
@@ -656,6 +684,8 @@ impl Sidecar {
             export,
             inbound_requests,
             outbound_requests,
+            inbound_db,
+            outbound_db,
             tls,
             terminator,
             ..
@@ -695,9 +725,9 @@ impl Sidecar {
             .with_metrics(metrics.clone());
         let orig_dst = OrigDstLayer::new(guard).with_metrics(metrics.clone());
         for (listener, direction, target, group) in listeners {
-            let (requests, detect) = match direction {
-                Direction::Inbound => (inbound_requests.clone(), &detect_inbound),
-                Direction::Outbound => (outbound_requests.clone(), &detect_outbound),
+            let (requests, detect, db) = match direction {
+                Direction::Inbound => (inbound_requests.clone(), &detect_inbound, &inbound_db),
+                Direction::Outbound => (outbound_requests.clone(), &detect_outbound, &outbound_db),
             };
             // The stack after the target is the same for every listener of
             // a direction.
@@ -708,6 +738,7 @@ impl Sidecar {
                 .layer(track.clone())
                 .layer(tls.clone())
                 .layer(http.clone().with_requests(requests))
+                .layer(db.layer(db_peer as fn(&Connecting) -> Peer))
                 .service(passthrough.clone());
             let stopped = stop.clone().cancelled_owned();
             let tracker = conns.clone();
@@ -805,5 +836,13 @@ mod tests {
         assert_eq!(descriptor_budget(1_048_576), 507_872);
         // Too few to proxy anything: nothing, rather than an underflow.
         assert_eq!(descriptor_budget(50), 0);
+    }
+}
+
+/// The two ends of a connection, for its database spans.
+fn db_peer(c: &Connecting) -> Peer {
+    Peer {
+        client: c.meta.client,
+        server: c.meta.target,
     }
 }

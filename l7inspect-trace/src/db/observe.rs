@@ -98,6 +98,7 @@ impl DbObserver {
     pub fn watch<I>(&self, outcome: Outcome, peer: Peer, prefix: &[u8], io: I) -> DbIo<I> {
         let watch = match outcome {
             Outcome::Protocol(p) => DbSystem::of(p)
+                .filter(|system| self.shared.config.parses(*system))
                 .and_then(|system| Some((system, Parser::new(system, &self.shared.config)?)))
                 .map(|(system, parser)| {
                     let mut w = Box::new(Watch {

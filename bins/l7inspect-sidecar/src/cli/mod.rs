@@ -25,6 +25,7 @@ use l7inspect_core::{ConnectConfig, Http2Config, HttpConfig, PassthroughConfig};
 use l7inspect_detect::DetectConfig;
 use l7inspect_sidecar::{Forward, LimitsConfig, SidecarConfig, TlsConfig, TracingConfig};
 use l7inspect_tls::{InterceptConfig, SniPattern, TerminateConfig, TerminatePort};
+use l7inspect_trace::db::DbConfig;
 use l7inspect_trace::export::{
     ExportConfig, OtelOverrides, Override, ResourceConfig, from_otel_env_with,
 };
@@ -423,6 +424,29 @@ struct Args {
     #[arg(long, env = "L7INSPECT_NO_TLS_SPANS", help_heading = "TLS")]
     no_tls_spans: bool,
 
+    /// No spans and no operation histograms for database commands: Redis,
+    /// PostgreSQL and MySQL connections are passed through unparsed, as
+    /// any other protocol (still counted in the connection metrics).
+    #[arg(long, env = "L7INSPECT_NO_DB_SPANS", help_heading = "Databases")]
+    no_db_spans: bool,
+
+    /// Do not parse these databases' connections (comma-separated: redis,
+    /// postgresql, mysql); the others still get spans.
+    #[arg(long, env = "L7INSPECT_NO_DB_PARSER", value_name = "LIST", value_enum, value_delimiter = ',', help_heading = "Databases")]
+    no_db_parser: Vec<DbParser>,
+
+    /// Record db.query.text: SQL statements with their literals replaced by
+    /// `?`, cut at OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT (2048 bytes by
+    /// default). Off: even sanitized, a query may say more than wanted.
+    #[arg(long, env = "L7INSPECT_DB_QUERY_TEXT", help_heading = "Databases")]
+    db_query_text: bool,
+
+    /// The most commands of one database connection waiting for their
+    /// replies that are tracked; the commands of a deeper pipeline past it
+    /// get no span (counted in l7inspect_db_commands_untracked_total).
+    #[arg(long, env = "L7INSPECT_DB_MAX_PENDING", value_name = "N", default_value_t = l7inspect_trace::db::DEFAULT_MAX_PENDING, value_parser = clap::value_parser!(usize), help_heading = "Databases")]
+    db_max_pending: usize,
+
     /// How many distinct SNI values l7inspect_tls_connections_total keeps as
     /// labels; further names are counted as "other".
     #[arg(long, env = "L7INSPECT_TLS_SNI_LABEL_LIMIT", value_name = "N", default_value_t = l7inspect_tls::DEFAULT_MAX_SERVER_NAMES, help_heading = "TLS")]
@@ -517,6 +541,14 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
         Ok(_) => Err("must be between 0 and 1".into()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A database parser `--no-db-parser` turns off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DbParser {
+    Redis,
+    Postgresql,
+    Mysql,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -691,6 +723,17 @@ impl Args {
             limits: LimitsConfig {
                 max_connections_per_listener: self.max_connections,
                 ..LimitsConfig::default()
+            },
+            db: {
+                let on = |p| !self.no_db_spans && !self.no_db_parser.contains(&p);
+                DbConfig {
+                    redis: on(DbParser::Redis),
+                    postgresql: on(DbParser::Postgresql),
+                    mysql: on(DbParser::Mysql),
+                    query_text: self.db_query_text,
+                    max_pending: self.db_max_pending.max(1),
+                    ..DbConfig::default()
+                }
             },
         }
     }
