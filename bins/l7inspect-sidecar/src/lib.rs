@@ -31,9 +31,8 @@ mod telemetry;
 
 use l7inspect_core::{
     Admin, AdminRoute, CatchPanicLayer, ConnectConfig, ConnectLayer, Connecting, Direction,
-    FixedTargetLayer,
-    HttpConfig, HttpLayer, LimitLayer, LoopGuard, Metrics, OrigDstLayer, Passthrough,
-    PassthroughConfig, Readiness, TrackLayer, serve,
+    FixedTargetLayer, HttpConfig, HttpLayer, LimitLayer, LoopGuard, Metrics, OrigDstLayer,
+    Passthrough, PassthroughConfig, Readiness, TrackLayer, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
 use l7inspect_tls::{

@@ -170,11 +170,19 @@ async fn redis_cli_commands_become_client_spans() {
         .collect();
     assert_eq!(
         ops,
-        ["SET", "GET", "LPUSH", "SELECT", "SET", "MULTI", "INCR", "INCR", "EXEC", "GET"]
+        [
+            "SET", "GET", "LPUSH", "SELECT", "SET", "MULTI", "INCR", "INCR", "EXEC", "GET"
+        ]
     );
-    for span in named(&spans, "SET").iter().chain(named(&spans, "GET").iter()) {
+    for span in named(&spans, "SET")
+        .iter()
+        .chain(named(&spans, "GET").iter())
+    {
         assert_eq!(span.kind(), ProtoSpanKind::Client);
-        assert_eq!(span.str_attr("db.operation.name"), Some(span.span.name.as_str()));
+        assert_eq!(
+            span.str_attr("db.operation.name"),
+            Some(span.span.name.as_str())
+        );
         assert_eq!(span.str_attr("server.address"), Some("127.0.0.1"));
         assert_eq!(span.int_attr("server.port"), Some(redis.addr.port().into()));
         assert_eq!(span.str_attr("network.peer.address"), Some("127.0.0.1"));
@@ -189,7 +197,10 @@ async fn redis_cli_commands_become_client_spans() {
     assert!(lpush.is_error());
     assert_eq!(lpush.str_attr("db.response.status_code"), Some("WRONGTYPE"));
     assert_eq!(lpush.str_attr("error.type"), Some("WRONGTYPE"));
-    assert!(!named(&spans, "GET")[1].is_error(), "a nil reply is no error");
+    assert!(
+        !named(&spans, "GET")[1].is_error(),
+        "a nil reply is no error"
+    );
     // The histogram, one entry per command, sampled or not.
     let count = |op: &str, error: &str| {
         let series = format!(
@@ -202,8 +213,11 @@ async fn redis_cli_commands_become_client_spans() {
     assert_eq!(count("LPUSH", "WRONGTYPE"), Some(1.0));
     // Zipkin got them too, under the same names.
     let zipkin = collector.zipkin_spans();
-    assert!(zipkin.iter().any(|z| z["name"] == "LPUSH"
-        && z["tags"]["db.response.status_code"] == "WRONGTYPE"));
+    assert!(
+        zipkin
+            .iter()
+            .any(|z| z["name"] == "LPUSH" && z["tags"]["db.response.status_code"] == "WRONGTYPE")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,12 +244,18 @@ async fn pipelines_take_their_own_replies() {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Mass insertion: 3000 commands written before any reply is read.
     let mut mass = Vec::new();
     for i in 0..3000 {
         let key = format!("key:{i}");
-        mass.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n", key.len()).as_bytes());
+        mass.extend_from_slice(
+            format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n", key.len()).as_bytes(),
+        );
     }
     let out = tokio::task::spawn_blocking(move || redis_cli(addr, &["--pipe"], &mass))
         .await
@@ -269,7 +289,10 @@ async fn pipelines_take_their_own_replies() {
         Some(0.0)
     );
     let metrics = s.metrics();
-    assert!(!metrics.contains("error_type=\"connection_closed\""), "{metrics}");
+    assert!(
+        !metrics.contains("error_type=\"connection_closed\""),
+        "{metrics}"
+    );
     drop(finish(s, &collector, 1).await);
 }
 
@@ -292,7 +315,10 @@ async fn a_subscription_is_one_span_and_messages_none() {
     let mut lines = Vec::new();
     for _ in 0..(2 * 6) {
         let mut line = String::new();
-        timeout(GENEROUS, sub.read_line(&mut line)).await.unwrap().unwrap();
+        timeout(GENEROUS, sub.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
         lines.push(line);
     }
     assert_eq!(lines[11], ":2\r\n");
@@ -305,9 +331,15 @@ async fn a_subscription_is_one_span_and_messages_none() {
         // The message reached the subscriber, unchanged.
         let mut got = String::new();
         for _ in 0..7 {
-            timeout(GENEROUS, sub.read_line(&mut got)).await.unwrap().unwrap();
+            timeout(GENEROUS, sub.read_line(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
         }
-        assert_eq!(got, format!("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nm{i}\r\n"));
+        assert_eq!(
+            got,
+            format!("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nm{i}\r\n")
+        );
     }
     drop(sub);
     let spans = finish(s, &collector, 4).await;
@@ -318,7 +350,12 @@ async fn a_subscription_is_one_span_and_messages_none() {
         .collect();
     assert_eq!(
         redis_spans,
-        [("SUBSCRIBE", false), ("PUBLISH", false), ("PUBLISH", false), ("PUBLISH", false)]
+        [
+            ("SUBSCRIBE", false),
+            ("PUBLISH", false),
+            ("PUBLISH", false),
+            ("PUBLISH", false)
+        ]
     );
 }
 

@@ -421,6 +421,25 @@ async fn backend() -> SocketAddr {
     addr
 }
 
+/// A Redis stand-in: answers `+PONG` to each read.
+async fn pong_server() -> SocketAddr {
+    let listener = l7inspect_core::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0; 1024];
+                while let Ok(1..) = io.read(&mut buf).await {
+                    if io.write_all(b"+PONG\r\n").await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 async fn http1_get(addr: SocketAddr) {
     let mut c = TcpStream::connect(addr).await.unwrap();
     c.write_all(b"GET / HTTP/1.1\r\nhost: backend.test\r\nconnection: close\r\n\r\n")
@@ -507,7 +526,27 @@ async fn scrape_after_traffic() -> String {
         ca_key,
         vec!["intercepted.test".parse().unwrap()],
     ));
+    // Redis, both ways, to a server that answers PONG.
+    let redis = pong_server().await;
+    config.inbound_forwards.push(Forward {
+        listen: any_port,
+        target: redis,
+    });
+    config.outbound_forwards.push(Forward {
+        listen: any_port,
+        target: redis,
+    });
     let sidecar = start(config).await;
+    for addr in [
+        sidecar.addrs.inbound_forwards[4].listen,
+        sidecar.addrs.outbound_forwards[1].listen,
+    ] {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+        let mut pong = [0; 7];
+        c.read_exact(&mut pong).await.unwrap();
+        assert_eq!(&pong, b"+PONG\r\n");
+    }
     let inbound = sidecar.addrs.inbound_forwards[0].listen;
     let outbound = sidecar.addrs.outbound_forwards[0].listen;
     for addr in [inbound, outbound] {
@@ -584,6 +623,8 @@ async fn scrape_after_traffic() -> String {
         "l7inspect_tls_handshake_errors_total",
         "l7inspect_tls_intercepted_connections_total",
         "l7inspect_tls_certificate_reloads_total",
+        "db_client_operation_duration_seconds_count",
+        "db_server_operation_duration_seconds_count",
     ];
     let all_there = || async {
         let text = sidecar.metrics();

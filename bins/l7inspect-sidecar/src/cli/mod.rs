@@ -432,7 +432,14 @@ struct Args {
 
     /// Do not parse these databases' connections (comma-separated: redis,
     /// postgresql, mysql); the others still get spans.
-    #[arg(long, env = "L7INSPECT_NO_DB_PARSER", value_name = "LIST", value_enum, value_delimiter = ',', help_heading = "Databases")]
+    #[arg(
+        long,
+        env = "L7INSPECT_NO_DB_PARSER",
+        value_name = "LIST",
+        value_enum,
+        value_delimiter = ',',
+        help_heading = "Databases"
+    )]
     no_db_parser: Vec<DbParser>,
 
     /// Record db.query.text: SQL statements with their literals replaced by
