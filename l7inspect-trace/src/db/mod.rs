@@ -270,44 +270,70 @@ pub(crate) trait WireParser: Send {
 /// `error.type` of a command whose connection closed before its reply.
 pub const CONNECTION_CLOSED: &str = "connection_closed";
 
-/// A parser for one connection, of one of the [`DbSystem`]s.
+/// The parser of one connection, of one of the [`DbSystem`]s: pure, bytes
+/// in, finished [`Command`]s out. [`DbIo`] feeds one from a connection's
+/// reads and writes; it is public for benchmarks, fuzzing and embedders
+/// with byte streams of their own.
+///
+/// ```
+/// use l7inspect_trace::db::{Clock, DbConfig, DbSystem, Parser};
+///
+/// let mut parser = Parser::new(DbSystem::Redis, &DbConfig::default()).unwrap();
+/// let mut done = Vec::new();
+/// parser.client_sent(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", &mut Clock::new(), &mut done);
+/// parser.server_sent(b"$-1\r\n", &mut Clock::new(), &mut done);
+/// assert_eq!(done[0].operation, "GET");
+/// ```
 #[derive(Debug)]
-pub(crate) enum Parser {
+pub struct Parser {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
     Redis(redis::RedisParser),
 }
 
 impl Parser {
-    /// A parser for a new connection of `system`, if it has one.
-    pub(crate) fn new(system: DbSystem, config: &DbConfig) -> Option<Self> {
-        match system {
-            DbSystem::Redis => Some(Parser::Redis(redis::RedisParser::new(config))),
-            DbSystem::Postgresql | DbSystem::Mysql => None,
-        }
+    /// A parser for a new connection of `system`, if there is one for it.
+    pub fn new(system: DbSystem, config: &DbConfig) -> Option<Self> {
+        let kind = match system {
+            DbSystem::Redis => Kind::Redis(redis::RedisParser::new(config)),
+            DbSystem::Postgresql | DbSystem::Mysql => return None,
+        };
+        Some(Self { kind })
     }
 
     fn inner(&mut self) -> &mut dyn WireParser {
-        match self {
-            Parser::Redis(p) => p,
+        match &mut self.kind {
+            Kind::Redis(p) => p,
         }
     }
 
-    pub(crate) fn client_sent(&mut self, b: &[u8], clock: &mut Clock, done: &mut Vec<Command>) {
-        self.inner().client_sent(b, clock, done);
+    /// Bytes the client sent; the commands they finished go in `done`.
+    pub fn client_sent(&mut self, bytes: &[u8], clock: &mut Clock, done: &mut Vec<Command>) {
+        self.inner().client_sent(bytes, clock, done);
     }
 
-    pub(crate) fn server_sent(&mut self, b: &[u8], clock: &mut Clock, done: &mut Vec<Command>) {
-        self.inner().server_sent(b, clock, done);
+    /// Bytes the server sent; the commands they finished go in `done`.
+    pub fn server_sent(&mut self, bytes: &[u8], clock: &mut Clock, done: &mut Vec<Command>) {
+        self.inner().server_sent(bytes, clock, done);
     }
 
-    pub(crate) fn close(&mut self, clock: &mut Clock, done: &mut Vec<Command>) {
+    /// The connection closed: the commands still waiting go in `done`,
+    /// failed with `error.type` [`CONNECTION_CLOSED`].
+    pub fn close(&mut self, clock: &mut Clock, done: &mut Vec<Command>) {
         self.inner().close(clock, done);
     }
 
-    pub(crate) fn stopped(&mut self) -> Option<StopReason> {
+    /// Why it stopped following the connection, once it did.
+    pub fn stopped(&mut self) -> Option<StopReason> {
         self.inner().stopped()
     }
 
-    pub(crate) fn take_untracked(&mut self) -> u64 {
+    /// Commands seen that got no [`Command`] (past
+    /// [`DbConfig::max_pending`], or without a reply) since last asked.
+    pub fn take_untracked(&mut self) -> u64 {
         self.inner().take_untracked()
     }
 }

@@ -40,8 +40,8 @@ pub(crate) const OTHER: &str = "_OTHER";
 /// (`XREAD`: 4); a deeper one is taken as bytes the parser cannot follow.
 pub(crate) const MAX_DEPTH: usize = 64;
 
-/// The longest length or count line (`$12345\r\n`): 20 digits and a sign.
-const MAX_NUMBER_LINE: usize = 22;
+/// The most digits of a length or a count: 18 (no overflow in an `i64`).
+const MAX_NUMBER_DIGITS: usize = 18;
 
 /// The largest bulk string or aggregate count accepted: 1 TiB. Redis's
 /// own `proto-max-bulk-len` is 512 MiB by default; a length past this
@@ -340,19 +340,70 @@ const ERROR_PREFIXES: &[&str] = &[
     "WRONGTYPE",
 ];
 
-/// The operation of a command name (any case): its entry in [`COMMANDS`],
-/// or `_OTHER`.
-pub(crate) fn operation(name: &[u8]) -> &'static str {
-    let mut upper = [0u8; Small::CAP];
-    if name.len() > upper.len() {
-        return OTHER;
+/// What the parser must know of a command beyond its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Special {
+    None,
+    /// `CLIENT` (`CLIENT REPLY` silences replies).
+    Client,
+    /// `SELECT` (changes the namespace).
+    Select,
+    /// `RESET` (back to the connection's first state).
+    Reset,
+    /// `MONITOR`, `SYNC`, `PSYNC`: no more commands and replies.
+    Stop,
+    /// A pub/sub (un)subscription.
+    Sub(SubKind),
+}
+
+/// A command name packed into three big-endian words, zero-padded:
+/// compared as integers, in the same order as the names' bytes (no name
+/// has a zero byte), so the lookup is a binary search without `memcmp`.
+type Key = [u64; 3];
+
+fn key(upper: &[u8]) -> Option<Key> {
+    if upper.len() > 24 {
+        return None;
     }
-    let upper = &mut upper[..name.len()];
+    let mut bytes = [0u8; 24];
+    bytes[..upper.len()].copy_from_slice(upper);
+    let word =
+        |i: usize| u64::from_be_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    Some([word(0), word(1), word(2)])
+}
+
+/// [`COMMANDS`] as keys, with their [`Special`], built once.
+static TABLE: std::sync::LazyLock<Box<[(Key, &'static str, Special)]>> =
+    std::sync::LazyLock::new(|| {
+        COMMANDS
+            .iter()
+            .map(|&name| {
+                let special = match name {
+                    "CLIENT" => Special::Client,
+                    "SELECT" => Special::Select,
+                    "RESET" => Special::Reset,
+                    "MONITOR" | "SYNC" | "PSYNC" => Special::Stop,
+                    _ => SubKind::of(name).map_or(Special::None, Special::Sub),
+                };
+                (key(name.as_bytes()).unwrap_or_default(), name, special)
+            })
+            .collect()
+    });
+
+/// The operation and class of a command name (any case).
+fn lookup(name: &[u8]) -> (&'static str, Special) {
+    let mut upper = [0u8; 24];
+    let Some(upper) = upper.get_mut(..name.len()) else {
+        return (OTHER, Special::None);
+    };
     upper.copy_from_slice(name);
     upper.make_ascii_uppercase();
-    match COMMANDS.binary_search_by(|c| c.as_bytes().cmp(upper)) {
-        Ok(i) => COMMANDS[i],
-        Err(_) => OTHER,
+    let Some(k) = key(upper) else {
+        return (OTHER, Special::None);
+    };
+    match TABLE.binary_search_by(|(t, ..)| t.cmp(&k)) {
+        Ok(i) => (TABLE[i].1, TABLE[i].2),
+        Err(_) => (OTHER, Special::None),
     }
 }
 
@@ -381,14 +432,14 @@ impl Small {
         &self.buf[..usize::from(self.len)]
     }
 
+    fn clear(&mut self) {
+        self.len = 0;
+        self.cut = false;
+    }
+
     /// The bytes, when they were all kept.
     fn whole(&self) -> Option<&[u8]> {
         (!self.cut).then(|| self.get())
-    }
-
-    fn is(&self, word: &str) -> bool {
-        self.whole()
-            .is_some_and(|b| b.eq_ignore_ascii_case(word.as_bytes()))
     }
 }
 
@@ -400,18 +451,25 @@ struct Line {
 }
 
 impl Line {
-    /// Takes bytes of the line from `bytes`; true once its `\n` was read.
-    fn feed(&mut self, bytes: &mut &[u8]) -> bool {
+    /// Takes bytes of the line from `bytes`: the whole line without its
+    /// `\r\n`, borrowed, when it is all in `bytes` (nothing copied),
+    /// else its first bytes kept until its end comes.
+    fn take<'b>(&mut self, bytes: &mut &'b [u8]) -> Got<'b> {
         match bytes.iter().position(|b| *b == b'\n') {
             Some(i) => {
-                self.head.push(&bytes[..i]);
+                let line = &bytes[..i];
                 *bytes = &bytes[i + 1..];
-                true
+                if self.head.len == 0 {
+                    Got::Whole(line.strip_suffix(b"\r").unwrap_or(line))
+                } else {
+                    self.head.push(line);
+                    Got::Buffered
+                }
             }
             None => {
                 self.head.push(bytes);
                 *bytes = &[];
-                false
+                Got::Partial
             }
         }
     }
@@ -422,19 +480,47 @@ impl Line {
         Some(b.strip_suffix(b"\r").unwrap_or(b))
     }
 
-    /// The line's first bytes (what an error prefix is read from).
-    fn head(&self) -> &[u8] {
-        self.head.get()
-    }
-
     /// The line as a number (a length or a count).
     fn number(&self) -> Option<i64> {
-        let text = self.text()?;
-        if text.is_empty() || text.len() > MAX_NUMBER_LINE {
+        number(self.text()?)
+    }
+
+    /// The line's first bytes without a final `\r`, and whether they are
+    /// the whole line.
+    fn kept(&self) -> (&[u8], bool) {
+        let b = self.head.get();
+        (b.strip_suffix(b"\r").unwrap_or(b), !self.head.cut)
+    }
+}
+
+/// What [`Line::take`] got.
+enum Got<'b> {
+    /// Not the end of the line yet.
+    Partial,
+    /// The whole line, as it was in the bytes given.
+    Whole(&'b [u8]),
+    /// The end of a line that began earlier: in the line's buffer.
+    Buffered,
+}
+
+/// A length or a count: an optional `-` and at most 18 digits (anything
+/// longer is no length Redis sends).
+fn number(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() || digits.len() > MAX_NUMBER_DIGITS {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for d in digits {
+        if !d.is_ascii_digit() {
             return None;
         }
-        std::str::from_utf8(text).ok()?.parse().ok()
+        n = n * 10 + i64::from(d - b'0');
     }
+    Some(if negative { -n } else { n })
 }
 
 /// Where the parser is in the client's bytes.
@@ -460,6 +546,8 @@ struct Building {
     start: Start,
     /// Its arguments, the name included.
     args: u32,
+    /// Its operation and class, once its name was read.
+    op: Option<(&'static str, Special)>,
     /// The name and the heads of the next two arguments.
     words: [Small; 3],
 }
@@ -576,6 +664,7 @@ enum Expect {
 struct Pending {
     start: Start,
     op: &'static str,
+    special: Special,
     expect: Expect,
     /// `SELECT`'s database index.
     select: Option<u32>,
@@ -655,6 +744,10 @@ impl RedisParser {
                     match b {
                         b'\r' | b'\n' | b' ' => bytes = &bytes[1..],
                         b'*' => {
+                            if let Some(used) = self.whole_command(bytes, clock) {
+                                bytes = &bytes[used..];
+                                continue;
+                            }
                             bytes = &bytes[1..];
                             self.begin(clock);
                             self.req = Req::Count(Line::default());
@@ -669,10 +762,12 @@ impl RedisParser {
                     }
                 }
                 Req::Count(line) => {
-                    if !line.feed(&mut bytes) {
-                        continue;
-                    }
-                    match line.number() {
+                    let n = match line.take(&mut bytes) {
+                        Got::Partial => continue,
+                        Got::Whole(text) => number(text),
+                        Got::Buffered => line.number(),
+                    };
+                    match n {
                         Some(n) if n > 0 && n as u64 <= MAX_LEN => {
                             if let Some(c) = &mut self.building {
                                 c.args = u32::try_from(n).unwrap_or(u32::MAX);
@@ -698,10 +793,12 @@ impl RedisParser {
                     };
                 }
                 Req::ArgLen { index, line } => {
-                    if !line.feed(&mut bytes) {
-                        continue;
-                    }
-                    match line.number() {
+                    let n = match line.take(&mut bytes) {
+                        Got::Partial => continue,
+                        Got::Whole(text) => number(text),
+                        Got::Buffered => line.number(),
+                    };
+                    match n {
                         Some(n) if n >= 0 && n as u64 <= MAX_LEN => {
                             self.req = Req::ArgBody {
                                 index: *index,
@@ -717,16 +814,24 @@ impl RedisParser {
                         .min(usize::try_from(*left).unwrap_or(usize::MAX));
                     let index = *index;
                     // The CRLF is not part of the argument.
-                    let data = n.min(usize::try_from(*left - 2.min(*left)).unwrap_or(usize::MAX));
-                    if let (Some(c), Some(word)) = (&mut self.building, usize::try_from(index).ok())
-                        && let Some(w) = c.words.get_mut(word)
-                    {
-                        w.push(&bytes[..data]);
-                    }
+                    let data = n.min(usize::try_from(left.saturating_sub(2)).unwrap_or(usize::MAX));
                     *left -= n as u64;
+                    let finished = *left == 0;
+                    if let Some(c) = &mut self.building {
+                        // The name, and the two arguments after it only
+                        // for the commands that need them read.
+                        let wanted = index == 0
+                            || matches!(c.op, Some((_, Special::Client | Special::Select)));
+                        if wanted && let Some(w) = c.words.get_mut(index as usize) {
+                            w.push(&bytes[..data]);
+                        }
+                        if finished && index == 0 {
+                            c.op = Some(lookup(c.words[0].get()));
+                        }
+                    }
                     bytes = &bytes[n..];
-                    if *left == 0 {
-                        let args = self.building.map_or(0, |c| c.args);
+                    if finished {
+                        let args = self.building.as_ref().map_or(0, |c| c.args);
                         if index + 1 >= args {
                             self.req = Req::Idle;
                             self.sent(clock);
@@ -771,28 +876,103 @@ impl RedisParser {
         }
     }
 
+    /// The fast path: a command that is all in `bytes` (`*` first), read
+    /// in one pass with nothing copied. The bytes it used, or `None` when
+    /// the command goes on past `bytes` or looks wrong in any way (the
+    /// state machine then reads it, and says what is wrong).
+    fn whole_command(&mut self, bytes: &[u8], clock: &mut Clock) -> Option<usize> {
+        /// The number on the line at `at` (after its type byte) and where
+        /// the next line starts.
+        fn line(bytes: &[u8], at: usize) -> Option<(i64, usize)> {
+            let rest = bytes.get(at..)?;
+            let end = rest.iter().position(|b| *b == b'\n')?;
+            let text = &rest[..end];
+            let n = number(text.strip_suffix(b"\r").unwrap_or(text))?;
+            Some((n, at + end + 1))
+        }
+        let (args, mut at) = line(bytes, 1)?;
+        if args <= 0 || args > i64::from(u32::MAX) {
+            return None;
+        }
+        let mut op = (OTHER, Special::None);
+        let (mut word1, mut word2): (&[u8], &[u8]) = (b"", b"");
+        for index in 0..args {
+            if *bytes.get(at)? != b'$' {
+                return None;
+            }
+            let (len, start) = line(bytes, at + 1)?;
+            let len = usize::try_from(len).ok()?;
+            let end = start.checked_add(len)?;
+            if bytes.get(end..end + 2)? != b"\r\n" {
+                return None;
+            }
+            let arg = &bytes[start..end];
+            match index {
+                0 => op = lookup(arg),
+                1 => word1 = arg,
+                2 => word2 = arg,
+                _ => {}
+            }
+            at = end + 2;
+        }
+        let start = clock.start();
+        self.command(start, args as u32, op.0, op.1, word1, word2);
+        Some(at)
+    }
+
     fn begin(&mut self, clock: &mut Clock) {
         self.building = Some(Building {
             start: clock.start(),
             args: 0,
+            op: None,
             words: [Small::default(); 3],
         });
     }
 
-    /// A whole command was read.
+    /// A whole command was read, into `building`.
     fn sent(&mut self, _clock: &mut Clock) {
         let Some(c) = self.building.take() else {
             return;
         };
-        let op = operation(c.words[0].get());
-        match op {
-            "MONITOR" | "SYNC" | "PSYNC" => return self.stop(StopReason::Unsupported),
-            _ => {}
+        let (op, special) = c.op.unwrap_or_else(|| lookup(c.words[0].get()));
+        let word = |i: usize| c.words[i].whole().unwrap_or(b"");
+        self.command(c.start, c.args, op, special, word(1), word(2));
+    }
+
+    /// A whole command: its start, its argument count (name included),
+    /// operation and class, and its next two arguments (read only for
+    /// `CLIENT` and `SELECT`; empty otherwise, or when longer than kept).
+    fn command(
+        &mut self,
+        start: Start,
+        args: u32,
+        op: &'static str,
+        special: Special,
+        word1: &[u8],
+        word2: &[u8],
+    ) {
+        let is = |word: &[u8], w: &str| word.eq_ignore_ascii_case(w.as_bytes());
+        // `CLIENT REPLY ON|OFF|SKIP`: the mode it asks for.
+        let reply_mode = (special == Special::Client && is(word1, "REPLY")).then(|| {
+            [
+                ("ON", Replies::On),
+                ("OFF", Replies::Off),
+                ("SKIP", Replies::SkipNext),
+            ]
+            .into_iter()
+            .find(|(w, _)| is(word2, w))
+            .map(|(_, m)| m)
+        });
+        let select: Option<u32> = match special {
+            Special::Select => std::str::from_utf8(word1).ok().and_then(|s| s.parse().ok()),
+            _ => None,
+        };
+        if special == Special::Stop {
+            return self.stop(StopReason::Unsupported);
         }
-        let client_reply = op == "CLIENT" && c.words[1].is("REPLY");
         match self.replies {
             Replies::Off => {
-                if client_reply && c.words[2].is("ON") {
+                if reply_mode == Some(Some(Replies::On)) {
                     self.replies = Replies::On;
                     // Its +OK is the first reply since OFF.
                 } else {
@@ -806,37 +986,24 @@ impl RedisParser {
                 return;
             }
             Replies::On => {
-                if client_reply && c.words[2].is("OFF") {
-                    self.replies = Replies::Off;
-                    self.untracked += 1;
-                    return;
-                }
-                if client_reply && c.words[2].is("SKIP") {
-                    self.replies = Replies::SkipNext;
+                if let Some(Some(mode @ (Replies::Off | Replies::SkipNext))) = reply_mode {
+                    self.replies = mode;
                     self.untracked += 1;
                     return;
                 }
             }
         }
-        let channels = c.args.saturating_sub(1);
-        let expect = match SubKind::of(op) {
+        let channels = args.saturating_sub(1);
+        let expect = match special {
             // SUBSCRIBE with no channel is an error: one reply.
-            Some(kind) if kind.subscribes() && channels == 0 => Expect::One,
-            Some(kind) => Expect::Confirm {
+            Special::Sub(kind) if kind.subscribes() && channels == 0 => Expect::One,
+            Special::Sub(kind) => Expect::Confirm {
                 kind,
                 left: (channels > 0).then_some(channels),
                 got: 0,
                 last: None,
             },
-            None => Expect::One,
-        };
-        let select = if op == "SELECT" {
-            c.words[1]
-                .whole()
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(|s| s.parse().ok())
-        } else {
-            None
+            _ => Expect::One,
         };
         if self.tracked >= self.max_pending {
             // Past the bound: counted, its reply skipped in turn. A
@@ -854,8 +1021,9 @@ impl RedisParser {
         }
         self.tracked += 1;
         self.pending.push_back(Entry::Tracked(Pending {
-            start: c.start,
+            start,
             op,
+            special,
             expect,
             select,
         }));
@@ -873,10 +1041,12 @@ impl RedisParser {
                         return self.stop(StopReason::Malformed);
                     }
                     if self.frames.is_empty() {
-                        self.reply = Reply {
-                            kind,
-                            ..Reply::default()
-                        };
+                        // Field by field: no copy of a whole new `Reply`.
+                        let r = &mut self.reply;
+                        r.kind = kind;
+                        r.error = None;
+                        r.first.clear();
+                        r.last_int = None;
                     }
                     self.rep = Rep::Line {
                         kind,
@@ -884,12 +1054,20 @@ impl RedisParser {
                     };
                 }
                 Rep::Line { kind, line } => {
-                    if !line.feed(&mut bytes) {
-                        continue;
+                    let kind = *kind;
+                    match line.take(&mut bytes) {
+                        Got::Partial => {}
+                        Got::Whole(text) => {
+                            self.rep = Rep::Type;
+                            self.line_done(kind, text, true, clock, done);
+                        }
+                        Got::Buffered => {
+                            let line = *line;
+                            self.rep = Rep::Type;
+                            let (text, whole) = line.kept();
+                            self.line_done(kind, text, whole, clock, done);
+                        }
                     }
-                    let (kind, line) = (*kind, *line);
-                    self.rep = Rep::Type;
-                    self.line_done(kind, &line, clock, done);
                 }
                 Rep::Body { kind, left } => {
                     let n = bytes
@@ -925,11 +1103,19 @@ impl RedisParser {
         }
     }
 
-    fn line_done(&mut self, kind: u8, line: &Line, clock: &mut Clock, done: &mut Vec<Command>) {
+    /// A line of type `kind` ended: `text` is it without its `\r\n`, or
+    /// its first bytes (`whole` false).
+    fn line_done(
+        &mut self,
+        kind: u8,
+        text: &[u8],
+        whole: bool,
+        clock: &mut Clock,
+        done: &mut Vec<Command>,
+    ) {
+        let number = || if whole { number(text) } else { None };
         match kind {
             b'+' | b'-' => {
-                let text = line.head();
-                let text = text.strip_suffix(b"\r").unwrap_or(text);
                 self.capture(kind, text);
                 self.element_done(clock, done);
             }
@@ -937,12 +1123,12 @@ impl RedisParser {
                 if let [f] = self.frames.as_slice()
                     && !f.attribute
                 {
-                    self.reply.last_int = line.number();
+                    self.reply.last_int = number();
                 }
                 self.element_done(clock, done);
             }
             b'_' | b',' | b'#' | b'(' => self.element_done(clock, done),
-            b'$' | b'!' | b'=' => match line.number() {
+            b'$' | b'!' | b'=' => match number() {
                 Some(-1) => self.element_done(clock, done),
                 Some(n) if n >= 0 && n as u64 <= MAX_LEN => {
                     self.rep = Rep::Body {
@@ -953,7 +1139,7 @@ impl RedisParser {
                 _ => self.stop(StopReason::Malformed),
             },
             // Aggregates: `*`, `~`, `>`, and `%`, `|` (pairs).
-            _ => match line.number() {
+            _ => match number() {
                 Some(-1) | Some(0) => self.element_done(clock, done),
                 Some(n) if n > 0 && n as u64 <= MAX_LEN => {
                     if self.frames.len() >= MAX_DEPTH {
@@ -1099,13 +1285,13 @@ impl RedisParser {
             _ => clock.now(),
         };
         let error = reply.flatten();
-        match (p.op, &error) {
-            ("SELECT", None) => {
+        match (p.special, &error) {
+            (Special::Select, None) => {
                 if let Some(db) = p.select {
                     self.namespace = db.to_string().into();
                 }
             }
-            ("RESET", None) => {
+            (Special::Reset, None) => {
                 self.namespace = Arc::from("0");
                 self.subscribed = false;
                 self.replies = Replies::On;
@@ -1527,7 +1713,7 @@ mod tests {
         ]);
         assert_eq!(ops(&cmds), [OTHER, OTHER]);
         assert_eq!(cmds[1].status_code.as_deref(), Some(OTHER));
-        assert_eq!(operation(b"evalsha"), "EVALSHA");
+        assert_eq!(lookup(b"evalsha").0, "EVALSHA");
     }
 
     #[test]
