@@ -372,23 +372,25 @@ fn key(upper: &[u8]) -> Option<Key> {
     Some([word(0), word(1), word(2)])
 }
 
+/// A command of [`COMMANDS`]: its key, name and class.
+type Known = (Key, &'static str, Special);
+
 /// [`COMMANDS`] as keys, with their [`Special`], built once.
-static TABLE: std::sync::LazyLock<Box<[(Key, &'static str, Special)]>> =
-    std::sync::LazyLock::new(|| {
-        COMMANDS
-            .iter()
-            .map(|&name| {
-                let special = match name {
-                    "CLIENT" => Special::Client,
-                    "SELECT" => Special::Select,
-                    "RESET" => Special::Reset,
-                    "MONITOR" | "SYNC" | "PSYNC" => Special::Stop,
-                    _ => SubKind::of(name).map_or(Special::None, Special::Sub),
-                };
-                (key(name.as_bytes()).unwrap_or_default(), name, special)
-            })
-            .collect()
-    });
+static TABLE: std::sync::LazyLock<Box<[Known]>> = std::sync::LazyLock::new(|| {
+    COMMANDS
+        .iter()
+        .map(|&name| {
+            let special = match name {
+                "CLIENT" => Special::Client,
+                "SELECT" => Special::Select,
+                "RESET" => Special::Reset,
+                "MONITOR" | "SYNC" | "PSYNC" => Special::Stop,
+                _ => SubKind::of(name).map_or(Special::None, Special::Sub),
+            };
+            (key(name.as_bytes()).unwrap_or_default(), name, special)
+        })
+        .collect()
+});
 
 /// The operation and class of a command name (any case).
 fn lookup(name: &[u8]) -> (&'static str, Special) {
