@@ -823,6 +823,14 @@ fn host_has_no_ipv6(addr: SocketAddr, e: &io::Error) -> bool {
             && e.kind() == io::ErrorKind::AddrNotAvailable)
 }
 
+/// The two ends of a connection, for its database spans.
+fn db_peer(c: &Connecting) -> Peer {
+    Peer {
+        client: c.meta.client,
+        server: c.meta.target,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -835,13 +843,5 @@ mod tests {
         assert_eq!(descriptor_budget(1_048_576), 507_872);
         // Too few to proxy anything: nothing, rather than an underflow.
         assert_eq!(descriptor_budget(50), 0);
-    }
-}
-
-/// The two ends of a connection, for its database spans.
-fn db_peer(c: &Connecting) -> Peer {
-    Peer {
-        client: c.meta.client,
-        server: c.meta.target,
     }
 }
