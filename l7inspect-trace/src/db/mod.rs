@@ -108,8 +108,8 @@ pub struct DbConfig {
 /// [`DEFAULT_MAX_ATTRIBUTE_LEN`](crate::DEFAULT_MAX_ATTRIBUTE_LEN).
 pub const DEFAULT_MAX_QUERY_TEXT: usize = 2048;
 
-/// The default [`DbConfig::max_pending`]: 1,024 commands (about 48 KiB of
-/// a connection's memory when full). redis-benchmark pipelines 16 by
+/// The default [`DbConfig::max_pending`]: 1,024 commands (at most 80 KiB
+/// of a Redis connection's memory when full: 80 bytes each). redis-benchmark pipelines 16 by
 /// default; `redis-cli --pipe` sends thousands, of which the first 1,024
 /// are tracked at a time.
 pub const DEFAULT_MAX_PENDING: usize = 1024;
