@@ -46,6 +46,7 @@
 
 pub mod db;
 pub mod export;
+pub mod infer;
 pub mod inspect;
 pub mod observe;
 pub mod propagation;
@@ -54,7 +55,7 @@ pub mod span;
 
 pub use observe::{
     BoundedLabels, DEFAULT_MAX_ATTRIBUTE_LEN, ERROR_MESSAGE_ATTRIBUTE, Observe, ObserveConfig,
-    ObserveLayer, ObservedBody, Observer, Peer, PropagationStats, RequestClass, RequestMetrics,
-    ResponseFailure, ResponseFuture,
+    ObserveLayer, ObservedBody, Observer, ParentInference, Peer, PropagationStats, RequestClass,
+    RequestMetrics, ResponseFailure, ResponseFuture,
 };
 pub use propagation::{Extracted, Format, FormatSet, ParsePropagatorsError, Propagators};

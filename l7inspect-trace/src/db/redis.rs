@@ -1760,4 +1760,3 @@ mod tests {
         assert_eq!(done[0].end, t0 + std::time::Duration::from_secs(3));
     }
 }
-

@@ -115,6 +115,7 @@ use tower::Layer;
 
 use crate::{
     export::{SamplerConfig, SpanSink},
+    infer::{InFlight, InferStats},
     propagation::{Format, FormatSet, Propagators},
     sampling::Sampler,
     span::{NetworkFields, TlsFields},
@@ -211,6 +212,26 @@ struct Shared {
     sink: SpanSink,
     metrics: Option<RequestMetrics>,
     stats: PropagationStats,
+    inference: Option<ParentInference>,
+}
+
+/// What an [`Observer`] does for [inferred parents](crate::infer).
+#[derive(Clone, Debug)]
+pub enum ParentInference {
+    /// Inbound: every request is in `InFlight` while it is observed.
+    Register(InFlight),
+    /// Outbound: a request that carries no trace context gets its parent
+    /// from the inbound requests in flight, when only one is; with two or
+    /// more, its span is a root with links to at most `max_links` of them.
+    /// Every request is counted in `stats` by outcome.
+    Infer {
+        /// The workload's inbound requests in flight.
+        inflight: InFlight,
+        /// The most links of an ambiguous request's span.
+        max_links: usize,
+        /// Requests by outcome.
+        stats: InferStats,
+    },
 }
 
 /// Counts of trace-context headers that were present but malformed (and
@@ -330,6 +351,24 @@ impl Observer {
                 sink,
                 metrics,
                 stats: PropagationStats::default(),
+                inference: None,
+            }),
+        }
+    }
+
+    /// The same observer, taking part in [parent inference](crate::infer)
+    /// as `inference` says: `Register` for the inbound observer, `Infer`
+    /// for the outbound one of the same workload, sharing one `InFlight`.
+    pub fn with_inference(self, inference: ParentInference) -> Self {
+        let s = &self.shared;
+        Self {
+            shared: Arc::new(Shared {
+                config: s.config.clone(),
+                sampler: Sampler::new(s.config.sampler),
+                sink: s.sink.clone(),
+                metrics: s.metrics.clone(),
+                stats: s.stats.clone(),
+                inference: Some(inference),
             }),
         }
     }

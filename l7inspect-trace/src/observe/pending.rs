@@ -55,6 +55,9 @@ pub(super) struct Pending {
     pub(super) span: Option<Arc<SpanRecord>>,
     /// Response body bytes so far.
     pub(super) response_bytes: u64,
+    /// An inbound request's place among those in flight (parent
+    /// inference): left when the observation ends.
+    pub(super) _in_flight: Option<crate::infer::InFlightGuard>,
 }
 
 /// The labels of the histogram entry a request makes.

@@ -11,19 +11,21 @@ use std::{
 };
 
 use http::{Request, Response};
+use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
 use pin_project::pin_project;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use super::{
-    Conn, Shared,
+    Conn, ParentInference, Shared,
     body::ObservedBody,
     classify::RequestClass,
     metrics::{HttpLabels, RpcLabels},
     pending::{End, Labels, Pending, ResponseFailure},
 };
 use crate::{
+    infer::{Inference, Outcome, PARENT_INFERRED},
     sampling::{CallerSampling, new_span_id, new_trace_id},
     span::{HttpFields, RpcFields, SpanRecord},
 };
@@ -106,6 +108,30 @@ where
             (Some(_), None) => Some(CallerSampling::Deferred),
             _ => None,
         };
+        // An outbound request with no context of its own (not even a B3
+        // sampling decision): its parent may be inferred (`crate::infer`).
+        let (inferred, links) = match &shared.inference {
+            Some(ParentInference::Infer {
+                inflight,
+                max_links,
+                stats,
+            }) => {
+                if parent.is_some() || hint.is_some() {
+                    stats.count(Outcome::context);
+                    (None, Vec::new())
+                } else {
+                    let inference = inflight.infer(*max_links);
+                    stats.count(inference.outcome());
+                    match inference {
+                        Inference::Parent(p) => (Some(p), Vec::new()),
+                        Inference::Ambiguous(links) => (None, links),
+                        Inference::None => (None, Vec::new()),
+                    }
+                }
+            }
+            _ => (None, Vec::new()),
+        };
+        let parent = parent.or(inferred.as_ref());
         let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id());
         let sampled = shared.sampler.should_sample(parent, hint, trace_id);
         let span_id = new_span_id();
@@ -172,6 +198,10 @@ where
                 span.parent_span_id = p.span_id();
                 span.parent_is_remote = p.is_remote();
             }
+            if inferred.is_some() {
+                span.attributes.push(KeyValue::new(PARENT_INFERRED, true));
+            }
+            span.links = links;
             span.network = Some(self.conn.network(server));
             let named = host.as_ref().map(|(named, _)| named.clone());
             span.http = Some(http_fields(&class, named, &self.conn, config.record_query));
@@ -187,6 +217,11 @@ where
         let grpc = class.grpc.is_some();
 
         let cx = SpanContext::new(trace_id, span_id, flags, false, trace_state);
+        // Inbound: in flight until the observation ends.
+        let in_flight = match &shared.inference {
+            Some(ParentInference::Register(inflight)) => Some(inflight.enter(&cx)),
+            _ => None,
+        };
         config
             .propagators
             .inject(req.headers_mut(), &cx, extracted.carried);
@@ -215,6 +250,7 @@ where
                 grpc_status: None,
                 span,
                 response_bytes: 0,
+                _in_flight: in_flight,
             }),
         }
     }

@@ -20,6 +20,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use super::*;
 use crate::{
     export::{ExportConfig, ExportPipeline, RecentSpans, ResourceConfig},
+    infer::{InFlight, InferStats},
     span::SpanRecord,
 };
 
@@ -662,4 +663,187 @@ async fn a_proxy_failure_is_recorded_with_its_kind_and_message() {
         };
         assert_eq!(span.status, want, "{status}");
     }
+}
+
+/// Calls `observer`'s observed service (answering 200 and a body) with
+/// `req`, reading the response to its end; the headers it forwarded.
+async fn call_observed(observer: &Observer, req: Request<Full<Bytes>>) -> HeaderMap {
+    let seen = Arc::new(Mutex::new(HeaderMap::new()));
+    let seen2 = seen.clone();
+    let inner = service_fn(move |req: Request<Full<Bytes>>| {
+        *seen2.lock().unwrap() = req.headers().clone();
+        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+    });
+    let resp = observer
+        .layer(peer())
+        .layer(inner)
+        .oneshot(req)
+        .await
+        .unwrap();
+    resp.into_body().collect().await.unwrap();
+    seen.lock().unwrap().clone()
+}
+
+/// An inbound request, observed and left in flight (its response not
+/// read) until the returned response is dropped.
+async fn inbound_in_flight(
+    observer: &Observer,
+    headers: &[(&str, &str)],
+) -> Response<ObservedBody<Full<Bytes>>> {
+    let inner = service_fn(|_: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hi"))))
+    });
+    let mut req = Request::get("/checkout");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    observer
+        .layer(peer())
+        .layer(inner)
+        .oneshot(req.body(Full::default()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// An inbound and an outbound observer of one workload, sharing what is in
+/// flight: (inbound, outbound, their harnesses, the outcome counts).
+fn workload(max_links: usize) -> (Observer, Observer, Harness, Harness, InferStats) {
+    let inflight = InFlight::default();
+    let stats = InferStats::default();
+    let inbound = harness(SpanKind::Server);
+    let outbound = harness(SpanKind::Client);
+    let i = inbound
+        .observer
+        .clone()
+        .with_inference(ParentInference::Register(inflight.clone()));
+    let o = outbound
+        .observer
+        .clone()
+        .with_inference(ParentInference::Infer {
+            inflight,
+            max_links,
+            stats: stats.clone(),
+        });
+    (i, o, inbound, outbound, stats)
+}
+
+#[tokio::test]
+async fn a_call_without_context_during_one_inbound_request_is_its_child() {
+    use crate::infer::Outcome;
+    let (inbound, outbound, hin, hout, stats) = workload(4);
+    let request = inbound_in_flight(&inbound, &[]).await;
+    let forwarded = call_observed(
+        &outbound,
+        Request::get("/stock").body(Full::default()).unwrap(),
+    )
+    .await;
+    drop(request);
+    let server = &hin.spans()[0];
+    let client = &hout.spans()[0];
+    assert_eq!(client.trace_id, server.trace_id);
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert!(!client.parent_is_remote);
+    assert_eq!(
+        attr(client, crate::infer::PARENT_INFERRED),
+        Some(Value::Bool(true))
+    );
+    assert!(client.links.is_empty());
+    // The next service continues the same trace.
+    let traceparent = forwarded["traceparent"].to_str().unwrap();
+    assert_eq!(
+        traceparent,
+        format!("00-{}-{}-01", server.trace_id, client.span_id)
+    );
+    assert_eq!(stats.get(Outcome::inferred), 1);
+    // Once the inbound request is over, a call is a root again.
+    call_observed(
+        &outbound,
+        Request::get("/later").body(Full::default()).unwrap(),
+    )
+    .await;
+    let later = hout
+        .spans()
+        .into_iter()
+        .find(|s| s.http.as_ref().unwrap().path == "/later")
+        .unwrap();
+    assert_ne!(later.trace_id, server.trace_id);
+    assert_eq!(later.parent_span_id, SpanId::INVALID);
+    assert_eq!(attr(&later, crate::infer::PARENT_INFERRED), None);
+    assert_eq!(stats.get(Outcome::none), 1);
+}
+
+#[tokio::test]
+async fn a_call_during_two_inbound_requests_is_a_root_with_links() {
+    use crate::infer::Outcome;
+    let (inbound, outbound, hin, hout, stats) = workload(1);
+    let a = inbound_in_flight(&inbound, &[]).await;
+    let b = inbound_in_flight(&inbound, &[]).await;
+    call_observed(
+        &outbound,
+        Request::get("/stock").body(Full::default()).unwrap(),
+    )
+    .await;
+    drop((a, b));
+    let servers = hin.spans();
+    let client = &hout.spans()[0];
+    assert_eq!(client.parent_span_id, SpanId::INVALID);
+    assert!(servers.iter().all(|s| s.trace_id != client.trace_id));
+    assert_eq!(attr(client, crate::infer::PARENT_INFERRED), None);
+    // Bounded at one link, to one of the two.
+    assert_eq!(client.links.len(), 1);
+    assert!(servers.iter().any(|s| s.span_id == client.links[0].span_id
+        && s.trace_id == client.links[0].trace_id));
+    assert_eq!(stats.get(Outcome::ambiguous), 1);
+}
+
+#[tokio::test]
+async fn a_call_that_carries_context_is_never_changed() {
+    use crate::infer::Outcome;
+    let (inbound, outbound, _hin, hout, stats) = workload(4);
+    let request = inbound_in_flight(&inbound, &[]).await;
+    let req = Request::get("/stock")
+        .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
+        .body(Full::default())
+        .unwrap();
+    call_observed(&outbound, req).await;
+    drop(request);
+    let client = &hout.spans()[0];
+    assert_eq!(client.trace_id, TraceId::from_hex(PARENT_TRACE).unwrap());
+    assert_eq!(
+        client.parent_span_id,
+        SpanId::from_hex(PARENT_SPAN).unwrap()
+    );
+    assert_eq!(attr(client, crate::infer::PARENT_INFERRED), None);
+    assert_eq!(stats.get(Outcome::context), 1);
+    assert_eq!(stats.get(Outcome::inferred), 0);
+}
+
+#[tokio::test]
+async fn sampling_follows_an_inferred_parent() {
+    let (inbound, outbound, hin, hout, _stats) = workload(4);
+    // The inbound request arrived unsampled (its caller decided).
+    let request = inbound_in_flight(
+        &inbound,
+        &[(
+            "traceparent",
+            &format!("00-{PARENT_TRACE}-{PARENT_SPAN}-00"),
+        )],
+    )
+    .await;
+    let forwarded = call_observed(
+        &outbound,
+        Request::get("/stock").body(Full::default()).unwrap(),
+    )
+    .await;
+    drop(request);
+    assert!(
+        hin.spans().is_empty() && hout.spans().is_empty(),
+        "not sampled"
+    );
+    let traceparent = forwarded["traceparent"].to_str().unwrap();
+    assert!(
+        traceparent.starts_with(&format!("00-{PARENT_TRACE}-")),
+        "{traceparent}"
+    );
+    assert!(traceparent.ends_with("-00"), "{traceparent}");
 }

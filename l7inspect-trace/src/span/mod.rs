@@ -87,6 +87,8 @@ pub struct SpanRecord {
     pub tls: Option<Arc<TlsFields>>,
     /// The database command.
     pub db: Option<Box<DbFields>>,
+    /// Links to other spans (an ambiguous call's candidate parents).
+    pub links: Vec<SpanLink>,
     /// Everything else, in order.
     pub attributes: Vec<KeyValue>,
 }
@@ -162,6 +164,19 @@ pub struct TlsFields {
     pub client_subject: Option<String>,
 }
 
+/// A link from a span to another (OTLP `Span.Link`): an inbound request
+/// that was in flight when an ambiguous call started
+/// ([`crate::infer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanLink {
+    /// The linked span's trace.
+    pub trace_id: TraceId,
+    /// The linked span.
+    pub span_id: SpanId,
+    /// Its W3C trace flags.
+    pub flags: TraceFlags,
+}
+
 /// Database attributes (semantic conventions for database spans).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DbFields {
@@ -227,6 +242,7 @@ impl SpanRecord {
             rpc: None,
             tls: None,
             db: None,
+            links: Vec::new(),
             attributes: Vec::new(),
         }
     }
@@ -371,7 +387,25 @@ impl SpanRecord {
             attributes,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
-            links: SpanLinks::default(),
+            links: {
+                let mut links = SpanLinks::default();
+                links.links = self
+                    .links
+                    .iter()
+                    .map(|l| {
+                        opentelemetry::trace::Link::with_context(
+                            opentelemetry::trace::SpanContext::new(
+                                l.trace_id,
+                                l.span_id,
+                                l.flags,
+                                false,
+                                TraceState::NONE,
+                            ),
+                        )
+                    })
+                    .collect();
+                links
+            },
             status: self.status.clone(),
             instrumentation_scope: opentelemetry::InstrumentationScope::builder(SCOPE_NAME)
                 .with_version(SCOPE_VERSION)

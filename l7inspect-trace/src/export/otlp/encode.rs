@@ -115,6 +115,15 @@ fn put_span(out: &mut BytesMut, span: &SpanRecord) {
     put_fixed64(out, 0x39, nanos(span.start));
     put_fixed64(out, 0x41, nanos(span.end));
     span.for_each_attribute(|key, value| put_kv(out, 0x4a, key, value));
+    // links (field 13): trace_id (1), span_id (2), flags (6, fixed32).
+    for link in &span.links {
+        let m = begin(out, 0x6a, 1);
+        put_bytes(out, 0x0a, &link.trace_id.to_bytes());
+        put_bytes(out, 0x12, &link.span_id.to_bytes());
+        out.put_u8(0x35);
+        out.put_u32_le(span_flags(false, link.flags.to_u8()));
+        end(out, m);
+    }
     // status: always present; message (2) before code (3).
     let m = begin(out, 0x7a, 1);
     let code = match &span.status {

@@ -323,3 +323,31 @@ fn varint_lengths() {
         assert_eq!(b.len(), n, "{v}");
     }
 }
+
+#[test]
+fn database_fields_and_links_match() {
+    let mut s = span("GET".to_owned());
+    s.db = Some(Box::new(crate::span::DbFields {
+        system: "redis",
+        operation: "GET",
+        namespace: Some("3".into()),
+        collection: Some("orders".into()),
+        query_text: Some("SELECT * FROM orders WHERE id = ?".into()),
+        status_code: Some(Cow::Borrowed("WRONGTYPE")),
+        returned_rows: Some(12),
+        server_address: "10.0.0.5".into(),
+        server_port: 6379,
+    }));
+    s.links = (1..=3u64)
+        .map(|i| crate::span::SpanLink {
+            trace_id: TraceId::from(u128::from(i) << 64 | 7),
+            span_id: SpanId::from(i),
+            flags: if i == 2 {
+                TraceFlags::default()
+            } else {
+                TraceFlags::SAMPLED
+            },
+        })
+        .collect();
+    check(&[s.clone(), span("plain".to_owned())], &resource());
+}
