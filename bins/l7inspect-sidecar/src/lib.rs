@@ -40,12 +40,14 @@ use l7inspect_tls::{
     TerminateConfig, TerminateError, Terminator, TlsLayer, TlsMetrics,
 };
 use l7inspect_trace::{
-    DEFAULT_MAX_ATTRIBUTE_LEN, ObserveConfig, Observer, Peer, Propagators, RequestMetrics,
+    DEFAULT_MAX_ATTRIBUTE_LEN, ObserveConfig, Observer, ParentInference, Peer, Propagators,
+    RequestMetrics,
     db::{DbConfig, DbMetrics, DbObserver},
     export::{
         ExportBuildError, ExportConfig, ExportPipeline, FlushOutcome, ResourceConfig,
         SamplerConfig, UNKNOWN_SERVICE,
     },
+    infer::{InFlight, InferStats},
     inspect::Inspect,
 };
 use opentelemetry::trace::SpanKind;
@@ -257,6 +259,13 @@ pub struct TracingConfig {
     /// The longest a string from a request (path, query, host, user agent,
     /// gRPC names) may be on a span or a label, in bytes.
     pub max_attribute_len: usize,
+    /// Infer the parent of outbound requests that carry no trace context
+    /// from the inbound request in flight, when exactly one is
+    /// ([`l7inspect_trace::infer`]; default: on).
+    pub infer_parent: bool,
+    /// The most links on the span of an outbound request made while two or
+    /// more inbound requests were in flight.
+    pub infer_max_links: usize,
 }
 
 /// An explicit listener: accept on `listen`, forward to `target`.
@@ -401,6 +410,8 @@ impl Default for TracingConfig {
             propagators: Propagators::default(),
             record_query: false,
             max_attribute_len: DEFAULT_MAX_ATTRIBUTE_LEN,
+            infer_parent: true,
+            infer_max_links: l7inspect_trace::infer::DEFAULT_MAX_LINKS,
         }
     }
 }
@@ -552,7 +563,7 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         .resource
         .to_resource("l7inspect", env!("CARGO_PKG_VERSION"));
     let export = ExportPipeline::start(t.export.clone(), resource)?;
-    let requests = |kind| {
+    let requests = |kind, inference: Option<ParentInference>| {
         let config = ObserveConfig {
             kind,
             sampler: t.sampler,
@@ -563,14 +574,30 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
             inner_context: false,
             max_attribute_len: t.max_attribute_len,
         };
-        Requests::new(Observer::new(
-            config,
-            export.sink(),
-            Some(request_metrics.clone()),
-        ))
+        let observer = Observer::new(config, export.sink(), Some(request_metrics.clone()));
+        Requests::new(match inference {
+            Some(i) => observer.with_inference(i),
+            None => observer,
+        })
     };
-    let inbound_requests = requests(SpanKind::Server);
-    let outbound_requests = requests(SpanKind::Client);
+    // Inferred parents: the inbound observer registers its requests in
+    // flight, the outbound one reads them.
+    let infer_stats = InferStats::default();
+    infer_stats.register(&mut registry);
+    let inflight = InFlight::default();
+    let (register, infer) = match t.infer_parent {
+        true => (
+            Some(ParentInference::Register(inflight.clone())),
+            Some(ParentInference::Infer {
+                inflight,
+                max_links: t.infer_max_links,
+                stats: infer_stats,
+            }),
+        ),
+        false => (None, None),
+    };
+    let inbound_requests = requests(SpanKind::Server, register);
+    let outbound_requests = requests(SpanKind::Client, infer);
     let db = |kind| {
         let config = DbConfig {
             max_query_text: t.max_attribute_len,

@@ -336,6 +336,18 @@ struct Args {
     #[arg(long, env = "L7INSPECT_RECORD_QUERY", help_heading = "Tracing")]
     record_query: bool,
 
+    /// Do not infer parents: an outbound request that carries no trace
+    /// context stays a root even while exactly one inbound request is in
+    /// flight (by default it becomes that request's child, marked
+    /// l7inspect.parent.inferred, and the context is injected).
+    #[arg(long, env = "L7INSPECT_NO_INFER_PARENT", help_heading = "Tracing")]
+    no_infer_parent: bool,
+
+    /// The most span links on an outbound request made while two or more
+    /// inbound requests were in flight (its candidate parents).
+    #[arg(long, env = "L7INSPECT_INFER_MAX_LINKS", value_name = "N", default_value_t = l7inspect_trace::infer::DEFAULT_MAX_LINKS, help_heading = "Tracing")]
+    infer_max_links: usize,
+
     /// Terminate inbound TLS on PORT (a redirected connection's original
     /// port, or an --inbound-forward listener's own port) and send the
     /// plaintext to the application on APP_PORT over loopback (default: the
@@ -658,6 +670,8 @@ impl Args {
             sampler: env.sampler,
             propagators: env.propagators,
             record_query: self.record_query,
+            infer_parent: !self.no_infer_parent,
+            infer_max_links: self.infer_max_links,
             max_attribute_len: env
                 .attribute_value_limit
                 .unwrap_or(l7inspect_trace::DEFAULT_MAX_ATTRIBUTE_LEN),
