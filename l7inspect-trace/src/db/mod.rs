@@ -34,7 +34,11 @@ use std::{borrow::Cow, sync::Arc, time::SystemTime};
 
 use l7inspect_detect::Protocol;
 
+mod mysql;
 pub(crate) mod sql;
+
+#[doc(hidden)]
+pub use mysql::replay as replay_mysql;
 
 /// The database protocols that get spans (`db.system.name`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,6 +66,7 @@ impl DbSystem {
         match protocol {
             Protocol::Redis => Some(DbSystem::Redis),
             Protocol::Postgres => Some(DbSystem::Postgresql),
+            Protocol::Mysql => Some(DbSystem::Mysql),
             _ => None,
         }
     }
