@@ -34,7 +34,9 @@ use std::{borrow::Cow, sync::Arc, time::SystemTime};
 
 use l7inspect_detect::Protocol;
 
-pub(crate) mod sql;
+// `pub` for the fuzz target and the bench only (see the module's doc).
+#[doc(hidden)]
+pub mod sql;
 
 /// The database protocols that get spans (`db.system.name`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
