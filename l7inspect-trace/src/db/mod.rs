@@ -35,7 +35,9 @@ use std::{borrow::Cow, sync::Arc, time::SystemTime};
 use l7inspect_detect::Protocol;
 
 mod mysql;
-pub(crate) mod sql;
+// `pub` for the fuzz target and the bench only (see the module's doc).
+#[doc(hidden)]
+pub mod sql;
 
 #[doc(hidden)]
 pub use mysql::replay as replay_mysql;
