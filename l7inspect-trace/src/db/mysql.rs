@@ -44,6 +44,11 @@
 //!     connection with `CLIENT_DEPRECATE_EOF`, and MySQL's optional result
 //!     set metadata: the parser could not tell where their replies end.
 //!
+//! When the connection ends, commands still waiting for their replies are
+//! reported with `error.type` `connection_closed`. When the parser stops,
+//! the commands it was following are dropped (no span rather than a wrong
+//! one), and the connection flows on unchanged.
+//!
 //! MariaDB's extensions that change framing are followed: its extended
 //! capabilities (metadata caching: a column count with a "metadata
 //! follows" byte), progress reports (ERR packets numbered 0xffff, which
@@ -55,7 +60,10 @@ use std::{
     sync::Arc,
 };
 
-use super::{CONNECTION_CLOSED, Clock, Command, DbConfig, Start, StopReason, WireParser, sql};
+use super::{
+    CONNECTION_CLOSED, Clock, Command, DbConfig, Start, StopReason, WireParser,
+    sql::{self, Dialect},
+};
 
 /// The largest packet payload; one this long continues in the next packet.
 const MAX_PACKET: usize = 0xff_ffff;
@@ -402,13 +410,13 @@ impl MysqlParser {
             }
             // COM_QUERY
             0x03 => {
-                let statement = self.statement(body);
+                let statement = self.statement(body, p.len > p.head.len());
                 let command = self.command(start, statement);
                 return self.push(Some(command), Reply::Results(Results::new(false)));
             }
             // COM_STMT_PREPARE
             0x16 => {
-                let statement = self.statement(body);
+                let statement = self.statement(body, p.len > p.head.len());
                 self.last_prepared = Some(statement.clone());
                 let command = self.command(start, statement.clone());
                 let reply = Reply::Prepare {
@@ -480,15 +488,29 @@ impl MysqlParser {
         self.push(None, reply)
     }
 
-    /// What a statement's text says: its operation, table and sanitized
-    /// text (when configured).
-    fn statement(&self, query: &[u8]) -> Statement {
+    /// What a statement's text says: its operation, its table when
+    /// certain, and its sanitized text (when configured).
+    ///
+    /// `cut`: the text is the kept head of a longer statement. Its table is
+    /// then taken only for an INSERT or REPLACE whose name ends before the
+    /// cut (a bulk insert: what decides its table comes first), since what
+    /// was cut off could make another statement's table uncertain (a JOIN).
+    fn statement(&self, query: &[u8], cut: bool) -> Statement {
         let operation = sql::operation(query);
-        let _ = (self.query_text, self.max_query_text);
+        let collection = sql::collection(query, Dialect::Mysql).filter(|name| {
+            // Where the name ends in `query`, of which it is a slice.
+            let end = (name.as_ptr() as usize)
+                .checked_sub(query.as_ptr() as usize)
+                .map(|start| start + name.len());
+            !cut || (matches!(operation, "INSERT" | "REPLACE")
+                && end.is_some_and(|end| end < query.len()))
+        });
         Statement {
             operation,
-            collection: None,
-            query_text: None,
+            collection: collection.map(str::to_owned),
+            query_text: self
+                .query_text
+                .then(|| sql::sanitize(query, Dialect::Mysql, self.max_query_text)),
         }
     }
 

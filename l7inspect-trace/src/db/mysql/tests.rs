@@ -69,6 +69,14 @@ fn ok(operation: &'static str, namespace: &str, rows: u64) -> Seen {
     }
 }
 
+impl Seen {
+    /// The same, on this table.
+    fn on(mut self, table: &str) -> Self {
+        self.collection = Some(table.to_owned());
+        self
+    }
+}
+
 /// A command that failed with this error number.
 fn failed(operation: &'static str, namespace: &str, code: &str) -> Seen {
     Seen {
@@ -156,21 +164,22 @@ fn mariadb_cli_session() {
     assert_eq!(
         commands,
         vec![
-            ok("SELECT", "shop", 3),
-            ok("INSERT", "shop", 1),
-            ok("UPDATE", "shop", 2),
-            failed("SELECT", "shop", "1146"),
-            ok("DELETE", "shop", 1),
-            ok("UPDATE", "shop", 1),
+            ok("SELECT", "shop", 3).on("items"),
+            ok("INSERT", "shop", 1).on("items"),
+            ok("UPDATE", "shop", 2).on("items"),
+            failed("SELECT", "shop", "1146").on("missing"),
+            ok("DELETE", "shop", 1).on("items"),
+            ok("UPDATE", "shop", 1).on("items"),
             // The CLI asks SELECT DATABASE() before each `use`: `use
             // mysql` was refused (1044), so still shop.
             ok("SELECT", "shop", 1),
             ok("SELECT", "shop", 1),
             // `use shop2` was accepted.
             ok("SELECT", "shop2", 1),
-            // Two statements, two result sets: 1 row and 3.
+            // Two statements, two result sets: 1 row and 3 (and no one
+            // table).
             ok("SELECT", "shop2", 4),
-            ok("SELECT", "shop2", 1),
+            ok("SELECT", "shop2", 1).on("shop.items"),
         ]
     );
 }
@@ -186,12 +195,12 @@ fn prepared_statements_of_a_python_client() {
             ok("SET", "shop", 0),
             ok("SET", "shop", 0),
             // Executions of `SELECT ... WHERE id > ?` with 1, then 2.
-            ok("SELECT", "shop", 2),
-            ok("SELECT", "shop", 1),
-            ok("INSERT", "shop", 1),
-            ok("DELETE", "shop", 1),
+            ok("SELECT", "shop", 2).on("items"),
+            ok("SELECT", "shop", 1).on("items"),
+            ok("INSERT", "shop", 1).on("items"),
+            ok("DELETE", "shop", 1).on("items"),
             // A prepare that failed: no execution follows it.
-            failed("SELECT", "shop", "1146"),
+            failed("SELECT", "shop", "1146").on("nowhere"),
             ok("COMMIT", "shop", 0),
         ]
     );
@@ -210,13 +219,35 @@ fn large_rows_are_counted_not_kept() {
     let chunks = capture!("mysql_large_rows.bin");
     let (commands, stopped) = same_in_any_pieces(&chunks, &DbConfig::default());
     assert_eq!(stopped, None);
-    assert_eq!(commands, vec![ok("SELECT", "shop", 3)]);
+    assert_eq!(commands, vec![ok("SELECT", "shop", 3).on("seq_1_to_3")]);
     let (_, _, parser) = run(&chunks, &DbConfig::default(), whole);
     assert!(
         parser.server.head.capacity() <= SERVER_HEAD,
         "kept {} bytes of the server's",
         parser.server.head.capacity()
     );
+}
+
+#[test]
+fn query_text_is_sanitized_when_configured() {
+    let config = DbConfig {
+        query_text: true,
+        ..DbConfig::default()
+    };
+    let (commands, _) = same_in_any_pieces(&capture!("mysql_cli.bin"), &config);
+    let texts: Vec<_> = commands.iter().map(|c| c.query_text.as_deref()).collect();
+    assert_eq!(texts.len(), 11);
+    assert_eq!(texts[1], Some("INSERT INTO items VALUES (?,?)"));
+    assert_eq!(texts[2], Some("UPDATE items SET name=? WHERE id > ?"));
+    // Executions carry their statement's text, placeholders kept.
+    let (commands, _) = same_in_any_pieces(&capture!("mysql_prepared.bin"), &config);
+    assert_eq!(
+        commands[2].query_text.as_deref(),
+        Some("SELECT id, name FROM items WHERE id > ?")
+    );
+    // Off by default.
+    let (commands, _) = same_in_any_pieces(&capture!("mysql_cli.bin"), &DbConfig::default());
+    assert!(commands.iter().all(|c| c.query_text.is_none()));
 }
 
 #[test]
@@ -363,7 +394,7 @@ fn deprecate_eof_result_sets_and_multi_results() {
     assert_eq!(stopped, None);
     assert_eq!(
         commands,
-        vec![ok("SELECT", "app", 2), ok("UPDATE", "app", 4)]
+        vec![ok("SELECT", "app", 2).on("t"), ok("UPDATE", "app", 4)]
     );
 }
 
@@ -387,7 +418,7 @@ fn a_16_mib_row_is_one_row() {
     // Large: whole and in random pieces, not a byte at a time.
     let (commands, stopped, parser) = run(&s, &DbConfig::default(), whole);
     assert_eq!(stopped, None);
-    assert_eq!(commands, vec![ok("SELECT", "app", 1)]);
+    assert_eq!(commands, vec![ok("SELECT", "app", 1).on("t")]);
     assert!(parser.server.head.capacity() <= SERVER_HEAD);
     let (split, _, _) = run(&s, &DbConfig::default(), random_splits(7));
     assert_eq!(split, commands);
@@ -405,7 +436,8 @@ fn a_long_query_keeps_only_its_head() {
     s.push((false, leak(ok_packet_bytes(1, 0, 200, 2))));
     let (commands, stopped, parser) = run(&s, &DbConfig::default(), whole);
     assert_eq!(stopped, None);
-    assert_eq!(commands, vec![ok("INSERT", "app", 200)]);
+    // Cut at 16 KiB, and still its table: it comes before the cut.
+    assert_eq!(commands, vec![ok("INSERT", "app", 200).on("t")]);
     assert!(parser.client.head.capacity() <= CLIENT_HEAD);
 }
 
@@ -487,7 +519,10 @@ fn mariadb_metadata_caching_skips_column_definitions() {
     assert_eq!(stopped, None);
     assert_eq!(
         commands,
-        vec![ok("SELECT", "app", 1), ok("SELECT", "app", 2)]
+        vec![
+            ok("SELECT", "app", 1).on("t"),
+            ok("SELECT", "app", 2).on("t")
+        ]
     );
 }
 
@@ -563,10 +598,10 @@ fn executions_are_named_after_their_statement_until_it_is_closed() {
     assert_eq!(
         commands,
         vec![
-            ok("SELECT", "app", 3),
-            ok("DELETE", "app", 5),
+            ok("SELECT", "app", 3).on("t"),
+            ok("DELETE", "app", 5).on("t"),
             failed(sql::OTHER, "app", "1243"),
-            ok("UPDATE", "app", 4),
+            ok("UPDATE", "app", 4).on("t"),
         ]
     );
 }
@@ -590,7 +625,7 @@ fn a_cursor_ends_the_execution_at_its_definitions() {
     s.push((false, leak(ok_packet_bytes(1, 0, 0, 2))));
     let (commands, stopped) = same_in_any_pieces(&s, &DbConfig::default());
     assert_eq!(stopped, None);
-    let mut cursor = ok("SELECT", "app", 0);
+    let mut cursor = ok("SELECT", "app", 0).on("t");
     cursor.rows = None;
     assert_eq!(commands, vec![cursor, ok("COMMIT", "app", 0)]);
 }
