@@ -19,15 +19,17 @@
 //!   command, answered in order (MySQL is request-response; a client that
 //!   sends before reading is still paired right, up to
 //!   [`DbConfig::max_pending`] tracked commands).
-//!   - `COM_QUERY`: a command named after the statement's first keyword.
-//!     Its reply is OK (`rows`: the affected rows), ERR (`status_code` and
+//!   - `COM_QUERY`: a command named after the statement's first keyword,
+//!     with its table when certain and its sanitized text when configured
+//!     (`super::sql`, MySQL dialect). Its reply is OK (`rows`: the affected rows), ERR (`status_code` and
 //!     `error.type`: the error number, `1146`) or result sets (`rows`: the
 //!     rows returned). With several results (`SELECT 1; SELECT 2`, a
 //!     procedure), the command ends after the last, `rows` their total.
 //!     A `LOCAL INFILE` request is followed through the file's packets.
 //!   - `COM_STMT_PREPARE`: no command when it succeeds (its executions
-//!     are the commands); its statement id is kept, with the statement's
-//!     operation, in a bounded map ([`MAX_STATEMENTS`]). A prepare that
+//!     are the commands); its statement id is kept, with what its text
+//!     says (operation, table, sanitized text), in a bounded map
+//!     ([`MAX_STATEMENTS`]). A prepare that
 //!     fails is a command, with its error, since no execution will follow.
 //!   - `COM_STMT_EXECUTE`: a command named after the prepared statement
 //!     (`_OTHER` for an id the parser never saw prepared), rows from its
@@ -40,9 +42,11 @@
 //!     query ever takes another's reply.
 //!   - Replication (`COM_BINLOG_DUMP`, `COM_REGISTER_SLAVE`...) and
 //!     commands whose reply is not known stop the parser
-//!     ([`StopReason::Unsupported`]), as does a cursor opened over a
-//!     connection with `CLIENT_DEPRECATE_EOF`, and MySQL's optional result
-//!     set metadata: the parser could not tell where their replies end.
+//!     ([`StopReason::Unsupported`]), as do an execution that asks for a
+//!     cursor on a connection with `CLIENT_DEPRECATE_EOF` (handled without
+//!     it: the execution ends at its definitions, `COM_STMT_FETCH` is
+//!     followed) and MySQL's optional result set metadata: the parser
+//!     could not tell where their replies end.
 //!
 //! When the connection ends, commands still waiting for their replies are
 //! reported with `error.type` `connection_closed`. When the parser stops,
@@ -804,7 +808,7 @@ impl Results {
             ResultStep::First => match first {
                 Some(0x00) => {
                     let (affected, status) = ok_packet(p.head).ok_or(StopReason::Malformed)?;
-                    self.rows += affected;
+                    self.rows = self.rows.saturating_add(affected);
                     return Ok(self.result_ended(status));
                 }
                 Some(0xfb) => self.step = ResultStep::Infile,
@@ -856,7 +860,7 @@ impl Results {
                 } else {
                     eof_status(p.head).ok_or(StopReason::Malformed)?
                 };
-                self.rows += std::mem::take(&mut self.current);
+                self.rows = self.rows.saturating_add(std::mem::take(&mut self.current));
                 return Ok(self.result_ended(status));
             }
             // The server answered before the file's end (an error is
