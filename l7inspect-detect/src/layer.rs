@@ -107,7 +107,9 @@ pub struct Conn<M, I> {
 /// How detection ended: the label a connection is counted under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// The client's first bytes are this protocol.
+    /// The connection speaks this protocol: the client's first bytes said
+    /// so, or, for [`Protocol::Mysql`], the server's greeting (the server
+    /// spoke first).
     Protocol(Protocol),
     /// The server spoke before the client sent anything, and its first bytes
     /// are no greeting detection recognises (a MySQL greeting is
