@@ -207,6 +207,36 @@ fn prepared_statements_of_a_python_client() {
 }
 
 #[test]
+fn local_infile_and_a_progress_report_of_a_real_server() {
+    let chunks = capture!("mysql_local_infile.bin");
+    let (commands, stopped) = same_in_any_pieces(&chunks, &DbConfig::default());
+    assert_eq!(stopped, None);
+    assert_eq!(
+        commands,
+        vec![
+            ok("LOAD", "shop", 3),
+            ok("SELECT", "shop", 1).on("items"),
+            ok("DELETE", "shop", 3).on("items"),
+        ]
+    );
+}
+
+#[test]
+fn deprecate_eof_replies_of_a_real_server() {
+    let chunks = capture!("mysql_deprecate_eof.bin");
+    let (commands, stopped) = same_in_any_pieces(&chunks, &DbConfig::default());
+    assert_eq!(stopped, None);
+    assert_eq!(
+        commands,
+        vec![
+            ok("SET", "shop", 0),
+            ok("SET", "shop", 0),
+            ok("SELECT", "shop", 3).on("items"),
+        ]
+    );
+}
+
+#[test]
 fn a_tls_upgraded_session_stops_the_parser() {
     let chunks = capture!("mysql_tls.bin");
     let (commands, stopped) = same_in_any_pieces(&chunks, &DbConfig::default());
@@ -762,6 +792,8 @@ fn damaged_sessions_are_the_same_in_any_pieces() {
         capture!("mysql_cli.bin"),
         capture!("mysql_prepared.bin"),
         capture!("mysql_tls.bin"),
+        capture!("mysql_local_infile.bin"),
+        capture!("mysql_deprecate_eof.bin"),
     ] {
         for _ in 0..40 {
             let damaged: Vec<Chunk> = capture
