@@ -7,7 +7,9 @@ use crate::{
     ratelimit::RateLimited,
     track::{DETECTING, OpenGuard},
 };
-use l7inspect_detect::{Conn, DetectMeta, ServerEvent, is_http2_server_preface};
+use l7inspect_detect::{
+    Conn, DetectMeta, SERVER_GREETING_LEN, ServerEvent, is_http2_server_preface,
+};
 use prometheus_client::metrics::gauge::Gauge;
 
 use std::{
@@ -164,6 +166,10 @@ pub struct Upstream {
     state: State,
     /// The server sent an HTTP/2 connection preface before the client spoke.
     http2_server_preface: bool,
+    /// The server's first bytes, peeked when it spoke before the client
+    /// (for [`DetectMeta::server_first_bytes`]). Empty, and allocation-free,
+    /// for every other connection.
+    server_first: Vec<u8>,
 }
 
 enum State {
@@ -398,6 +404,7 @@ impl Upstream {
         Self {
             state: State::Connected(io),
             http2_server_preface: false,
+            server_first: Vec::new(),
         }
     }
 
@@ -406,6 +413,7 @@ impl Upstream {
         Self {
             state: State::Failed(error),
             http2_server_preface: false,
+            server_first: Vec::new(),
         }
     }
 
@@ -413,6 +421,7 @@ impl Upstream {
         Self {
             state: State::Connecting(Box::pin(async move { connector.connect(&meta).await })),
             http2_server_preface: false,
+            server_first: Vec::new(),
         }
     }
 
@@ -519,6 +528,9 @@ impl DetectMeta for Connecting {
     /// servers send as soon as they accept) does not count: the client of
     /// such a server speaks too, so detection goes on waiting for it. The
     /// bytes are only peeked at; the server's stream is left untouched.
+    /// Up to [`SERVER_GREETING_LEN`] of them are peeked, once, and kept
+    /// for [`server_first_bytes`](Self::server_first_bytes) when the server
+    /// spoke first (so a MySQL greeting is labelled `mysql`).
     fn poll_server_first(&mut self, cx: &mut Context<'_>) -> Poll<ServerEvent> {
         ready!(self.upstream.poll_connected(cx));
         if self.upstream.http2_server_preface {
@@ -534,16 +546,26 @@ impl DetectMeta for Connecting {
             // client decides.
             return Poll::Pending;
         }
-        let mut head = [0u8; l7inspect_detect::HTTP2_FRAME_HEADER_LEN];
+        let mut head = [0u8; SERVER_GREETING_LEN];
         let mut buf = ReadBuf::new(&mut head);
         match ready!(io.get_ref().poll_peek(cx, &mut buf)) {
             Ok(n) if is_http2_server_preface(&head[..n]) => {
                 self.upstream.http2_server_preface = true;
                 Poll::Pending
             }
-            // Other bytes, EOF or an error: the server spoke first.
-            Ok(_) | Err(_) => Poll::Ready(ServerEvent::Spoke),
+            Ok(n) => {
+                self.upstream.server_first = head[..n].to_vec();
+                Poll::Ready(ServerEvent::Spoke)
+            }
+            // EOF or an error: the server spoke first, with nothing to show.
+            Err(_) => Poll::Ready(ServerEvent::Spoke),
         }
+    }
+
+    /// What [`poll_server_first`](Self::poll_server_first) peeked when the
+    /// server spoke first.
+    fn server_first_bytes(&self) -> &[u8] {
+        &self.upstream.server_first
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::{
     Conn, Detect, DetectConfig, Detected, Detection, Outcome, ParsedHello, Protocol, detect,
-    parse_client_hello,
+    detect_server_greeting, parse_client_hello,
 };
 use std::sync::Arc;
 use tower::{BoxError, ServiceExt, service_fn};
@@ -46,6 +46,45 @@ fn fixtures() -> Vec<(&'static str, &'static [u8], Option<Protocol>)> {
         .into_iter()
         .map(|((name, bytes), p)| (name, bytes, p))
         .collect()
+}
+
+/// Every captured server's first bytes and the protocol
+/// [`detect_server_greeting`] must find in them (`None`: unknown).
+fn server_fixtures() -> Vec<(&'static str, &'static [u8], Option<Protocol>)> {
+    let table = [
+        (
+            fixture!("mysql_mariadb_greeting.bin"),
+            Some(Protocol::Mysql),
+        ),
+        (fixture!("server_hello_openssl_tls13_h2.bin"), None),
+        (fixture!("server_hello_openssl_tls12_http11.bin"), None),
+        (fixture!("server_hello_openssl_tls13_no_alpn.bin"), None),
+    ];
+    table
+        .into_iter()
+        .map(|((name, bytes), p)| (name, bytes, p))
+        .collect()
+}
+
+#[test]
+fn server_greetings() {
+    for (name, bytes, p) in server_fixtures() {
+        assert_eq!(detect_server_greeting(bytes), expected(p), "{name}");
+        for n in 0..bytes.len() {
+            let got = detect_server_greeting(&bytes[..n]);
+            assert!(
+                got == Detection::NeedMore || got == expected(p),
+                "{name}: prefix of {n} bytes gave {got:?}"
+            );
+        }
+        // A server's greeting sent by a client is no client protocol.
+        assert_eq!(detect(bytes), Detection::Unknown, "{name} from a client");
+    }
+    // Nor is any client's first flight a server greeting (the SSH client's
+    // banner is the same line an SSH server sends).
+    for (name, bytes, _) in fixtures() {
+        assert_eq!(detect_server_greeting(bytes), Detection::Unknown, "{name}");
+    }
 }
 
 fn expected(p: Option<Protocol>) -> Detection {

@@ -3,7 +3,8 @@
 //! documented on [`DetectLayer`], where rustdoc shows it.
 
 use crate::{
-    ClientHello, Detection, ParsedHello, PrefixedIo, Protocol, detect, parse_client_hello,
+    ClientHello, Detection, ParsedHello, PrefixedIo, Protocol, detect, detect_server_greeting,
+    parse_client_hello,
 };
 use bytes::BytesMut;
 use std::{
@@ -42,7 +43,7 @@ pub struct DetectConfig {
 
 /// What the detector may ask of a connection's metadata.
 ///
-/// Both methods have defaults, so `impl DetectMeta for MyMeta {}` is enough for
+/// Every method has a default, so `impl DetectMeta for MyMeta {}` is enough for
 /// metadata that knows neither its target port nor its server.
 pub trait DetectMeta {
     /// The destination port, checked against [`DetectConfig::opaque_ports`].
@@ -59,6 +60,19 @@ pub trait DetectMeta {
         Poll::Pending
     }
 
+    /// The first bytes the server sent, once [`poll_server_first`] answered
+    /// [`ServerEvent::Spoke`]: peeked, never taken (they must still reach the
+    /// client unchanged), at most [`SERVER_GREETING_LEN`] of them. Detection
+    /// looks for a greeting in them ([`detect_server_greeting`]: MySQL), so
+    /// that such a connection is labelled by its protocol instead of
+    /// [`Outcome::ServerFirst`]. Empty by default: the server's bytes are
+    /// unknown, and the outcome stays `ServerFirst`.
+    ///
+    /// [`poll_server_first`]: Self::poll_server_first
+    fn server_first_bytes(&self) -> &[u8] {
+        &[]
+    }
+
     /// Told when [`DetectConfig::silent_timeout`] expires, just before the
     /// connection ends with [`SilentClient`] (to count it, say).
     fn on_silent_timeout(&mut self) {}
@@ -68,7 +82,8 @@ pub trait DetectMeta {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerEvent {
     /// The server sent bytes or closed before the client spoke: detection
-    /// ends with [`Outcome::ServerFirst`].
+    /// ends with [`Outcome::ServerFirst`], or with the protocol of a
+    /// greeting it recognises in [`DetectMeta::server_first_bytes`].
     Spoke,
     /// The server cannot be reached. Detection no longer waits for a banner
     /// that will never come: it gives a silent client
@@ -92,9 +107,13 @@ pub struct Conn<M, I> {
 /// How detection ended: the label a connection is counted under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// The client's first bytes are this protocol.
+    /// The connection speaks this protocol: the client's first bytes said
+    /// so, or, for [`Protocol::Mysql`], the server's greeting (the server
+    /// spoke first).
     Protocol(Protocol),
-    /// The server spoke before the client sent anything.
+    /// The server spoke before the client sent anything, and its first bytes
+    /// are no greeting detection recognises (a MySQL greeting is
+    /// `Protocol(Protocol::Mysql)` instead).
     ServerFirst,
     /// The destination port is configured opaque: nothing was read.
     Opaque,
@@ -140,7 +159,13 @@ pub struct Detected<M, I> {
 ///   the server while detection runs and reports, through
 ///   [`DetectMeta::poll_server_first`], when the server has something to say.
 ///   Detection then ends at once with [`Outcome::ServerFirst`], so the
-///   banner is not held back by any timeout.
+///   banner is not held back by any timeout. If the metadata can show the
+///   server's first bytes ([`DetectMeta::server_first_bytes`]) and they are
+///   a MySQL greeting, the outcome is `Protocol(Protocol::Mysql)` instead.
+///   Those bytes are judged as they were when the server was first heard,
+///   with no wait for more: a greeting split across TCP segments (servers
+///   write it whole, in one segment of about 100 bytes) stays
+///   `ServerFirst`, so that no banner is ever delayed for a label.
 /// - **Nobody speaks**: by default the layer waits, with no timeout of its
 ///   own: a silent connection (a pre-opened pool connection, say) is still
 ///   detected when its client finally writes. With
@@ -221,6 +246,12 @@ pub struct DetectIoError(#[source] pub io::Error);
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent nothing for {0:?}")]
 pub struct SilentClient(pub Duration);
+
+/// The most of a server's first bytes [`DetectMeta::server_first_bytes`]
+/// needs to hold: enough for [`detect_server_greeting`] to decide on any
+/// greeting it accepts (a MySQL greeting is decided by its 83rd byte at
+/// the latest).
+pub const SERVER_GREETING_LEN: usize = 128;
 
 /// Initial buffer; grown by doubling up to `max_prefix`. Most first segments
 /// (request lines, ClientHellos, database startups) fit, and a silent
@@ -413,7 +444,10 @@ where
             }
             event = poll_fn(|cx| meta.poll_server_first(cx)), if unreachable_deadline.is_none() => {
                 match event {
-                    ServerEvent::Spoke => return Ok(Sniffed::new(Outcome::ServerFirst, buf)),
+                    ServerEvent::Spoke => {
+                        let outcome = server_first_outcome(meta.server_first_bytes());
+                        return Ok(Sniffed::new(outcome, buf));
+                    }
                     ServerEvent::Unreachable => {
                         unreachable_deadline =
                             Some(tokio::time::Instant::now() + config.detect_timeout);
@@ -488,6 +522,16 @@ where
             _ = poll_fn(|cx| meta.poll_server_first(cx)) => return Ok(Sniffed::new(fallback, buf)),
             () = tokio::time::sleep_until(deadline) => return Ok(Sniffed::new(fallback, buf)),
         }
+    }
+}
+
+/// How detection ends when the server spoke first and sent `bytes` (as far
+/// as they are known): the protocol of a greeting recognised in them, or
+/// [`Outcome::ServerFirst`], also for a greeting not complete enough to tell.
+fn server_first_outcome(bytes: &[u8]) -> Outcome {
+    match detect_server_greeting(bytes) {
+        Detection::Found(p) => Outcome::Protocol(p),
+        Detection::NeedMore | Detection::Unknown => Outcome::ServerFirst,
     }
 }
 
@@ -619,6 +663,57 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out, (Outcome::ServerFirst, 0));
+    }
+
+    /// Metadata whose server spoke first with these bytes.
+    struct Greeting(&'static [u8]);
+    impl DetectMeta for Greeting {
+        fn poll_server_first(&mut self, _: &mut Context<'_>) -> Poll<ServerEvent> {
+            Poll::Ready(ServerEvent::Spoke)
+        }
+        fn server_first_bytes(&self) -> &[u8] {
+            self.0
+        }
+    }
+
+    async fn run_greeting(bytes: &'static [u8]) -> (Outcome, usize) {
+        let (client, _peer) = tokio::io::duplex(64);
+        let inner = service_fn(
+            |d: Detected<Greeting, tokio::io::DuplexStream>| async move {
+                Ok::<_, BoxError>((d.outcome, d.io.prefix().len()))
+            },
+        );
+        Detect::new(inner, DetectConfig::default())
+            .oneshot(Conn {
+                meta: Greeting(bytes),
+                io: client,
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_mysql_greeting_is_mysql_other_banners_server_first() {
+        let greeting = include_bytes!("../testdata/mysql_mariadb_greeting.bin");
+        assert_eq!(
+            run_greeting(greeting).await,
+            (Outcome::Protocol(Protocol::Mysql), 0)
+        );
+        // Only what detection needs is peeked at.
+        assert_eq!(
+            run_greeting(&greeting[..SERVER_GREETING_LEN.min(greeting.len())]).await,
+            (Outcome::Protocol(Protocol::Mysql), 0)
+        );
+        // Cut before it can tell: no waiting for more, server_first.
+        assert_eq!(
+            run_greeting(&greeting[..8]).await,
+            (Outcome::ServerFirst, 0)
+        );
+        assert_eq!(
+            run_greeting(b"SSH-2.0-OpenSSH_9.2p1\r\n").await,
+            (Outcome::ServerFirst, 0)
+        );
+        assert_eq!(run_greeting(b"").await, (Outcome::ServerFirst, 0));
     }
 
     /// Metadata whose server could not be reached.

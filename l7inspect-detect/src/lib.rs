@@ -7,7 +7,8 @@
 //! It has two halves:
 //! - a **pure function**, [`detect`], over a byte prefix, answering
 //!   [`Detection::Found`], [`Detection::NeedMore`] or [`Detection::Unknown`],
-//!   and [`parse_client_hello`] for the SNI, ALPN and versions of a TLS
+//!   [`detect_server_greeting`] for the first bytes of a server that speaks
+//!   first (a MySQL greeting), and [`parse_client_hello`] for the SNI, ALPN and versions of a TLS
 //!   ClientHello;
 //! - a **Tower layer**, [`DetectLayer`], that owns the I/O: it reads the
 //!   first bytes of a [`Conn`] (bounded in size and time), races them against
@@ -49,7 +50,8 @@
 //! ```
 //!
 //! # Layout
-//! - `sniff`: [`detect`], [`Protocol`], [`Detection`]: the pure detectors.
+//! - `sniff`: [`detect`], [`detect_server_greeting`], [`Protocol`],
+//!   [`Detection`]: the pure detectors.
 //! - `tls`: [`parse_client_hello`], [`ClientHello`].
 //! - `io`: [`PrefixedIo`].
 //! - `layer`: [`DetectLayer`], [`Detect`], [`DetectConfig`], [`DetectMeta`],
@@ -69,11 +71,11 @@ mod fixtures;
 pub use io::PrefixedIo;
 pub use layer::{
     Conn, Detect, DetectConfig, DetectIoError, DetectLayer, DetectMeta, Detected, Outcome,
-    ResponseFuture, ServerEvent, SilentClient,
+    ResponseFuture, SERVER_GREETING_LEN, ServerEvent, SilentClient,
 };
 pub use sniff::{
-    Detection, HTTP2_FRAME_HEADER_LEN, Protocol, detect, is_grpc_content_type,
-    is_http2_server_preface,
+    Detection, HTTP2_FRAME_HEADER_LEN, Protocol, detect, detect_server_greeting,
+    is_grpc_content_type, is_http2_server_preface,
 };
 pub use tls::{
     ClientHello, Parsed, ParsedHello, ParsedServerHello, ServerHello, parse_client_hello,

@@ -12,6 +12,12 @@
 //! higher-priority one has made up its mind. Every detector rules bytes out as
 //! early as it can, so in practice a client's first segment settles it.
 //!
+//! [`detect_server_greeting`] does the same for the first bytes of a server
+//! that spoke before its client: only MySQL (and MariaDB) is recognised
+//! there, from its greeting, since it is the one server-speaks-first
+//! protocol that gets database spans; SSH, SMTP, FTP and the rest stay
+//! `server_first`.
+//!
 //! Only HTTP/1, HTTP/2 and TLS change how a connection is handled (in later
 //! layers); every other protocol is a metrics label only, so a wrong label can
 //! never break a connection.
@@ -45,6 +51,10 @@ pub enum Protocol {
     Memcached,
     /// An SSH client's identification string (`SSH-2.0-...`).
     Ssh,
+    /// A MySQL or MariaDB server's greeting (protocol 10 handshake, or the
+    /// error packet of a refused host), from [`detect_server_greeting`]:
+    /// MySQL servers speak first, so the client's bytes cannot tell.
+    Mysql,
 }
 
 /// The answer of [`detect`] for a byte prefix.
@@ -101,11 +111,43 @@ pub fn detect(buf: &[u8]) -> Detection {
     Detection::Unknown
 }
 
+/// Detects the protocol of a connection from the first bytes its *server*
+/// sent, before the client said anything: [`Protocol::Mysql`] for a MySQL or
+/// MariaDB greeting, [`Detection::NeedMore`] while the bytes are a
+/// consistent prefix of one, [`Detection::Unknown`] otherwise (an SSH, SMTP
+/// or FTP banner, anything else). Monotonic like [`detect`].
+///
+/// A greeting is one MySQL packet (3-byte little-endian payload length,
+/// sequence id 0) holding either a `Protocol::HandshakeV10` (protocol
+/// version 10, a printable server version that starts with a digit, a
+/// connection id, 8 bytes of scramble and a zero filler) or an ERR packet
+/// (`0xff`, an error number in the server's ranges, a printable message),
+/// which is what a refused host gets (`Host '...' is not allowed to
+/// connect`, error 1130). The checks are strict on purpose: a text banner
+/// never has a zero sequence byte in its fourth position.
+///
+/// ```
+/// use l7inspect_detect::{detect_server_greeting, Detection, Protocol};
+///
+/// let greeting = b"\x4a\x00\x00\x00\x0a8.0.36\x00\x08\x00\x00\x00abcdefgh\x00\xff\xff";
+/// assert_eq!(detect_server_greeting(greeting), Detection::Found(Protocol::Mysql));
+/// assert_eq!(detect_server_greeting(&greeting[..9]), Detection::NeedMore);
+/// assert_eq!(detect_server_greeting(b"SSH-2.0-OpenSSH_9.2\r\n"), Detection::Unknown);
+/// ```
+pub fn detect_server_greeting(buf: &[u8]) -> Detection {
+    match mysql_greeting(buf) {
+        Step::Yes => Detection::Found(Protocol::Mysql),
+        Step::More => Detection::NeedMore,
+        Step::No => Detection::Unknown,
+    }
+}
+
 // === impl Protocol ===
 
 impl Protocol {
-    /// Every protocol [`detect`] can return.
-    pub const ALL: [Protocol; 12] = [
+    /// Every protocol detection can return: from a client's first bytes
+    /// ([`detect`]) or a server's ([`detect_server_greeting`]: MySQL).
+    pub const ALL: [Protocol; 13] = [
         Protocol::Http1,
         Protocol::Http2,
         Protocol::Tls,
@@ -118,6 +160,7 @@ impl Protocol {
         Protocol::Amqp,
         Protocol::Memcached,
         Protocol::Ssh,
+        Protocol::Mysql,
     ];
 
     /// The metrics label of this protocol (`http1`, `tls`, `mongodb`...).
@@ -135,6 +178,7 @@ impl Protocol {
             Protocol::Amqp => "amqp",
             Protocol::Memcached => "memcached",
             Protocol::Ssh => "ssh",
+            Protocol::Mysql => "mysql",
         }
     }
 }
@@ -536,6 +580,111 @@ fn thrift_message(buf: &[u8]) -> Step {
     }
 }
 
+// --- Server greetings ---
+
+/// The longest server version string accepted (MariaDB's are the longest
+/// seen: `5.5.5-10.11.6-MariaDB-0+deb12u1`, 31 bytes).
+const MYSQL_MAX_VERSION: usize = 64;
+/// Bounds on a greeting's payload: the smallest HandshakeV10 (an empty
+/// tail after the capability flags) to far above the ~100 bytes servers send.
+const MYSQL_GREETING_PAYLOAD: std::ops::RangeInclusive<usize> = 18..=1024;
+/// Bounds on an ERR greeting's payload: the header, error number and at
+/// least one byte of message, up to a long message.
+const MYSQL_ERR_PAYLOAD: std::ops::RangeInclusive<usize> = 4..=1024;
+/// The server error numbers: 1000 to 1999, then 3000 on (2000 to 2999 are
+/// the client library's own, never sent by a server).
+fn is_mysql_server_error(code: u16) -> bool {
+    (1000..2000).contains(&code) || (3000..10_000).contains(&code)
+}
+/// How much of an ERR greeting's message must be printable before it is
+/// believed (a whole short message, or this many bytes of a long one).
+const MYSQL_ERR_MESSAGE_CHECK: usize = 16;
+
+/// A MySQL server greeting (see [`detect_server_greeting`]). Each field is
+/// judged as soon as it has arrived, so a prefix never contradicts the
+/// whole.
+fn mysql_greeting(buf: &[u8]) -> Step {
+    // The length's third byte is zero for every payload we accept, and the
+    // sequence id (byte 3) is zero in a server's first packet.
+    if buf.len() >= 3 && buf[2] != 0 || buf.len() >= 4 && buf[3] != 0 {
+        return Step::No;
+    }
+    if buf.len() < 5 {
+        return match buf.get(1) {
+            Some(&hi) if hi > 4 => Step::No,
+            _ => Step::More,
+        };
+    }
+    let len = usize::from(buf[0]) | usize::from(buf[1]) << 8;
+    let payload = &buf[4..buf.len().min(4 + len)];
+    match payload[0] {
+        0x0a if MYSQL_GREETING_PAYLOAD.contains(&len) => {
+            mysql_handshake_v10(&payload[1..], len - 1)
+        }
+        0xff if MYSQL_ERR_PAYLOAD.contains(&len) => mysql_err_greeting(&payload[1..], len - 1),
+        _ => Step::No,
+    }
+}
+
+/// The rest of a HandshakeV10 after its protocol version byte: `rest` is
+/// what has arrived of the `len` bytes that follow it.
+fn mysql_handshake_v10(rest: &[u8], len: usize) -> Step {
+    // Server version: printable ASCII starting with a digit, NUL-terminated.
+    let version_len = rest.iter().take_while(|&&b| b != 0).count();
+    let version = &rest[..version_len];
+    if version.first().is_some_and(|b| !b.is_ascii_digit())
+        || !version.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+        || version_len > MYSQL_MAX_VERSION
+    {
+        return Step::No;
+    }
+    if version_len == rest.len() {
+        // No NUL yet: more, unless the payload has no room left for it.
+        return if version_len + 1 > len {
+            Step::No
+        } else {
+            Step::More
+        };
+    }
+    if version_len == 0 {
+        return Step::No;
+    }
+    // NUL, connection id (4), auth-plugin-data part 1 (8), filler (1).
+    let filler = version_len + 1 + 4 + 8;
+    if filler + 1 > len {
+        return Step::No;
+    }
+    match rest.get(filler) {
+        None => Step::More,
+        Some(0) => Step::Yes,
+        Some(_) => Step::No,
+    }
+}
+
+/// The rest of an ERR packet after its `0xff`: `rest` is what has arrived
+/// of the `len` bytes that follow it.
+fn mysql_err_greeting(rest: &[u8], len: usize) -> Step {
+    if rest.len() >= 2 && !is_mysql_server_error(u16::from_le_bytes([rest[0], rest[1]])) {
+        return Step::No;
+    }
+    // Before the handshake, the message follows the number directly (no
+    // `#` SQLSTATE marker: the client's capabilities are not known yet).
+    let message = rest.get(2..).unwrap_or_default();
+    let want = (len - 2).min(MYSQL_ERR_MESSAGE_CHECK);
+    if !message
+        .iter()
+        .take(want)
+        .all(|b| b.is_ascii_graphic() || *b == b' ' || *b >= 0x80)
+    {
+        return Step::No;
+    }
+    if rest.len() < 2 || message.len() < want {
+        Step::More
+    } else {
+        Step::Yes
+    }
+}
+
 /// memcached text protocol: a lowercase command followed by a space or CRLF.
 fn memcached(buf: &[u8]) -> Step {
     const COMMANDS: [&[u8]; 27] = [
@@ -739,6 +888,124 @@ mod tests {
         // SSH 1 alone, or not an identification line.
         assert_eq!(detect(b"SSH-1.5-old\r\n"), Detection::Unknown);
         assert_eq!(detect(b"SSHX\r\n"), Detection::Unknown);
+    }
+
+    /// A HandshakeV10 packet with this version string (the rest as MariaDB
+    /// 10.11 sends it, scramble and all).
+    fn v10(version: &[u8]) -> Vec<u8> {
+        let mut payload = vec![0x0a];
+        payload.extend_from_slice(version);
+        payload.push(0);
+        payload.extend_from_slice(&[7, 0, 0, 0]); // connection id
+        payload.extend_from_slice(b"Ab!d3f)h"); // scramble, part 1
+        payload.push(0); // filler
+        payload.extend_from_slice(&[0xfe, 0xf7, 0x2d, 0x02, 0x00, 0xff, 0x81, 0x15]);
+        payload.extend_from_slice(&[0; 10]);
+        payload.extend_from_slice(b"0123456789ab\0mysql_native_password\0");
+        let mut packet = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+        packet.push(0);
+        packet.extend(payload);
+        packet
+    }
+
+    /// Every strict prefix of `bytes` is NeedMore or the whole's answer.
+    fn greeting_prefixes_agree(bytes: &[u8]) {
+        let whole = detect_server_greeting(bytes);
+        for n in 0..bytes.len() {
+            let got = detect_server_greeting(&bytes[..n]);
+            assert!(
+                got == Detection::NeedMore || got == whole,
+                "{bytes:?}: prefix of {n} gave {got:?}, whole {whole:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mysql_handshake_greetings() {
+        let found = Detection::Found(Protocol::Mysql);
+        for version in [
+            &b"8.0.36"[..],
+            b"5.5.5-10.11.6-MariaDB-0+deb12u1",
+            b"5.7.25-TiDB-v7.5.0",
+        ] {
+            let g = v10(version);
+            assert_eq!(detect_server_greeting(&g), found, "{version:?}");
+            // Decided at the filler byte, before the capabilities.
+            let filler = 4 + 1 + version.len() + 1 + 4 + 8;
+            assert_eq!(detect_server_greeting(&g[..=filler]), found);
+            assert_eq!(detect_server_greeting(&g[..filler]), Detection::NeedMore);
+            greeting_prefixes_agree(&g);
+        }
+    }
+
+    #[test]
+    fn mysql_err_greeting() {
+        // MySQL's answer to a host that is not allowed: ERR 1130, no SQLSTATE.
+        let msg = b"Host '10.1.2.3' is not allowed to connect to this MySQL server";
+        let mut payload = vec![0xff, 0x6a, 0x04];
+        payload.extend_from_slice(msg);
+        let mut packet = vec![payload.len() as u8, 0, 0, 0];
+        packet.extend_from_slice(&payload);
+        assert_eq!(
+            detect_server_greeting(&packet),
+            Detection::Found(Protocol::Mysql)
+        );
+        greeting_prefixes_agree(&packet);
+        // A client-library error number (2013) is not something a server sends.
+        packet[5..7].copy_from_slice(&2013u16.to_le_bytes());
+        assert_eq!(detect_server_greeting(&packet), Detection::Unknown);
+        // Nor is a message of control bytes.
+        let mut binary = vec![6, 0, 0, 0, 0xff, 0x6a, 0x04, 1, 2, 3];
+        assert_eq!(detect_server_greeting(&binary), Detection::Unknown);
+        binary[7..].copy_from_slice(b"Too");
+        assert_eq!(
+            detect_server_greeting(&binary),
+            Detection::Found(Protocol::Mysql)
+        );
+    }
+
+    #[test]
+    fn not_mysql_greetings() {
+        let unknown = Detection::Unknown;
+        for banner in [
+            &b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"[..],
+            b"220 mail.example ESMTP Postfix\r\n",
+            b"220-FileZilla Server 1.8\r\n",
+            b"220 (vsFTPd 3.0.3)\r\n",
+            b"INFO {\"server_id\":\"x\"}\r\n",
+            b"+OK POP3 ready\r\n",
+            b"* OK IMAP4rev1 ready\r\n",
+            include_bytes!("../testdata/garbage_random.bin"),
+        ] {
+            assert_eq!(detect_server_greeting(banner), unknown, "{banner:?}");
+            greeting_prefixes_agree(banner);
+        }
+        // Sequence id other than 0, protocol 9, a version not starting
+        // with a digit, an unterminated or overlong version, a bad filler.
+        let mut g = v10(b"8.0.36");
+        g[3] = 1;
+        assert_eq!(detect_server_greeting(&g), unknown);
+        let mut g = v10(b"8.0.36");
+        g[4] = 9;
+        assert_eq!(detect_server_greeting(&g), unknown);
+        assert_eq!(detect_server_greeting(&v10(b"v8.0")), unknown);
+        assert_eq!(detect_server_greeting(&v10(&[b'8'; 65])), unknown);
+        assert_eq!(detect_server_greeting(&v10(b"8.0\x01")), unknown);
+        let mut g = v10(b"8.0.36");
+        g[4 + 1 + 6 + 1 + 12] = 1;
+        assert_eq!(detect_server_greeting(&g), unknown);
+        let short = [5, 0, 0, 0, 0x0a, b'8', b'.', b'0', b'.'];
+        assert_eq!(
+            detect_server_greeting(&short),
+            unknown,
+            "too short a payload"
+        );
+        // An HTTP/2 server preface is not a greeting either.
+        assert_eq!(
+            detect_server_greeting(&[0, 0, 18, 4, 0, 0, 0, 0, 0]),
+            unknown
+        );
+        assert_eq!(detect_server_greeting(b""), Detection::NeedMore);
     }
 
     #[test]

@@ -35,11 +35,12 @@ use std::{borrow::Cow, sync::Arc, time::SystemTime};
 use l7inspect_detect::Protocol;
 
 mod metrics;
+mod mysql;
 mod observe;
 mod redis;
-// Used by the SQL parsers (PostgreSQL, MySQL), which are not wired yet.
-#[allow(dead_code)]
-pub(crate) mod sql;
+// `pub` for the fuzz target and the bench only (see the module's doc).
+#[doc(hidden)]
+pub mod sql;
 
 pub use metrics::{DbLabels, DbMetrics, MAX_ERROR_LABELS, StopLabels};
 pub use observe::{Db, DbIo, DbLayer, DbObserver};
@@ -70,6 +71,7 @@ impl DbSystem {
         match protocol {
             Protocol::Redis => Some(DbSystem::Redis),
             Protocol::Postgres => Some(DbSystem::Postgresql),
+            Protocol::Mysql => Some(DbSystem::Mysql),
             _ => None,
         }
     }
@@ -292,6 +294,7 @@ pub struct Parser {
 #[derive(Debug)]
 enum Kind {
     Redis(redis::RedisParser),
+    Mysql(mysql::MysqlParser),
 }
 
 impl Parser {
@@ -299,7 +302,8 @@ impl Parser {
     pub fn new(system: DbSystem, config: &DbConfig) -> Option<Self> {
         let kind = match system {
             DbSystem::Redis => Kind::Redis(redis::RedisParser::new(config)),
-            DbSystem::Postgresql | DbSystem::Mysql => return None,
+            DbSystem::Mysql => Kind::Mysql(mysql::MysqlParser::new(config)),
+            DbSystem::Postgresql => return None,
         };
         Some(Self { kind })
     }
@@ -307,6 +311,7 @@ impl Parser {
     fn inner(&mut self) -> &mut dyn WireParser {
         match &mut self.kind {
             Kind::Redis(p) => p,
+            Kind::Mysql(p) => p,
         }
     }
 
