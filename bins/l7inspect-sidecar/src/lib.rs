@@ -597,7 +597,7 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         false => (None, None),
     };
     let inbound_requests = requests(SpanKind::Server, register);
-    let outbound_requests = requests(SpanKind::Client, infer);
+    let outbound_requests = requests(SpanKind::Client, infer.clone());
     let db = |kind| {
         let config = DbConfig {
             max_query_text: t.max_attribute_len,
@@ -612,7 +612,10 @@ pub async fn build(config: SidecarConfig) -> Result<Sidecar, BuildError> {
         )
     };
     let inbound_db = db(SpanKind::Server);
-    let outbound_db = db(SpanKind::Client);
+    let outbound_db = match infer {
+        Some(i) => db(SpanKind::Client).with_inference(i),
+        None => db(SpanKind::Client),
+    };
     registry.register_collector(Box::new(SpanStatsCollector::new(
         export.stats(),
         vec![

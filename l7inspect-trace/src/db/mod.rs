@@ -146,6 +146,9 @@ impl DbConfig {
 pub struct Start {
     /// The wall-clock time.
     pub time: SystemTime,
+    /// The read it started in (the clock's number): what was in flight
+    /// then is looked up by it (parent inference).
+    read: u32,
 }
 
 /// The time of the bytes a parser is given: read from the clock at most
@@ -153,12 +156,25 @@ pub struct Start {
 #[derive(Debug, Default)]
 pub struct Clock {
     now: Option<SystemTime>,
+    /// The read's number ([`Start`]'s), 0 when nobody numbers them.
+    read: u32,
+    /// Whether a command started in these bytes.
+    started: bool,
 }
 
 impl Clock {
     /// A clock for one read or write.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A clock for client read number `read` (its commands' [`Start`]s
+    /// carry it).
+    pub(crate) fn numbered(read: u32) -> Self {
+        Self {
+            read,
+            ..Self::default()
+        }
     }
 
     /// The time of these bytes.
@@ -168,7 +184,23 @@ impl Clock {
 
     /// A command starts in these bytes.
     pub fn start(&mut self) -> Start {
-        Start { time: self.now() }
+        self.started = true;
+        Start {
+            time: self.now(),
+            read: self.read,
+        }
+    }
+
+    /// Whether a command started in these bytes.
+    pub(crate) fn started(&self) -> bool {
+        self.started
+    }
+}
+
+impl Start {
+    /// The client read it started in.
+    pub(crate) fn read(&self) -> u32 {
+        self.read
     }
 }
 

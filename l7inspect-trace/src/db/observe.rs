@@ -4,6 +4,7 @@
 
 use std::{
     borrow::Cow,
+    collections::VecDeque,
     io,
     pin::Pin,
     sync::Arc,
@@ -18,8 +19,9 @@ use tower::{Layer, Service};
 
 use super::{Clock, Command, DbConfig, DbLabels, DbMetrics, DbSystem, Parser};
 use crate::{
-    Peer,
+    ParentInference, Peer,
     export::{SamplerConfig, SpanSink},
+    infer::{InFlight, InferStats, Inference, PARENT_INFERRED},
     sampling::{Sampler, new_span_id, new_trace_id},
     span::{DbFields, NetworkFields, SpanRecord},
 };
@@ -59,6 +61,16 @@ struct Shared {
     sampler: Sampler,
     sink: SpanSink,
     metrics: DbMetrics,
+    /// Outbound: where commands' parents are inferred from.
+    infer: Option<Infer>,
+}
+
+/// [`ParentInference::Infer`]'s parts.
+#[derive(Debug)]
+struct Infer {
+    inflight: InFlight,
+    max_links: usize,
+    stats: InferStats,
 }
 
 impl DbObserver {
@@ -79,6 +91,39 @@ impl DbObserver {
                 sampler: Sampler::new(sampler),
                 sink,
                 metrics: metrics.unwrap_or_default(),
+                infer: None,
+            }),
+        }
+    }
+
+    /// The same observer, with the parents of its commands inferred as
+    /// `inference` says (`Infer`, for outbound commands: a command that
+    /// starts while exactly one inbound request is in flight is its child,
+    /// marked `l7inspect.parent.inferred`; with two or more, a root with
+    /// links; see [`crate::infer`]). `Register` changes nothing: database
+    /// commands are not requests others are inferred from.
+    pub fn with_inference(self, inference: ParentInference) -> Self {
+        let s = &self.shared;
+        let infer = match inference {
+            ParentInference::Infer {
+                inflight,
+                max_links,
+                stats,
+            } => Some(Infer {
+                inflight,
+                max_links,
+                stats,
+            }),
+            ParentInference::Register(_) => None,
+        };
+        Self {
+            shared: Arc::new(Shared {
+                kind: s.kind.clone(),
+                config: s.config,
+                sampler: Sampler::new(s.sampler.config()),
+                sink: s.sink.clone(),
+                metrics: s.metrics.clone(),
+                infer,
             }),
         }
     }
@@ -110,6 +155,8 @@ impl DbObserver {
                         network: None,
                         last: None,
                         stop_counted: false,
+                        reads: 0,
+                        inferred: VecDeque::new(),
                     });
                     if !prefix.is_empty() {
                         w.client_sent(prefix);
@@ -293,13 +340,57 @@ struct Watch {
     /// a lock.
     last: Option<(DbLabels, Histogram)>,
     stop_counted: bool,
+    /// Client reads numbered (when inferring parents).
+    reads: u32,
+    /// What was in flight when commands started, by client read (only
+    /// reads that started commands, while something was in flight);
+    /// commands end in order, so the front is the oldest still needed.
+    inferred: VecDeque<(u32, Inference)>,
 }
 
 impl Watch {
     fn client_sent(&mut self, bytes: &[u8]) {
-        let mut clock = Clock::new();
+        let Some(infer) = &self.shared.infer else {
+            let mut clock = Clock::new();
+            self.parser.client_sent(bytes, &mut clock, &mut self.done);
+            return self.record();
+        };
+        // Numbered from 1: 0 is "not numbered".
+        self.reads = self.reads.checked_add(1).unwrap_or(1);
+        let mut clock = Clock::numbered(self.reads);
         self.parser.client_sent(bytes, &mut clock, &mut self.done);
+        if clock.started() {
+            let inference = infer.inflight.infer(infer.max_links);
+            if inference != Inference::None {
+                // Bounded as the commands waiting are (each read that
+                // started some holds one entry at most).
+                if self.inferred.len() > self.shared.config.max_pending {
+                    self.inferred.pop_front();
+                }
+                self.inferred.push_back((self.reads, inference));
+            }
+        }
         self.record();
+    }
+
+    /// What was in flight when the command that started in client read
+    /// `read` started; counted by outcome.
+    fn inference(&mut self, read: u32) -> Inference {
+        let Some(infer) = &self.shared.infer else {
+            return Inference::None;
+        };
+        // Reads before this one: their commands have all ended.
+        while let Some((r, _)) = self.inferred.front()
+            && *r < read
+        {
+            self.inferred.pop_front();
+        }
+        let inference = match self.inferred.front() {
+            Some((r, i)) if *r == read => i.clone(),
+            _ => Inference::None,
+        };
+        infer.stats.count(inference.outcome());
+        inference
     }
 
     fn server_sent(&mut self, bytes: &[u8]) {
@@ -360,8 +451,14 @@ impl Watch {
             h.observe(duration.as_secs_f64());
         }
 
-        let trace_id = new_trace_id();
-        if !shared.sampler.should_sample(None, None, trace_id) {
+        let inference = self.inference(cmd.start.read());
+        let shared = &*self.shared;
+        let parent = match &inference {
+            Inference::Parent(p) => Some(p),
+            _ => None,
+        };
+        let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id());
+        if !shared.sampler.should_sample(parent, None, trace_id) {
             return;
         }
         let peer = self.peer;
@@ -391,6 +488,12 @@ impl Watch {
         );
         span.end = cmd.end;
         span.network = Some(network.clone());
+        if let Some(p) = parent {
+            span.parent_span_id = p.span_id();
+            span.trace_flags = p.trace_flags().with_sampled(true);
+            span.attributes
+                .push(opentelemetry::KeyValue::new(PARENT_INFERRED, true));
+        }
         span.db = Some(Box::new(DbFields {
             system: self.system.as_str(),
             operation: cmd.operation,
@@ -404,6 +507,9 @@ impl Watch {
         }));
         if let Some(e) = cmd.error_type {
             span.set_error(e);
+        }
+        if let Inference::Ambiguous(links) = inference {
+            span.links = links;
         }
         span.attributes.extend(
             cmd.attributes

@@ -392,20 +392,24 @@ static TABLE: std::sync::LazyLock<Box<[Known]>> = std::sync::LazyLock::new(|| {
         .collect()
 });
 
-/// The operation and class of a command name (any case).
-fn lookup(name: &[u8]) -> (&'static str, Special) {
+/// [`OTHER`], where [`lookup`] can point to it.
+static OTHER_OP: &str = OTHER;
+
+/// The operation (a thin pointer to the name, so that a command waiting
+/// for its reply stays small) and class of a command name (any case).
+fn lookup(name: &[u8]) -> (&'static &'static str, Special) {
     let mut upper = [0u8; 24];
     let Some(upper) = upper.get_mut(..name.len()) else {
-        return (OTHER, Special::None);
+        return (&OTHER_OP, Special::None);
     };
     upper.copy_from_slice(name);
     upper.make_ascii_uppercase();
     let Some(k) = key(upper) else {
-        return (OTHER, Special::None);
+        return (&OTHER_OP, Special::None);
     };
     match TABLE.binary_search_by(|(t, ..)| t.cmp(&k)) {
-        Ok(i) => (TABLE[i].1, TABLE[i].2),
-        Err(_) => (OTHER, Special::None),
+        Ok(i) => (&TABLE[i].1, TABLE[i].2),
+        Err(_) => (&OTHER_OP, Special::None),
     }
 }
 
@@ -549,7 +553,7 @@ struct Building {
     /// Its arguments, the name included.
     args: u32,
     /// Its operation and class, once its name was read.
-    op: Option<(&'static str, Special)>,
+    op: Option<(&'static &'static str, Special)>,
     /// The name and the heads of the next two arguments.
     words: [Small; 3],
 }
@@ -665,7 +669,7 @@ enum Expect {
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     start: Start,
-    op: &'static str,
+    op: &'static &'static str,
     special: Special,
     expect: Expect,
     /// `SELECT`'s database index.
@@ -896,7 +900,7 @@ impl RedisParser {
         if args <= 0 || args > i64::from(u32::MAX) {
             return None;
         }
-        let mut op = (OTHER, Special::None);
+        let mut op = (&OTHER_OP, Special::None);
         let (mut word1, mut word2): (&[u8], &[u8]) = (b"", b"");
         for index in 0..args {
             if *bytes.get(at)? != b'$' {
@@ -948,7 +952,7 @@ impl RedisParser {
         &mut self,
         start: Start,
         args: u32,
-        op: &'static str,
+        op: &'static &'static str,
         special: Special,
         word1: &[u8],
         word2: &[u8],
@@ -1281,7 +1285,7 @@ impl RedisParser {
         };
         self.pending.pop_front();
         self.tracked -= 1;
-        let mut cmd = Command::new(p.start, p.op);
+        let mut cmd = Command::new(p.start, *p.op);
         cmd.end = match (reply.is_none(), p.expect) {
             (true, Expect::Confirm { last: Some(t), .. }) => t,
             _ => clock.now(),
@@ -1346,7 +1350,7 @@ impl WireParser for RedisParser {
         }
         while let Some(entry) = self.pending.pop_front() {
             let Entry::Tracked(p) = entry else { continue };
-            let mut cmd = Command::new(p.start, p.op);
+            let mut cmd = Command::new(p.start, *p.op);
             cmd.namespace = Some(self.namespace.clone());
             match p.expect {
                 // All its confirmations came (an unsubscribe from everything).
@@ -1717,7 +1721,7 @@ mod tests {
         ]);
         assert_eq!(ops(&cmds), [OTHER, OTHER]);
         assert_eq!(cmds[1].status_code.as_deref(), Some(OTHER));
-        assert_eq!(lookup(b"evalsha").0, "EVALSHA");
+        assert_eq!(*lookup(b"evalsha").0, "EVALSHA");
     }
 
     #[test]
@@ -1750,6 +1754,7 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100);
         let at = |secs| Clock {
             now: Some(t0 + std::time::Duration::from_secs(secs)),
+            ..Clock::default()
         };
         p.client_sent(b"*2\r\n$3\r\nGET", &mut at(0), &mut done);
         p.client_sent(b"\r\n$1\r\nk\r\n", &mut at(1), &mut done);
