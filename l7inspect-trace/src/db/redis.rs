@@ -1285,7 +1285,7 @@ impl RedisParser {
         };
         self.pending.pop_front();
         self.tracked -= 1;
-        let mut cmd = Command::new(p.start, *p.op);
+        let mut cmd = Command::new(p.start, p.op);
         cmd.end = match (reply.is_none(), p.expect) {
             (true, Expect::Confirm { last: Some(t), .. }) => t,
             _ => clock.now(),
@@ -1350,7 +1350,7 @@ impl WireParser for RedisParser {
         }
         while let Some(entry) = self.pending.pop_front() {
             let Entry::Tracked(p) = entry else { continue };
-            let mut cmd = Command::new(p.start, *p.op);
+            let mut cmd = Command::new(p.start, p.op);
             cmd.namespace = Some(self.namespace.clone());
             match p.expect {
                 // All its confirmations came (an unsubscribe from everything).
