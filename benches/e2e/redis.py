@@ -607,20 +607,30 @@ def callgrind_md(cg):
 # ------------------------------------------------------------ main
 
 def binary_info(path):
+    """The binary's hash and what it was built from: --bin-commit when
+    given, else this checkout's HEAD and its uncommitted Rust/Cargo files
+    (the build from this tree; with --bin-dir, only a guess)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    return {"sha256": h.hexdigest()[:16], "commit": git("rev-parse", "--short", "HEAD"),
-            "dirty_files": [ln[3:] for ln in git("status", "--porcelain").splitlines()
-                            if ln[3:].endswith(".rs") or "Cargo" in ln]}
+    out = {"path": path, "sha256": h.hexdigest()[:16]}
+    if ARGS.bin_commit:
+        out.update({"commit": ARGS.bin_commit, "dirty_files": []})
+    else:
+        out.update({"commit": git("rev-parse", "--short", "HEAD"),
+                    "dirty_files": [ln[3:] for ln in git("status", "--porcelain").splitlines()
+                                    if ln[3:].endswith(".rs") or "Cargo" in ln]})
+    return out
 
 
 def main():
     global ARGS, SIDECAR, LIMIT, P, DEADLINE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", default="", help="take l7inspect-sidecar from there instead of building it")
+    ap.add_argument("--bin-commit", default="",
+                    help="the commit the --bin-dir binary was built from (recorded in the JSON)")
     ap.add_argument("--only", default="", help="comma-separated targets (default: direct,haproxy,l7-db-off,"
                     "l7-db-on,l7-db-otlp; --callgrind: l7-db-off,l7-db-unsampled,l7-db-on); all: "
                     + ",".join(TARGETS))
