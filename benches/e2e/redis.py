@@ -328,6 +328,8 @@ def run_bench(name, proc, redis, test, pipeline):
         r["proxy_user_pct"] = 100.0 * (px1[0] - px0[0]) / wall
         r["proxy_sys_pct"] = 100.0 * (px1[1] - px0[1]) / wall
         r["proxy_cpu_s_per_M"] = cpu / n * 1e6
+        r["proxy_user_s_per_M"] = (px1[0] - px0[0]) / n * 1e6
+        r["proxy_sys_s_per_M"] = (px1[1] - px0[1]) / n * 1e6
         tasks = core(ARGS.proxy_cpu, 2)
         r["others_on_proxy_core_pct"] = max(0.0, tasks - r["proxy_cpu_pct"]) if tasks is not None else None
         limit = LIMIT.quota() if (LIMIT and LIMIT.on) else None
@@ -419,7 +421,8 @@ def summarize(res, names):
                                  if all(x.get(k) is not None for x in rs) else None)
                 row = {"pipeline": pl, "test": test, "target": n, "rounds": len(rs)}
                 for k in ("ops_per_s", "p50_ms", "p99_ms", "proxy_cpu_pct", "proxy_cpu_s_per_M",
-                          "proxy_user_pct", "proxy_sys_pct", "redis_cpu_pct", "redis_cpu_s_per_M",
+                          "proxy_user_pct", "proxy_sys_pct", "proxy_user_s_per_M", "proxy_sys_s_per_M",
+                          "redis_cpu_pct", "redis_cpu_s_per_M",
                           "bench_cpu_pct", "load_core_pct", "others_on_proxy_core_pct",
                           "others_on_load_core_pct", "throttled_periods_pct"):
                     row[k] = med(k)
@@ -438,6 +441,10 @@ def summarize(res, names):
                               for x in rs if x["round"] in refs]
                         dc = [x["proxy_cpu_s_per_M"] - refs[x["round"]]["proxy_cpu_s_per_M"]
                               for x in rs if x["round"] in refs]
+                        du = [x["proxy_user_s_per_M"] - refs[x["round"]]["proxy_user_s_per_M"]
+                              for x in rs if x["round"] in refs]
+                        if du:
+                            row["user_added_us_per_cmd"] = statistics.median(du)
                         if cr:
                             row["cpu_ratio_l7-db-off"] = statistics.median(cr)
                             row["cpu_added_us_per_cmd"] = statistics.median(dc)  # s/M = µs per command
@@ -460,17 +467,24 @@ def throughput_md(rows):
     parts = [f"redis-benchmark -c {ARGS.clients}, -n {ARGS.n_p1} at -P 1 and {ARGS.n_pipelined} pipelined; "
              f"medians of {ARGS.rounds} rounds; proxy on CPU {ARGS.proxy_cpu} (CPU limit: {lim}), redis-server "
              f"+ redis-benchmark (+ OTLP sink) on CPU {ARGS.load_cpu}. CPU s/M = proxy CPU seconds per million "
-             "commands (= µs per command). Ratios are per-round medians; they only measure the proxy where "
-             "the rows are `proxy`-bound."]
+             "commands (= µs per command), user + system; +µs/cmd: minus l7-db-off's in the same round. "
+             "Ratios are per-round medians; they only measure the proxy where the rows are `proxy`-bound. "
+             "Others %: CPU of other tasks on the proxy's core (for direct: all of it) and on the load core "
+             "(besides redis-server and redis-benchmark)."]
     head = ["-P", "test", "target", "ops/s", "÷ direct", "÷ db-off", "p50 ms", "p99 ms", "proxy CPU %",
-            "proxy CPU s/M", "+µs/cmd vs db-off", "redis CPU %", "others % proxy/load core", "bound"]
+            "proxy CPU s/M (user + sys)", "+µs/cmd vs db-off (user)", "redis CPU %",
+            "others % proxy/load core", "bound"]
     out = []
     for r in rows:
         out.append([r["pipeline"], r["test"].upper(), r["target"], fmt(r["ops_per_s"], ",.0f"),
                     fmt(r.get("ops_ratio_direct"), ".3f", "×"), fmt(r.get("ops_ratio_l7-db-off"), ".3f", "×"),
                     fmt(r["p50_ms"], ".3f"), fmt(r["p99_ms"], ".3f"),
-                    fmt(r["proxy_cpu_pct"], ".1f"), fmt(r["proxy_cpu_s_per_M"], ".2f"),
-                    fmt(r.get("cpu_added_us_per_cmd"), "+.2f"), fmt(r["redis_cpu_pct"], ".1f"),
+                    fmt(r["proxy_cpu_pct"], ".1f"),
+                    fmt(r["proxy_cpu_s_per_M"], ".2f") + (f" ({r['proxy_user_s_per_M']:.2f} + {r['proxy_sys_s_per_M']:.2f})"
+                                                          if r["proxy_user_s_per_M"] is not None else ""),
+                    fmt(r.get("cpu_added_us_per_cmd"), "+.2f") + (f" ({r['user_added_us_per_cmd']:+.2f})"
+                                                                  if r.get("user_added_us_per_cmd") is not None else ""),
+                    fmt(r["redis_cpu_pct"], ".1f"),
                     fmt(r["others_on_proxy_core_pct"], ".0f") + " / " + fmt(r["others_on_load_core_pct"], ".0f"),
                     r["bound"] or "—"])
     parts.append(md_table(head, out))
