@@ -399,10 +399,12 @@ struct Token {
 }
 
 impl Token {
+    /// The token's bytes.
     fn text<'a>(&self, query: &'a [u8]) -> &'a [u8] {
         &query[self.start..self.end]
     }
 
+    /// Whether it is the unquoted word `word` (in any case).
     fn is_word(&self, query: &[u8], word: &str) -> bool {
         self.kind == Kind::Word && self.text(query).eq_ignore_ascii_case(word.as_bytes())
     }
@@ -426,6 +428,7 @@ struct Lexer<'a> {
 // === impl Lexer ===
 
 impl<'a> Lexer<'a> {
+    /// A lexer at the start of `src`.
     fn new(src: &'a [u8], dialect: Dialect) -> Self {
         Self {
             src,
@@ -434,6 +437,7 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// The byte at `i`, if any.
     fn at(&self, i: usize) -> Option<u8> {
         self.src.get(i).copied()
     }
@@ -447,6 +451,7 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// The next token, or `None` at the end.
     fn next(&mut self) -> Option<Token> {
         let start = self.pos;
         let b = self.at(start)?;
@@ -652,6 +657,7 @@ struct Tokens<'a> {
 // === impl Tokens ===
 
 impl Tokens<'_> {
+    /// The next token that is not whitespace or a comment.
     fn next(&mut self) -> Option<Token> {
         loop {
             let t = self.lexer.next()?;
