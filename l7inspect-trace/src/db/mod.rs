@@ -37,6 +37,9 @@ use l7inspect_detect::Protocol;
 // `pub` for the fuzz target and the bench only (see the module's doc).
 #[doc(hidden)]
 pub mod sql;
+// `pub` for the bench and fuzz entry point (`postgres::replay`) only.
+#[doc(hidden)]
+pub mod postgres;
 
 /// The database protocols that get spans (`db.system.name`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
