@@ -275,13 +275,7 @@ impl PostgresParser {
                     let text = cstr(rest).or(cut.then_some(rest));
                     if let Some(text) = text {
                         let statement = Arc::new(self.statement(text));
-                        let key = name_key(name);
-                        if self.statements.len() >= MAX_STATEMENTS
-                            && !self.statements.contains_key(&key)
-                        {
-                            forget_one(&mut self.statements);
-                        }
-                        self.statements.insert(key, statement);
+                        remember(&mut self.statements, name, statement, MAX_STATEMENTS);
                     }
                 }
             }
@@ -289,18 +283,13 @@ impl PostgresParser {
                 self.batch_start = self.batch_start.or(self.message_start);
                 if let Some(portal) = cstr(&body) {
                     let rest = &body[portal.len() + 1..];
-                    let statement = cstr(rest).and_then(|s| self.statements.get(&name_key(s)));
+                    let statement = cstr(rest).and_then(|s| self.statements.get(server_name(s)));
                     match statement.cloned() {
                         Some(statement) => {
-                            if self.portals.len() >= MAX_PORTALS
-                                && !self.portals.contains_key(&name_key(portal))
-                            {
-                                forget_one(&mut self.portals);
-                            }
-                            self.portals.insert(name_key(portal), statement);
+                            remember(&mut self.portals, portal, statement, MAX_PORTALS)
                         }
                         None => {
-                            self.portals.remove(&name_key(portal));
+                            self.portals.remove(server_name(portal));
                         }
                     }
                 }
@@ -312,7 +301,7 @@ impl PostgresParser {
                     .take()
                     .or(self.message_start)
                     .unwrap_or_else(|| clock.start());
-                let statement = cstr(&body).and_then(|p| self.portals.get(&name_key(p)));
+                let statement = cstr(&body).and_then(|p| self.portals.get(server_name(p)));
                 let command = match statement.cloned() {
                     Some(statement) => self.command(start, &statement),
                     None => self.command(start, &UNKNOWN),
@@ -330,10 +319,10 @@ impl PostgresParser {
                 {
                     match what {
                         b'S' => {
-                            self.statements.remove(&name_key(name));
+                            self.statements.remove(server_name(name));
                         }
                         b'P' => {
-                            self.portals.remove(&name_key(name));
+                            self.portals.remove(server_name(name));
                         }
                         _ => {}
                     }
@@ -610,7 +599,11 @@ impl WireParser for PostgresParser {
             | Pending::Query(Waiting::Tracked(mut command, _)) = entry
             {
                 command.end = clock.now();
-                command.error_type = Some(Cow::Borrowed(CONNECTION_CLOSED));
+                // A simple query that already failed keeps its SQLSTATE:
+                // it says more than the close after it.
+                if command.error_type.is_none() {
+                    command.error_type = Some(Cow::Borrowed(CONNECTION_CLOSED));
+                }
                 done.push(*command);
             }
         }
@@ -715,16 +708,27 @@ fn cstr(bytes: &[u8]) -> Option<&[u8]> {
 }
 
 /// A statement's or portal's name as the server keys it (cut to 63 bytes).
-fn name_key(name: &[u8]) -> Box<[u8]> {
-    Box::from(&name[..name.len().min(MAX_NAME)])
+fn server_name(name: &[u8]) -> &[u8] {
+    &name[..name.len().min(MAX_NAME)]
 }
 
-/// Makes room in a full map: forgets one entry (which one does not
-/// matter: a client with this many live statements reuses few of them).
-fn forget_one<V>(map: &mut HashMap<Box<[u8]>, V>) {
-    if let Some(key) = map.keys().next().cloned() {
+/// Remembers `value` under `name` in a map of at most `max` entries. A
+/// name already there is replaced in place (no allocation: the unnamed
+/// statement and portal are replaced at every command); in a full map,
+/// an arbitrary entry is forgotten first (a client with this many live
+/// statements reuses few of them).
+fn remember<V>(map: &mut HashMap<Box<[u8]>, V>, name: &[u8], value: V, max: usize) {
+    let name = server_name(name);
+    if let Some(slot) = map.get_mut(name) {
+        *slot = value;
+        return;
+    }
+    if map.len() >= max
+        && let Some(key) = map.keys().next().cloned()
+    {
         map.remove(&key);
     }
+    map.insert(Box::from(name), value);
 }
 
 /// How much of a client message's body is kept.
@@ -1455,6 +1459,17 @@ mod tests {
             assert_eq!(secs(c.end), 9);
         }
         assert_eq!(done[0].namespace.as_deref(), Some("app"));
+        // A simple query that failed before the close keeps its SQLSTATE.
+        let mut p = ready_parser(&config());
+        done.clear();
+        p.client_sent(&query("SELECT * FROM nope"), &mut at(3), &mut done);
+        p.server_sent(&error("42P01"), &mut at(4), &mut done);
+        p.close(&mut at(9), &mut done);
+        assert_eq!(
+            summary(&done),
+            [("SELECT", Some("nope"), None, Some("42P01"))]
+        );
+        assert_eq!(secs(done[0].end), 9);
     }
 
     #[test]
