@@ -52,15 +52,27 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let (one_by_one, one_stop, one_untracked) = postgres::replay(&config, &bytes);
     let commands = timeless(commands);
-    assert_eq!(timeless(one_by_one), commands, "pieces changed the commands");
+    assert_eq!(
+        timeless(one_by_one),
+        commands,
+        "pieces changed the commands"
+    );
     assert_eq!((one_stop, one_untracked), (stop, untracked));
 
     let client_bytes: usize = chunks.iter().filter(|c| c.0).map(|c| c.1.len()).sum();
     assert!(commands.len() <= client_bytes / 5);
     for c in &commands {
         assert!(c.operation == OTHER || KEYWORDS.contains(&c.operation));
-        assert!(c.collection.as_ref().is_none_or(|t| t.len() <= MAX_COLLECTION));
-        assert!(c.query_text.as_ref().is_none_or(|t| t.len() <= config.max_query_text));
+        assert!(
+            c.collection
+                .as_ref()
+                .is_none_or(|t| t.len() <= MAX_COLLECTION)
+        );
+        assert!(
+            c.query_text
+                .as_ref()
+                .is_none_or(|t| t.len() <= config.max_query_text)
+        );
         if let Some(code) = &c.status_code {
             assert_eq!(c.error_type.as_ref(), Some(code));
             assert!(code.len() == 5 || code == "error", "{code}");
