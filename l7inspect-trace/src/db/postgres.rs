@@ -60,6 +60,10 @@ use super::{
 
 /// The most prepared statements remembered per connection. Past it, an
 /// arbitrary one is forgotten; its later executions are named `_OTHER`.
+/// Each holds its operation, table and (with `db.query.text` on) its
+/// sanitized text: at most about 256 × [`DbConfig::max_query_text`]
+/// (512 KiB at the default) for a connection that keeps 256 long
+/// statements prepared, a few KiB for most.
 pub const MAX_STATEMENTS: usize = 256;
 
 /// The most named portals remembered per connection (the unnamed one

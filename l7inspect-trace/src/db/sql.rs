@@ -325,6 +325,11 @@ pub fn collection(query: &[u8], dialect: Dialect) -> Option<&str> {
 /// identifier or dollar quote, a statement cut by the parser's bound) is
 /// replaced to the end: sanitizing errs towards hiding.
 ///
+/// One server setting is assumed: PostgreSQL's `standard_conforming_strings`
+/// on (the default since 9.1; with it off, a backslash in `'...'` escapes,
+/// and a text after `'a\'` would be read as SQL and kept). MySQL's
+/// `NO_BACKSLASH_ESCAPES` and `ANSI_QUOTES` only make it hide more.
+///
 /// Never panics; bytes that are not UTF-8 come out as U+FFFD. Allocates
 /// the output only (its capacity is at most `max` plus 4: the input is
 /// read only as far as the output needs). Sanitizing an uncut output again
