@@ -550,6 +550,11 @@ impl WireParser for PostgresParser {
             // The client must wait for the answer to its SSLRequest.
             return self.stop(StopReason::Malformed);
         }
+        // A TLS record where the startup message should be: PostgreSQL 17's
+        // direct TLS (`sslnegotiation=direct`), no SSLRequest first.
+        if self.phase == Phase::Startup && self.client.at_start() && bytes.first() == Some(&0x16) {
+            return self.stop(StopReason::Tls);
+        }
         while self.following() {
             match self.client.advance(&mut bytes) {
                 None => break,
@@ -773,6 +778,11 @@ impl Framer {
             cut: false,
             keep_of,
         }
+    }
+
+    /// Whether nothing of a message has been read yet.
+    fn at_start(&self) -> bool {
+        self.got == 0 && self.left.is_none()
     }
 
     /// Puts the body buffer back (cleared), to reuse its allocation.
@@ -1511,6 +1521,10 @@ mod tests {
             &mut done,
         );
         assert_eq!((p.stopped(), done.len()), (None, 1));
+        // Direct TLS: a ClientHello first.
+        let mut p = PostgresParser::new(&config());
+        p.client_sent(b"\x16\x03\x01\x02\x00\x01", &mut at(0), &mut done);
+        assert_eq!(p.stopped(), Some(StopReason::Tls));
         // A client that does not wait for the answer.
         let mut p = PostgresParser::new(&config());
         p.client_sent(
@@ -1577,6 +1591,12 @@ mod tests {
             p.client_sent(piece, &mut at(1), &mut done);
         }
         assert!(p.client.body.capacity() <= 2 * MAX_STATEMENT);
+        // The same as a prepared statement, executed.
+        p.client_sent(
+            &[parse("long", &long), bind("", "long"), execute(""), sync()].concat(),
+            &mut at(1),
+            &mut done,
+        );
         // A 10 MiB row, and a 10 MiB COPY chunk from the client.
         let mut big = b"D".to_vec();
         big.extend_from_slice(&((10u32 << 20) + 4).to_be_bytes());
@@ -1595,7 +1615,18 @@ mod tests {
             &mut at(3),
             &mut done,
         );
-        assert_eq!(summary(&done), [("INSERT", Some("t"), Some(1), None)]);
+        let extended = [
+            msg(b'1', &[]),
+            msg(b'2', &[]),
+            complete("INSERT 0 1"),
+            ready(),
+        ];
+        p.server_sent(&extended.concat(), &mut at(3), &mut done);
+        assert_eq!(
+            summary(&done),
+            [("INSERT", Some("t"), Some(1), None)].repeat(2)
+        );
+        assert_eq!(done[1].query_text, done[0].query_text);
         // Cut inside the string: hidden to the end.
         assert_eq!(
             done[0].query_text.as_deref(),
