@@ -50,7 +50,7 @@ fn replay<'a>(
     chunks: impl IntoIterator<Item = (bool, &'a [u8])>,
     config: &DbConfig,
 ) -> (Vec<Command>, Option<StopReason>, u64) {
-    let mut parser = Parser::new(system, config).expect("a parser for the system");
+    let mut parser = Parser::new(system, config);
     let mut done = Vec::new();
     for (client, bytes) in chunks {
         let mut clock = Clock::new();

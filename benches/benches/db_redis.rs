@@ -49,7 +49,7 @@ fn redis(c: &mut Criterion) {
     }
     let mut group = c.benchmark_group("db_redis");
     let config = DbConfig::default();
-    let mut parser = Parser::new(DbSystem::Redis, &config).unwrap();
+    let mut parser = Parser::new(DbSystem::Redis, &config);
     let mut done = Vec::with_capacity(16);
     group.throughput(Throughput::Elements(16));
     group.bench_function("pipeline16", |b| {

@@ -37,7 +37,11 @@ fuzz_target!(|data: &[u8]| {
         "not stable"
     );
     let cut = sanitize(query, dialect, max);
-    assert!(cut.len() <= max, "{} bytes over a bound of {max}", cut.len());
+    assert!(
+        cut.len() <= max,
+        "{} bytes over a bound of {max}",
+        cut.len()
+    );
     let mut expected = max.min(whole.len());
     while !whole.is_char_boundary(expected) {
         expected -= 1;
@@ -53,7 +57,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(start + name.len() <= query.len(), "not in the statement");
         let first = name.as_bytes()[0];
         assert!(
-            first.is_ascii_alphabetic() || first == b'_' || first >= 0x80 || first == b'"' || first == b'`',
+            first.is_ascii_alphabetic()
+                || first == b'_'
+                || first >= 0x80
+                || first == b'"'
+                || first == b'`',
             "{name:?}"
         );
     }

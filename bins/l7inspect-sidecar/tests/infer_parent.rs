@@ -124,18 +124,20 @@ async fn redis_get(addr: SocketAddr, key: &str) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-/// The sidecar, the app, the backend and Redis; what the backend saw (path,
-/// traceparent).
+/// What the backend saw: (path, traceparent) per request.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// The sidecar, the app, the backend and Redis; what the backend saw.
 struct World {
     sidecar: Running,
     inbound: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Seen,
     _redis: (TempDir, KillOnDrop),
 }
 
 async fn world(app_delay: Duration) -> World {
     let (redis, dir, process) = redis_server();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Seen::default();
     let store = seen.clone();
     let backend = http_server(move |req: http::Request<Incoming>| {
         let store = store.clone();

@@ -41,6 +41,9 @@ mod redis;
 // `pub` for the fuzz target and the bench only (see the module's doc).
 #[doc(hidden)]
 pub mod sql;
+// `pub` for the bench and fuzz entry point (`postgres::replay`) only.
+#[doc(hidden)]
+pub mod postgres;
 
 pub use metrics::{DbLabels, DbMetrics, MAX_ERROR_LABELS, StopLabels};
 pub use observe::{Db, DbIo, DbLayer, DbObserver};
@@ -198,6 +201,12 @@ impl Clock {
 }
 
 impl Start {
+    /// A start at `time`, in no numbered read (for tests and replays that
+    /// compare commands without their times).
+    pub fn at(time: SystemTime) -> Self {
+        Self { time, read: 0 }
+    }
+
     /// The client read it started in.
     pub(crate) fn read(&self) -> u32 {
         self.read
@@ -312,7 +321,7 @@ pub const CONNECTION_CLOSED: &str = "connection_closed";
 /// ```
 /// use l7inspect_trace::db::{Clock, DbConfig, DbSystem, Parser};
 ///
-/// let mut parser = Parser::new(DbSystem::Redis, &DbConfig::default()).unwrap();
+/// let mut parser = Parser::new(DbSystem::Redis, &DbConfig::default());
 /// let mut done = Vec::new();
 /// parser.client_sent(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", &mut Clock::new(), &mut done);
 /// parser.server_sent(b"$-1\r\n", &mut Clock::new(), &mut done);
@@ -326,23 +335,25 @@ pub struct Parser {
 #[derive(Debug)]
 enum Kind {
     Redis(redis::RedisParser),
+    Postgres(postgres::PostgresParser),
     Mysql(mysql::MysqlParser),
 }
 
 impl Parser {
-    /// A parser for a new connection of `system`, if there is one for it.
-    pub fn new(system: DbSystem, config: &DbConfig) -> Option<Self> {
+    /// A parser for a new connection of `system`.
+    pub fn new(system: DbSystem, config: &DbConfig) -> Self {
         let kind = match system {
             DbSystem::Redis => Kind::Redis(redis::RedisParser::new(config)),
+            DbSystem::Postgresql => Kind::Postgres(postgres::PostgresParser::new(config)),
             DbSystem::Mysql => Kind::Mysql(mysql::MysqlParser::new(config)),
-            DbSystem::Postgresql => return None,
         };
-        Some(Self { kind })
+        Self { kind }
     }
 
     fn inner(&mut self) -> &mut dyn WireParser {
         match &mut self.kind {
             Kind::Redis(p) => p,
+            Kind::Postgres(p) => p,
             Kind::Mysql(p) => p,
         }
     }

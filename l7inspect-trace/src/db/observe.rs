@@ -144,7 +144,7 @@ impl DbObserver {
         let watch = match outcome {
             Outcome::Protocol(p) => DbSystem::of(p)
                 .filter(|system| self.shared.config.parses(*system))
-                .and_then(|system| Some((system, Parser::new(system, &self.shared.config)?)))
+                .map(|system| (system, Parser::new(system, &self.shared.config)))
                 .map(|(system, parser)| {
                     let mut w = Box::new(Watch {
                         shared: self.shared.clone(),

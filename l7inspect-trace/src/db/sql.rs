@@ -102,6 +102,10 @@ pub enum Dialect {
     Mysql,
 }
 
+/// Words after which a statement may name another table (a subquery, a
+/// join, a set operation, `TABLE t`): [`collection`] gives none.
+const ANOTHER_TABLE: [&str; 6] = ["SELECT", "JOIN", "UNION", "INTERSECT", "EXCEPT", "TABLE"];
+
 /// `db.operation.name` of a statement: its first keyword, upper case
 /// (`select * from t` → `SELECT`), after whitespace, comments (`-- ...`,
 /// `/* ... */`) and opening parentheses; `_OTHER` for anything else.
@@ -146,12 +150,12 @@ pub(crate) fn skip_space_and_comments(mut query: &[u8]) -> &[u8] {
 /// after it could name another (no `JOIN`, no second `FROM` item, no
 /// subquery, no `UNION`, no second statement):
 ///
-/// - `SELECT ... FROM t` followed by nothing, `;`, or `WHERE`, `GROUP`,
+/// - `SELECT ... FROM t [[AS] alias]` followed by nothing, `;`, or `WHERE`, `GROUP`,
 ///   `ORDER`, `LIMIT`, `HAVING`, `OFFSET`, `FETCH`, `FOR`, `WINDOW`;
-/// - `INSERT [IGNORE] INTO t` (and MySQL's `REPLACE INTO t`), followed by
+/// - `INSERT [IGNORE] INTO t [AS alias]` (and MySQL's `REPLACE INTO t`), followed by
 ///   `(`, `VALUES`, `VALUE`, `DEFAULT`, `SET`, `OVERRIDING` or nothing;
-/// - `UPDATE t SET ...` (no `FROM`: PostgreSQL's join);
-/// - `DELETE FROM t` (no `USING`: a join in both dialects);
+/// - `UPDATE t [[AS] alias] SET ...` (no `FROM`: PostgreSQL's join);
+/// - `DELETE FROM t [[AS] alias]` (no `USING`: a join in both dialects);
 /// - `TRUNCATE [TABLE] t`;
 /// - `COPY t` followed by `(`, `FROM` or `TO`.
 ///
@@ -231,20 +235,46 @@ pub fn collection(query: &[u8], dialect: Dialect) -> Option<&str> {
     } else {
         return None;
     };
+    // `FROM ONLY t`, `FROM LATERAL ...`: not a table's name.
+    if ["ONLY", "LATERAL"].iter().any(|w| name.is_word(query, w)) {
+        return None;
+    }
+    let is_follow = |t: &Token| {
+        follow
+            .iter()
+            .any(|w| w.as_bytes().eq_ignore_ascii_case(t.text(query)))
+    };
+    // An alias (`FROM orders o`, `UPDATE t AS x SET`, as ORMs write them),
+    // except after TRUNCATE and COPY, which take none. Whatever is not a
+    // follower below is taken for one: a JOIN taken so is still refused,
+    // as what comes after it (the joined table) follows nothing.
+    let mut next = tokens.next();
+    if !(statement.eq_ignore_ascii_case(b"TRUNCATE") || statement.eq_ignore_ascii_case(b"COPY")) {
+        if next.is_some_and(|t| t.is_word(query, "AS")) {
+            let alias = tokens.next()?;
+            if !matches!(alias.kind, Kind::Word | Kind::Quoted) {
+                return None;
+            }
+            next = tokens.next();
+        } else if next.is_some_and(|t| {
+            (t.kind == Kind::Word
+                && !is_follow(&t)
+                && !ANOTHER_TABLE.iter().any(|w| t.is_word(query, w)))
+                || t.kind == Kind::Quoted
+        }) {
+            next = tokens.next();
+        }
+    }
     // What follows the name: the end, `;`, or one of the statement's
-    // expected words; anything else (`JOIN`, `,`, an alias, `ONLY`) is a
+    // expected words; anything else (`JOIN`, `,`, a second alias) is a
     // form this does not claim to understand.
     let mut depth = 0usize;
     let mut ended = false;
-    match tokens.next() {
+    match next {
         None => {}
         Some(t) if t.text(query) == b";" => ended = true,
         Some(t) if t.text(query) == b"(" && follow.contains(&"(") => depth = 1,
-        Some(t)
-            if t.kind == Kind::Word
-                && follow
-                    .iter()
-                    .any(|w| w.as_bytes().eq_ignore_ascii_case(t.text(query))) => {}
+        Some(t) if t.kind == Kind::Word && is_follow(&t) => {}
         Some(_) => return None,
     }
     // The rest of the statement must not name another table.
@@ -257,11 +287,7 @@ pub fn collection(query: &[u8], dialect: Dialect) -> Option<&str> {
             Kind::Punct if t.text(query) == b"(" => depth += 1,
             Kind::Punct if t.text(query) == b")" => depth = depth.checked_sub(1)?,
             Kind::Punct if t.text(query) == b";" => ended = true,
-            Kind::Word
-                if ["SELECT", "JOIN", "UNION", "INTERSECT", "EXCEPT", "TABLE"]
-                    .iter()
-                    .any(|w| is(&t, w)) =>
-            {
+            Kind::Word if ANOTHER_TABLE.iter().any(|w| is(&t, w)) => {
                 return None;
             }
             // PostgreSQL's `UPDATE ... FROM other`, and `DELETE ... USING
@@ -298,6 +324,11 @@ pub fn collection(query: &[u8], dialect: Dialect) -> Option<&str> {
 /// space. What cannot be read to its end (an unterminated string,
 /// identifier or dollar quote, a statement cut by the parser's bound) is
 /// replaced to the end: sanitizing errs towards hiding.
+///
+/// One server setting is assumed: PostgreSQL's `standard_conforming_strings`
+/// on (the default since 9.1; with it off, a backslash in `'...'` escapes,
+/// and a text after `'a\'` would be read as SQL and kept). MySQL's
+/// `NO_BACKSLASH_ESCAPES` and `ANSI_QUOTES` only make it hide more.
 ///
 /// Never panics; bytes that are not UTF-8 come out as U+FFFD. Allocates
 /// the output only (its capacity is at most `max` plus 4: the input is
@@ -399,10 +430,12 @@ struct Token {
 }
 
 impl Token {
+    /// The token's bytes.
     fn text<'a>(&self, query: &'a [u8]) -> &'a [u8] {
         &query[self.start..self.end]
     }
 
+    /// Whether it is the unquoted word `word` (in any case).
     fn is_word(&self, query: &[u8], word: &str) -> bool {
         self.kind == Kind::Word && self.text(query).eq_ignore_ascii_case(word.as_bytes())
     }
@@ -426,6 +459,7 @@ struct Lexer<'a> {
 // === impl Lexer ===
 
 impl<'a> Lexer<'a> {
+    /// A lexer at the start of `src`.
     fn new(src: &'a [u8], dialect: Dialect) -> Self {
         Self {
             src,
@@ -434,6 +468,7 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// The byte at `i`, if any.
     fn at(&self, i: usize) -> Option<u8> {
         self.src.get(i).copied()
     }
@@ -447,6 +482,7 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// The next token, or `None` at the end.
     fn next(&mut self) -> Option<Token> {
         let start = self.pos;
         let b = self.at(start)?;
@@ -652,6 +688,7 @@ struct Tokens<'a> {
 // === impl Tokens ===
 
 impl Tokens<'_> {
+    /// The next token that is not whitespace or a comment.
     fn next(&mut self) -> Option<Token> {
         loop {
             let t = self.lexer.next()?;
@@ -762,6 +799,20 @@ mod tests {
         );
         assert_eq!(collection(b"REPLACE INTO t VALUES (1)", Mysql), Some("t"));
         assert_eq!(table("SELECT * FROM tä"), Some("tä"));
+        // Aliases, as ORMs write them.
+        assert_eq!(table("SELECT * FROM a x"), Some("a"));
+        assert_eq!(
+            table("select u1_0.id, u1_0.name from users u1_0 where u1_0.id=$1"),
+            Some("users")
+        );
+        assert_eq!(
+            table(r#"SELECT * FROM a AS "X" WHERE "X".id = 1"#),
+            Some("a")
+        );
+        assert_eq!(table("UPDATE t AS x SET a = 1"), Some("t"));
+        assert_eq!(table("UPDATE t x SET a = 1"), Some("t"));
+        assert_eq!(table("DELETE FROM t x WHERE x.a = 1"), Some("t"));
+        assert_eq!(table("INSERT INTO t AS x VALUES (1)"), Some("t"));
     }
 
     #[test]
@@ -771,8 +822,16 @@ mod tests {
             "SELECT 1",
             "SELECT * FROM a JOIN b ON a.id = b.id",
             "SELECT * FROM a, b",
-            "SELECT * FROM a x",
-            "SELECT * FROM a AS x WHERE x.id = 1",
+            "SELECT * FROM a x JOIN b y ON x.id = y.id",
+            "SELECT * FROM a AS x, b",
+            "SELECT * FROM a x y",
+            "SELECT * FROM a AS (",
+            "SELECT * FROM a LEFT JOIN b ON true",
+            "SELECT * FROM a NATURAL JOIN b",
+            "SELECT * FROM a TABLESAMPLE SYSTEM (10)",
+            "DELETE FROM ONLY t WHERE a = 1",
+            "COPY t x FROM STDIN",
+            "TRUNCATE t x",
             "SELECT * FROM (SELECT 1) s",
             "SELECT (SELECT max(id) FROM b) FROM a",
             "SELECT * FROM a WHERE id IN (SELECT id FROM b)",
@@ -791,9 +850,10 @@ mod tests {
             "WITH x AS (SELECT 1) SELECT * FROM x",
             "(SELECT * FROM a)",
             "INSERT INTO t SELECT * FROM u",
+            "INSERT INTO t SELECT",
+            "SELECT * FROM a UNION",
             "INSERT INTO t (a) VALUES ((SELECT 1 FROM u))",
             "INSERT t VALUES (1)",
-            "INSERT INTO t AS x VALUES (1)",
             "UPDATE t SET a = u.a FROM u WHERE t.id = u.id",
             "UPDATE a, b SET a.x = b.x",
             "UPDATE ONLY t SET a = 1",

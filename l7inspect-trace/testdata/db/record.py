@@ -1,72 +1,84 @@
 #!/usr/bin/env python3
-"""Records the bytes of database sessions through a relay, for parser tests.
+"""Record a database session's bytes, both ways, through a small TCP relay.
 
-Usage: record.py LISTEN_PORT TARGET_HOST TARGET_PORT OUT_PREFIX
+    record.py --listen 127.0.0.1:0 --target 127.0.0.1:5432 --out postgres_x.bin [--count N]
 
-Listens on 127.0.0.1:LISTEN_PORT, prints READY, and relays each accepted
-connection to TARGET_HOST:TARGET_PORT. Connection N (from 1) is written to
-OUT_PREFIX.N.bin when it ends, as a list of chunks in the order the relay
-passed them:
+Prints the port it listens on, relays each accepted connection to the
+target unchanged, and writes connection n's bytes to OUT (n = 1) or to
+OUT with `.n` before its extension (n > 1), as frames in the order they
+passed:
 
     direction (1 byte: b'C' client to server, b'S' server to client)
-    length    (u32, big-endian)
-    bytes     (length bytes)
+    length    (4 bytes, big-endian)
+    bytes     (length bytes, as one read returned them)
 
-One chunk per recv(), so the split points are the real ones. The relay is
-single-threaded (select), so the order of chunks between directions is the
-order the relay saw them. Stops after 60 s without a new connection.
+Exits after COUNT connections have closed (default 1). The parser's tests
+replay the frames (l7inspect-trace/src/db/postgres.rs, `frames`).
 """
-import select
+
+import argparse
+import os
+import selectors
 import socket
 import struct
 import sys
+import threading
 
 
-def relay(client, target, out):
+def relay(client, target, path):
     upstream = socket.create_connection(target)
-    chunks = []
-    peers = {client: (upstream, b"C"), upstream: (client, b"S")}
-    open_ = {client, upstream}
-    while open_:
-        readable, _, _ = select.select(list(open_), [], [], 30)
-        if not readable:
-            break
-        for sock in readable:
-            other, direction = peers[sock]
-            data = sock.recv(65536)
-            if not data:
-                open_.discard(sock)
+    sel = selectors.DefaultSelector()
+    sel.register(client, selectors.EVENT_READ, (b"C", upstream))
+    sel.register(upstream, selectors.EVENT_READ, (b"S", client))
+    open_sides = 2
+    with open(path, "wb") as out:
+        while open_sides:
+            for key, _ in sel.select():
+                direction, peer = key.data
                 try:
-                    other.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-                continue
-            chunks.append(direction + struct.pack(">I", len(data)) + data)
-            other.sendall(data)
+                    data = key.fileobj.recv(65536)
+                except ConnectionResetError:
+                    data = b""  # a reset ends the side as a close does
+                if not data:
+                    sel.unregister(key.fileobj)
+                    open_sides -= 1
+                    try:
+                        peer.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    continue
+                out.write(direction + struct.pack(">I", len(data)) + data)
+                peer.sendall(data)
     client.close()
     upstream.close()
-    with open(out, "wb") as f:
-        f.write(b"".join(chunks))
 
 
 def main():
-    port, host, tport, prefix = sys.argv[1:5]
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", int(port)))
-    srv.listen(8)
-    srv.settimeout(60)
-    print("READY", flush=True)
-    n = 0
-    while True:
-        try:
-            conn, _ = srv.accept()
-        except socket.timeout:
-            break
-        n += 1
-        relay(conn, (host, int(tport)), f"{prefix}.{n}.bin")
-        print(f"wrote {prefix}.{n}.bin", flush=True)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--listen", default="127.0.0.1:0")
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--count", type=int, default=1)
+    args = ap.parse_args()
+    host, port = args.listen.rsplit(":", 1)
+    thost, tport = args.target.rsplit(":", 1)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, int(port)))
+    listener.listen()
+    print(listener.getsockname()[1], flush=True)
+    base, ext = os.path.splitext(args.out)
+    threads = []
+    for n in range(1, args.count + 1):
+        client, _ = listener.accept()
+        path = args.out if n == 1 else f"{base}.{n}{ext}"
+        t = threading.Thread(target=relay, args=(client, (thost, int(tport)), path))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
