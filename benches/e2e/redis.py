@@ -93,8 +93,10 @@ TARGETS = {
     "l7-db-on": (3, "sidecar, Redis parsed, span per command (100% sampled) into the in-memory ring, histogram"),
     "l7-db-unsampled": (4, "sidecar, Redis parsed, histogram, --sample-ratio 0: no span"),
     "l7-db-otlp": (5, "sidecar, as l7-db-on, spans exported OTLP/HTTP to a local sink"),
+    "l7-baseline": (6, "--baseline-bin (a sidecar from before database spans): its passthrough, no db flags"),
 }
 SIDECARS = ("l7-db-off", "l7-db-on", "l7-db-unsampled", "l7-db-otlp")
+BASELINE = None  # --baseline-bin, copied
 CPU_BOUND_PCT = e2e.CPU_BOUND_PCT  # 90: % of its limit (else a core)
 THROTTLED_PCT = e2e.THROTTLED_PCT  # 50: % of CFS periods throttled
 CONTENDED_OTHER_PCT = e2e.CONTENDED_OTHER_PCT  # 10: % of its core others took
@@ -162,7 +164,7 @@ def check_budget():
 
 def sidecar_cmd(name):
     off = TARGETS[name][0]
-    cmd = [SIDECAR, "--no-transparent", "--admin-listen", f"127.0.0.1:{P['admin'] + off}",
+    cmd = [BASELINE if name == "l7-baseline" else SIDECAR, "--no-transparent", "--admin-listen", f"127.0.0.1:{P['admin'] + off}",
            "--outbound-forward", f"127.0.0.1:{P['base'] + off}=127.0.0.1:{P['redis']}",
            "--log-level", "warn", "--service-name", "redis-bench"]
     if name == "l7-db-off":
@@ -171,6 +173,8 @@ def sidecar_cmd(name):
         cmd += ["--sample-ratio", "1.0"]
     elif name == "l7-db-unsampled":
         cmd += ["--sample-ratio", "0"]
+    elif name == "l7-baseline":
+        cmd += ["--sample-ratio", "1.0"]
     elif name == "l7-db-otlp":
         cmd += ["--sample-ratio", "1.0", "--otlp-protocol", "http/protobuf",
                 "--otlp-endpoint", f"http://127.0.0.1:{P['sink']}/v1/traces"]
@@ -436,7 +440,7 @@ def summarize(res, names):
                     rat = [x["ops_per_s"] / refs[x["round"]]["ops_per_s"] for x in rs if x["round"] in refs]
                     if rat:
                         row[f"ops_ratio_{ref}"] = statistics.median(rat)
-                    if ref == "l7-db-off" and n in SIDECARS:
+                    if ref == "l7-db-off" and (n in SIDECARS or n == "l7-baseline"):
                         cr = [x["proxy_cpu_s_per_M"] / refs[x["round"]]["proxy_cpu_s_per_M"]
                               for x in rs if x["round"] in refs]
                         dc = [x["proxy_cpu_s_per_M"] - refs[x["round"]]["proxy_cpu_s_per_M"]
@@ -592,10 +596,13 @@ def callgrind_md(cg):
              f"(\"marginal\": (Ir(2N) − Ir(N)) / N, one more command on open connections), after a warm-up; "
              f"Δ: minus l7-db-off's."]
     head = ["-P", "target", "Ir/cmd", "Δ vs db-off", "marginal Ir/cmd", "Δ marginal vs db-off"]
+    if "l7-baseline" in cg:
+        head.append("Δ marginal vs baseline")
     rows = []
     for pl in ARGS.pipelines:
         k = f"P{pl}"
         off = cg.get("l7-db-off", {}).get(k)
+        base = cg.get("l7-baseline", {}).get(k)
         for name, r in cg.items():
             x = r.get(k)
             if not x:
@@ -604,7 +611,9 @@ def callgrind_md(cg):
             rows.append([pl, name, f"{x['ir_per_cmd']:,.0f}",
                          f"{x['ir_per_cmd'] - off['ir_per_cmd']:+,.0f}" if d else "—",
                          f"{x['ir_marginal_per_cmd']:,.0f}",
-                         f"{x['ir_marginal_per_cmd'] - off['ir_marginal_per_cmd']:+,.0f}" if d else "—"])
+                         f"{x['ir_marginal_per_cmd'] - off['ir_marginal_per_cmd']:+,.0f}" if d else "—"]
+                        + ([f"{x['ir_marginal_per_cmd'] - base['ir_marginal_per_cmd']:+,.0f}"
+                            if base and name != "l7-baseline" else "—"] if "l7-baseline" in cg else []))
     parts.append(md_table(head, rows))
     cl = []
     for name, r in cg.items():
@@ -640,11 +649,15 @@ def binary_info(path):
 
 
 def main():
-    global ARGS, SIDECAR, LIMIT, P, DEADLINE
+    global ARGS, SIDECAR, LIMIT, P, DEADLINE, BASELINE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", default="", help="take l7inspect-sidecar from there instead of building it")
     ap.add_argument("--bin-commit", default="",
                     help="the commit the --bin-dir binary was built from (recorded in the JSON)")
+    ap.add_argument("--baseline-bin", default="",
+                    help="an older l7inspect-sidecar (before database spans) run as target l7-baseline, "
+                         "to compare passthrough with (added to the default targets when given)")
+    ap.add_argument("--baseline-commit", default="", help="the commit --baseline-bin was built from")
     ap.add_argument("--only", default="", help="comma-separated targets (default: direct,haproxy,l7-db-off,"
                     "l7-db-on,l7-db-otlp; --callgrind: l7-db-off,l7-db-unsampled,l7-db-on); all: "
                     + ",".join(TARGETS))
@@ -677,7 +690,11 @@ def main():
     if ARGS.rounds < 1:
         sys.exit("--rounds must be at least 1")
     default = "l7-db-off,l7-db-unsampled,l7-db-on" if ARGS.callgrind else "direct,haproxy,l7-db-off,l7-db-on,l7-db-otlp"
+    if ARGS.baseline_bin:
+        default = default.replace("l7-db-off", "l7-baseline,l7-db-off")
     names = [n for n in (ARGS.only or default).split(",") if n]
+    if "l7-baseline" in names and not ARGS.baseline_bin:
+        sys.exit("l7-baseline needs --baseline-bin")
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
         sys.exit(f"--only: unknown {unknown}; known: {list(TARGETS)}")
@@ -691,8 +708,8 @@ def main():
         names.remove("haproxy")
     P = {"redis": ARGS.port_base, "base": ARGS.port_base, "admin": ARGS.port_base + 10,
          "sink": ARGS.port_base + 20}
-    for port in [P["redis"]] + [P["base"] + TARGETS[n][0] for n in names] + \
-            [P["admin"] + TARGETS[n][0] for n in names if n in SIDECARS] + [P["sink"]]:
+    for port in [P["redis"]] + [P["base"] + TARGETS[n][0] for n in names if n != "direct"] + \
+            [P["admin"] + TARGETS[n][0] for n in names if n in SIDECARS + ("l7-baseline",)] + [P["sink"]]:
         if not e2e.port_free(port):
             sys.exit(f"port {port} is in use; pick another --port-base")
 
@@ -707,6 +724,9 @@ def main():
     # A copy: a rebuild of target/ during the run does not change what runs.
     SIDECAR = os.path.join(tmp, "l7inspect-sidecar")
     shutil.copy2(src, SIDECAR)
+    if ARGS.baseline_bin:
+        BASELINE = os.path.join(tmp, "l7inspect-sidecar-baseline")
+        shutil.copy2(ARGS.baseline_bin, BASELINE)
 
     atexit.register(lambda: shutil.rmtree(tmp, ignore_errors=True))
     atexit.register(e2e.stop_all)
@@ -722,7 +742,9 @@ def main():
 
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
             "kernel": platform.release(), "cpus": os.cpu_count(), "argv": sys.argv[1:],
-            "sidecar": binary_info(src), "targets": {n: TARGETS[n][1] for n in names},
+            "sidecar": binary_info(src),
+            "baseline": ({"path": ARGS.baseline_bin, "commit": ARGS.baseline_commit} if ARGS.baseline_bin else None),
+            "targets": {n: TARGETS[n][1] for n in names},
             "redis": subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip(),
             "loadavg_start": open("/proc/loadavg").read().split()[:3],
             "proxy_cpu": ARGS.proxy_cpu, "load_cpu": ARGS.load_cpu,

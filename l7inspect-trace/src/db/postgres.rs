@@ -131,6 +131,9 @@ pub struct PostgresParser {
     message_start: Option<Start>,
     /// When the messages leading to the next `Execute` started.
     batch_start: Option<Start>,
+    /// The statement of the last `Parse` since the last `Execute`, `Sync`
+    /// or `Query`.
+    parsed: Option<Arc<Statement>>,
     /// What the server will answer, in order.
     pending: VecDeque<Pending>,
     /// How many entries of `pending` hold a command.
@@ -172,6 +175,11 @@ enum Pending {
     Query(Waiting),
     /// `Sync`s (and `FunctionCall`s): each ends at a `ReadyForQuery`.
     Sync(u32),
+    /// A `Parse` with no `Execute` before its `Sync` (a driver preparing a
+    /// statement): a command only if it fails (the application's query
+    /// failed, and no execution will say so); dropped at the `Sync`'s
+    /// `ReadyForQuery` otherwise.
+    Prepare(Waiting),
 }
 
 /// A command waiting for its reply, or a run of untracked ones.
@@ -235,6 +243,7 @@ impl PostgresParser {
             portals: HashMap::new(),
             message_start: None,
             batch_start: None,
+            parsed: None,
             pending: VecDeque::new(),
             tracked: 0,
             untracked: 0,
@@ -268,6 +277,7 @@ impl PostgresParser {
                 let statement = self.statement(text);
                 let start = self.message_start.take().unwrap_or_else(|| clock.start());
                 self.batch_start = None;
+                self.parsed = None;
                 let command = self.command(start, &statement);
                 self.push(Pending::Query(command));
             }
@@ -279,6 +289,7 @@ impl PostgresParser {
                     let text = cstr(rest).or(cut.then_some(rest));
                     if let Some(text) = text {
                         let statement = Arc::new(self.statement(text));
+                        self.parsed = Some(statement.clone());
                         remember(&mut self.statements, name, statement, MAX_STATEMENTS);
                     }
                 }
@@ -300,6 +311,7 @@ impl PostgresParser {
             }
             (Phase::Ready, b'D') => self.batch_start = self.batch_start.or(self.message_start),
             (Phase::Ready, b'E') => {
+                self.parsed = None;
                 let start = self
                     .batch_start
                     .take()
@@ -313,6 +325,14 @@ impl PostgresParser {
                 self.push(Pending::Execute(command));
             }
             (Phase::Ready, b'S') => {
+                if let Some(statement) = self.parsed.take() {
+                    let start = self
+                        .batch_start
+                        .or(self.message_start)
+                        .unwrap_or_else(|| clock.start());
+                    let command = self.command(start, &statement);
+                    self.push(Pending::Prepare(command));
+                }
                 self.batch_start = None;
                 self.push(Pending::Sync(1));
             }
@@ -404,6 +424,18 @@ impl PostgresParser {
                         self.finish_execute(clock, done, |c, _| fail(c, code));
                         self.skip_to_sync();
                     }
+                    // A statement that failed to prepare: the command.
+                    Some(Pending::Prepare(_)) => {
+                        if let Some(Pending::Prepare(Waiting::Tracked(mut command, _))) =
+                            self.pending.pop_front()
+                        {
+                            self.tracked -= 1;
+                            fail(&mut command, code);
+                            command.end = clock.now();
+                            done.push(*command);
+                        }
+                        self.skip_to_sync();
+                    }
                     // The first error of a simple query: the server stops there.
                     Some(Pending::Query(Waiting::Tracked(command, _)))
                         if command.error_type.is_none() =>
@@ -454,7 +486,7 @@ impl PostgresParser {
         while let Some(entry) = self.pending.front() {
             match entry {
                 Pending::Sync(_) => break,
-                Pending::Execute(w) | Pending::Query(w) => {
+                Pending::Execute(w) | Pending::Query(w) | Pending::Prepare(w) => {
                     if matches!(w, Waiting::Tracked(..)) {
                         self.tracked -= 1;
                     }
@@ -491,6 +523,9 @@ impl PostgresParser {
                 // answer: not a reply the parser understood; drop it.
                 Pending::Execute(Waiting::Tracked(..)) => self.tracked -= 1,
                 Pending::Execute(Waiting::Untracked(_)) => {}
+                // A statement prepared without error: no command.
+                Pending::Prepare(Waiting::Tracked(..)) => self.tracked -= 1,
+                Pending::Prepare(Waiting::Untracked(_)) => {}
             }
         }
         // The ReadyForQuery of the startup, or one with nothing waiting.
@@ -1321,6 +1356,42 @@ mod tests {
             .map(|c| (secs(c.start.time), secs(c.end)))
             .collect();
         assert_eq!(times, [(20, 23), (22, 24)]);
+    }
+
+    #[test]
+    fn a_statement_that_fails_to_prepare_is_a_failed_command() {
+        // What drivers do first (tokio-postgres, psycopg 3, sqlx): Parse,
+        // Describe, Sync; an execution only once that succeeded.
+        let mut p = ready_parser(&config());
+        let mut done = Vec::new();
+        let describe = msg(b'D', b"S\0");
+        let client = [
+            parse("s1", "SELECT name FROM items WHERE id = $1"),
+            describe.clone(),
+            sync(),
+            parse("", "SELECT nope FROM items"),
+            describe,
+            sync(),
+        ]
+        .concat();
+        p.client_sent(&client, &mut at(1), &mut done);
+        let server = [
+            msg(b'1', &[]),
+            msg(b't', b"\0\x01\0\0\0\x17"),
+            msg(b'n', &[]),
+            ready(),
+            error("42703"),
+            ready(),
+        ]
+        .concat();
+        p.server_sent(&server, &mut at(2), &mut done);
+        // The prepared one is no command; the failed one is.
+        assert_eq!(
+            summary(&done),
+            [("SELECT", Some("items"), None, Some("42703"))]
+        );
+        assert!(p.pending.is_empty());
+        assert_eq!(p.tracked, 0);
     }
 
     #[test]
