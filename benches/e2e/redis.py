@@ -467,7 +467,7 @@ def md_table(head, rows):
 
 
 def throughput_md(rows):
-    lim = f"{ARGS.proxy_cpu_limit:g} core" if LIMIT else "none (whole core)"
+    lim = f"{ARGS.proxy_cpu_limit:g} core" if ARGS.proxy_cpu_limit else "none (whole core)"
     parts = [f"redis-benchmark -c {ARGS.clients}, -n {ARGS.n_p1} at -P 1 and {ARGS.n_pipelined} pipelined; "
              f"medians of {ARGS.rounds} rounds; proxy on CPU {ARGS.proxy_cpu} (CPU limit: {lim}), redis-server "
              f"+ redis-benchmark (+ OTLP sink) on CPU {ARGS.load_cpu}. CPU s/M = proxy CPU seconds per million "
@@ -500,9 +500,16 @@ def throughput_md(rows):
             best = max((r["ops_per_s"] for r in d if r["target"] != "direct"), default=None)
             if direct and best:
                 h = direct / best
-                notes.append(f"-P {pl} {test.upper()}: direct ÷ fastest proxy {h:.2f}×"
-                             + (" (direct far above: the proxies are the bottleneck)" if h >= 1.3 else
-                                " (WARNING: direct not far above the proxies: the load side may be the limit)"))
+                crowded = [r["target"] for r in d if "contended" in (r["bound"] or "")]
+                if h < 1.3:
+                    why = " (WARNING: direct not far above the proxies: the load side may be the limit)"
+                elif crowded:
+                    why = (" (direct far above the proxies; but in some rounds other tasks took >= "
+                           f"{CONTENDED_OTHER_PCT:g}% of the proxy's core: " + ", ".join(crowded)
+                           + " — what limited them may be that, not their own CPU)")
+                else:
+                    why = " (direct far above: the proxies are the bottleneck)"
+                notes.append(f"-P {pl} {test.upper()}: direct ÷ fastest proxy {h:.2f}×" + why)
     if notes:
         parts.append("\n".join("- " + n for n in notes))
     return "\n\n".join(parts)
@@ -648,6 +655,41 @@ def binary_info(path):
     return out
 
 
+def tables_md(result, names):
+    if "callgrind" in result:
+        return [callgrind_md(result["callgrind"])]
+    md = [throughput_md(result["summary"])]
+    c = counters_md(result)
+    if c:
+        md.append(c)
+    return md
+
+
+def write_md(out, meta, md):
+    text = "\n\n".join(md)
+    if text:
+        with open(os.path.splitext(out)[0] + ".md", "w") as f:
+            f.write(f"# {os.path.basename(out)}\n\n`python3 benches/e2e/redis.py {' '.join(meta['argv'])}` "
+                    f"({meta['date']}, sidecar {meta['sidecar']['commit']}"
+                    f"{' + uncommitted edits' if meta['sidecar']['dirty_files'] else ''}"
+                    + (f", baseline {meta['baseline']['commit']}" if meta.get("baseline") else "")
+                    + f", load average {' '.join(meta['loadavg_start'])} at start)\n\n{text}\n")
+        print(text)
+
+
+def render(ap, path):
+    """--render: the tables of an earlier run, from its JSON and argv."""
+    global ARGS
+    with open(path) as f:
+        result = json.load(f)
+    meta = result["meta"]
+    ARGS = ap.parse_args(meta["argv"])
+    ARGS.pipelines = [int(x) for x in ARGS.pipelines.split(",")]
+    ARGS.tests = [t.strip().lower() for t in ARGS.tests.split(",")]
+    write_md(path, meta, tables_md(result, list(meta["targets"])))
+    return 0
+
+
 def main():
     global ARGS, SIDECAR, LIMIT, P, DEADLINE, BASELINE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -682,8 +724,12 @@ def main():
     ap.add_argument("--port-base", type=int, default=19400, help="ports BASE..BASE+29 (default 19400)")
     ap.add_argument("--budget", type=int, default=600, help="seconds the whole run may take (default 600)")
     ap.add_argument("--run-timeout", type=int, default=120, help="seconds one redis-benchmark run may take")
+    ap.add_argument("--render", default="", metavar="JSON",
+                    help="print (and rewrite the .md beside) the tables of an earlier run's JSON; runs nothing")
     ap.add_argument("--out", default="", help="JSON path (default benches/e2e/results/redis[-callgrind]-DATE.json)")
     ARGS = ap.parse_args()
+    if ARGS.render:
+        return render(ap, ARGS.render)
     DEADLINE = time.monotonic() + ARGS.budget
     ARGS.pipelines = [int(x) for x in ARGS.pipelines.split(",")]
     ARGS.tests = [t.strip().lower() for t in ARGS.tests.split(",")]
@@ -756,15 +802,11 @@ def main():
         if ARGS.callgrind:
             cg = callgrind(names, tmp)
             result = {"meta": meta, "callgrind": cg}
-            md.append(callgrind_md(cg))
         else:
             res = throughput(names, tmp, redis)
             rows = summarize(res, names)
             result = {"meta": meta, "summary": rows, **res}
-            md.append(throughput_md(rows))
-            c = counters_md(res)
-            if c:
-                md.append(c)
+        md = tables_md(result, names)
     except OverBudget as e:
         log(f"stopped: {e}")
         ok = False
@@ -779,14 +821,7 @@ def main():
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
-    text = "\n\n".join(md)
-    if text:
-        with open(os.path.splitext(out)[0] + ".md", "w") as f:
-            f.write(f"# {os.path.basename(out)}\n\n`python3 benches/e2e/redis.py {' '.join(sys.argv[1:])}` "
-                    f"({meta['date']}, sidecar {meta['sidecar']['commit']}"
-                    f"{' + uncommitted edits' if meta['sidecar']['dirty_files'] else ''}, "
-                    f"load average {' '.join(meta['loadavg_start'])} at start)\n\n{text}\n")
-        print(text)
+    write_md(out, meta, md)
     log(f"wrote {out}")
     return 0 if ok else 1
 
