@@ -22,12 +22,7 @@ use l7inspect_sidecar::{Forward, SidecarConfig};
 use l7inspect_test_support::{KillOnDrop, TempDir, pki::TestCa};
 use l7inspect_trace::span::SpanRecord;
 use opentelemetry::trace::SpanKind;
-use support::{Running, attr, have, start};
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use support::{Running, attr, free_port, have, is_root, start};
 
 /// A MariaDB server on 127.0.0.1 with TLS available, a database `shop`
 /// with a table `items` (3 rows) and a user `app`/`secret`; stopped by its
@@ -46,13 +41,6 @@ fn run(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 fn mariadb_server() -> Mariadb {

@@ -21,12 +21,7 @@ use l7inspect_sidecar::{Forward, SidecarConfig};
 use l7inspect_test_support::{KillOnDrop, TempDir, pki::TestCa};
 use l7inspect_trace::span::SpanRecord;
 use opentelemetry::trace::SpanKind;
-use support::{Running, attr, start};
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use support::{Running, attr, free_port, is_root, start};
 
 /// The directory of `initdb` and `postgres`: on PATH, or Debian's
 /// `/usr/lib/postgresql/<version>/bin`.
@@ -43,13 +38,6 @@ fn pg_bin() -> Option<PathBuf> {
         .collect();
     versions.sort();
     versions.pop()
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 /// `program` from `bin`, as the `postgres` user when root (PostgreSQL

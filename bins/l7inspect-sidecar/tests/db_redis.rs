@@ -20,13 +20,10 @@ use std::{
 };
 
 use l7inspect_sidecar::{Forward, SidecarConfig};
-use l7inspect_test_support::{
-    KillOnDrop, TempDir,
-    collector::{Collector, OtlpSpan, Receiver},
-};
+use l7inspect_test_support::collector::{Collector, OtlpSpan, Receiver};
 use l7inspect_trace::export::{ExportConfig, OtlpConfig, OtlpProtocol, ZipkinConfig};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
-use support::{Running, have, start};
+use support::{Running, have, redis_server, start};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -35,41 +32,6 @@ use tokio::{
 
 /// Only fires on a bug (a hang); never a timing assertion.
 const GENEROUS: Duration = Duration::from_secs(60);
-
-/// A redis-server on 127.0.0.1, in a temporary directory, stopped (by its
-/// PID) when dropped.
-struct Redis {
-    addr: SocketAddr,
-    _dir: TempDir,
-    _process: KillOnDrop,
-}
-
-fn redis_server() -> Redis {
-    let dir = TempDir::new("l7inspect-redis");
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server starts");
-    let process = KillOnDrop(child);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    l7inspect_test_support::wait_for_blocking("redis-server to accept", || {
-        std::net::TcpStream::connect(addr).ok()
-    });
-    Redis {
-        addr,
-        _dir: dir,
-        _process: process,
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// A sidecar with one outbound forward to `redis`, exporting OTLP/HTTP and
 /// Zipkin to `collector` 50 ms after a span ends.

@@ -18,7 +18,6 @@ mod support;
 
 use std::{
     net::SocketAddr,
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -28,10 +27,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use l7inspect_sidecar::{Forward, SidecarConfig};
-use l7inspect_test_support::{KillOnDrop, TempDir};
 use l7inspect_trace::span::SpanRecord;
 use opentelemetry::trace::{SpanId, SpanKind};
-use support::{Running, attr, have, start};
+use support::{Running, attr, free_port, have, redis_server, start};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -40,30 +38,6 @@ use tokio::{
 
 /// Only fires on a bug (a hang); never a timing assertion.
 const GENEROUS: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// redis-server on 127.0.0.1 in a temporary directory (stopped by PID on drop).
-fn redis_server() -> (SocketAddr, TempDir, KillOnDrop) {
-    let dir = TempDir::new("l7inspect-infer-redis");
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server starts");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let process = KillOnDrop(child);
-    l7inspect_test_support::wait_for_blocking("redis-server to accept", || {
-        std::net::TcpStream::connect(addr).ok()
-    });
-    (addr, dir, process)
-}
 
 /// An HTTP/1.1 server answering 200 with `body` after `handle` ran.
 async fn http_server<F, Fut>(handle: F) -> SocketAddr
@@ -132,11 +106,11 @@ struct World {
     sidecar: Running,
     inbound: SocketAddr,
     seen: Seen,
-    _redis: (TempDir, KillOnDrop),
+    _redis: support::Redis,
 }
 
 async fn world(app_delay: Duration) -> World {
-    let (redis, dir, process) = redis_server();
+    let redis = redis_server();
     let seen = Seen::default();
     let store = seen.clone();
     let backend = http_server(move |req: http::Request<Incoming>| {
@@ -183,7 +157,7 @@ async fn world(app_delay: Duration) -> World {
             },
             Forward {
                 listen: redis_via,
-                target: redis,
+                target: redis.addr,
             },
         ],
         ..SidecarConfig::default()
@@ -194,7 +168,7 @@ async fn world(app_delay: Duration) -> World {
         sidecar,
         inbound,
         seen,
-        _redis: (dir, process),
+        _redis: redis,
     }
 }
 

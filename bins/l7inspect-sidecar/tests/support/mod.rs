@@ -164,3 +164,49 @@ pub fn have(test: &str, program: &str, version_arg: &str) -> bool {
     }
     ok
 }
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Whether the tests run as root (database servers then run as a user of
+/// their own, or are told to run as root).
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// A redis-server on 127.0.0.1, in a temporary directory, stopped (by its
+/// PID) when dropped.
+pub struct Redis {
+    pub addr: SocketAddr,
+    _dir: l7inspect_test_support::TempDir,
+    _process: l7inspect_test_support::KillOnDrop,
+}
+
+/// Starts a [`Redis`] and waits until it accepts connections.
+pub fn redis_server() -> Redis {
+    let dir = l7inspect_test_support::TempDir::new("l7inspect-redis");
+    let port = free_port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let process = l7inspect_test_support::KillOnDrop(child);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    l7inspect_test_support::wait_for_blocking("redis-server to accept", || {
+        std::net::TcpStream::connect(addr).ok()
+    });
+    Redis {
+        addr,
+        _dir: dir,
+        _process: process,
+    }
+}
