@@ -137,47 +137,45 @@ impl DbObserver {
         }
     }
 
-    /// `io`, watched when `outcome` is a database protocol this observer
-    /// parses; `prefix` are the bytes the client sent that detection read
-    /// (and that reach the server before anything read from `io`).
-    pub fn watch<I>(&self, outcome: Outcome, peer: Peer, prefix: &[u8], io: I) -> DbIo<I> {
-        let watch = match outcome {
-            Outcome::Protocol(p) => DbSystem::of(p)
-                .filter(|system| self.shared.config.parses(*system))
-                .map(|system| (system, Parser::new(system, &self.shared.config)))
-                .map(|(system, parser)| {
-                    let mut w = Box::new(Watch {
-                        shared: self.shared.clone(),
-                        system,
-                        parser,
-                        done: Vec::new(),
-                        peer,
-                        network: None,
-                        last: None,
-                        stop_counted: false,
-                        reads: 0,
-                        inferred: VecDeque::new(),
-                    });
-                    if !prefix.is_empty() {
-                        w.client_sent(prefix);
-                    }
-                    w
-                }),
+    /// The database system of a connection detected as `outcome`, when
+    /// this observer parses it.
+    pub fn parses(&self, outcome: Outcome) -> Option<DbSystem> {
+        match outcome {
+            Outcome::Protocol(p) => DbSystem::of(p).filter(|s| self.shared.config.parses(*s)),
             _ => None,
-        };
+        }
+    }
+
+    /// `io`, a connection of `system` between `peer`'s ends, watched;
+    /// `prefix` are the bytes the client sent that detection read (and
+    /// that reach the server before anything read from `io`).
+    pub fn watch<I>(&self, system: DbSystem, peer: Peer, prefix: &[u8], io: I) -> DbIo<I> {
+        let mut watch = Box::new(Watch {
+            shared: self.shared.clone(),
+            system,
+            parser: Parser::new(system, &self.shared.config),
+            done: Vec::new(),
+            peer,
+            network: None,
+            last: None,
+            stop_counted: false,
+            reads: 0,
+            inferred: VecDeque::new(),
+        });
+        watch.client_sent(prefix);
         DbIo { io, watch }
     }
 }
 
-/// A [`Layer`] that gives each detected connection's stream a [`DbIo`]
-/// (watched when the connection is Redis, PostgreSQL or MySQL, and that
-/// system's parser is on). Made by [`DbObserver::layer`].
+/// A [`Layer`] that gives the stream of each connection detected as Redis,
+/// PostgreSQL or MySQL (whose parser is on) a [`DbIo`]. Made by
+/// [`DbObserver::layer`].
 ///
 /// It goes below detection, above the service that relays the bytes
 /// (l7inspect-core's `Passthrough`): that service copies the client's
 /// stream as it always did, and the reads and writes it makes are what the
-/// parser sees. Other connections get a `DbIo` with nothing to watch: one
-/// branch per read or write.
+/// parser sees. Other connections reach the inner service as they came, on
+/// its own path for their stream type: they cost nothing more.
 #[derive(Clone, Debug)]
 pub struct DbLayer<F> {
     observer: DbObserver,
@@ -204,20 +202,32 @@ pub struct Db<S, F> {
     peer: F,
 }
 
+/// The inner service takes both streams: a database connection's
+/// [`DbIo`], and any other as it came (the same future for both; it is
+/// readied once, through the `DbIo` kind, for either).
 impl<S, F, M, I> Service<Detected<M, I>> for Db<S, F>
 where
-    S: Service<Detected<M, DbIo<I>>>,
+    S: Service<Detected<M, DbIo<I>>>
+        + Service<
+            Detected<M, I>,
+            Response = <S as Service<Detected<M, DbIo<I>>>>::Response,
+            Error = <S as Service<Detected<M, DbIo<I>>>>::Error,
+            Future = <S as Service<Detected<M, DbIo<I>>>>::Future,
+        >,
     F: Fn(&M) -> Peer,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Response = <S as Service<Detected<M, DbIo<I>>>>::Response;
+    type Error = <S as Service<Detected<M, DbIo<I>>>>::Error;
+    type Future = <S as Service<Detected<M, DbIo<I>>>>::Future;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        <S as Service<Detected<M, DbIo<I>>>>::poll_ready(&mut self.inner, cx)
     }
 
-    fn call(&mut self, d: Detected<M, I>) -> S::Future {
+    fn call(&mut self, d: Detected<M, I>) -> Self::Future {
+        let Some(system) = self.observer.parses(d.outcome) else {
+            return <S as Service<Detected<M, I>>>::call(&mut self.inner, d);
+        };
         let Detected {
             outcome,
             client_hello,
@@ -226,7 +236,7 @@ where
         } = d;
         let (prefix, io) = io.into_parts();
         let peer = (self.peer)(&meta);
-        let io = self.observer.watch(outcome, peer, &prefix, io);
+        let io = self.observer.watch(system, peer, &prefix, io);
         self.inner.call(Detected {
             outcome,
             client_hello,
@@ -242,7 +252,7 @@ where
 /// never copied or held. Made by [`DbObserver::watch`].
 pub struct DbIo<I> {
     io: I,
-    watch: Option<Box<Watch>>,
+    watch: Box<Watch>,
 }
 
 impl<I> DbIo<I> {
@@ -251,9 +261,9 @@ impl<I> DbIo<I> {
         &self.io
     }
 
-    /// Whether a parser watches it.
-    pub fn is_watched(&self) -> bool {
-        self.watch.is_some()
+    /// The database system it carries.
+    pub fn system(&self) -> DbSystem {
+        self.watch.system
     }
 }
 
@@ -261,7 +271,7 @@ impl<I: std::fmt::Debug> std::fmt::Debug for DbIo<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbIo")
             .field("io", &self.io)
-            .field("system", &self.watch.as_ref().map(|w| w.system))
+            .field("system", &self.watch.system)
             .finish()
     }
 }
@@ -283,11 +293,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for DbIo<I> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let (Some(w), Poll::Ready(Ok(()))) = (&mut this.watch, &res) {
-            let new = &buf.filled()[before..];
-            if !new.is_empty() {
-                w.client_sent(new);
-            }
+        if let Poll::Ready(Ok(())) = &res {
+            this.watch.client_sent(&buf.filled()[before..]);
         }
         res
     }
@@ -301,8 +308,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for DbIo<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let res = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let (Some(w), Poll::Ready(Ok(n))) = (&mut this.watch, &res) {
-            w.server_sent(&buf[..*n]);
+        if let Poll::Ready(Ok(n)) = &res {
+            this.watch.server_sent(&buf[..*n]);
         }
         res
     }
@@ -318,9 +325,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for DbIo<I> {
 
 impl<I> Drop for DbIo<I> {
     fn drop(&mut self) {
-        if let Some(w) = &mut self.watch {
-            w.closed();
-        }
+        self.watch.closed();
     }
 }
 
@@ -350,6 +355,9 @@ struct Watch {
 
 impl Watch {
     fn client_sent(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
         let Some(infer) = &self.shared.infer else {
             let mut clock = Clock::new();
             self.parser.client_sent(bytes, &mut clock, &mut self.done);
