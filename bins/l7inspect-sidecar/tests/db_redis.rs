@@ -396,3 +396,60 @@ async fn parsers_can_be_turned_off() {
     timeout(GENEROUS, s.handle).await.unwrap().unwrap();
     assert!(collector.otlp_spans(Receiver::OtlpHttp).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_library_pipeline_takes_its_own_replies() {
+    let test = "a_client_library_pipeline_takes_its_own_replies";
+    if !have(test, "redis-server", "--version") {
+        return;
+    }
+    let redis = redis_server();
+    let collector = Collector::start();
+    let s = sidecar(redis.addr, &collector, SidecarConfig::default()).await;
+    let addr = outbound(&s);
+    // redis-rs, as an application uses it: a pipeline of five commands,
+    // one of them failing, written at once, the replies read after.
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let (set, got, pushed, len): (String, String, i64, i64) = redis::pipe()
+        .set("fruit", "fig")
+        .get("fruit")
+        .rpush("basket", "pear")
+        .llen("basket")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        (set.as_str(), got.as_str(), pushed, len),
+        ("OK", "fig", 1, 1)
+    );
+    let err = redis::pipe()
+        .incr("counter", 1)
+        .cmd("LPUSH")
+        .arg("fruit")
+        .arg("x")
+        .query_async::<(i64, i64)>(&mut con)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("WRONGTYPE"));
+    drop(con);
+    let spans = finish(s, &collector, 7).await;
+    let ops: Vec<_> = spans
+        .iter()
+        .filter(|s| s.str_attr("db.system.name") == Some("redis"))
+        .map(|s| (s.span.name.as_str(), s.str_attr("error.type")))
+        .filter(|(n, _)| *n != "CLIENT" && *n != "HELLO")
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("SET", None),
+            ("GET", None),
+            ("RPUSH", None),
+            ("LLEN", None),
+            // redis-rs sends `incr(key, 1)` as INCRBY.
+            ("INCRBY", None),
+            ("LPUSH", Some("WRONGTYPE")),
+        ]
+    );
+}

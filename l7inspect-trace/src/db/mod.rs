@@ -240,9 +240,6 @@ pub struct Command {
     pub error_type: Option<Cow<'static, str>>,
     /// `db.response.returned_rows`, when the reply says.
     pub rows: Option<u64>,
-    /// Other integer attributes (`l7inspect.db.*`: the channels of a
-    /// subscription, the messages it received), in order.
-    pub attributes: Vec<(&'static str, i64)>,
 }
 
 impl Command {
@@ -259,7 +256,6 @@ impl Command {
             status_code: None,
             error_type: None,
             rows: None,
-            attributes: Vec::new(),
         }
     }
 }

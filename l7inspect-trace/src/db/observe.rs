@@ -519,11 +519,6 @@ impl Watch {
         if let Inference::Ambiguous(links) = inference {
             span.links = links;
         }
-        span.attributes.extend(
-            cmd.attributes
-                .into_iter()
-                .map(|(k, v)| opentelemetry::KeyValue::new(k, v)),
-        );
         shared.sink.record(span);
     }
 }
