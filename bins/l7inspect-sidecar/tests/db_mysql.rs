@@ -19,7 +19,7 @@ use std::{
 };
 
 use l7inspect_sidecar::{Forward, SidecarConfig};
-use l7inspect_test_support::{KillOnDrop, TempDir, pki::TestCa};
+use l7inspect_test_support::{KillOnDrop, TempDir, collector::Collector, pki::TestCa};
 use l7inspect_trace::span::SpanRecord;
 use opentelemetry::trace::SpanKind;
 use support::{Running, attr, free_port, have, is_root, start};
@@ -203,13 +203,15 @@ async fn mariadb_queries_prepared_statements_and_tls() {
         return;
     }
     let db = tokio::task::spawn_blocking(mariadb_server).await.unwrap();
-    let config = SidecarConfig {
+    let collector = Collector::start();
+    let mut config = SidecarConfig {
         db: l7inspect_trace::db::DbConfig {
             query_text: true,
             ..Default::default()
         },
         ..SidecarConfig::default()
     };
+    config.tracing.export = support::export_to(&collector);
     let s = sidecar(db.addr, config).await;
     let via = s.addrs.outbound_forwards[0].listen;
 
@@ -299,4 +301,24 @@ async fn mariadb_queries_prepared_statements_and_tls() {
         )
         .unwrap();
     assert_eq!(count, 1.0);
+    // The same spans reached a real receiver: OTLP/HTTP, and Zipkin
+    // checked against its spec.
+    let ring: Vec<_> = s
+        .spans
+        .snapshot()
+        .into_iter()
+        .filter(|s| attr(s, "db.system.name").as_deref() == Some("mysql"))
+        .map(|s| s.span_id)
+        .collect();
+    let received = support::finish_export(s, &collector, ring.len()).await;
+    let received: Vec<_> = received
+        .iter()
+        .filter(|s| s.str_attr("db.system.name") == Some("mysql"))
+        .collect();
+    assert_eq!(received.len(), ring.len());
+    assert!(
+        received
+            .iter()
+            .any(|s| s.str_attr("db.operation.name") == Some("SELECT"))
+    );
 }

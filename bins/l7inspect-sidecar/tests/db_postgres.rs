@@ -18,7 +18,7 @@ use std::{
 };
 
 use l7inspect_sidecar::{Forward, SidecarConfig};
-use l7inspect_test_support::{KillOnDrop, TempDir, pki::TestCa};
+use l7inspect_test_support::{KillOnDrop, TempDir, collector::Collector, pki::TestCa};
 use l7inspect_trace::span::SpanRecord;
 use opentelemetry::trace::SpanKind;
 use support::{Running, attr, free_port, is_root, start};
@@ -186,13 +186,15 @@ async fn psql_queries_copy_tls_and_prepared_statements() {
     let pg = tokio::task::spawn_blocking(move || postgres_server(&bin))
         .await
         .unwrap();
-    let config = SidecarConfig {
+    let collector = Collector::start();
+    let mut config = SidecarConfig {
         db: l7inspect_trace::db::DbConfig {
             query_text: true,
             ..Default::default()
         },
         ..SidecarConfig::default()
     };
+    config.tracing.export = support::export_to(&collector);
     let s = start(SidecarConfig {
         transparent: false,
         admin_listen: vec!["127.0.0.1:0".parse().unwrap()],
@@ -336,4 +338,24 @@ async fn psql_queries_copy_tls_and_prepared_statements() {
         )
         .unwrap();
     assert_eq!(histogram, 1.0);
+    // The same spans reached a real receiver: OTLP/HTTP, and Zipkin
+    // checked against its spec.
+    let ring: Vec<_> = s
+        .spans
+        .snapshot()
+        .into_iter()
+        .filter(|s| attr(s, "db.system.name").as_deref() == Some("postgresql"))
+        .map(|s| s.span_id)
+        .collect();
+    let received = support::finish_export(s, &collector, ring.len()).await;
+    let received: Vec<_> = received
+        .iter()
+        .filter(|s| s.str_attr("db.system.name") == Some("postgresql"))
+        .collect();
+    assert_eq!(received.len(), ring.len());
+    assert!(
+        received
+            .iter()
+            .any(|s| s.str_attr("db.operation.name") == Some("SELECT"))
+    );
 }

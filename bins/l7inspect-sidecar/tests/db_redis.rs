@@ -21,7 +21,7 @@ use std::{
 
 use l7inspect_sidecar::{Forward, SidecarConfig};
 use l7inspect_test_support::collector::{Collector, OtlpSpan, Receiver};
-use l7inspect_trace::export::{ExportConfig, OtlpConfig, OtlpProtocol, ZipkinConfig};
+use l7inspect_trace::export::{ExportConfig, OtlpConfig, OtlpProtocol};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
 use support::{Running, have, redis_server, start};
 use tokio::{
@@ -45,15 +45,7 @@ async fn sidecar(redis: SocketAddr, collector: &Collector, config: SidecarConfig
         }],
         ..config
     };
-    config.tracing.export = ExportConfig {
-        otlp: Some(OtlpConfig::new(
-            collector.endpoint(Receiver::OtlpHttp),
-            OtlpProtocol::HttpProtobuf,
-        )),
-        zipkin: Some(ZipkinConfig::new(collector.endpoint(Receiver::Zipkin))),
-        batch_delay: Duration::from_millis(50),
-        ..ExportConfig::default()
-    };
+    config.tracing.export = support::export_to(collector);
     start(config).await
 }
 
@@ -86,16 +78,6 @@ fn redis_cli(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Stops the sidecar (shutdown flushes the export queue) and returns the
-/// spans the collector got over OTLP, once `n` arrived.
-async fn finish(mut s: Running, collector: &Collector, n: usize) -> Vec<OtlpSpan> {
-    s.shutdown();
-    timeout(GENEROUS, s.handle).await.unwrap().unwrap();
-    let spans = collector.wait_otlp_spans(Receiver::OtlpHttp, n).await;
-    assert_eq!(collector.rejections(), Vec::<String>::new(), "Zipkin spec");
-    spans
-}
-
 fn named<'a>(spans: &'a [OtlpSpan], name: &str) -> Vec<&'a OtlpSpan> {
     spans.iter().filter(|s| s.span.name == name).collect()
 }
@@ -123,7 +105,7 @@ async fn redis_cli_commands_become_client_spans() {
          OK\nOK\nOK\nQUEUED\nQUEUED\n2\n3\n\n"
     );
     let metrics = s.metrics();
-    let spans = finish(s, &collector, 10).await;
+    let spans = support::finish_export(s, &collector, 10).await;
     let ops: Vec<_> = spans
         .iter()
         .filter(|s| s.str_attr("db.system.name") == Some("redis"))
@@ -255,7 +237,7 @@ async fn pipelines_take_their_own_replies() {
         !metrics.contains("error_type=\"connection_closed\""),
         "{metrics}"
     );
-    drop(finish(s, &collector, 1).await);
+    drop(support::finish_export(s, &collector, 1).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,7 +286,7 @@ async fn a_subscription_is_one_span_and_messages_none() {
         );
     }
     drop(sub);
-    let spans = finish(s, &collector, 4).await;
+    let spans = support::finish_export(s, &collector, 4).await;
     let redis_spans: Vec<_> = spans
         .iter()
         .filter(|s| s.str_attr("db.system.name") == Some("redis") && s.span.name != "COMMAND")
@@ -351,7 +333,7 @@ async fn inbound_commands_are_server_spans_and_large_values_pass() {
     .await
     .unwrap();
     assert_eq!(got.trim_end().as_bytes(), &expected[..]);
-    let spans = finish(s, &collector, 3).await;
+    let spans = support::finish_export(s, &collector, 3).await;
     let ops: Vec<_> = spans
         .iter()
         .filter(|s| s.str_attr("db.system.name") == Some("redis") && s.span.name != "COMMAND")
@@ -433,7 +415,7 @@ async fn a_client_library_pipeline_takes_its_own_replies() {
         .unwrap_err();
     assert_eq!(err.code(), Some("WRONGTYPE"));
     drop(con);
-    let spans = finish(s, &collector, 7).await;
+    let spans = support::finish_export(s, &collector, 7).await;
     let ops: Vec<_> = spans
         .iter()
         .filter(|s| s.str_attr("db.system.name") == Some("redis"))

@@ -210,3 +210,39 @@ pub fn redis_server() -> Redis {
         _process: process,
     }
 }
+
+/// Export to `collector`: OTLP/HTTP and Zipkin, 50 ms after a span ends.
+pub fn export_to(
+    collector: &l7inspect_test_support::collector::Collector,
+) -> l7inspect_trace::export::ExportConfig {
+    use l7inspect_test_support::collector::Receiver;
+    use l7inspect_trace::export::{ExportConfig, OtlpConfig, OtlpProtocol, ZipkinConfig};
+    ExportConfig {
+        otlp: Some(OtlpConfig::new(
+            collector.endpoint(Receiver::OtlpHttp),
+            OtlpProtocol::HttpProtobuf,
+        )),
+        zipkin: Some(ZipkinConfig::new(collector.endpoint(Receiver::Zipkin))),
+        batch_delay: std::time::Duration::from_millis(50),
+        ..ExportConfig::default()
+    }
+}
+
+/// Stops the sidecar (shutdown flushes the export queue) and returns the
+/// spans `collector` got over OTLP/HTTP, once `n` arrived; every Zipkin
+/// batch it got passed the Zipkin v2 spec.
+pub async fn finish_export(
+    mut s: Running,
+    collector: &l7inspect_test_support::collector::Collector,
+    n: usize,
+) -> Vec<l7inspect_test_support::collector::OtlpSpan> {
+    use l7inspect_test_support::collector::Receiver;
+    s.shutdown();
+    tokio::time::timeout(std::time::Duration::from_secs(60), s.handle)
+        .await
+        .unwrap()
+        .unwrap();
+    let spans = collector.wait_otlp_spans(Receiver::OtlpHttp, n).await;
+    assert_eq!(collector.rejections(), Vec::<String>::new(), "Zipkin spec");
+    spans
+}
