@@ -16,7 +16,10 @@
 //!
 //! Cases: `server/*` (inbound, SERVER kind) and `client/*` (outbound, CLIENT
 //! kind), each `sampled` (`traceidratio` 1.0) and `unsampled` (`traceidratio`
-//! 0.0). The request is a plain `GET` with `Host`, `User-Agent` and `Accept`
+//! 0.0); and, sampled, with parent inference as the sidecar runs it
+//! (`server/sampled/registering`: each request enters the set of those in
+//! flight; `client/sampled/inferring-none` and `-one`: the request asks it,
+//! with nothing and with one inbound request in flight). The request is a plain `GET` with `Host`, `User-Agent` and `Accept`
 //! and no trace context, so every span is a root (the default propagators
 //! then inject W3C `traceparent`). Baseline: `baseline/untraced`, the same
 //! service called the same way without the layer: the floor of the exchange
@@ -40,10 +43,11 @@ use http::{Request, Response, header};
 use http_body::Body;
 use http_body_util::{Empty, Full};
 use l7inspect_trace::{
-    ObserveConfig, ObserveLayer, Observer, Peer, RequestMetrics,
+    ObserveConfig, ObserveLayer, Observer, ParentInference, Peer, RequestMetrics,
     export::{ExportConfig, ExportPipeline, RecentSpans, ResourceConfig, SamplerConfig},
+    infer::{InFlight, InferStats},
 };
-use opentelemetry::trace::SpanKind;
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceFlags, TraceId, TraceState};
 use std::{
     convert::Infallible,
     fmt::Debug,
@@ -70,7 +74,7 @@ fn span(c: &mut Criterion) {
     });
     for (kind, kind_name) in [(SpanKind::Server, "server"), (SpanKind::Client, "client")] {
         for (ratio, sampled) in [(1.0, "sampled"), (0.0, "unsampled")] {
-            let (layer, recent) = observe_layer(kind.clone(), ratio);
+            let (layer, recent) = observe_layer(kind.clone(), ratio, None);
             let mut svc = layer.layer(backend());
             group.bench_function(format!("{kind_name}/{sampled}"), |b| {
                 b.iter_batched(
@@ -89,6 +93,58 @@ fn span(c: &mut Criterion) {
             );
         }
     }
+    // Parent inference, as the sidecar runs it by default: the inbound
+    // observer registers each request in flight; the outbound one asks,
+    // with nothing in flight (`none`) and with one inbound request in
+    // flight (`inferred`: the span becomes its child).
+    let inflight = InFlight::default();
+    let stats = InferStats::default();
+    let infer = ParentInference::Infer {
+        inflight: inflight.clone(),
+        max_links: l7inspect_trace::infer::DEFAULT_MAX_LINKS,
+        stats,
+    };
+    let cases = [
+        (
+            "server/sampled/registering",
+            SpanKind::Server,
+            ParentInference::Register(inflight.clone()),
+            false,
+        ),
+        (
+            "client/sampled/inferring-none",
+            SpanKind::Client,
+            infer.clone(),
+            false,
+        ),
+        (
+            "client/sampled/inferring-one",
+            SpanKind::Client,
+            infer,
+            true,
+        ),
+    ];
+    for (name, kind, inference, one_in_flight) in cases {
+        let (layer, _recent) = observe_layer(kind, 1.0, Some(inference));
+        let mut svc = layer.layer(backend());
+        let request_in_flight = one_in_flight.then(|| {
+            inflight.enter(&SpanContext::new(
+                TraceId::from(7u128),
+                SpanId::from(9u64),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ))
+        });
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                request,
+                |req| exchange(&mut svc, req),
+                BatchSize::SmallInput,
+            )
+        });
+        drop(request_in_flight);
+    }
     group.finish();
 }
 
@@ -96,7 +152,11 @@ fn span(c: &mut Criterion) {
 /// l7inspect-sidecar): an export pipeline with no exporter, the sidecar's
 /// sampler (`parentbased_traceidratio`, B3-aware), the default propagators,
 /// request histograms; and the pipeline's ring.
-fn observe_layer(kind: SpanKind, ratio: f64) -> (ObserveLayer, RecentSpans) {
+fn observe_layer(
+    kind: SpanKind,
+    ratio: f64,
+    inference: Option<ParentInference>,
+) -> (ObserveLayer, RecentSpans) {
     let resource = ResourceConfig::default().to_resource("l7inspect", env!("CARGO_PKG_VERSION"));
     let pipeline =
         ExportPipeline::start(ExportConfig::default(), resource).expect("no exporter to build");
@@ -105,6 +165,10 @@ fn observe_layer(kind: SpanKind, ratio: f64) -> (ObserveLayer, RecentSpans) {
         ..ObserveConfig::new(kind)
     };
     let observer = Observer::new(config, pipeline.sink(), Some(RequestMetrics::default()));
+    let observer = match inference {
+        Some(i) => observer.with_inference(i),
+        None => observer,
+    };
     let peer = Peer {
         client: "10.0.0.9:40000".parse().expect("address"),
         server: "10.0.0.5:8080".parse().expect("address"),
