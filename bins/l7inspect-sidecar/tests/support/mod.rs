@@ -246,3 +246,30 @@ pub async fn finish_export(
     assert_eq!(collector.rejections(), Vec::<String>::new(), "Zipkin spec");
     spans
 }
+
+/// Stops the sidecar and checks that the `system` database spans in its
+/// ring all reached `collector` (OTLP/HTTP; Zipkin against its spec), a
+/// `SELECT` among them.
+pub async fn check_db_spans_exported(
+    s: Running,
+    collector: &l7inspect_test_support::collector::Collector,
+    system: &str,
+) {
+    let ring = s
+        .spans
+        .snapshot()
+        .iter()
+        .filter(|sp| attr(sp, "db.system.name").as_deref() == Some(system))
+        .count();
+    let received = finish_export(s, collector, ring).await;
+    let received: Vec<_> = received
+        .iter()
+        .filter(|sp| sp.str_attr("db.system.name") == Some(system))
+        .collect();
+    assert_eq!(received.len(), ring);
+    assert!(
+        received
+            .iter()
+            .any(|sp| sp.str_attr("db.operation.name") == Some("SELECT"))
+    );
+}
