@@ -98,32 +98,22 @@ fn mariadb_server() -> Mariadb {
 /// The `mariadb` CLI through `addr` as `app` on `shop`, reading `sql` from
 /// its standard input (`--force`: on past errors); its output.
 fn mariadb(addr: SocketAddr, tls: bool, sql: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("mariadb")
-        .args([
-            "--no-defaults",
-            "-h127.0.0.1",
-            &format!("-P{}", addr.port()),
-        ])
-        .args(["-uapp", "-psecret", "-D", "shop", "--force", "--batch"])
-        .arg(if tls { "--ssl" } else { "--skip-ssl" })
-        .args(if tls {
-            &["--ssl-verify-server-cert=0"][..]
-        } else {
-            &[]
-        })
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(sql.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = support::run_with_input(
+        Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "-h127.0.0.1",
+                &format!("-P{}", addr.port()),
+            ])
+            .args(["-uapp", "-psecret", "-D", "shop", "--force", "--batch"])
+            .arg(if tls { "--ssl" } else { "--skip-ssl" })
+            .args(if tls {
+                &["--ssl-verify-server-cert=0"][..]
+            } else {
+                &[]
+            }),
+        sql.as_bytes(),
+    );
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 

@@ -122,30 +122,20 @@ fn postgres_server(bin: &Path) -> Postgres {
 /// psql through `addr` with `sslmode`, reading `sql` from its standard
 /// input (on past errors); its output, standard error included.
 fn psql(addr: SocketAddr, sslmode: &str, sql: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &addr.port().to_string(),
-        ])
-        .args(["-U", "postgres", "-d", "postgres", "-A", "-t"])
-        .env("PGSSLMODE", sslmode)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(sql.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = support::run_with_input(
+        Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &addr.port().to_string(),
+            ])
+            .args(["-U", "postgres", "-d", "postgres", "-A", "-t"])
+            .env("PGSSLMODE", sslmode),
+        sql.as_bytes(),
+    );
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 

@@ -13,11 +13,7 @@
 
 mod support;
 
-use std::{
-    net::SocketAddr,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddr, process::Command, time::Duration};
 
 use l7inspect_sidecar::{Forward, SidecarConfig};
 use l7inspect_test_support::collector::{Collector, OtlpSpan, Receiver};
@@ -56,20 +52,12 @@ fn outbound(s: &Running) -> SocketAddr {
 /// Runs redis-cli against `addr` with `args`, `stdin` as its input; its
 /// standard output. Fails the test when it fails.
 fn redis_cli(addr: SocketAddr, args: &[&str], stdin: &[u8]) -> String {
-    let mut child = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("redis-cli runs");
-    {
-        use std::io::Write;
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = support::run_with_input(
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+            .args(args),
+        stdin,
+    );
     assert!(
         out.status.success(),
         "redis-cli {args:?}: {}",

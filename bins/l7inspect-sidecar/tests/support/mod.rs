@@ -273,3 +273,18 @@ pub async fn check_db_spans_exported(
             .any(|sp| sp.str_attr("db.operation.name") == Some("SELECT"))
     );
 }
+
+/// Runs `cmd` with `input` on its standard input; its output (standard
+/// output and error captured).
+pub fn run_with_input(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
