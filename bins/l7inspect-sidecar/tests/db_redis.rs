@@ -16,7 +16,10 @@ mod support;
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use l7inspect_sidecar::{Forward, SidecarConfig};
-use l7inspect_test_support::collector::{Collector, OtlpSpan, Receiver};
+use l7inspect_test_support::{
+    collector::{Collector, OtlpSpan, Receiver},
+    eventually,
+};
 use l7inspect_trace::export::{ExportConfig, OtlpConfig, OtlpProtocol};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
 use support::{Running, have, redis_server, start};
@@ -92,6 +95,9 @@ async fn redis_cli_commands_become_client_spans() {
         "OK\nhello\nWRONGTYPE Operation against a key holding the wrong kind of value\n\n\
          OK\nOK\nOK\nQUEUED\nQUEUED\n2\n3\n\n"
     );
+    // A command is recorded once its reply is written to the client, which
+    // may read it (and exit) first: wait for the last one.
+    s.wait_metric(&redis_count("client", "GET", ""), 2.0).await;
     let metrics = s.metrics();
     let spans = support::finish_export(s, &collector, 10).await;
     let ops: Vec<_> = spans
@@ -135,10 +141,7 @@ async fn redis_cli_commands_become_client_spans() {
     );
     // The histogram, one entry per command, sampled or not.
     let count = |op: &str, error: &str| {
-        let series = format!(
-            "db_client_operation_duration_seconds_count{{db_system_name=\"redis\",db_operation_name=\"{op}\",error_type=\"{error}\"}}"
-        );
-        l7inspect_test_support::prom::value(&metrics, &series)
+        l7inspect_test_support::prom::value(&metrics, &redis_count("client", op, error))
     };
     assert_eq!(count("SET", ""), Some(2.0));
     assert_eq!(count("INCR", ""), Some(2.0));
@@ -198,24 +201,26 @@ async fn pipelines_take_their_own_replies() {
         .unwrap();
     // key:__rand_int__ of the benchmark, and the 3000.
     assert_eq!(dbsize.trim(), "3001");
-    let count = |op: &str| {
-        s.metric(&format!(
-            "db_client_operation_duration_seconds_count{{db_system_name=\"redis\",db_operation_name=\"{op}\",error_type=\"\"}}"
-        ))
-        .unwrap_or(0.0)
-    };
+    let series = |op: &str| redis_count("client", op, "");
+    let count = |op: &str| s.metric(&series(op)).unwrap_or(0.0);
+    // A command is recorded once its reply is written to the client, which
+    // may read it (and exit) first: wait for the last ones.
+    s.wait_metric(&series("DBSIZE"), 1.0).await;
     // Every command of the benchmark counted, each with its own reply (an
     // error would show as error_type; a reply taken by the wrong command
     // would leave commands unanswered, or stop the parser).
-    let untracked = s
-        .metric("l7inspect_db_commands_untracked_total{db_system_name=\"redis\"}")
-        .unwrap();
-    assert_eq!(count("GET"), 4000.0);
+    s.wait_metric(&series("GET"), 4000.0).await;
     // redis-cli --pipe ends with an ECHO, to know when the last reply came;
     // commands past the 1,024 waiting are untracked, counted apart.
-    assert!(untracked > 0.0);
-    assert_eq!(count("SET") + count("ECHO") + untracked, 4000.0 + 3001.0);
-    assert_eq!(count("DBSIZE"), 1.0);
+    let untracked = || {
+        s.metric("l7inspect_db_commands_untracked_total{db_system_name=\"redis\"}")
+            .unwrap()
+    };
+    let all_sets =
+        eventually(|| async { count("SET") + count("ECHO") + untracked() == 4000.0 + 3001.0 })
+            .await;
+    assert!(all_sets, "{}", s.metrics());
+    assert!(untracked() > 0.0);
     assert_eq!(
         s.metric("l7inspect_db_parse_stopped_total{db_system_name=\"redis\",reason=\"malformed\"}"),
         Some(0.0)
@@ -274,6 +279,8 @@ async fn a_subscription_is_one_span_and_messages_none() {
         );
     }
     drop(sub);
+    s.wait_metric(&redis_count("client", "PUBLISH", ""), 3.0)
+        .await;
     let spans = support::finish_export(s, &collector, 4).await;
     let redis_spans: Vec<_> = spans
         .iter()
@@ -321,6 +328,7 @@ async fn inbound_commands_are_server_spans_and_large_values_pass() {
     .await
     .unwrap();
     assert_eq!(got.trim_end().as_bytes(), &expected[..]);
+    s.wait_metric(&redis_count("server", "GET", ""), 1.0).await;
     let spans = support::finish_export(s, &collector, 3).await;
     let ops: Vec<_> = spans
         .iter()
@@ -422,4 +430,12 @@ async fn a_client_library_pipeline_takes_its_own_replies() {
             ("LPUSH", Some("WRONGTYPE")),
         ]
     );
+}
+
+/// The series counting Redis commands of one operation and error type, on
+/// the `side` ("client" outbound, "server" inbound).
+fn redis_count(side: &str, op: &str, error: &str) -> String {
+    format!(
+        "db_{side}_operation_duration_seconds_count{{db_system_name=\"redis\",db_operation_name=\"{op}\",error_type=\"{error}\"}}"
+    )
 }
