@@ -1,7 +1,7 @@
 //! Spans as the span API, the live view and tap show them: one JSON object
 //! each.
 
-use super::query::{Direction, Protocol, method};
+use super::query::{Direction, Protocol, method, server};
 use crate::span::{AttrValue, SpanRecord};
 use opentelemetry::trace::{SpanId, SpanKind, Status};
 use serde_json::{Map, Value, json};
@@ -12,7 +12,8 @@ use std::time::UNIX_EPOCH;
 /// microseconds fit a JavaScript number), `status` (`unset`, `ok`,
 /// `error`) and `status_message`, the request's summary (`direction`,
 /// `protocol`, `method`, `authority`, `path`, `http_status`,
-/// `grpc_status`, each null when it does not apply), and every attribute.
+/// `grpc_status`, each null when it does not apply; a database command has
+/// its protocol and authority), and every attribute.
 pub fn span_json(service: &str, span: &SpanRecord) -> Value {
     let parent = (span.parent_span_id != SpanId::INVALID).then(|| span.parent_span_id.to_string());
     let (status, message) = match &span.status {
@@ -54,7 +55,7 @@ pub fn span_json(service: &str, span: &SpanRecord) -> Value {
         "direction": Direction::of(span).map(Direction::as_str),
         "protocol": Protocol::of(span).map(Protocol::as_str),
         "method": http.map(method),
-        "authority": http.map(|h| format!("{}:{}", h.server_address, h.server_port)),
+        "authority": server(span).map(|(host, port)| format!("{host}:{port}")),
         "path": http.map(|h| h.path.as_str()),
         "http_status": http.and_then(|h| h.response_status_code),
         "grpc_status": span.rpc.as_ref().and_then(|r| r.grpc_status_code),

@@ -1,5 +1,6 @@
 //! The filters of the span API, the live view and tap, from a query string.
 
+use crate::db::DbSystem;
 use crate::export::RecentSpan;
 use crate::span::{HttpFields, SpanRecord};
 use opentelemetry::trace::{SpanKind, Status};
@@ -12,14 +13,15 @@ pub struct SpanQuery {
     pub limit: Option<usize>,
     /// `inbound` (SERVER spans) or `outbound` (CLIENT spans).
     pub direction: Option<Direction>,
-    /// `http1`, `h2` or `grpc`.
+    /// `http1`, `h2`, `grpc`, `redis`, `postgresql` or `mysql`.
     pub protocol: Option<Protocol>,
     /// The response status class (`2xx` to `5xx`) or `error` (the span's
     /// status is ERROR).
     pub status: Option<StatusClass>,
     /// The request method, exactly (`GET`).
     pub method: Option<String>,
-    /// `server.address`, or `server.address:server.port`, exactly.
+    /// `server.address`, or `server.address:server.port`, exactly (of an
+    /// HTTP request, or of a database command: the database's).
     pub authority: Option<String>,
     /// A substring of `url.path`.
     pub path: Option<String>,
@@ -36,8 +38,10 @@ pub enum Direction {
     Outbound,
 }
 
-/// The protocol of a request's span.
+/// The protocol of a request's or a database command's span (more may
+/// come, as the sidecar records more protocols).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Protocol {
     /// HTTP/1.0 or HTTP/1.1.
     Http1,
@@ -45,6 +49,12 @@ pub enum Protocol {
     H2,
     /// gRPC.
     Grpc,
+    /// A Redis command.
+    Redis,
+    /// A PostgreSQL query or execution.
+    Postgresql,
+    /// A MySQL query or execution.
+    Mysql,
 }
 
 /// A class of outcome.
@@ -76,10 +86,24 @@ impl Direction {
 }
 
 impl Protocol {
-    /// Of `span`, from its RPC and HTTP fields (`None` without them).
+    /// Every protocol, in the order the live view lists them.
+    pub const ALL: [Self; 6] = [
+        Self::Http1,
+        Self::H2,
+        Self::Grpc,
+        Self::Redis,
+        Self::Postgresql,
+        Self::Mysql,
+    ];
+
+    /// Of `span`, from its RPC, HTTP or database fields (`None` without
+    /// them).
     pub fn of(span: &SpanRecord) -> Option<Self> {
         if span.rpc.is_some() {
             return Some(Self::Grpc);
+        }
+        if let Some(db) = &span.db {
+            return Self::named(db.system);
         }
         match span.http.as_ref()?.protocol_version {
             "2" => Some(Self::H2),
@@ -87,12 +111,21 @@ impl Protocol {
         }
     }
 
-    /// `http1`, `h2` or `grpc`.
+    /// The protocol named `name` ([`as_str`](Self::as_str)).
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// `http1`, `h2`, `grpc`, or the `db.system.name`: `redis`,
+    /// `postgresql`, `mysql`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Http1 => "http1",
             Self::H2 => "h2",
             Self::Grpc => "grpc",
+            Self::Redis => DbSystem::Redis.as_str(),
+            Self::Postgresql => DbSystem::Postgresql.as_str(),
+            Self::Mysql => DbSystem::Mysql.as_str(),
         }
     }
 }
@@ -123,12 +156,10 @@ impl SpanQuery {
                     })
                 }
                 "protocol" => {
-                    q.protocol = Some(match value.as_str() {
-                        "http1" => Protocol::Http1,
-                        "h2" => Protocol::H2,
-                        "grpc" => Protocol::Grpc,
-                        _ => return Err(bad("http1, h2 or grpc")),
-                    })
+                    q.protocol = Some(
+                        Protocol::named(&value)
+                            .ok_or_else(|| bad("http1, h2, grpc, redis, postgresql or mysql"))?,
+                    )
                 }
                 "status" => {
                     q.status = Some(match value.as_str() {
@@ -184,11 +215,14 @@ impl SpanQuery {
             return false;
         }
         if let Some(a) = &self.authority {
-            let Some(h) = span.http.as_ref() else {
+            let Some((host, port)) = server(span) else {
                 return false;
             };
-            let host_port = format!("{}:{}", h.server_address, h.server_port);
-            if *h.server_address != **a && host_port != *a {
+            let matches = host == a
+                || a.strip_prefix(host)
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    .is_some_and(|p| p.parse() == Ok(port));
+            if !matches {
                 return false;
             }
         }
@@ -202,6 +236,17 @@ impl SpanQuery {
         }
         self.service.as_deref().is_none_or(|s| *entry.service == *s)
     }
+}
+
+/// The server a span's request or command went to: `server.address` and
+/// `server.port` of its HTTP or database fields.
+pub(crate) fn server(span: &SpanRecord) -> Option<(&str, u16)> {
+    if let Some(h) = &span.http {
+        return Some((&h.server_address, h.server_port));
+    }
+    span.db
+        .as_ref()
+        .map(|d| (&*d.server_address, d.server_port))
 }
 
 /// The request's method as sent (`_OTHER` spans keep the original).

@@ -1,6 +1,6 @@
 use super::*;
 use crate::export::RecentSpans;
-use crate::span::{HttpFields, RpcFields, SpanRecord};
+use crate::span::{DbFields, HttpFields, RpcFields, SpanRecord};
 use http_body_util::BodyExt;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use serde_json::Value;
@@ -156,6 +156,86 @@ async fn one_trace_oldest_first() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         err["error"].as_str().unwrap().contains("not a trace id"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn database_commands_have_their_protocol_and_authority() {
+    let ring = ring();
+    // A Redis command of the checkout (trace 1), failed, and a PostgreSQL
+    // query in a trace of its own.
+    let front: Arc<str> = "front".into();
+    for (trace, id, parent, system, operation, port, code) in [
+        (1, 5, 1, "redis", "LPUSH", 6379, Some("WRONGTYPE")),
+        (3, 6, 0, "postgresql", "SELECT", 5432, None),
+    ] {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_001);
+        let mut s = SpanRecord::new(
+            TraceId::from(trace),
+            SpanId::from(id),
+            SpanKind::Client,
+            operation,
+            start,
+        );
+        s.end = start + Duration::from_micros(250);
+        s.parent_span_id = SpanId::from(parent);
+        s.db = Some(Box::new(DbFields {
+            system,
+            operation,
+            namespace: None,
+            collection: None,
+            query_text: None,
+            status_code: code.map(Into::into),
+            returned_rows: None,
+            server_address: "10.0.0.7".into(),
+            server_port: port,
+        }));
+        if let Some(code) = code {
+            s.set_error(code);
+        }
+        ring.push(&front, Arc::new(s));
+    }
+    let inspect = Inspect::new(ring);
+    for (query, want) in [
+        ("protocol=redis", &["5"][..]),
+        ("protocol=postgresql", &["6"]),
+        ("protocol=mysql", &[]),
+        ("protocol=http1", &["3", "2", "1"]),
+        ("authority=10.0.0.7", &["6", "5"]),
+        ("authority=10.0.0.7:5432", &["6"]),
+        ("authority=10.0.0.7:543", &[]),
+        ("direction=outbound&status=error", &["5", "2"]),
+        ("method=LPUSH", &[]),
+        ("path=%2F", &["4", "3", "2", "1"]),
+    ] {
+        let (_, got) = get(&inspect, "/api/spans", Some(query)).await;
+        assert_eq!(ids(&got), want, "{query}");
+    }
+    let (_, list) = get(&inspect, "/api/spans", Some("protocol=redis")).await;
+    let s = &list[0];
+    assert_eq!(s["protocol"], "redis");
+    assert_eq!(s["authority"], "10.0.0.7:6379");
+    assert_eq!(s["name"], "LPUSH");
+    assert_eq!(s["method"], Value::Null);
+    assert_eq!(s["path"], Value::Null);
+    assert_eq!(s["status"], "error");
+    assert_eq!(s["attributes"]["db.system.name"], "redis");
+    assert_eq!(s["attributes"]["db.response.status_code"], "WRONGTYPE");
+    // In its trace, under the request that made it.
+    let (_, trace) = get(
+        &inspect,
+        "/api/traces/00000000000000000000000000000001",
+        None,
+    )
+    .await;
+    assert_eq!(ids(&trace), ["1", "2", "3", "5"]);
+    let (_, err) = get(&inspect, "/api/spans", Some("protocol=memcached")).await;
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("http1, h2, grpc, redis, postgresql or mysql"),
         "{err}"
     );
 }

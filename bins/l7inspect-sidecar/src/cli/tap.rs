@@ -24,8 +24,8 @@ pub(crate) struct TapArgs {
     /// Only inbound or only outbound requests.
     #[arg(long, value_parser = ["inbound", "outbound"])]
     direction: Option<String>,
-    /// Only this protocol.
-    #[arg(long, value_parser = ["http1", "h2", "grpc"])]
+    /// Only this protocol (a database's: its commands).
+    #[arg(long, value_parser = ["http1", "h2", "grpc", "redis", "postgresql", "mysql"])]
     protocol: Option<String>,
     /// Only this status class: 1xx to 5xx, or error (the span failed).
     #[arg(long, value_parser = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"])]
@@ -182,6 +182,15 @@ fn line_of(span: &serde_json::Value) -> String {
     let status = match (span["grpc_status"].as_i64(), span["http_status"].as_u64()) {
         (Some(g), _) => format!("grpc:{g}"),
         (None, Some(h)) => h.to_string(),
+        // A database command: its error's code (SQLSTATE, error number,
+        // Redis prefix), else ok or error.
+        (None, None) if span["attributes"]["db.system.name"].is_string() => {
+            match span["attributes"]["db.response.status_code"].as_str() {
+                Some(code) => code.to_owned(),
+                None if s("status") == "error" => "error".to_owned(),
+                None => "ok".to_owned(),
+            }
+        }
         (None, None) => s("status").to_owned(),
     };
     let latency = Duration::from_micros(span["duration_us"].as_u64().unwrap_or(0));
@@ -232,6 +241,29 @@ mod tests {
         assert_eq!(
             line_of(&span),
             "2023-11-14T22:13:20.123Z inbound  GET shop:8080 /checkout 503 1.50ms trace=4bf92f3577b34da6a3ce929d0e0e4736 error"
+        );
+    }
+
+    #[test]
+    fn a_database_command_on_one_line() {
+        let span = serde_json::json!({
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "start_unix_us": 1_700_000_000_123_456_u64,
+            "duration_us": 230,
+            "direction": "outbound",
+            "protocol": "postgresql",
+            "method": null,
+            "authority": "10.0.0.7:5432",
+            "path": null,
+            "http_status": null,
+            "grpc_status": null,
+            "status": "error",
+            "name": "SELECT missing",
+            "attributes": {"db.system.name": "postgresql", "db.response.status_code": "42P01"},
+        });
+        assert_eq!(
+            line_of(&span),
+            "2023-11-14T22:13:20.123Z outbound SELECT missing 10.0.0.7:5432 - 42P01 230µs trace=4bf92f3577b34da6a3ce929d0e0e4736 error"
         );
     }
 
