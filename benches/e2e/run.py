@@ -63,6 +63,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -692,7 +693,8 @@ def sidecar_cmd(admin, inbound=(), outbound=(), trace="off"):
                 "--otlp-endpoint", f"http://127.0.0.1:{P['otlp']}"]
     else:
         raise ValueError(trace)
-    return cmd
+    # --sidecar-args: the same targets with a flag changed (compare two runs).
+    return cmd + shlex.split(ARGS.sidecar_args)
 
 
 def forwards(frm, to):
@@ -2028,6 +2030,8 @@ def main():
     ap.add_argument("--tls-conn-rate", type=int, default=500,
                     help="--tests tls: new connections/s (full handshakes) of the fixed-rate run (default 500)")
     ap.add_argument("--no-build", action="store_true", help="use the existing target/release binaries")
+    ap.add_argument("--sidecar-args", default="",
+                    help="more flags for every l7inspect process (e.g. --no-infer-parent, to compare two runs)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ARGS = ap.parse_args()
     if ARGS.repeat < 1:
