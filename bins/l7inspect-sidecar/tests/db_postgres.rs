@@ -245,6 +245,15 @@ async fn psql_queries_copy_tls_and_prepared_statements() {
     // COPY is one command each, never a query per row.
     let copies = named(&spans, "COPY items");
     assert_eq!(copies.len(), 2, "{spans:#?}");
+    // Rows returned: the 5 of COPY TO STDOUT; none for the 2 rows sent
+    // FROM STDIN, nor for the 3 the INSERT added.
+    let mut copied: Vec<_> = copies
+        .iter()
+        .map(|c| attr(c, "db.response.returned_rows"))
+        .collect();
+    copied.sort();
+    assert_eq!(copied, [None, Some("5".to_owned())]);
+    assert_eq!(attr(insert, "db.response.returned_rows"), None);
     // The last statement, after both COPYs: replies still matched.
     let count = named(&spans, "SELECT items")
         .into_iter()

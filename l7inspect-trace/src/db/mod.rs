@@ -238,7 +238,8 @@ pub struct Command {
     /// `error.type`, when the command failed (the status code, or why the
     /// proxy saw no reply: `connection_closed`).
     pub error_type: Option<Cow<'static, str>>,
-    /// `db.response.returned_rows`, when the reply says.
+    /// `db.response.returned_rows`: the rows the reply returned (not the
+    /// rows a statement changed), when it returned rows.
     pub rows: Option<u64>,
 }
 

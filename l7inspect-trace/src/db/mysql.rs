@@ -21,10 +21,12 @@
 //!   [`DbConfig::max_pending`] tracked commands).
 //!   - `COM_QUERY`: a command named after the statement's first keyword,
 //!     with its table when certain and its sanitized text when configured
-//!     (`super::sql`, MySQL dialect). Its reply is OK (`rows`: the affected rows), ERR (`status_code` and
+//!     (`super::sql`, MySQL dialect). Its reply is OK (no `rows`: the rows
+//!     an `UPDATE` affected are not rows returned), ERR (`status_code` and
 //!     `error.type`: the error number, `1146`) or result sets (`rows`: the
 //!     rows returned). With several results (`SELECT 1; SELECT 2`, a
-//!     procedure), the command ends after the last, `rows` their total.
+//!     procedure), the command ends after the last, `rows` the total of its
+//!     result sets.
 //!     A `LOCAL INFILE` request is followed through the file's packets.
 //!   - `COM_STMT_PREPARE`: no command when it succeeds (its executions
 //!     are the commands); its statement id is kept, with what its text
@@ -33,7 +35,7 @@
 //!     fails is a command, with its error, since no execution will follow.
 //!   - `COM_STMT_EXECUTE`: a command named after the prepared statement
 //!     (`_OTHER` for an id the parser never saw prepared), rows from its
-//!     binary result set or OK. `COM_STMT_CLOSE` forgets the id.
+//!     binary result set. `COM_STMT_CLOSE` forgets the id.
 //!   - `COM_INIT_DB` (`USE db`) changes `db.namespace` when answered OK;
 //!     `COM_CHANGE_USER` re-authenticates and may change it too.
 //!   - `COM_PING`, `COM_STMT_RESET`, `COM_STMT_FETCH`, `COM_QUIT` and the
@@ -213,8 +215,10 @@ enum Reply {
 #[derive(Debug)]
 struct Results {
     step: ResultStep,
-    /// Rows of the finished results (affected rows of OKs, rows of sets).
+    /// Rows of the finished result sets.
     rows: u64,
+    /// A result set came (else the reply has no rows returned, only OKs).
+    set: bool,
     /// Rows of the result set being read.
     current: u64,
     /// The command asked for a cursor (`COM_STMT_EXECUTE` flags).
@@ -758,6 +762,7 @@ impl Results {
         Self {
             step: ResultStep::First,
             rows: 0,
+            set: false,
             current: 0,
             cursor,
         }
@@ -783,8 +788,8 @@ impl Results {
         match self.step {
             ResultStep::First => match first {
                 Some(0x00) => {
-                    let (affected, status) = ok_packet(p.head).ok_or(StopReason::Malformed)?;
-                    self.rows = self.rows.saturating_add(affected);
+                    // Affected rows are not rows returned.
+                    let (_, status) = ok_packet(p.head).ok_or(StopReason::Malformed)?;
                     return Ok(self.result_ended(status));
                 }
                 Some(0xfb) => self.step = ResultStep::Infile,
@@ -794,6 +799,7 @@ impl Results {
                     if columns == 0 {
                         return Err(StopReason::Malformed);
                     }
+                    self.set = true;
                     let metadata = !cache_metadata || r.u8().ok_or(StopReason::Malformed)? != 0;
                     self.step = if metadata {
                         ResultStep::Columns(columns)
@@ -865,7 +871,7 @@ impl Results {
             None
         } else {
             Some(End {
-                rows: Some(self.rows),
+                rows: self.set.then_some(self.rows),
                 error: None,
                 report: true,
             })

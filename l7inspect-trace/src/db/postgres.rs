@@ -7,9 +7,13 @@
 //!   the `ReadyForQuery` (`Z`) that ends it. A `Query` may hold several
 //!   statements (`SELECT 1; SELECT 2`): it is still one command (the
 //!   server runs them as one implicit transaction, and the client waits
-//!   for all of them), named after the first statement; its rows are the
-//!   last count a `CommandComplete` gave, its status the first error
+//!   for all of them), named after the first statement; its rows are
+//!   those its statements returned, together, its status the first error
 //!   (the server stops at it).
+//! - Rows are rows returned (`db.response.returned_rows`): a `SELECT`'s or
+//!   `FETCH`'s count, a `COPY ... TO STDOUT`'s, the `DataRow`s of a
+//!   statement with a `RETURNING` clause; never the rows an `INSERT`,
+//!   `UPDATE`, `DELETE` or `COPY FROM` changed (their tags count those).
 //! - In the extended protocol, each `Execute` is one command. It starts
 //!   with the first byte of the messages that lead to it (the `Parse`,
 //!   `Bind` and `Describe` sent since the previous `Execute` or `Sync`)
@@ -140,6 +144,12 @@ pub struct PostgresParser {
     tracked: usize,
     /// Commands not tracked since last read (`take_untracked`).
     untracked: u64,
+    /// The statement being answered returns rows: a `RowDescription` came
+    /// (a `SELECT`, or an `INSERT ... RETURNING`).
+    described: bool,
+    /// The statement being answered is a `COPY ... TO STDOUT`: a
+    /// `CopyOutResponse` came.
+    copy_out: bool,
 }
 
 /// Where the connection is.
@@ -247,6 +257,8 @@ impl PostgresParser {
             pending: VecDeque::new(),
             tracked: 0,
             untracked: 0,
+            described: false,
+            copy_out: false,
         }
     }
 
@@ -385,7 +397,15 @@ impl PostgresParser {
 
     /// A whole message from the server.
     fn server_message(&mut self, kind: u8, clock: &mut Clock, done: &mut Vec<Command>) {
+        // What a statement's answer was made of, kept to its end.
+        let shape = (self.described, self.copy_out);
+        if matches!(kind, b'C' | b'E' | b'I' | b's' | b'Z') {
+            self.described = false;
+            self.copy_out = false;
+        }
         match kind {
+            b'T' => self.described = true,
+            b'H' => self.copy_out = true,
             b'D' => {
                 if let Some(
                     Pending::Execute(Waiting::Tracked(_, rows))
@@ -396,13 +416,21 @@ impl PostgresParser {
                 }
             }
             b'C' => {
-                let rows = tag_rows(cstr(&self.server.body).unwrap_or(&self.server.body));
+                let tag = cstr(&self.server.body).unwrap_or(&self.server.body);
+                let returned = Returned::of(tag, shape);
                 match self.pending.front_mut() {
                     Some(Pending::Execute(_)) => {
-                        self.finish_execute(clock, done, |c, _| c.rows = rows)
+                        self.finish_execute(clock, done, |c, data_rows| {
+                            c.rows = returned.rows(data_rows);
+                        })
                     }
-                    Some(Pending::Query(Waiting::Tracked(command, _))) if rows.is_some() => {
-                        command.rows = rows;
+                    // A statement of a query ended: its rows add to those
+                    // of the statements before it.
+                    Some(Pending::Query(Waiting::Tracked(command, data_rows))) => {
+                        if let Some(n) = returned.rows(*data_rows) {
+                            command.rows = Some(command.rows.unwrap_or(0).saturating_add(n));
+                        }
+                        *data_rows = 0;
                     }
                     _ => {}
                 }
@@ -703,6 +731,44 @@ fn sqlstate(mut fields: &[u8]) -> Option<[u8; 5]> {
         fields = &rest[value.len() + 1..];
     }
     None
+}
+
+/// Where the rows a statement returned (`db.response.returned_rows`) are
+/// read from, once its `CommandComplete` came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Returned {
+    /// Its tag's count: a `SELECT` or `FETCH`, a `COPY ... TO STDOUT`.
+    Tag(Option<u64>),
+    /// The `DataRow`s counted: another statement whose answer had a
+    /// `RowDescription` (`INSERT ... RETURNING`), or rows.
+    DataRows,
+    /// The rows it returned are the `DataRow`s, if any came; else none:
+    /// its tag counts rows affected (`UPDATE 2`, `COPY 10` from the
+    /// client) or nothing (`CREATE TABLE`).
+    IfAny,
+}
+
+impl Returned {
+    /// For the statement whose tag is `tag`; `(described, copy_out)`: a
+    /// `RowDescription`, a `CopyOutResponse` came in its answer.
+    fn of(tag: &[u8], (described, copy_out): (bool, bool)) -> Self {
+        let verb = tag.split(|b| *b == b' ').next().unwrap_or(tag);
+        match verb {
+            b"SELECT" | b"FETCH" => Self::Tag(tag_rows(tag)),
+            b"COPY" if copy_out => Self::Tag(tag_rows(tag)),
+            _ if described => Self::DataRows,
+            _ => Self::IfAny,
+        }
+    }
+
+    /// The rows returned, `data_rows` having been counted.
+    fn rows(self, data_rows: u64) -> Option<u64> {
+        match self {
+            Self::Tag(rows) => rows,
+            Self::DataRows => Some(data_rows),
+            Self::IfAny => (data_rows > 0).then_some(data_rows),
+        }
+    }
 }
 
 /// The rows a `CommandComplete` tag counts: `SELECT 5`, `INSERT 0 3`,
@@ -1137,11 +1203,12 @@ mod tests {
             summary(&commands),
             [
                 ("CREATE", None, None, None),
-                ("INSERT", Some("items"), Some(3), None),
-                ("UPDATE", Some("items"), Some(2), None),
+                // Rows affected are not rows returned.
+                ("INSERT", Some("items"), None, None),
+                ("UPDATE", Some("items"), None, None),
                 ("SELECT", Some("items"), Some(3), None),
                 ("SELECT", Some("missing_table"), None, Some("42P01")),
-                ("DELETE", Some("items"), Some(1), None),
+                ("DELETE", Some("items"), None, None),
                 ("DROP", None, None, None),
             ]
         );
@@ -1181,7 +1248,8 @@ mod tests {
             summary(&commands),
             [
                 ("CREATE", None, None, None),
-                ("COPY", Some("c"), Some(3), None),
+                // FROM STDIN: rows sent, none returned; TO STDOUT: 3.
+                ("COPY", Some("c"), None, None),
                 ("COPY", Some("c"), Some(3), None),
                 ("SELECT", Some("c"), Some(1), None),
             ]
@@ -1192,11 +1260,12 @@ mod tests {
     fn psql_several_statements_in_one_query() {
         let capture = include_bytes!("../../testdata/db/postgres_psql_multi.bin");
         let (commands, ..) = run(capture, &config());
-        // One command, named after the first statement; the last count;
-        // the error that stopped it. No table: there are several.
+        // One command, named after the first statement; the rows its
+        // statements returned, together; the error that stopped it. No
+        // table: there are several.
         assert_eq!(
             summary(&commands),
-            [("SELECT", None, Some(4), Some("42703"))]
+            [("SELECT", None, Some(5), Some("42703"))]
         );
     }
 
@@ -1244,9 +1313,9 @@ mod tests {
     fn pgbench_commands() -> Vec<Summary<'static>> {
         [
             ("SELECT", Some("pgbench_accounts"), Some(1), None),
-            ("UPDATE", Some("pgbench_accounts"), Some(1), None),
+            ("UPDATE", Some("pgbench_accounts"), None, None),
             ("SELECT", None, Some(1), None),
-            ("INSERT", Some("pgbench_history"), Some(1), None),
+            ("INSERT", Some("pgbench_history"), None, None),
         ]
         .repeat(3)
     }
@@ -1434,7 +1503,7 @@ mod tests {
             [
                 ("SELECT", None, Some(1), None),
                 ("SELECT", Some("nope"), None, Some("42P01")),
-                ("DELETE", Some("t"), Some(7), None),
+                ("DELETE", Some("t"), None, None),
             ]
         );
         assert!(p.pending.is_empty());
@@ -1506,7 +1575,7 @@ mod tests {
         );
         assert_eq!(
             done.last().map(|c| (c.operation, c.rows)),
-            Some(("UPDATE", Some(5)))
+            Some(("UPDATE", None))
         );
     }
 
@@ -1692,9 +1761,13 @@ mod tests {
             ready(),
         ];
         p.server_sent(&extended.concat(), &mut at(3), &mut done);
+        // The first returned a row (the 10 MiB one); the second none.
         assert_eq!(
             summary(&done),
-            [("INSERT", Some("t"), Some(1), None)].repeat(2)
+            [
+                ("INSERT", Some("t"), Some(1), None),
+                ("INSERT", Some("t"), None, None)
+            ]
         );
         assert_eq!(done[1].query_text, done[0].query_text);
         // Cut inside the string: hidden to the end.
@@ -1818,6 +1891,23 @@ mod tests {
         assert_eq!(tag_rows(b"BEGIN"), None);
         assert_eq!(tag_rows(b"SELECT x"), None);
         assert_eq!(tag_rows(b"SELECT 99999999999999999999999"), None);
+        // Rows returned, not rows affected: (tag, RowDescription and
+        // CopyOutResponse seen, DataRows counted).
+        for (tag, shape, data_rows, returned) in [
+            (&b"SELECT 0"[..], (true, false), 0, Some(0)),
+            (b"FETCH 10", (false, false), 10, Some(10)),
+            (b"UPDATE 3", (false, false), 0, None),
+            (b"INSERT 0 2", (true, false), 2, Some(2)),
+            // A prepared `DELETE ... RETURNING` executed without Describe.
+            (b"DELETE 2", (false, false), 2, Some(2)),
+            (b"DELETE 0", (true, false), 0, Some(0)),
+            (b"COPY 10", (false, false), 0, None),
+            (b"COPY 10", (false, true), 0, Some(10)),
+            (b"CREATE TABLE", (false, false), 0, None),
+        ] {
+            let got = Returned::of(tag, shape).rows(data_rows);
+            assert_eq!(got, returned, "{}", String::from_utf8_lossy(tag));
+        }
         // An error without a readable SQLSTATE is still an error.
         let mut p = ready_parser(&config());
         let mut done = Vec::new();
