@@ -1080,6 +1080,12 @@ impl RedisParser {
         while !bytes.is_empty() && self.stopped.is_none() {
             match &mut self.rep {
                 Rep::Type => {
+                    if self.frames.is_empty()
+                        && let Some(used) = self.whole_reply(bytes, clock, done)
+                    {
+                        bytes = &bytes[used..];
+                        continue;
+                    }
                     let kind = bytes[0];
                     bytes = &bytes[1..];
                     if !b"+-:_,#($!=*~>%|".contains(&kind) {
@@ -1131,6 +1137,46 @@ impl RedisParser {
                 }
             }
         }
+    }
+
+    /// A top-level reply that is one value, not an aggregate nor an error
+    /// (`+OK`, `:1`, `$3 xxx`, `$-1`, `_`: most replies), all in `bytes`:
+    /// finished in one pass, as the state machine would. The bytes it used,
+    /// or `None` for anything else (the state machine reads it).
+    fn whole_reply(
+        &mut self,
+        bytes: &[u8],
+        clock: &mut Clock,
+        done: &mut Vec<Command>,
+    ) -> Option<usize> {
+        let kind = *bytes.first()?;
+        if !b"+:_,#($".contains(&kind) {
+            return None;
+        }
+        let end = bytes.iter().position(|b| *b == b'\n')?;
+        let mut used = end + 1;
+        if kind == b'$' {
+            let text = &bytes[1..end];
+            match number(text.strip_suffix(b"\r").unwrap_or(text))? {
+                -1 => {}
+                // Its bytes and their `\r\n`, skipped unread (as the
+                // state machine skips them).
+                n if n >= 0 && n as u64 <= MAX_LEN => {
+                    used = used.checked_add(usize::try_from(n).ok()?.checked_add(2)?)?;
+                    if used > bytes.len() {
+                        return None;
+                    }
+                }
+                _ => return None,
+            }
+        }
+        let r = &mut self.reply;
+        r.kind = kind;
+        r.error = None;
+        r.first.clear();
+        r.last_int = None;
+        self.reply_done(clock, done);
+        Some(used)
     }
 
     /// Where the bytes of a string element go, if anywhere: the error
