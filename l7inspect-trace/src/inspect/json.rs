@@ -1,7 +1,7 @@
 //! Spans as the span API, the live view and tap show them: one JSON object
 //! each.
 
-use super::query::{Direction, Protocol, method, server};
+use super::query::{Direction, Protocol, authority, method, server};
 use crate::span::{AttrValue, SpanRecord};
 use opentelemetry::trace::{SpanId, SpanKind, Status};
 use serde_json::{Map, Value, json};
@@ -55,7 +55,7 @@ pub fn span_json(service: &str, span: &SpanRecord) -> Value {
         "direction": Direction::of(span).map(Direction::as_str),
         "protocol": Protocol::of(span).map(Protocol::as_str),
         "method": http.map(method),
-        "authority": server(span).map(|(host, port)| format!("{host}:{port}")),
+        "authority": server(span).map(|(host, port)| authority(host, port)),
         "path": http.map(|h| h.path.as_str()),
         "http_status": http.and_then(|h| h.response_status_code),
         "grpc_status": span.rpc.as_ref().and_then(|r| r.grpc_status_code),

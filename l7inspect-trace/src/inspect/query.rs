@@ -218,11 +218,7 @@ impl SpanQuery {
             let Some((host, port)) = server(span) else {
                 return false;
             };
-            let matches = host == a
-                || a.strip_prefix(host)
-                    .and_then(|rest| rest.strip_prefix(':'))
-                    .is_some_and(|p| p.parse() == Ok(port));
-            if !matches {
+            if host != a && authority(host, port) != *a {
                 return false;
             }
         }
@@ -247,6 +243,15 @@ pub(crate) fn server(span: &SpanRecord) -> Option<(&str, u16)> {
     span.db
         .as_ref()
         .map(|d| (&*d.server_address, d.server_port))
+}
+
+/// `host:port`, an IPv6 address in brackets (`[::1]:6379`).
+pub(crate) fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The request's method as sent (`_OTHER` spans keep the original).

@@ -166,9 +166,19 @@ async fn database_commands_have_their_protocol_and_authority() {
     // A Redis command of the checkout (trace 1), failed, and a PostgreSQL
     // query in a trace of its own.
     let front: Arc<str> = "front".into();
-    for (trace, id, parent, system, operation, port, code) in [
-        (1, 5, 1, "redis", "LPUSH", 6379, Some("WRONGTYPE")),
-        (3, 6, 0, "postgresql", "SELECT", 5432, None),
+    for (trace, id, parent, system, operation, address, port, code) in [
+        (
+            1,
+            5,
+            1,
+            "redis",
+            "LPUSH",
+            "10.0.0.7",
+            6379,
+            Some("WRONGTYPE"),
+        ),
+        (3, 6, 0, "postgresql", "SELECT", "10.0.0.7", 5432, None),
+        (4, 7, 0, "mysql", "SELECT", "fd00::7", 3306, None),
     ] {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_001);
         let mut s = SpanRecord::new(
@@ -188,7 +198,7 @@ async fn database_commands_have_their_protocol_and_authority() {
             query_text: None,
             status_code: code.map(Into::into),
             returned_rows: None,
-            server_address: "10.0.0.7".into(),
+            server_address: address.into(),
             server_port: port,
         }));
         if let Some(code) = code {
@@ -200,7 +210,10 @@ async fn database_commands_have_their_protocol_and_authority() {
     for (query, want) in [
         ("protocol=redis", &["5"][..]),
         ("protocol=postgresql", &["6"]),
-        ("protocol=mysql", &[]),
+        ("protocol=mysql", &["7"]),
+        ("authority=fd00::7", &["7"]),
+        ("authority=%5Bfd00::7%5D:3306", &["7"]),
+        ("authority=fd00::7:3306", &[]),
         ("protocol=http1", &["3", "2", "1"]),
         ("authority=10.0.0.7", &["6", "5"]),
         ("authority=10.0.0.7:5432", &["6"]),
@@ -222,6 +235,8 @@ async fn database_commands_have_their_protocol_and_authority() {
     assert_eq!(s["status"], "error");
     assert_eq!(s["attributes"]["db.system.name"], "redis");
     assert_eq!(s["attributes"]["db.response.status_code"], "WRONGTYPE");
+    let (_, list) = get(&inspect, "/api/spans", Some("protocol=mysql")).await;
+    assert_eq!(list[0]["authority"], "[fd00::7]:3306");
     // In its trace, under the request that made it.
     let (_, trace) = get(
         &inspect,
