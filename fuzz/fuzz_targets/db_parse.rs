@@ -97,9 +97,9 @@ fuzz_target!(|data: &[u8]| {
         match system {
             DbSystem::Redis => assert!(
                 c.operation.len() <= 24
-                    && c.operation
-                        .bytes()
-                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"_-|".contains(&b)),
+                    && c.operation.bytes().all(|b| b.is_ascii_uppercase()
+                        || b.is_ascii_digit()
+                        || b"_-|".contains(&b)),
                 "{}",
                 c.operation
             ),

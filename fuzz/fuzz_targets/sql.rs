@@ -9,11 +9,12 @@
 //!   label);
 //! - `collection` is a piece of the statement itself, at most
 //!   `MAX_COLLECTION` bytes, and begins with a name (a letter, `_`, a
-//!   non-ASCII byte or a quote).
+//!   non-ASCII byte or a quote);
+//! - `comment_context` never panics, and a context it finds is valid.
 #![no_main]
 
 use l7inspect_trace::db::sql::{
-    Dialect, KEYWORDS, MAX_COLLECTION, OTHER, collection, operation, sanitize,
+    Dialect, KEYWORDS, MAX_COLLECTION, OTHER, collection, comment_context, operation, sanitize,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -29,6 +30,10 @@ fuzz_target!(|data: &[u8]| {
         Dialect::Mysql
     };
     let max = BOUNDS[usize::from(settings >> 1) % BOUNDS.len()];
+
+    if let Some(cx) = comment_context(query) {
+        assert!(cx.is_valid() && cx.is_remote());
+    }
 
     let whole = sanitize(query, dialect, usize::MAX);
     assert_eq!(

@@ -106,6 +106,8 @@ fn mariadb(addr: SocketAddr, tls: bool, sql: &str) -> String {
                 &format!("-P{}", addr.port()),
             ])
             .args(["-uapp", "-psecret", "-D", "shop", "--force", "--batch"])
+            // Comments sent as written (sqlcommenter's among them).
+            .arg("--comments")
             .arg(if tls { "--ssl" } else { "--skip-ssl" })
             .args(if tls {
                 &["--ssl-verify-server-cert=0"][..]
@@ -212,14 +214,19 @@ async fn mariadb_queries_prepared_statements_and_tls() {
             false,
             "SELECT id, name FROM items WHERE name <> 'x' ORDER BY id;\n\
              SELECT * FROM missing;\n\
-             UPDATE items SET name = 'plum' WHERE id > 1;",
+             UPDATE items SET name = 'plum' WHERE id > 1;\n\
+             SELECT 7 /*traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/;",
         )
     })
     .await
     .unwrap();
     assert!(out.contains("1\tapple\n2\tpear\n3\tfig"), "{out}");
     assert!(out.contains("ERROR 1146"), "{out}");
-    let spans = wait_spans(&s, |spans| spans.iter().any(|s| s.name == "UPDATE items")).await;
+    let traced = |s: &SpanRecord| s.trace_id.to_string() == "4bf92f3577b34da6a3ce929d0e0e4736";
+    let spans = wait_spans(&s, |spans| spans.iter().any(|s| traced(s))).await;
+    // The statement's sqlcommenter comment named its parent.
+    let commented = spans.iter().find(|s| traced(s)).unwrap();
+    assert_eq!(commented.parent_span_id.to_string(), "00f067aa0ba902b7");
     let names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
     assert!(names.contains(&"SELECT items"), "{names:?}");
     assert!(names.contains(&"UPDATE items"), "{names:?}");

@@ -20,7 +20,7 @@ use std::{
 use l7inspect_sidecar::{Forward, SidecarConfig};
 use l7inspect_test_support::{KillOnDrop, TempDir, collector::Collector, pki::TestCa};
 use l7inspect_trace::span::SpanRecord;
-use opentelemetry::trace::SpanKind;
+use opentelemetry::trace::{SpanId, SpanKind};
 use support::{Running, attr, free_port, is_root, start};
 
 /// The directory of `initdb` and `postgres`: on PATH, or Debian's
@@ -208,7 +208,8 @@ async fn psql_queries_copy_tls_and_prepared_statements() {
              SELECT * FROM missing;\n\
              COPY items FROM STDIN;\n4\tkiwi\n5\tlime\n\\.\n\
              COPY items TO STDOUT;\n\
-             SELECT count(*) FROM items;\n",
+             SELECT count(*) FROM items;\n\
+             SELECT 7 /*app='shop',traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/;\n",
         )
     })
     .await
@@ -217,12 +218,21 @@ async fn psql_queries_copy_tls_and_prepared_statements() {
     assert!(out.contains("relation \"missing\" does not exist"), "{out}");
     assert!(out.contains("4\tkiwi\n5\tlime\n"), "{out}");
     assert!(out.contains("\n5\n"), "{out}");
-    let spans = wait_spans(&s, |spans| {
+    let traced = |s: &SpanRecord| s.trace_id.to_string() == "4bf92f3577b34da6a3ce929d0e0e4736";
+    let spans = wait_spans(&s, |spans| spans.iter().any(|s| traced(s))).await;
+    // The statement's sqlcommenter comment named its parent.
+    let commented = spans.iter().find(|s| traced(s)).unwrap();
+    assert_eq!(commented.parent_span_id.to_string(), "00f067aa0ba902b7");
+    assert_eq!(attr(commented, "l7inspect.parent.inferred"), None);
+    s.wait_metric("l7inspect_parent_inference_total{outcome=\"context\"}", 1.0)
+        .await;
+    assert!(
         spans
             .iter()
-            .any(|s| attr(s, "db.query.text").as_deref() == Some("SELECT count(*) FROM items;"))
-    })
-    .await;
+            .filter(|s| !traced(s))
+            .all(|s| s.parent_span_id == SpanId::INVALID),
+        "the others are roots"
+    );
     let insert = named(&spans, "INSERT items")[0];
     assert_eq!(insert.kind, SpanKind::Client);
     assert_eq!(attr(insert, "db.namespace").as_deref(), Some("postgres"));

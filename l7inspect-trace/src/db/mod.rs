@@ -241,6 +241,10 @@ pub struct Command {
     /// `db.response.returned_rows`: the rows the reply returned (not the
     /// rows a statement changed), when it returned rows.
     pub rows: Option<u64>,
+    /// The trace context the statement carried in a sqlcommenter comment
+    /// (`/*traceparent='…'*/`): its span's parent. Boxed: rare, and
+    /// commands are moved often.
+    pub context: Option<Box<opentelemetry::trace::SpanContext>>,
 }
 
 impl Command {
@@ -257,6 +261,7 @@ impl Command {
             status_code: None,
             error_type: None,
             rows: None,
+            context: None,
         }
     }
 }

@@ -420,7 +420,10 @@ impl MysqlParser {
             // COM_QUERY
             0x03 => {
                 let statement = self.statement(body, p.len > p.head.len());
-                let command = self.command(start, statement);
+                let mut command = self.command(start, statement);
+                // Only here: a prepared statement runs again long after the
+                // context its text was written in.
+                command.context = sql::comment_context(body).map(Box::new);
                 return self.push(Some(command), Reply::Results(Results::new(false)));
             }
             // COM_STMT_PREPARE

@@ -382,8 +382,9 @@ impl Watch {
     }
 
     /// What was in flight when the command that started in client read
-    /// `read` started; counted by outcome.
-    fn inference(&mut self, read: u32) -> Inference {
+    /// `read` started; counted by outcome (`context` when the command
+    /// carried one: then nothing is inferred).
+    fn inference(&mut self, read: u32, has_context: bool) -> Inference {
         let Some(infer) = &self.shared.infer else {
             return Inference::None;
         };
@@ -392,6 +393,10 @@ impl Watch {
             && *r < read
         {
             self.inferred.pop_front();
+        }
+        if has_context {
+            infer.stats.count(crate::infer::Outcome::context);
+            return Inference::None;
         }
         let inference = match self.inferred.front() {
             Some((r, i)) if *r == read => i.clone(),
@@ -436,7 +441,7 @@ impl Watch {
         }
     }
 
-    fn command(&mut self, cmd: Command) {
+    fn command(&mut self, mut cmd: Command) {
         let shared = &*self.shared;
         let server = shared.kind == SpanKind::Server;
         let duration = cmd.end.duration_since(cmd.start.time).unwrap_or_default();
@@ -459,12 +464,16 @@ impl Watch {
             h.observe(duration.as_secs_f64());
         }
 
-        let inference = self.inference(cmd.start.read());
+        // A context the statement carried (sqlcommenter) is its parent;
+        // else one inferred from the requests in flight.
+        let context = cmd.context.take();
+        let inference = self.inference(cmd.start.read(), context.is_some());
         let shared = &*self.shared;
-        let parent = match &inference {
+        let inferred = match &inference {
             Inference::Parent(p) => Some(p),
             _ => None,
         };
+        let parent = context.as_deref().or(inferred);
         let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id());
         if !shared.sampler.should_sample(parent, None, trace_id) {
             return;
@@ -499,6 +508,8 @@ impl Watch {
         if let Some(p) = parent {
             span.parent_span_id = p.span_id();
             span.trace_flags = p.trace_flags().with_sampled(true);
+        }
+        if inferred.is_some() {
             span.attributes
                 .push(opentelemetry::KeyValue::new(PARENT_INFERRED, true));
         }

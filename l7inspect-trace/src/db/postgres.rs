@@ -57,6 +57,8 @@
 
 use std::{borrow::Cow, collections::HashMap, collections::VecDeque, sync::Arc};
 
+use opentelemetry::trace::SpanContext;
+
 use super::{
     CONNECTION_CLOSED, Clock, Command, DbConfig, Start, StopReason, WireParser,
     sql::{self, Dialect},
@@ -174,6 +176,11 @@ struct Statement {
     operation: &'static str,
     collection: Option<Box<str>>,
     query_text: Option<Box<str>>,
+    /// The trace context of its sqlcommenter comment: only for a `Query`
+    /// and the unnamed statement (each prepared for one execution or a
+    /// few; a named one is executed again long after the context it was
+    /// prepared in).
+    context: Option<Box<SpanContext>>,
 }
 
 /// What the server will answer next.
@@ -286,7 +293,7 @@ impl PostgresParser {
             (Phase::Startup, 0) => self.startup(&body),
             (Phase::Ready, b'Q') => {
                 let text = cstr(&body).unwrap_or(&body);
-                let statement = self.statement(text);
+                let statement = self.statement(text, true);
                 let start = self.message_start.take().unwrap_or_else(|| clock.start());
                 self.batch_start = None;
                 self.parsed = None;
@@ -300,7 +307,7 @@ impl PostgresParser {
                     // Cut: the text's head is all there is.
                     let text = cstr(rest).or(cut.then_some(rest));
                     if let Some(text) = text {
-                        let statement = Arc::new(self.statement(text));
+                        let statement = Arc::new(self.statement(text, name.is_empty()));
                         self.parsed = Some(statement.clone());
                         remember(&mut self.statements, name, statement, MAX_STATEMENTS);
                     }
@@ -559,14 +566,19 @@ impl PostgresParser {
         // The ReadyForQuery of the startup, or one with nothing waiting.
     }
 
-    /// What a command needs of a statement's text.
-    fn statement(&self, text: &[u8]) -> Statement {
+    /// What a command needs of a statement's text; its sqlcommenter
+    /// context only `with_context`.
+    fn statement(&self, text: &[u8], with_context: bool) -> Statement {
         Statement {
             operation: sql::operation(text),
             collection: sql::collection(text, Dialect::Postgres).map(Box::from),
             query_text: self
                 .query_text
                 .map(|max| sql::sanitize(text, Dialect::Postgres, max).into_boxed_str()),
+            context: with_context
+                .then(|| sql::comment_context(text))
+                .flatten()
+                .map(Box::new),
         }
     }
 
@@ -581,6 +593,7 @@ impl PostgresParser {
         command.namespace = self.namespace.clone();
         command.collection = statement.collection.as_deref().map(String::from);
         command.query_text = statement.query_text.as_deref().map(String::from);
+        command.context = statement.context.clone();
         Waiting::Tracked(Box::new(command), 0)
     }
 
@@ -700,6 +713,7 @@ static UNKNOWN: Statement = Statement {
     operation: sql::OTHER,
     collection: None,
     query_text: None,
+    context: None,
 };
 
 /// Marks `command` failed with SQLSTATE `code` (`error` when the
@@ -1718,6 +1732,46 @@ mod tests {
         );
         p.server_sent(&msg(b'W', &[0, 0, 0]), &mut at(2), &mut done);
         assert_eq!(p.stopped(), Some(StopReason::Unsupported));
+    }
+
+    #[test]
+    fn a_sqlcommenter_context_goes_with_queries_and_the_unnamed_statement() {
+        const TP: &str = "00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-01";
+        let commented = format!("SELECT 1 /*traceparent='{TP}'*/");
+        let mut p = ready_parser(&config());
+        let mut done = Vec::new();
+        // A simple query; the unnamed statement; a named one (prepared
+        // once, executed again later: its comment is not this execution's).
+        p.client_sent(&query(&commented), &mut at(1), &mut done);
+        p.server_sent(
+            &[complete("SELECT 1"), ready()].concat(),
+            &mut at(2),
+            &mut done,
+        );
+        for name in ["", "s1"] {
+            p.client_sent(
+                &[parse(name, &commented), bind("", name), execute(""), sync()].concat(),
+                &mut at(3),
+                &mut done,
+            );
+            p.server_sent(
+                &[
+                    msg(b'1', &[]),
+                    msg(b'2', &[]),
+                    complete("SELECT 1"),
+                    ready(),
+                ]
+                .concat(),
+                &mut at(4),
+                &mut done,
+            );
+        }
+        let contexts: Vec<_> = done
+            .iter()
+            .map(|c| c.context.as_ref().map(|cx| cx.span_id().to_string()))
+            .collect();
+        let id = Some("c532cb4098ac3dd2".to_owned());
+        assert_eq!(contexts, [id.clone(), id, None]);
     }
 
     #[test]

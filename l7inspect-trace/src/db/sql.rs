@@ -723,6 +723,55 @@ impl Tokens<'_> {
     }
 }
 
+/// The trace context a [sqlcommenter](https://google.github.io/sqlcommenter/spec/)
+/// comment carries: `traceparent='00-…-01'` among the `key='value'` pairs
+/// of a `/* … */` comment that ends the statement (after whitespace and
+/// `;`) or, as some frameworks put it, starts it. `None` without one, or
+/// when its value is not a valid W3C `traceparent` (percent-encoding, which
+/// the format allows, is decoded).
+///
+/// Applications (or their ORM) that write it tell which of their spans a
+/// query belongs to: the query's span becomes a child of it, as an HTTP
+/// call with a `traceparent` header would.
+pub fn comment_context(query: &[u8]) -> Option<opentelemetry::trace::SpanContext> {
+    let trimmed = query.trim_ascii_end();
+    let trimmed = trimmed
+        .strip_suffix(b";")
+        .map_or(trimmed, <[u8]>::trim_ascii_end);
+    let body = match trimmed.strip_suffix(b"*/") {
+        Some(inner) => {
+            let open = inner.windows(2).rposition(|w| w == b"/*")?;
+            &inner[open + 2..]
+        }
+        None => {
+            let inner = query.trim_ascii_start().strip_prefix(b"/*")?;
+            &inner[..inner.windows(2).position(|w| w == b"*/")?]
+        }
+    };
+    let value = body
+        .split(|b| *b == b',')
+        .find_map(|pair| pair.trim_ascii().strip_prefix(b"traceparent="))?;
+    let value = value.strip_prefix(b"'")?.strip_suffix(b"'")?;
+    // A traceparent is 55 characters (more only in a future version).
+    let mut decoded = [0u8; 128];
+    let mut n = 0;
+    let mut i = 0;
+    while i < value.len() {
+        let b = match value[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(value.get(i + 1..i + 3)?).ok()?;
+                i += 2;
+                u8::from_str_radix(hex, 16).ok()?
+            }
+            b => b,
+        };
+        *decoded.get_mut(n)? = b;
+        n += 1;
+        i += 1;
+    }
+    crate::propagation::remote_context(&decoded[..n])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1064,6 +1113,52 @@ mod tests {
             assert_eq!(pg(&once), once, "{q}");
             let once = my(q);
             assert_eq!(my(&once), once, "{q}");
+        }
+    }
+
+    #[test]
+    fn a_sqlcommenter_comment_gives_its_context() {
+        use opentelemetry::trace::{SpanId, TraceId};
+        const TP: &str = "00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-01";
+        let ids = |q: &str| {
+            comment_context(q.as_bytes()).map(|c| (c.trace_id(), c.span_id(), c.is_sampled()))
+        };
+        let want = Some((
+            TraceId::from(0x5bd66ef5095369c7b0d1f8f4bd33716a_u128),
+            SpanId::from(0xc532cb4098ac3dd2_u64),
+            true,
+        ));
+        for q in [
+            // As the spec's example writes it: sorted keys, encoded values.
+            &format!(
+                "SELECT * FROM FOO /*action='%2Fparam*d',controller='index',framework='spring',traceparent='{TP}',tracestate='congo%3Dt61rcWkgMzE%2Crojo%3D00f067aa0ba902b7'*/"
+            ),
+            &format!("UPDATE t SET a = 1 /*traceparent='{TP}'*/;\n"),
+            &format!("/*traceparent='{TP}',application='shop'*/ SELECT 1"),
+            &format!("SELECT 1 /*traceparent='{}'*/", TP.replace('-', "%2D")),
+        ] {
+            assert_eq!(ids(q), want, "{q}");
+        }
+        let unsampled = TP.replace("-01", "-00");
+        assert_eq!(
+            ids(&format!("SELECT 1 /*traceparent='{unsampled}'*/")).map(|i| i.2),
+            Some(false)
+        );
+        for q in [
+            "SELECT 1",
+            "SELECT 1 /* a comment */",
+            // Not the statement's last or first comment.
+            &format!("SELECT /*traceparent='{TP}'*/ 1"),
+            // Unquoted, malformed, all-zero ids.
+            &format!("SELECT 1 /*traceparent={TP}*/"),
+            "SELECT 1 /*traceparent='00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2'*/",
+            "SELECT 1 /*traceparent='00-00000000000000000000000000000000-c532cb4098ac3dd2-01'*/",
+            "SELECT 1 /*traceparent='%zz'*/",
+            &format!("SELECT 1 /*traceparent='{}'*/", "0".repeat(200)),
+            "*/",
+            "/*",
+        ] {
+            assert_eq!(ids(q), None, "{q}");
         }
     }
 }

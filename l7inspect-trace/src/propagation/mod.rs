@@ -75,6 +75,8 @@ mod hex;
 mod jaeger;
 mod w3c;
 
+pub(crate) use w3c::remote_context;
+
 #[cfg(test)]
 mod tests;
 

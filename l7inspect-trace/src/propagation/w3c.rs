@@ -3,7 +3,7 @@
 //! The rules on the wire are in the [parent module's docs](super).
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::trace::{SpanContext, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 use super::header::{Single, header_value, single, trim_ows};
 use super::hex::{hex, put_hex};
@@ -28,6 +28,24 @@ pub(super) fn parse_traceparent(headers: &HeaderMap) -> Parsed {
         Some(ids) => Parsed::Context(ids),
         None => Parsed::Malformed,
     }
+}
+
+/// A `traceparent` value carried outside HTTP headers (a SQL comment),
+/// as a remote span context; `None` when it is not a valid one.
+pub(crate) fn remote_context(v: &[u8]) -> Option<SpanContext> {
+    let ids = traceparent(v)?;
+    let flags = if ids.sampled == Some(true) {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::NOT_SAMPLED
+    };
+    Some(SpanContext::new(
+        TraceId::from(ids.trace_id),
+        SpanId::from(ids.span_id),
+        flags,
+        true,
+        TraceState::NONE,
+    ))
 }
 
 /// `version "-" trace-id "-" parent-id "-" trace-flags`, all lowercase hex.

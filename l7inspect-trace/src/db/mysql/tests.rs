@@ -828,3 +828,34 @@ fn damaged_sessions_are_the_same_in_any_pieces() {
         }
     }
 }
+
+#[test]
+fn a_sqlcommenter_context_goes_with_a_query() {
+    const TP: &str = "00-5bd66ef5095369c7b0d1f8f4bd33716a-c532cb4098ac3dd2-01";
+    let mut s = connected(CAPS);
+    s.push((
+        true,
+        leak(query(&format!("SELECT 1 /*traceparent='{TP}'*/"))),
+    ));
+    s.push((false, leak(ok_packet_bytes(1, 0, 0, 2))));
+    s.push((true, leak(query("SELECT 2"))));
+    s.push((false, leak(ok_packet_bytes(1, 0, 0, 2))));
+    // (Seen leaves the context out: the commands themselves.)
+    let mut p = MysqlParser::new(&DbConfig::default());
+    let mut done = Vec::new();
+    for (client, bytes) in &s {
+        if *client {
+            p.client_sent(bytes, &mut Clock::new(), &mut done);
+        } else {
+            p.server_sent(bytes, &mut Clock::new(), &mut done);
+        }
+    }
+    let contexts: Vec<_> = done
+        .iter()
+        .map(|c| c.context.as_ref().map(|cx| cx.trace_id().to_string()))
+        .collect();
+    assert_eq!(
+        contexts,
+        [Some("5bd66ef5095369c7b0d1f8f4bd33716a".to_owned()), None]
+    );
+}
