@@ -56,8 +56,9 @@ pub(super) struct Pending {
     /// Response body bytes so far.
     pub(super) response_bytes: u64,
     /// An inbound request's place among those in flight (parent
-    /// inference): left when the observation ends.
-    pub(super) _in_flight: Option<crate::infer::InFlightGuard>,
+    /// inference): left when the observation ends, or when the exchange
+    /// becomes a tunnel.
+    pub(super) in_flight: Option<crate::infer::InFlightGuard>,
 }
 
 /// The labels of the histogram entry a request makes.

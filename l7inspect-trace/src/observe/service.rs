@@ -250,7 +250,7 @@ where
                 grpc_status: None,
                 span,
                 response_bytes: 0,
-                _in_flight: in_flight,
+                in_flight,
             }),
         }
     }
@@ -312,8 +312,12 @@ where
                     pending.on_failure(failure);
                 }
                 let pending = match resp.extensions().get::<CancellationToken>() {
-                    // A tunnel: observed until it closes.
+                    // A tunnel: observed until it closes. It is no
+                    // request in flight any more (parent inference): an
+                    // open WebSocket would otherwise be the parent of every
+                    // call, or make every call ambiguous, while it lasts.
                     Some(tunnel_closed) => {
+                        pending.in_flight = None;
                         let closed = tunnel_closed.clone();
                         tokio::spawn(async move {
                             closed.cancelled().await;

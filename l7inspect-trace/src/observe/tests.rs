@@ -773,6 +773,57 @@ async fn a_call_without_context_during_one_inbound_request_is_its_child() {
 }
 
 #[tokio::test]
+async fn an_open_websocket_is_no_request_in_flight() {
+    use crate::infer::Outcome;
+    let (inbound, outbound, _hin, hout, stats) = workload(4);
+    let closed = CancellationToken::new();
+    let token = closed.clone();
+    let upgraded = service_fn(move |_req: Request<Full<Bytes>>| {
+        let mut resp = Response::builder()
+            .status(101)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        resp.extensions_mut().insert(token.clone());
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let ws = inbound
+        .layer(peer())
+        .layer(upgraded)
+        .oneshot(
+            Request::get("/ws")
+                .header("upgrade", "websocket")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    // The tunnel is open; one request comes, and makes a call.
+    let request = inbound_in_flight(&inbound, &[]).await;
+    call_observed(
+        &outbound,
+        Request::get("/stock").body(Full::default()).unwrap(),
+    )
+    .await;
+    let client = &hout.spans()[0];
+    assert_eq!(
+        attr(client, crate::infer::PARENT_INFERRED),
+        Some(Value::Bool(true)),
+        "the request's child, not ambiguous with the WebSocket"
+    );
+    assert_eq!(stats.get(Outcome::inferred), 1);
+    drop(request);
+    // With only the WebSocket open, a call has no parent to infer.
+    call_observed(
+        &outbound,
+        Request::get("/background").body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(stats.get(Outcome::none), 1);
+    closed.cancel();
+    drop(ws);
+}
+
+#[tokio::test]
 async fn a_call_during_two_inbound_requests_is_a_root_with_links() {
     use crate::infer::Outcome;
     let (inbound, outbound, hin, hout, stats) = workload(1);
