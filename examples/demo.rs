@@ -24,8 +24,12 @@
 //!   call; it answers NOT_FOUND for the one id (12) that `kv` lacks.
 //! - `pricing` answers 503 to every 7th request.
 //! - `kv` is a tiny Redis stand-in (RESP: `PING`, `GET`, `SET`). Its
-//!   connections are detected as redis and passed through: counted in the
-//!   metrics, no span.
+//!   connections are detected as redis and passed through unchanged; each
+//!   command is a span on both sides (catalog's CLIENT, kv's SERVER) and a
+//!   `db_*_operation_duration_seconds` entry. Redis carries no trace
+//!   context: catalog's command gets the gRPC request catalog was serving
+//!   as its parent, inferred by catalog's sidecar (one request in flight);
+//!   kv's are roots.
 //!
 //! Each sidecar is an inbound proxy in front of its service (SERVER spans)
 //! and, for a service that calls others, one outbound proxy per callee
@@ -59,16 +63,18 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7inspect_core::{
-    Admin, ConnMeta, ConnectConfig, ConnectLayer, Direction, FixedTargetLayer, Forward, HttpLayer,
-    Metrics, Passthrough, PassthroughConfig, Readiness, TrackLayer, serve,
+    Admin, ConnMeta, ConnectConfig, ConnectLayer, Connecting, Direction, FixedTargetLayer, Forward,
+    HttpLayer, Metrics, Passthrough, PassthroughConfig, Readiness, TrackLayer, serve,
 };
 use l7inspect_detect::{DetectConfig, DetectLayer};
+use l7inspect_trace::db::{DbConfig, DbMetrics, DbObserver};
 use l7inspect_trace::export::{
     ExportPipeline, FlushOutcome, OtelEnv, OtelOverrides, Override, RecentSpans, ResourceConfig,
     from_otel_env_with,
 };
+use l7inspect_trace::infer::{InFlight, InferStats};
 use l7inspect_trace::inspect::Inspect;
-use l7inspect_trace::{ObserveConfig, Observer, Peer, RequestMetrics};
+use l7inspect_trace::{ObserveConfig, Observer, ParentInference, Peer, RequestMetrics};
 use opentelemetry::trace::SpanKind;
 use prometheus_client::registry::Registry;
 use std::{
@@ -215,9 +221,18 @@ async fn main() -> Result<(), BoxError> {
     let mut registry = Registry::default();
     let metrics = Metrics::default();
     let requests = RequestMetrics::default();
+    let db = DbMetrics::default();
+    let infer = InferStats::default();
     metrics.register(&mut registry);
     requests.register(&mut registry);
-    let shared = (&metrics, &requests);
+    db.register(&mut registry);
+    infer.register(&mut registry);
+    let shared = Shared {
+        metrics: &metrics,
+        requests: &requests,
+        db: &db,
+        infer: &infer,
+    };
     let run = Run::default();
 
     // Callees before callers: each needs its callees' inbound proxies.
@@ -335,6 +350,14 @@ fn exporters(otel: &OtelEnv) -> Option<String> {
 // ---------------------------------------------------------------------------
 // Sidecars
 
+/// A database connection's two ends, for its commands' spans.
+fn db_peer(c: &Connecting) -> Peer {
+    Peer {
+        client: c.meta.client,
+        server: c.meta.target,
+    }
+}
+
 /// What the demo's listeners and connections share: the signal to stop and
 /// the tasks to wait for.
 #[derive(Clone, Default)]
@@ -346,25 +369,37 @@ struct Run {
     tasks: TaskTracker,
 }
 
+/// What every sidecar of the demo counts in (registered once).
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    metrics: &'a Metrics,
+    requests: &'a RequestMetrics,
+    db: &'a DbMetrics,
+    infer: &'a InferStats,
+}
+
 /// One service's sidecar: its export pipeline (spans under its own
 /// `service.name`, into the shared ring), the observers of its two
-/// directions, and the demo's metrics its proxies count in.
+/// directions (requests, and database commands), and the demo's metrics
+/// its proxies count in.
 struct Sidecar {
     name: &'static str,
     export: ExportPipeline,
     metrics: Metrics,
-    inbound: Observer,
-    outbound: Observer,
+    inbound: (Observer, DbObserver),
+    outbound: (Observer, DbObserver),
 }
 
 impl Sidecar {
     /// Starts the pipeline of service `name` over `ring`; its proxies count
-    /// in the demo's shared `metrics` and request histograms.
+    /// in the demo's `shared` metrics. Its outbound calls without a trace
+    /// context (the Redis commands of `catalog`) get the inbound request in
+    /// flight as their parent, as the sidecar infers it.
     fn new(
         name: &'static str,
         otel: &OtelEnv,
         ring: &RecentSpans,
-        (metrics, requests): (&Metrics, &RequestMetrics),
+        shared: Shared<'_>,
     ) -> Result<Self, BoxError> {
         let resource = ResourceConfig {
             service_name: name.to_owned(),
@@ -378,41 +413,62 @@ impl Sidecar {
                 propagators: otel.propagators,
                 ..ObserveConfig::new(kind)
             };
-            Observer::new(config, export.sink(), Some(requests.clone()))
+            Observer::new(config, export.sink(), Some(shared.requests.clone()))
+        };
+        let db = |kind| {
+            DbObserver::new(
+                kind,
+                DbConfig::default(),
+                otel.sampler,
+                export.sink(),
+                Some(shared.db.clone()),
+            )
+        };
+        let inflight = InFlight::default();
+        let infer = ParentInference::Infer {
+            inflight: inflight.clone(),
+            max_links: l7inspect_trace::infer::DEFAULT_MAX_LINKS,
+            stats: shared.infer.clone(),
         };
         Ok(Self {
             name,
-            inbound: observer(SpanKind::Server),
-            outbound: observer(SpanKind::Client),
+            inbound: (
+                observer(SpanKind::Server).with_inference(ParentInference::Register(inflight)),
+                db(SpanKind::Server),
+            ),
+            outbound: (
+                observer(SpanKind::Client).with_inference(infer.clone()),
+                db(SpanKind::Client).with_inference(infer),
+            ),
             export,
-            metrics: metrics.clone(),
+            metrics: shared.metrics.clone(),
         })
     }
 
     /// The inbound proxy in front of this service at `service`.
     async fn inbound(&self, service: SocketAddr, run: &Run) -> io::Result<SocketAddr> {
-        let observer = self.inbound.clone();
-        proxy(Direction::Inbound, service, observer, &self.metrics, run).await
+        let observers = self.inbound.clone();
+        proxy(Direction::Inbound, service, observers, &self.metrics, run).await
     }
 
     /// An outbound proxy for this service's calls to `callee` (the callee's
     /// inbound proxy).
     async fn outbound(&self, callee: SocketAddr, run: &Run) -> io::Result<SocketAddr> {
-        let observer = self.outbound.clone();
-        proxy(Direction::Outbound, callee, observer, &self.metrics, run).await
+        let observers = self.outbound.clone();
+        proxy(Direction::Outbound, callee, observers, &self.metrics, run).await
     }
 }
 
 /// One proxy, the sidecar's stack in explicit-forward mode: a listener on
 /// a free loopback port whose connections all go to `target`; HTTP and
 /// gRPC requests observed (a span of the observer's kind and a histogram
-/// entry each), any other protocol passed through; connections counted in
-/// `metrics` by direction and detected protocol. Returns the listener's
-/// address.
+/// entry each), Redis, PostgreSQL and MySQL commands too (`db`), any
+/// other protocol passed through; connections counted in `metrics` by
+/// direction and detected protocol. Returns the listener's address.
 async fn proxy(
     direction: Direction,
     target: SocketAddr,
-    observer: Observer,
+    (observer, db): (Observer, DbObserver),
     metrics: &Metrics,
     run: &Run,
 ) -> io::Result<SocketAddr> {
@@ -431,6 +487,7 @@ async fn proxy(
         .layer(DetectLayer::new(DetectConfig::default()))
         .layer(TrackLayer::new(metrics.clone()))
         .layer(HttpLayer::new(run.stop.clone()).with_requests(requests))
+        .layer(db.layer(db_peer as fn(&Connecting) -> Peer))
         .service(Passthrough::new(PassthroughConfig::default()).with_metrics(metrics.clone()));
     let stopped = run.stop.clone().cancelled_owned();
     run.tasks.spawn(serve(

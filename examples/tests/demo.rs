@@ -1,8 +1,10 @@
 //! `examples/demo.rs` as a user runs it: it prints the live view's address,
 //! and its span API soon holds traces that cross three services (frontend
 //! SERVER → frontend CLIENT → catalog SERVER, and → pricing SERVER), each
-//! span under its own service; `/metrics` counts the redis connections
-//! `kv` gets and the errors the load meets; on SIGINT it stops and exits 0.
+//! span under its own service, with catalog's Redis command under its
+//! request (its parent inferred: the demo's catalog forwards no context to
+//! Redis); `/metrics` counts the redis connections `kv` gets, their
+//! commands and the errors the load meets; on SIGINT it stops and exits 0.
 //!
 //! `cargo test` builds the examples; the binary is found beside this test's.
 
@@ -49,8 +51,8 @@ fn is_server(span: &Value, service: &str) -> bool {
 }
 
 /// In `spans`, a trace rooted at a frontend SERVER span with a catalog
-/// SERVER span and a pricing SERVER span whose parent chains lead to it:
-/// the trace id and the three spans' ids.
+/// SERVER span (with a Redis command under it) and a pricing SERVER span
+/// whose parent chains lead to it: the trace id and the three spans' ids.
 fn crossing_trace(spans: &[Value]) -> Option<(String, [String; 3])> {
     let by_id: HashMap<&str, &Value> = spans.iter().map(|s| (field(s, "span_id"), s)).collect();
     // The ancestors of `span` among `spans`, nearest first.
@@ -80,7 +82,20 @@ fn crossing_trace(spans: &[Value]) -> Option<(String, [String; 3])> {
                 })
                 .map(|s| field(s, "span_id").to_owned())
         };
-        if let (Some(catalog), Some(pricing)) = (under_root("catalog"), under_root("pricing")) {
+        // Catalog's Redis GET, its parent inferred (catalog sends no
+        // context to Redis): the child of catalog's request.
+        let redis_under = |catalog: &String| {
+            spans.iter().any(|s| {
+                field(s, "service") == "catalog"
+                    && field(s, "kind") == "client"
+                    && field(s, "protocol") == "redis"
+                    && field(s, "parent_span_id") == catalog
+                    && s["attributes"]["l7inspect.parent.inferred"] == Value::Bool(true)
+            })
+        };
+        if let (Some(catalog), Some(pricing)) = (under_root("catalog"), under_root("pricing"))
+            && redis_under(&catalog)
+        {
             let ids = [field(root, "span_id").to_owned(), catalog, pricing];
             return Some((field(root, "trace_id").to_owned(), ids));
         }
@@ -193,6 +208,7 @@ fn demo_shows_traces_across_services_and_stops_on_sigint() {
                 "frontend · server · GET",
                 "frontend · client · demo.Catalog/GetItem",
                 "catalog · server · demo.Catalog/GetItem",
+                "catalog · client · redis GET",
                 "pricing · server · GET",
             ] {
                 assert!(
@@ -212,10 +228,32 @@ fn demo_shows_traces_across_services_and_stops_on_sigint() {
         }
     }
 
-    // No span for a redis connection: only HTTP and gRPC spans.
-    let spans = get_json(&admin, "/api/spans?limit=500");
-    for span in spans.as_array().unwrap() {
-        assert_ne!(field(span, "service"), "kv", "{span:#}");
+    // kv's side of the Redis commands: SERVER spans (roots: Redis carries
+    // no context), and the commands in /metrics.
+    let spans = get_json(
+        &admin,
+        "/api/spans?limit=500&protocol=redis&direction=inbound",
+    );
+    assert!(
+        spans
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| field(s, "service") == "kv"
+                && field(s, "name") == "GET"
+                && s["parent_span_id"].is_null()),
+        "{spans:#}"
+    );
+    let (_, metrics) = get(&admin, "/metrics");
+    for series in [
+        "db_client_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\"",
+        "db_server_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\"",
+        "l7inspect_parent_inference_total{outcome=\"inferred\"}",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} not in /metrics:\n{metrics}"
+        );
     }
 
     let pid = guard.0.id().to_string();
