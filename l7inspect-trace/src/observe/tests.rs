@@ -357,6 +357,33 @@ async fn an_unsampled_request_propagates_and_counts() {
     h.only_observation("http_server_request_duration");
 }
 
+/// A WebSocket upgrade through `observer`: the service answers `101` with
+/// `closed` in the response (the proxy's sign of a tunnel, cancelled when
+/// it closes).
+async fn websocket(
+    observer: &Observer,
+    closed: CancellationToken,
+) -> Response<ObservedBody<Full<Bytes>>> {
+    let inner = service_fn(move |_req: Request<Full<Bytes>>| {
+        let mut resp = Response::builder()
+            .status(101)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        resp.extensions_mut().insert(closed.clone());
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let req = Request::get("/ws")
+        .header("upgrade", "websocket")
+        .body(Full::default())
+        .unwrap();
+    observer
+        .layer(peer())
+        .layer(inner)
+        .oneshot(req)
+        .await
+        .unwrap()
+}
+
 /// The span and the histogram end at the same instant: a WebSocket
 /// tunnel's histogram entry lasts as long as its span, until the tunnel
 /// closes (before, the histogram stopped at the 101).
@@ -364,26 +391,7 @@ async fn an_unsampled_request_propagates_and_counts() {
 async fn a_tunnel_is_observed_until_it_closes_in_span_and_histogram() {
     let h = harness(SpanKind::Server);
     let closed = CancellationToken::new();
-    let token = closed.clone();
-    let inner = service_fn(move |_req: Request<Full<Bytes>>| {
-        let mut resp = Response::builder()
-            .status(101)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        resp.extensions_mut().insert(token.clone());
-        async move { Ok::<_, Infallible>(resp) }
-    });
-    let req = Request::get("/ws")
-        .header("upgrade", "websocket")
-        .body(Full::default())
-        .unwrap();
-    let resp = h
-        .observer
-        .layer(peer())
-        .layer(inner)
-        .oneshot(req)
-        .await
-        .unwrap();
+    let resp = websocket(&h.observer, closed.clone()).await;
     drop(resp);
     assert!(
         h.spans().is_empty(),
@@ -777,26 +785,7 @@ async fn an_open_websocket_is_no_request_in_flight() {
     use crate::infer::Outcome;
     let (inbound, outbound, _hin, hout, stats) = workload(4);
     let closed = CancellationToken::new();
-    let token = closed.clone();
-    let upgraded = service_fn(move |_req: Request<Full<Bytes>>| {
-        let mut resp = Response::builder()
-            .status(101)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        resp.extensions_mut().insert(token.clone());
-        async move { Ok::<_, Infallible>(resp) }
-    });
-    let ws = inbound
-        .layer(peer())
-        .layer(upgraded)
-        .oneshot(
-            Request::get("/ws")
-                .header("upgrade", "websocket")
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let ws = websocket(&inbound, closed.clone()).await;
     // The tunnel is open; one request comes, and makes a call.
     let request = inbound_in_flight(&inbound, &[]).await;
     call_observed(
